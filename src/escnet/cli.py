@@ -1,0 +1,179 @@
+"""The ``escnet`` command: a thin layer over the Python API.
+
+User mistakes (:class:`~escnet.errors.EscnetError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from escnet.config import load_config, parse_overrides
+from escnet.download import ESC50_URL
+from escnet.errors import EscnetError
+
+# Explicit flags of `escnet train` and the config setting each one sets.
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "model": ("model", str, "model name (see `escnet models`)"),
+    "data": ("data_dir", str, "ESC-50 folder, class-folder tree, or path,label[,fold] CSV"),
+    "subset": ("subset", str, "all or esc10"),
+    "folds": ("folds", str, "held-out folds to run, e.g. 1,2,3,4,5 (default: all)"),
+    "epochs": ("num_epochs", int, "training epochs per fold"),
+    "batch_size": ("batch_size", int, "clips per batch"),
+    "lr": ("learning_rate", float, "learning rate"),
+    "seed": ("seed", int, "seed for data order and initialisation"),
+    "device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "workers": ("num_workers", int, "DataLoader worker processes"),
+    "cache_dir": ("cache_dir", str, "folder for the decoded-waveform cache"),
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from escnet.training import format_summary, read_run_config, train
+
+    overrides: dict[str, Any] = {}
+    for flag, (key, _, _) in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.split is not None:
+        overrides["protocol"] = args.split
+    if args.skip_bad:
+        overrides["skip_bad"] = True
+    if args.balanced:
+        overrides["balanced_sampling"] = True
+    overrides |= parse_overrides(args.set or [])
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise EscnetError(f"--out {args.out} and --resume {args.resume} name different runs")
+        # The run's own settings; anything given again must agree with them (train checks).
+        config = load_config(args.config, overrides, base=read_run_config(run_dir))
+    else:
+        config = load_config(args.config, overrides)
+        run_dir = Path(args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"run saved in {run_dir} (summary.json, config.yaml, fold-*/)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from escnet.evaluation import evaluate_run
+
+    result = evaluate_run(args.run, args.data, args.checkpoint, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, fold in result["folds"].items():
+        recorded = fold["recorded"]
+        note = f" (recorded {100 * recorded:.1f} %)" if recorded is not None else ""
+        print(f"fold {name}: {100 * fold['accuracy']:.1f} %{note}, {args.checkpoint}.pt of epoch "
+              f"{fold['epoch']}")
+    print(f"mean: {100 * result['accuracy_mean']:.1f} % ± {100 * result['accuracy_std']:.1f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from escnet.inference import Predictor
+
+    if args.top_k < 1:
+        raise EscnetError(f"--top-k {args.top_k}: must be at least 1")
+    predictor = Predictor.from_path(args.model, args.device)
+    results = [predictor.predict_file(f, args.top_k) for f in args.files]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return 0
+    for r in results:
+        print(f"{r.path} ({r.windows} window{'s' if r.windows > 1 else ''}):")
+        for label, prob in r.top:
+            print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from escnet.download import download_esc50
+
+    folder = download_esc50(args.root, args.url, args.sha256, progress=not args.quiet)
+    print(f"ESC-50 ready in {folder}; train with: escnet train --data {folder}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from escnet.config import TaskConfig
+    from escnet.models import create_model, list_models
+
+    config = TaskConfig()
+    for name in list_models():
+        params = sum(p.numel() for p in create_model(name, config).parameters())
+        print(f"{name:<12} {params:>12,} parameters")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escnet", description=(
+        "Environmental sound classification: train, evaluate and compare models on ESC-50 "
+        "and your own recordings."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (5-fold cross-validation by default)")
+    for flag, (_, kind, text) in TRAIN_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    p.add_argument("--split", choices=["folds", "random"], help="protocol: folds (official "
+                   "k-fold CV) or random (the report's train_ratio split)")
+    p.add_argument("--config", help="YAML or TOML file of settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
+    p.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
+    p.add_argument("--resume", metavar="RUNDIR", help="continue an interrupted run")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable audio files out")
+    p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="recompute held-out accuracy of a run's checkpoints")
+    p.add_argument("run", metavar="RUNDIR")
+    p.add_argument("--data", help="dataset folder, if it moved since training")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="classify audio files")
+    p.add_argument("--model", required=True, metavar="RUNDIR_OR_CHECKPOINT")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("download", help="download and verify a dataset")
+    p.add_argument("dataset", choices=["esc50"])
+    p.add_argument("--root", required=True, help="folder to put the dataset in")
+    p.add_argument("--url", default=ESC50_URL, help="mirror of the ESC-50 archive")
+    p.add_argument("--sha256", help="expected checksum of the archive")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EscnetError as err:
+        print(f"escnet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " (continue with --resume RUNDIR)" if args.command == "train" else ""
+        print(f"\nescnet: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

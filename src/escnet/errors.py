@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Anything raised as :class:`EscnetError` is a mistake the user can fix (a bad file, a bad setting).
+The CLI prints its message as one line and exits with status 2, without a traceback.
+"""
+
+
+class EscnetError(Exception):
+    """A user mistake: the message names the file or setting and what to do."""
+
+
+class ConfigError(EscnetError):
+    """A configuration value of the wrong type or out of range."""
+
+
+class AudioError(EscnetError):
+    """An audio file that cannot be decoded, is empty or is truncated."""
+
+
+class DataError(EscnetError):
+    """A dataset folder or table that does not have the expected layout."""

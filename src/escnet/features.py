@@ -1,0 +1,58 @@
+"""Log-mel features, computed on a batch on the model's device."""
+
+from __future__ import annotations
+
+import librosa
+import torch
+from torch import nn
+
+from escnet.config import TaskConfig
+
+
+class Featurizer(nn.Module):
+    """Waveforms ``(batch, samples)`` → log-mel ``(batch, n_mels, frames)``.
+
+    Matches ``log(max(librosa.feature.melspectrogram(...), log_floor))`` with a centred,
+    zero-padded, periodic-Hann STFT, power 2 and Slaney mel filters. The filterbank comes from
+    ``librosa.filters.mel`` so both agree by construction.
+
+    Args:
+        sample_rate: Hz.
+        n_fft, win_length, hop_length: STFT sizes in samples.
+        n_mels: mel bands.
+        f_min, f_max: band edges in Hz (``f_max=None`` is ``sample_rate / 2``).
+        log_floor: power floor before the natural log (1e-5 → -11.5).
+    """
+
+    def __init__(self, sample_rate: int = 44_100, n_fft: int = 1024, win_length: int = 1024,
+                 hop_length: int = 256, n_mels: int = 64, f_min: float = 0.0,
+                 f_max: float | None = None, log_floor: float = 1e-5) -> None:
+        super().__init__()
+        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        self.log_floor = log_floor
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
+                                  fmax=f_max)
+        # Buffers, so .to(device) moves them and checkpoints carry them.
+        self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: TaskConfig) -> Featurizer:
+        return cls(config.sample_rate, config.n_fft, config.win_length, config.hop_length,
+                   config.n_mels, config.f_min, config.f_max, config.log_floor)
+
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frame count of a centred STFT for waveforms of ``lengths`` samples: ``len // hop + 1``."""
+        return torch.div(lengths, self.hop_length, rounding_mode="floor") + 1
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Args: ``wav`` ``(batch, samples)``; ``lengths`` ``(batch,)`` valid samples per row.
+
+        Returns: log-mel ``(batch, n_mels, frames)`` and ``(batch,)`` valid frames (or ``None``).
+        """
+        spec = torch.stft(wav.float(), self.n_fft, self.hop_length, self.win_length, self.window,
+                          center=True, pad_mode="constant", return_complex=True)
+        power = spec.real.square() + spec.imag.square()
+        logmel = torch.matmul(self.mel_basis, power).clamp_min(self.log_floor).log()
+        return logmel, (self.frames(lengths) if lengths is not None else None)

@@ -1,0 +1,32 @@
+"""Model registry and the :class:`SoundClassifier` that joins features and a backbone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from escnet.config import TaskConfig
+from escnet.features import Featurizer
+from escnet.models import crnn as _crnn  # noqa: F401  (registers "crnn")
+from escnet.models.registry import create_model, list_models, register_model
+
+
+class SoundClassifier(nn.Module):
+    """Waveforms in, logits out: :class:`~escnet.features.Featurizer` then a registry backbone.
+
+    ``forward(wav (batch, samples), lengths (batch,) | None) → (batch, num_classes)``. This is
+    the module checkpoints hold, so prediction needs nothing but the checkpoint.
+    """
+
+    def __init__(self, config: TaskConfig) -> None:
+        super().__init__()
+        self.featurizer = Featurizer.from_config(config)
+        self.backbone = create_model(config.model, config)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.autocast(wav.device.type, enabled=False):  # features in float32
+            feats, frames = self.featurizer(wav, lengths)
+        return self.backbone(feats, frames)
+
+
+__all__ = ["SoundClassifier", "create_model", "list_models", "register_model"]
