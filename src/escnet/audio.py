@@ -30,11 +30,11 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
         AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
     """
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
     try:
         info = sf.info(str(path))
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"{path}: file not found") from None
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AudioError(f"{path}: not a readable audio file ({reason})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         config = from_dict(ckpt["config"], str(path))
-    except (RuntimeError, KeyError, EOFError, OSError) as err:  # not ours, or cut off
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:  # not ours, cut off
         raise EscnetError(f"{path}: not an escnet checkpoint ({str(err).splitlines()[0]})") from None
     model = SoundClassifier(config).to(device)
     model.load_state_dict(ckpt["model"])

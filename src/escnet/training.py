@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -202,7 +203,7 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     waves, table = build_waveform_cache(table, config, progress)
     cache_seconds = time.perf_counter() - tick
     for note in table.notes:
-        tqdm.write(f"escnet: {note}")
+        tqdm.write(f"escnet: {note}", file=sys.stderr)
     config = config.replace(num_classes=len(table.classes))
     splits = make_splits(table, config)
     _prepare_run_dir(out_dir, config, resume)

@@ -1,0 +1,65 @@
+"""Shared fixtures: synthetic audio written to temp folders, and the real ESC-50 copy."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+ESC50 = Path(os.environ.get("ESCNET_ESC50") or REPO.parent / "shared" / "data" / "esc50")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Every test session caches waveforms in its own temp folder, never in ~/.cache."""
+    os.environ["ESCNET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def esc50() -> Path:
+    if not (ESC50 / "meta" / "esc50.csv").is_file():
+        pytest.skip(f"ESC-50 copy not found at {ESC50} (set ESCNET_ESC50 to its folder)")
+    return ESC50
+
+
+def tone(freq: float, sr: int, seconds: float, channels: int = 1, amp: float = 0.5) -> np.ndarray:
+    """A sine, ``(samples,)`` or ``(samples, channels)`` float32."""
+    t = np.arange(int(sr * seconds)) / sr
+    x = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x] * channels, axis=1)
+
+
+def write_esc50_like(root: Path, clips: list[tuple[str, int, int, str]], sr: int = 16000,
+                     seconds: float = 1.0) -> Path:
+    """An ESC-50-layout folder: ``clips`` are (filename as in the CSV, fold, target, extension
+    actually written). Each class gets its own tone so that the data is learnable."""
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    with (root / "meta" / "esc50.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        for name, fold, target, ext in clips:
+            w.writerow([name, fold, target, f"class{target}", target % 2 == 0, "1", "A"])
+            stem = Path(name).stem
+            sf.write(root / "audio" / f"{stem}{ext}", tone(200 + 150 * target, sr, seconds), sr)
+    return root
+
+
+def esc50_subset_csv(esc50: Path, out: Path, targets: list[int], folds: list[int]) -> Path:
+    """A ``path,label,fold`` CSV of the real ESC-50 clips of ``targets`` in ``folds``."""
+    from escnet.datasets import read_esc50
+
+    table = read_esc50(esc50)
+    names = table.classes
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for path, label, fold in zip(table.paths, table.labels, table.folds, strict=True):
+            if label in targets and fold in folds:
+                w.writerow([path, names[label], fold])
+    return out

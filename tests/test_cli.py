@@ -1,0 +1,90 @@
+"""Every user mistake: one line on stderr naming the file or setting, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+from conftest import tone, write_esc50_like
+
+from escnet.cli import main
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2) for t in (0, 1) for i in range(2)])
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+FAST = ["--set", "sample_rate=8000", "--set", "n_fft=256", "--set", "win_length=256",
+        "--set", "hop_length=64", "--quiet"]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--model", "resnet9000"], "unknown model; choose from"),
+    (["--folds", "1,9"], "fold 9 does not exist"),
+    (["--set", "learning_rate=-1"], "learning_rate=-1.0: must be > 0"),
+    (["--set", "batch_size=lots"], "batch_size='lots': expected int"),
+    (["--set", "n_mels"], "expected KEY=VALUE"),
+    (["--set", "kernal_size=3,3"], "unknown setting 'kernal_size'"),
+    (["--subset", "esc20"], "subset='esc20': must be one of all, esc10"),
+])
+def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, *extra], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1 and err.startswith("escnet: error:")
+
+
+def test_bad_audio_in_dataset_and_skip_bad(tiny, tmp_path, capsys):
+    (tiny / "audio" / "2-1-A-1.wav").write_text("I am a text file")
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert code == 2 and "2-1-A-1.wav" in err and "--skip-bad" in err and err.count("\n") == 1
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, "--skip-bad",
+                         "--epochs", "1", "--set", "clip_seconds=1", "--set", "batch_size=4"], capsys)
+    assert code == 0 and "left out 1 unreadable audio file" in err
+
+
+def test_missing_column_and_missing_data(tiny, tmp_path, capsys):
+    csv_path = tiny / "meta" / "esc50.csv"
+    csv_path.write_text(csv_path.read_text().replace("fold,", "fould,", 1))
+    code, err = run_cli(["train", "--data", str(tiny), *FAST], capsys)
+    assert code == 2 and "esc50.csv: missing column(s) fold" in err
+    code, err = run_cli(["train", "--data", str(tmp_path / "nowhere"), *FAST], capsys)
+    assert code == 2 and "no such file or folder" in err
+    code, err = run_cli(["train", *FAST], capsys)
+    assert code == 2 and "pass --data" in err
+
+
+def test_existing_run_is_not_overwritten(tiny, tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("model: crnn\n")
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_predict_and_evaluate_bad_inputs(tmp_path, capsys):
+    (tmp_path / "notes.wav").write_text("hello")
+    (tmp_path / "fake.pt").write_text("not a checkpoint")
+    sf.write(tmp_path / "ok.wav", tone(300, 8000, 0.5), 8000)
+    code, err = run_cli(["predict", "--model", str(tmp_path / "fake.pt"), str(tmp_path / "ok.wav")], capsys)
+    assert code == 2 and "fake.pt: not an escnet checkpoint" in err
+    code, err = run_cli(["predict", "--model", str(tmp_path), str(tmp_path / "ok.wav")], capsys)
+    assert code == 2 and "no fold-*/last.pt" in err
+    code, err = run_cli(["evaluate", str(tmp_path)], capsys)
+    assert code == 2 and "not an escnet run" in err
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "escnet.cli", "train", "--data", str(tmp_path / "empty.wav")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "a dataset file must be a CSV" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "escnet.cli", "train", "--epochs", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid int value: 'x'" in proc.stderr

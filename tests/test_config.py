@@ -1,0 +1,78 @@
+import pytest
+
+from escnet.config import TaskConfig, from_dict, load_config, parse_overrides
+from escnet.errors import ConfigError
+
+
+def test_defaults_are_the_reports():
+    c = TaskConfig()
+    assert (c.batch_size, c.learning_rate, c.weight_decay, c.num_epochs) == (128, 3e-4, 1e-5, 20)
+    assert (c.n_mels, c.cnn_out_channels, c.kernel_size, c.stride) == (64, 8, (5, 20), (2, 8))
+    assert (c.hidden_size, c.gru_num_layers, c.bidirectional, c.num_classes) == (64, 2, False, 50)
+    assert (c.sample_rate, c.n_fft, c.win_length, c.hop_length) == (44100, 1024, 1024, 256)
+    assert c.train_ratio == 0.9
+    # Derived, and equal to the report's constants at its settings.
+    assert (c.length_wav, c.length) == (220_500, 862)
+
+
+def test_derived_lengths_follow_settings():
+    c = TaskConfig(sample_rate=16000, clip_seconds=2.0, hop_length=160)
+    assert c.length_wav == 32000 and c.length == 32000 // 160 + 1
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_file_round_trip(tmp_path, suffix):
+    c = TaskConfig(learning_rate=1e-3, kernel_size=(3, 9), folds=[1, 3], f_max=8000.0)
+    path = tmp_path / f"c{suffix}"
+    if suffix == ".yaml":
+        c.save(path)
+    else:
+        lines = []
+        for k, v in c.to_dict().items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}")
+        path.write_text("\n".join(lines).replace("'", '"'))
+    assert load_config(path) == c
+
+
+def test_overrides_win_over_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.01\nbatch_size: 16\n")
+    c = load_config(path, parse_overrides(["learning_rate=1e-3", "kernel_size=3,9", "bidirectional=true"]))
+    assert (c.learning_rate, c.batch_size, c.kernel_size, c.bidirectional) == (1e-3, 16, (3, 9), True)
+
+
+@pytest.mark.parametrize(("values", "needle"), [
+    ({"learning_rate": -1}, "learning_rate"),
+    ({"batch_size": "many"}, "batch_size"),
+    ({"batch_size": 1.5}, "batch_size"),
+    ({"train_ratio": 1.0}, "train_ratio"),
+    ({"win_length": 2048}, "win_length"),
+    ({"f_max": 30000.0}, "f_max"),
+    ({"optimizer": "sgd"}, "optimizer"),
+    ({"kernel_size": [5]}, "kernel_size"),
+    ({"bidirectional": "maybe"}, "bidirectional"),
+    ({"folds": [0]}, "folds"),
+    ({"lr": 1}, "unknown setting 'lr'"),
+    ({"length_wav": 1000}, "derived"),
+    ({"path2noise": "/no/such/folder"}, "path2noise"),
+])
+def test_bad_values_name_the_setting(values, needle):
+    with pytest.raises(ConfigError, match=needle):
+        from_dict(values)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["learning_rate"])
+
+
+def test_bad_config_files(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "b.yaml").write_text("- just\n- a list\n")
+    (tmp_path / "c.toml").write_text("x = = 1")
+    for name, needle in [("a.json", "must end in"), ("b.yaml", "mapping"), ("c.toml", "not valid"),
+                         ("missing.yaml", "not found")]:
+        with pytest.raises(ConfigError, match=needle):
+            load_config(tmp_path / name)

@@ -1,0 +1,151 @@
+import csv
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone, write_esc50_like
+
+from escnet.config import TaskConfig
+from escnet.datasets import (
+    WaveformDataset,
+    build_waveform_cache,
+    class_balanced_sampler,
+    collate,
+    load_table,
+    make_splits,
+    parse_esc50_name,
+    read_esc50,
+)
+from escnet.errors import AudioError, ConfigError, DataError
+
+
+def test_parse_esc50_name():
+    assert parse_esc50_name("1-100032-A-0.wav") == (1, 0)
+    assert parse_esc50_name("5-9032-C-49.ogg") == (5, 49)
+    assert parse_esc50_name("audio/3-1-B-12.flac") == (3, 12)
+    assert parse_esc50_name("noise.wav") is None
+    assert parse_esc50_name("1-2-A.wav") is None
+
+
+def test_stem_matching_across_extensions(tmp_path):
+    root = write_esc50_like(tmp_path / "d", [
+        ("1-1-A-0.wav", 1, 0, ".ogg"), ("1-2-A-3.wav", 1, 3, ".flac"), ("2-3-A-0.wav", 2, 0, ".wav"),
+        ("2-4-A-3.wav", 2, 3, ".ogg"),
+    ])
+    table = read_esc50(root)
+    assert [p.name for p in table.paths] == ["1-1-A-0.ogg", "1-2-A-3.flac", "2-3-A-0.wav", "2-4-A-3.ogg"]
+    assert table.classes == ["class0", "class3"] and table.labels.tolist() == [0, 1, 0, 1]
+    assert table.folds.tolist() == [1, 1, 2, 2]
+    esc10 = read_esc50(root, "esc10")  # the helper flags even targets as ESC-10
+    assert esc10.classes == ["class0"] and len(esc10) == 2
+
+
+def test_missing_audio_and_columns(tmp_path):
+    root = write_esc50_like(tmp_path / "d", [("1-1-A-0.wav", 1, 0, ".wav"), ("2-1-A-1.wav", 2, 1, ".wav")])
+    (root / "audio" / "2-1-A-1.wav").unlink()
+    with pytest.raises(DataError, match="no audio file for 1 row"):
+        read_esc50(root)
+    assert len(read_esc50(root, skip_missing=True)) == 1
+    (root / "meta" / "esc50.csv").write_text("filename,target\n1-1-A-0.wav,0\n")
+    with pytest.raises(DataError, match="missing column.*fold"):
+        read_esc50(root)
+
+
+def test_glob_mode_parses_labels(tmp_path):
+    for name in ["1-1-A-0.wav", "1-2-A-7.ogg", "2-3-B-7.flac", "notes.txt"]:
+        if name.endswith(".txt"):
+            (tmp_path / name).write_text("x")
+        else:
+            sf.write(tmp_path / name, tone(300, 8000, 0.1), 8000)
+    table = load_table(TaskConfig(data_dir=str(tmp_path)))
+    assert table.classes == ["0", "7"] and table.labels.tolist() == [0, 1, 1]
+    assert table.folds.tolist() == [1, 1, 2]
+
+
+def test_class_folders_get_stratified_folds(tmp_path):
+    for cls in ["cat", "dog", "rain"]:
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            sf.write(tmp_path / cls / f"{i}.wav", tone(300, 8000, 0.1), 8000)
+    table = load_table(TaskConfig(data_dir=str(tmp_path), seed=3))
+    assert table.classes == ["cat", "dog", "rain"] and len(table) == 30
+    assert table.fold_ids == [1, 2, 3, 4, 5]
+    for label in range(3):  # every class spread evenly: 2 clips per fold
+        assert np.bincount(table.folds[table.labels == label], minlength=6)[1:].tolist() == [2] * 5
+    assert any("stratified" in n for n in table.notes)
+    again = load_table(TaskConfig(data_dir=str(tmp_path), seed=3))
+    assert again.folds.tolist() == table.folds.tolist()
+
+
+def test_csv_table(tmp_path):
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", tone(300, 8000, 0.1), 8000)
+    (tmp_path / "t.csv").write_text("path,label,fold\n0.wav,a,1\n1.wav,b,1\n2.wav,a,2\n3.wav,b,2\n")
+    table = load_table(TaskConfig(data_dir=str(tmp_path / "t.csv")))
+    assert table.classes == ["a", "b"] and table.folds.tolist() == [1, 1, 2, 2]
+    (tmp_path / "bad.csv").write_text("file,label\n0.wav,a\n")
+    with pytest.raises(DataError, match="missing column.*path"):
+        load_table(TaskConfig(data_dir=str(tmp_path / "bad.csv")))
+
+
+def test_splits_and_unknown_fold(tmp_path):
+    root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2, 3) for t in (0, 1) for i in range(5)])
+    table = load_table(TaskConfig(data_dir=str(root)))
+    splits = make_splits(table, TaskConfig(folds=[2]))
+    (name, train, test), = splits
+    assert name == "2" and set(table.folds[test]) == {2} and 2 not in set(table.folds[train])
+    with pytest.raises(ConfigError, match="fold 7 does not exist.*1, 2, 3"):
+        make_splits(table, TaskConfig(folds=[7]))
+    (_, train, test), = make_splits(table, TaskConfig(protocol="random", train_ratio=0.8))
+    assert len(test) == 6 and sorted(np.bincount(table.labels[test]).tolist()) == [3, 3]
+    assert not set(train) & set(test) and len(train) + len(test) == len(table)
+
+
+def test_cache_built_once_and_rebuilt_on_change(tmp_path):
+    root = write_esc50_like(tmp_path / "d", [("1-1-A-0.wav", 1, 0, ".ogg"), ("2-1-A-1.wav", 2, 1, ".flac")])
+    config = TaskConfig(data_dir=str(root), sample_rate=8000, clip_seconds=1.5,
+                        cache_dir=str(tmp_path / "c"), n_fft=256, win_length=256, hop_length=64)
+    waves, _ = build_waveform_cache(load_table(config), config, progress=False)
+    assert waves.shape == (2, 12000) and isinstance(waves, np.memmap)
+    assert np.abs(waves[0, :8000]).max() > 0.1 and np.all(waves[0, 8000:] == 0)  # 1 s clip padded
+    files = sorted(p.name for p in (tmp_path / "c").iterdir())
+    build_waveform_cache(load_table(config), config, progress=False)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == files  # reused, not rebuilt
+    build_waveform_cache(load_table(config.replace(sample_rate=16000)), config.replace(sample_rate=16000),
+                         progress=False)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2  # new rate → new cache
+    sf.write(root / "audio" / "1-1-A-0.ogg", tone(900, 8000, 1.0), 8000)  # audio changed
+    fresh, _ = build_waveform_cache(load_table(config), config, progress=False)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 3 and not np.allclose(fresh[0], waves[0])
+
+
+def test_bad_file_reported_up_front_or_skipped(tmp_path):
+    root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-0.wav", f, 0, ".wav") for f in (1, 2) for i in (1, 2)])
+    (root / "audio" / "2-2-A-0.wav").write_text("not audio")
+    config = TaskConfig(data_dir=str(root), sample_rate=8000, clip_seconds=1.0, n_fft=256,
+                        win_length=256, hop_length=64, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-0\.wav.*--skip-bad"):
+        build_waveform_cache(load_table(config), config, progress=False)
+    waves, table = build_waveform_cache(load_table(config), config.replace(skip_bad=True), progress=False)
+    assert len(table) == 3 and len(waves) == 3 and "2-2-A-0.wav" not in {p.name for p in table.paths}
+    assert any("left out 1" in n for n in table.notes)
+    assert np.abs(np.array(waves[2])).max() > 0.1  # rows line up with the remaining files
+
+
+def test_collator_pads_and_reports_lengths():
+    items = [{"wav": torch.ones(5), "label": 1}, {"wav": torch.ones(3), "label": 0}]
+    batch = collate(items)
+    assert batch["wav"].shape == (2, 5) and batch["wav"][1, 3:].eq(0).all()
+    assert batch["length"].tolist() == [5, 3] and batch["label"].tolist() == [1, 0]
+    ds = WaveformDataset(np.zeros((3, 7), np.float32), np.array([0, 1, 2]), [2, 0])
+    assert len(ds) == 2 and ds[0]["label"] == 2 and ds[0]["wav"].shape == (7,)
+
+
+def test_balanced_sampler_weights_and_draws():
+    labels = np.array([0] * 90 + [1] * 10)
+    sampler = class_balanced_sampler(labels, torch.Generator().manual_seed(0))
+    assert sampler.weights[0].item() == pytest.approx(1 / 90) and sampler.weights[-1].item() == pytest.approx(0.1)
+    drawn = labels[list(sampler)]
+    assert len(drawn) == 100 and 0.35 < drawn.mean() < 0.65  # ~half minority class, not 10 %

@@ -1,0 +1,52 @@
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from escnet.audio import load_audio
+from escnet.config import TaskConfig
+from escnet.features import Featurizer
+
+
+def librosa_logmel(x: np.ndarray, c: TaskConfig) -> np.ndarray:
+    mel = librosa.feature.melspectrogram(y=x, sr=c.sample_rate, n_fft=c.n_fft, win_length=c.win_length,
+                                         hop_length=c.hop_length, n_mels=c.n_mels, fmin=c.f_min,
+                                         fmax=c.f_max, center=True, pad_mode="constant", power=2.0)
+    return np.log(np.maximum(mel, c.log_floor))
+
+
+@pytest.mark.parametrize("config", [
+    TaskConfig(),
+    TaskConfig(sample_rate=16000, n_fft=512, win_length=400, hop_length=160, n_mels=40,
+               f_min=50.0, f_max=7000.0, clip_seconds=1.0),
+])
+def test_matches_librosa(config):
+    rng = np.random.default_rng(0)
+    n = config.length_wav
+    t = np.arange(n) / config.sample_rate
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    ours, _ = Featurizer.from_config(config)(torch.from_numpy(x)[None])
+    ref = librosa_logmel(x, config)
+    assert ours.shape == (1, *ref.shape) == (1, config.n_mels, config.length)
+    np.testing.assert_allclose(ours[0].numpy(), ref, atol=2e-3, rtol=0)
+
+
+def test_matches_librosa_on_real_clip(esc50):
+    config = TaskConfig()
+    x = load_audio(esc50 / "audio" / "1-100038-A-14.ogg", config.sample_rate, config.length_wav)
+    ours, _ = Featurizer.from_config(config)(torch.from_numpy(x)[None])
+    ref = librosa_logmel(x, config)
+    loud = ref > np.log(config.log_floor) + 1  # away from the floor, where float32 rounding dominates
+    np.testing.assert_allclose(ours[0].numpy()[loud], ref[loud], atol=2e-3, rtol=0)
+    assert loud.mean() > 0.5
+
+
+def test_frame_counts_of_a_padded_batch():
+    feat = Featurizer(sample_rate=8000, n_fft=256, win_length=256, hop_length=64, n_mels=16)
+    lengths = torch.tensor([8000, 5000, 257, 64])
+    batch = torch.zeros(4, 8000)
+    out, frames = feat(batch, lengths)
+    for row, length in enumerate(lengths.tolist()):
+        single, _ = feat(torch.zeros(1, length))
+        assert frames[row].item() == single.shape[-1] == length // 64 + 1
+    assert out.shape[-1] == frames.max().item()
