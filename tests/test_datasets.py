@@ -1,5 +1,3 @@
-import csv
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -48,7 +46,7 @@ def test_missing_audio_and_columns(tmp_path):
         read_esc50(root)
     assert len(read_esc50(root, skip_missing=True)) == 1
     (root / "meta" / "esc50.csv").write_text("filename,target\n1-1-A-0.wav,0\n")
-    with pytest.raises(DataError, match="missing column.*fold"):
+    with pytest.raises(DataError, match=r"missing column.*fold"):
         read_esc50(root)
 
 
@@ -85,7 +83,7 @@ def test_csv_table(tmp_path):
     table = load_table(TaskConfig(data_dir=str(tmp_path / "t.csv")))
     assert table.classes == ["a", "b"] and table.folds.tolist() == [1, 1, 2, 2]
     (tmp_path / "bad.csv").write_text("file,label\n0.wav,a\n")
-    with pytest.raises(DataError, match="missing column.*path"):
+    with pytest.raises(DataError, match=r"missing column.*path"):
         load_table(TaskConfig(data_dir=str(tmp_path / "bad.csv")))
 
 
@@ -96,7 +94,7 @@ def test_splits_and_unknown_fold(tmp_path):
     splits = make_splits(table, TaskConfig(folds=[2]))
     (name, train, test), = splits
     assert name == "2" and set(table.folds[test]) == {2} and 2 not in set(table.folds[train])
-    with pytest.raises(ConfigError, match="fold 7 does not exist.*1, 2, 3"):
+    with pytest.raises(ConfigError, match=r"fold 7 does not exist.*1, 2, 3"):
         make_splits(table, TaskConfig(folds=[7]))
     (_, train, test), = make_splits(table, TaskConfig(protocol="random", train_ratio=0.8))
     assert len(test) == 6 and sorted(np.bincount(table.labels[test]).tolist()) == [3, 3]

@@ -50,3 +50,22 @@ def test_frame_counts_of_a_padded_batch():
         single, _ = feat(torch.zeros(1, length))
         assert frames[row].item() == single.shape[-1] == length // 64 + 1
     assert out.shape[-1] == frames.max().item()
+
+
+def test_precomputed_features_give_the_same_logits_as_waveforms():
+    from escnet.datasets import clip_dataset, collate
+    from escnet.features import compute_features
+    from escnet.models import SoundClassifier
+
+    config = TaskConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=64, clip_seconds=1.0,
+                        kernel_size=(5, 8), stride=(2, 4), num_classes=3)
+    torch.manual_seed(0)
+    model = SoundClassifier(config).eval()
+    waves = np.random.default_rng(0).uniform(-0.5, 0.5, (5, config.length_wav)).astype(np.float32)
+    feats = compute_features(model.featurizer, waves, torch.device("cpu"), batch_size=2)
+    assert feats.shape == (5, config.n_mels, config.length)
+    labels, idx = np.zeros(5, int), [4, 0, 2]
+    with torch.inference_mode():
+        from_wav = model.forward_batch(collate([clip_dataset(waves, labels, idx)[i] for i in range(3)]), "cpu")
+        from_feat = model.forward_batch(collate([clip_dataset(feats, labels, idx)[i] for i in range(3)]), "cpu")
+    torch.testing.assert_close(from_wav, from_feat, atol=1e-5, rtol=1e-4)

@@ -68,6 +68,9 @@ class TaskConfig:
     """Leave unreadable audio files out (and say how many) instead of stopping."""
     balanced_sampling: bool = False
     """Draw training examples with inverse class-frequency weights (the report's sampler)."""
+    feature_cache: bool = True
+    """Compute log-mels once per run (memory: clips × n_mels × frames × 4 bytes) instead of every
+    epoch; applies while nothing changes the waveforms between epochs."""
     path2noise: str = ""
     """Folder of background-noise recordings for the background-noise augmentation."""
 

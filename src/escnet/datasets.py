@@ -331,15 +331,42 @@ class WaveformDataset(Dataset):
         return {"wav": wav, "label": int(self.labels[j])}
 
 
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad a list of items to the longest waveform.
+class FeatureDataset(Dataset):
+    """Items ``{"features": (n_mels, frames) tensor, "label": int}`` from precomputed log-mels."""
 
-    Returns ``wav`` ``(batch, samples)``, ``label`` ``(batch,)`` and ``length`` ``(batch,)``
-    (valid samples of each row), as the report's Collator.
+    def __init__(self, features: torch.Tensor, labels: np.ndarray, indices: Sequence[int]) -> None:
+        self.features, self.labels, self.indices = features, labels, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        j = self.indices[i]
+        return {"features": self.features[j], "label": int(self.labels[j])}
+
+
+def clip_dataset(source: np.ndarray | RowView | torch.Tensor, labels: np.ndarray,
+                 indices: Sequence[int]) -> Dataset:
+    """A dataset over ``indices`` of cached waveforms or of a precomputed feature tensor."""
+    if isinstance(source, torch.Tensor):
+        return FeatureDataset(source, labels, indices)
+    return WaveformDataset(source, labels, indices)
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Batch a list of items.
+
+    Waveform items are padded to the longest: ``wav`` ``(batch, samples)``, ``label``
+    ``(batch,)`` and ``length`` ``(batch,)`` (valid samples of each row), as the report's
+    Collator. Precomputed features (all one clip length) are stacked: ``features``
+    ``(batch, n_mels, frames)`` and ``label``.
     """
+    labels = torch.tensor([it["label"] for it in items], dtype=torch.long)
+    if "features" in items[0]:
+        return {"features": torch.stack([it["features"] for it in items]), "label": labels}
     return {
         "wav": pad_sequence([it["wav"] for it in items], batch_first=True),
-        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "label": labels,
         "length": torch.tensor([it["wav"].shape[0] for it in items], dtype=torch.long),
     }
 

@@ -9,24 +9,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from escnet.config import TaskConfig
-from escnet.datasets import WaveformDataset, build_waveform_cache, collate, load_table, make_splits
+from escnet.datasets import (
+    build_waveform_cache,
+    clip_dataset,
+    collate,
+    load_table,
+    make_splits,
+)
 from escnet.errors import DataError, EscnetError
 from escnet.models import SoundClassifier
 
 
 @torch.inference_mode()
-def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device
+def predict_loader(model: SoundClassifier, loader: DataLoader, device: torch.device
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``(clips, classes)`` and labels ``(clips,)`` of every batch of ``loader``."""
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        out = model(batch["wav"].to(device), batch["length"].to(device))
-        logits.append(out.float().cpu())
+        logits.append(model.forward_batch(batch, device).float().cpu())
         labels.append(batch["label"])
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
@@ -37,9 +41,10 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"loss": loss, "accuracy": float((logits.argmax(1) == labels).mean())}
 
 
-def eval_loader(waves, labels: np.ndarray, indices: np.ndarray, config: TaskConfig) -> DataLoader:
-    """Unshuffled, unaugmented loader over ``indices`` of the cached waveforms."""
-    return DataLoader(WaveformDataset(waves, labels, indices), batch_size=config.batch_size,
+def eval_loader(source, labels: np.ndarray, indices: np.ndarray, config: TaskConfig) -> DataLoader:
+    """Unshuffled, unaugmented loader over ``indices`` of cached waveforms ``(clips, samples)``
+    or precomputed features (a ``(clips, n_mels, frames)`` tensor)."""
+    return DataLoader(clip_dataset(source, labels, indices), batch_size=config.batch_size,
                       shuffle=False, collate_fn=collate, num_workers=config.num_workers)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import librosa
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,3 +57,21 @@ class Featurizer(nn.Module):
         power = spec.real.square() + spec.imag.square()
         logmel = torch.matmul(self.mel_basis, power).clamp_min(self.log_floor).log()
         return logmel, (self.frames(lengths) if lengths is not None else None)
+
+
+@torch.inference_mode()
+def compute_features(featurizer: Featurizer, waves: np.ndarray, device: torch.device,
+                     batch_size: int = 32) -> torch.Tensor:
+    """Log-mels of every row of ``waves`` ``(clips, samples)``, on the CPU.
+
+    Used to compute features once per run when nothing changes the waveforms between epochs.
+
+    Returns:
+        ``(clips, n_mels, frames)`` float32.
+    """
+    featurizer = featurizer.to(device)
+    out = []
+    for start in range(0, len(waves), batch_size):
+        rows = np.array(waves[start : start + batch_size], dtype=np.float32)  # copy off the memmap
+        out.append(featurizer(torch.from_numpy(rows).to(device))[0].cpu())
+    return torch.cat(out)

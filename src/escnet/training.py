@@ -33,15 +33,16 @@ from tqdm.auto import tqdm
 from escnet.config import TaskConfig, from_dict, read_config_file
 from escnet.datasets import (
     ClipTable,
-    WaveformDataset,
     build_waveform_cache,
     class_balanced_sampler,
+    clip_dataset,
     collate,
     load_table,
     make_splits,
 )
 from escnet.errors import EscnetError
 from escnet.evaluation import eval_loader, predict_loader, score
+from escnet.features import Featurizer, compute_features
 from escnet.models import SoundClassifier
 
 EpochCallback = Callable[[dict], None]
@@ -77,9 +78,10 @@ def _seed(config: TaskConfig, fold_index: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_loader(waves, table: ClipTable, indices: np.ndarray, config: TaskConfig,
+def train_loader(source, table: ClipTable, indices: np.ndarray, config: TaskConfig,
                  generator: torch.Generator) -> DataLoader:
-    dataset = WaveformDataset(waves, table.labels, indices)
+    """Shuffled (or class-balanced) loader over ``indices`` of cached waveforms or features."""
+    dataset = clip_dataset(source, table.labels, indices)
     sampler = (class_balanced_sampler(table.labels[indices], generator)
                if config.balanced_sampling else None)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None,
@@ -99,9 +101,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
     tick = time.perf_counter()
     for batch in bar:
         data_wait += time.perf_counter() - tick
-        wav, label = batch["wav"].to(device), batch["label"].to(device)
+        label = batch["label"].to(device)
         with autocast:
-            logits = model(wav, batch["length"].to(device))
+            logits = model.forward_batch(batch, device)
             loss = F.cross_entropy(logits.float(), label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,17 +119,21 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
             "data_seconds": data_wait}
 
 
-def train_fold(config: TaskConfig, waves, table: ClipTable, name: str,
+def train_fold(config: TaskConfig, source, table: ClipTable, name: str,
                train_idx: np.ndarray, test_idx: np.ndarray, fold_dir: Path, progress: bool = True,
                callbacks: Sequence[EpochCallback] = ()) -> dict:
-    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``."""
+    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``.
+
+    ``source`` is the cached waveforms ``(clips, samples)`` or their precomputed log-mels
+    ``(clips, n_mels, frames)`` tensor.
+    """
     fold_dir.mkdir(parents=True, exist_ok=True)
     fold_index = int(name) if name.isdigit() else 0  # same seeds whichever folds are run
     device = torch.device(config.resolved_device())
     _seed(config, fold_index, 0)
     model = SoundClassifier(config).to(device)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(train_loader(waves, table, train_idx, config, torch.Generator()))
+    steps_per_epoch = len(train_loader(source, table, train_idx, config, torch.Generator()))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.num_epochs)
     history: list[dict] = []
     last_path = fold_dir / "last.pt"
@@ -138,10 +144,10 @@ def train_fold(config: TaskConfig, waves, table: ClipTable, name: str,
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
-    tests = eval_loader(waves, table.labels, test_idx, config)
+    tests = eval_loader(source, table.labels, test_idx, config)
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
-        loader = train_loader(waves, table, train_idx, config, _seed(config, fold_index, epoch))
+        loader = train_loader(source, table, train_idx, config, _seed(config, fold_index, epoch))
         log = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         log |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
                                f"fold {name} epoch {epoch}/{config.num_epochs}", progress)
@@ -198,6 +204,7 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    SoundClassifier(config)  # fail on a bad model setting before any slow work
     table = load_table(config)
     tick = time.perf_counter()
     waves, table = build_waveform_cache(table, config, progress)
@@ -207,11 +214,17 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     config = config.replace(num_classes=len(table.classes))
     splits = make_splits(table, config)
     _prepare_run_dir(out_dir, config, resume)
+    source, feature_seconds = waves, 0.0
+    if config.feature_cache:  # nothing changes the waveforms between epochs yet
+        tick = time.perf_counter()
+        source = compute_features(Featurizer.from_config(config), waves,
+                                  torch.device(config.resolved_device()))
+        feature_seconds = time.perf_counter() - tick
     folds: dict[str, dict] = {}
     for name, train_idx, test_idx in splits:
-        folds[name] = train_fold(config, waves, table, name, train_idx, test_idx,
+        folds[name] = train_fold(config, source, table, name, train_idx, test_idx,
                                  out_dir / f"fold-{name}", progress, callbacks)
-        summary = _summary(config, table, folds, len(splits), cache_seconds,
+        summary = _summary(config, table, folds, len(splits), cache_seconds, feature_seconds,
                            time.perf_counter() - started)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -233,7 +246,7 @@ def _prepare_run_dir(out_dir: Path, config: TaskConfig, resume: bool) -> None:
 
 
 def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], planned: int,
-             cache_seconds: float, wall_seconds: float) -> dict:
+             cache_seconds: float, feature_seconds: float, wall_seconds: float) -> dict:
     accs = [f["accuracy"] for f in folds.values()]
     epoch_seconds = [s for f in folds.values() for s in f["epoch_seconds"]]
     return {
@@ -249,7 +262,8 @@ def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], plann
         "classes": table.classes,
         "clips": len(table),
         "data": table.source,
-        "cache_seconds": round(cache_seconds, 2),
+        "cache_seconds": round(cache_seconds, 2),  # decode + resample (0 when cached earlier)
+        "feature_seconds": round(feature_seconds, 2),  # log-mels of every clip, once per run
         "first_epoch_seconds": round(epoch_seconds[0], 2),
         "epoch_seconds_median": round(float(np.median(epoch_seconds)), 2),
         "wall_seconds": round(wall_seconds, 1),

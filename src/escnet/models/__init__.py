@@ -28,5 +28,12 @@ class SoundClassifier(nn.Module):
             feats, frames = self.featurizer(wav, lengths)
         return self.backbone(feats, frames)
 
+    def forward_batch(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Logits for a batch from :func:`escnet.datasets.collate`: waveforms, or log-mels
+        precomputed with this model's featurizer (then only the backbone runs)."""
+        if "features" in batch:
+            return self.backbone(batch["features"].to(device), None)
+        return self(batch["wav"].to(device), batch["length"].to(device))
+
 
 __all__ = ["SoundClassifier", "create_model", "list_models", "register_model"]
