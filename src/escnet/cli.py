@@ -29,6 +29,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "device": ("device", str, "auto, cpu, cuda or cuda:N"),
     "workers": ("num_workers", int, "DataLoader worker processes"),
     "cache_dir": ("cache_dir", str, "folder for the decoded-waveform cache"),
+    "pretrained": ("pretrained", str, "weights to start from: a path, a URL, or a known name "
+                   "(vgg19: imagenet)"),
 }
 
 
@@ -104,12 +106,17 @@ def _download(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from escnet.config import TaskConfig
-    from escnet.models import create_model, list_models
+    from escnet.models import count_macs, create_model, list_models
 
     config = TaskConfig()
+    print(f"at the default settings: {config.clip_seconds:g} s clips, {config.sample_rate} Hz, "
+          f"{config.n_mels} mels × {config.length} frames, {config.num_classes} classes")
+    print(f"{'model':<10} {'parameters':>13} {'MACs per clip':>15}")
     for name in list_models():
-        params = sum(p.numel() for p in create_model(name, config).parameters())
-        print(f"{name:<12} {params:>12,} parameters")
+        model = create_model(name, config)
+        params = sum(p.numel() for p in model.parameters())
+        default = "  (default)" if name == config.model else ""
+        print(f"{name:<10} {params:>13,} {count_macs(model, config) / 1e9:>11.3f} G{default}")
     return 0
 
 

@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "protocol": ("folds", "random"),
     "optimizer": ("adam", "adamw"),
     "scheduler": ("none", "cosine", "onecycle"),
+    "ast_pooling": ("cls", "mean"),
 }
 
 
@@ -87,7 +88,8 @@ class TaskConfig:
     """Mel power is clamped at this value before the natural log."""
 
     # --- model ----------------------------------------------------------------------------
-    model: str = "crnn"
+    model: str = "cnn10"
+    """A name from ``escnet models``; the report's models keep the report's settings below."""
     num_classes: int = 50
     """Set from the dataset's classes when a run starts."""
     cnn_out_channels: int = 8
@@ -98,6 +100,21 @@ class TaskConfig:
     gru_num_layers: int = 2
     gru_dropout: float = 0.1
     bidirectional: bool = False
+    vgg_batch_norm: bool = False
+    """vgg19: VGG19-BN instead of VGG19."""
+    cnn_width: int = 32
+    """cnn10: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10."""
+    ast_patch: int = 16
+    """ast: patch side (mel bins = frames), no overlap."""
+    ast_dim: int = 192
+    ast_depth: int = 4
+    ast_heads: int = 4
+    ast_pooling: str = "cls"
+    """ast: ``cls`` token or ``mean`` of the patch tokens."""
+    pretrained: str = ""
+    """Pretrained weights: a path, a URL, or a name the model knows (vgg19: ``imagenet``)."""
+    pretrained_sha256: str = ""
+    """Expected sha256 (or a prefix of at least 8 hex digits) of downloaded weights."""
 
     # --- training -------------------------------------------------------------------------
     batch_size: int = 128
@@ -145,7 +162,7 @@ class TaskConfig:
             need(getattr(self, name) in options, name, f"must be one of {', '.join(options)}")
         for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "num_classes",
                      "cnn_out_channels", "hidden_size", "gru_num_layers", "batch_size",
-                     "num_epochs"):
+                     "num_epochs", "cnn_width", "ast_patch", "ast_dim", "ast_depth", "ast_heads"):
             need(getattr(self, name) > 0, name, "must be > 0")
         for name in ("clip_seconds", "learning_rate", "log_floor"):
             need(getattr(self, name) > 0, name, "must be > 0")
@@ -156,6 +173,10 @@ class TaskConfig:
         need(0 <= self.gru_dropout < 1, "gru_dropout", "must be in [0, 1)")
         need(self.win_length <= self.n_fft, "win_length", f"must be <= n_fft ({self.n_fft})")
         need(self.f_min >= 0, "f_min", "must be >= 0")
+        need(self.ast_dim % self.ast_heads == 0, "ast_dim",
+             f"must be divisible by ast_heads ({self.ast_heads})")
+        need(not self.pretrained_sha256 or len(self.pretrained_sha256) >= 8, "pretrained_sha256",
+             "must be at least 8 hex digits")
         nyquist = self.sample_rate / 2
         if self.f_max is not None:
             need(self.f_min < self.f_max <= nyquist, "f_max",

@@ -61,7 +61,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         config = from_dict(ckpt["config"], str(path))
     except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:  # not ours, cut off
         raise EscnetError(f"{path}: not an escnet checkpoint ({str(err).splitlines()[0]})") from None
-    model = SoundClassifier(config).to(device)
+    # The checkpoint holds every weight: no need to fetch the pretrained ones it started from.
+    model = SoundClassifier(config.replace(pretrained="")).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), config, ckpt
 

@@ -7,8 +7,10 @@ from torch import nn
 
 from escnet.config import TaskConfig
 from escnet.features import Featurizer
-from escnet.models import crnn as _crnn  # noqa: F401  (registers "crnn")
-from escnet.models.registry import create_model, list_models, register_model
+
+# Importing a model's module registers it.
+from escnet.models import ast, cnn, crnn, kumar, lstm, report_cnns, vgg  # noqa: F401
+from escnet.models.registry import count_macs, create_model, list_models, register_model
 
 
 class SoundClassifier(nn.Module):
@@ -36,4 +38,4 @@ class SoundClassifier(nn.Module):
         return self(batch["wav"].to(device), batch["length"].to(device))
 
 
-__all__ = ["SoundClassifier", "create_model", "list_models", "register_model"]
+__all__ = ["SoundClassifier", "count_macs", "create_model", "list_models", "register_model"]

@@ -1,0 +1,59 @@
+"""Pieces shared by several models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from escnet.config import TaskConfig
+from escnet.errors import ConfigError
+
+
+@torch.no_grad()
+def output_shape(module: nn.Module, config: TaskConfig, name: str) -> tuple[int, ...]:
+    """Shape (without batch) of ``module``'s output for one clip of the config's size
+    ``(1, 1, n_mels, length)``: how report-style models size their linear layers without
+    hard-coding them.
+
+    Raises:
+        ConfigError: the clip (``n_mels`` × frames) is too small for the model's kernels.
+    """
+    was_training = module.training
+    try:
+        out = module.eval()(torch.zeros(1, 1, config.n_mels, config.length))
+    except RuntimeError:
+        raise ConfigError(f"model {name}: input of {config.n_mels} mels × {config.length} frames is "
+                          "too small for its kernels; raise n_mels or clip_seconds") from None
+    finally:
+        module.train(was_training)
+    return tuple(out.shape[1:])
+
+
+class FlattenGrid(nn.Module):
+    """Adaptive max-pool to a fixed ``(height, width)`` grid, then flatten.
+
+    Report-style models end their conv stack with a pool and a linear layer sized for one clip
+    length; pooling adaptively to the grid that clip length gives keeps the architecture as
+    described there while accepting inputs of any length. ``(batch, C, H, W)`` →
+    ``(batch, C·height·width)``.
+    """
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveMaxPool2d(grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1)
+
+
+class MelNorm(nn.Module):
+    """BatchNorm over mel bins of a log-mel ``(batch, n_mels, frames)``, as PANNs' ``bn0``: log-mel
+    values (about -11.5 to +5) arrive unscaled, and a per-band affine normalisation learnt from
+    the data fixes their scale for every model that starts with it."""
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(n_mels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
