@@ -22,7 +22,7 @@ def run_cli(args, capsys):
     return code, err
 
 
-FAST = ["--set", "sample_rate=8000", "--set", "n_fft=256", "--set", "win_length=256",
+FAST = ["--model", "crnn", "--set", "sample_rate=8000", "--set", "n_fft=256", "--set", "win_length=256",
         "--set", "hop_length=64", "--quiet"]
 
 

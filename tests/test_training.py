@@ -21,7 +21,7 @@ TARGETS = [0, 10, 20, 38, 46]
 def small_config(esc50, tmp_path_factory) -> TaskConfig:
     """200 real clips, 16 kHz, a CRNN small and fast enough for a test; fold 1 held out."""
     csv_path = esc50_subset_csv(esc50, tmp_path_factory.mktemp("data") / "five.csv", TARGETS, [1, 2, 3, 4, 5])
-    return TaskConfig(data_dir=str(csv_path), sample_rate=16000, n_fft=512, win_length=512,
+    return TaskConfig(data_dir=str(csv_path), model="crnn", sample_rate=16000, n_fft=512, win_length=512,
                       hop_length=256, n_mels=40, kernel_size=(5, 8), stride=(2, 4),
                       cnn_out_channels=8, hidden_size=32, batch_size=32, learning_rate=3e-3,
                       num_epochs=12, folds=[1])
