@@ -32,6 +32,8 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
