@@ -56,7 +56,8 @@ def test_bad_audio_files(tmp_path):
     sf.write(tmp_path / "ok.flac", tone(300, 16000, 1.0), 16000)
     flac = (tmp_path / "ok.flac").read_bytes()
     (tmp_path / "cut.flac").write_bytes(flac[: len(flac) // 2])
-    cases = {"empty.wav": "empty file", "text.wav": "not a readable audio file",
+    (tmp_path / "folder.wav").mkdir()
+    cases = {"folder.wav": "is a folder", "empty.wav": "empty file", "text.wav": "not a readable audio file",
              "cut.wav": "truncated", "header.wav": "no audio samples", "missing.wav": "not found",
              "cut.flac": "not a readable audio file"}
     for name, needle in cases.items():

@@ -30,6 +30,8 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
         AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give audio files (e.g. {path}/*.wav)")
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:
