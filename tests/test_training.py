@@ -97,3 +97,44 @@ def test_long_file_is_scored_in_windows(trained, esc50):
     predictor = Predictor.from_path(run)
     probs, n = predictor.probabilities(np.zeros(16000 * 12, np.float32))
     assert n == 4 and probs.shape == (5,) and abs(probs.sum() - 1) < 1e-5  # 12 s: windows at 0, 2.5, 5, 7 s
+
+
+def test_augmented_training_is_the_same_with_or_without_workers(small_config, trained, tmp_path):
+    config = small_config.replace(augment=["time_shift", "gain", "gaussian_noise"],
+                                  gain_db=(-6.0, 6.0), spec_augment=True, mixup_alpha=0.4,
+                                  num_epochs=1)
+    assert config.waveform_augment  # transformed per item, so no feature cache
+    runs = {}
+    for workers in (0, 2):
+        train(config.replace(num_workers=workers), tmp_path / f"w{workers}", progress=False)
+        runs[workers] = [json.loads(line) for line in
+                         (tmp_path / f"w{workers}" / "fold-1" / "metrics.jsonl").read_text().splitlines()]
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    assert [[m[k] for k in keys] for m in runs[0]] == [[m[k] for k in keys] for m in runs[2]]
+    plain = [json.loads(line) for line in
+             (trained[0] / "fold-1" / "metrics.jsonl").read_text().splitlines()][:1]
+    assert [m["train_loss"] for m in runs[0]] != [m["train_loss"] for m in plain]
+
+
+def test_augmented_copies_are_made_once_and_shared(small_config, tmp_path):
+    cache = tmp_path / "cache"
+    config = small_config.replace(augment=["time_stretch"], time_stretch_rate=(1.5, 1.5),
+                                  augment_policy="each", augment_p=1.0, augment_copies=2,
+                                  cache_dir=str(cache), num_epochs=1)
+    train(config, tmp_path / "two", progress=False)
+    copies = sorted(cache.glob("aug-*.npy"))
+    assert [p.name[-6:] for p in copies] == ["-0.npy", "-1.npy"]
+    original = np.load(next(cache.glob("wav-*.npy")), mmap_mode="r")
+    first, second = (np.load(p, mmap_mode="r") for p in copies)
+    assert first.shape == original.shape
+    # Stretched by 1.5: the last third of each copy is the zero padding.
+    loud = np.abs(original[:, : original.shape[1] // 2]).max(axis=1) > 0.01
+    tail = np.abs(first[loud, int(original.shape[1] * 0.7):]).max(axis=1)
+    assert (tail < 1e-3).mean() > 0.9
+    assert not np.array_equal(first, second) or config.augment_policy == "each"
+    stamps = {p.name: p.stat().st_mtime_ns for p in copies}
+    summary = train(config.replace(augment_copies=3, mixup_alpha=0.2, mixup_mode="waveform"),
+                    tmp_path / "three", progress=False)
+    assert len(list(cache.glob("aug-*.npy"))) == 3
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in copies)  # reused, not redone
+    assert summary["feature_seconds"] == 0.0  # waveform mixing: features per batch

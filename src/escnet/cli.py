@@ -104,6 +104,16 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _augment_preview(args: argparse.Namespace) -> int:
+    from escnet.augmentation import preview
+
+    config = load_config(args.config, parse_overrides(args.set or []))
+    written = preview(args.file, args.out, config)
+    print(f"wrote {len(written)} files to {args.out}: the original and each transform as .wav "
+          "and log-mel .png")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from escnet.config import TaskConfig
     from escnet.models import count_macs, create_model, list_models
@@ -163,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected checksum of the archive")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_download)
+
+    p = sub.add_parser("augment-preview", help="write a clip under each augmentation "
+                       "(audio and log-mel PNG)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", help="YAML or TOML file of settings (transform ranges)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
+    p.set_defaults(func=_augment_preview)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_models)

@@ -32,7 +32,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw"),
     "scheduler": ("none", "cosine", "onecycle"),
     "ast_pooling": ("cls", "mean"),
+    "augment_policy": ("one", "each"),
+    "shift_mode": ("circular", "pad"),
+    "mixup_mode": ("features", "waveform"),
 }
+WAVEFORM_AUGMENTS = ("gaussian_noise", "time_stretch", "pitch_shift", "gain", "background_noise",
+                     "time_shift")
+NOISE_COLORS = ("white", "pink", "brown")
 
 
 @dataclass
@@ -73,7 +79,7 @@ class TaskConfig:
     """Compute log-mels once per run (memory: clips × n_mels × frames × 4 bytes) instead of every
     epoch; applies while nothing changes the waveforms between epochs."""
     path2noise: str = ""
-    """Folder of background-noise recordings for the background-noise augmentation."""
+    """Folder of background-noise recordings for ``background_noise``; empty: coloured noise."""
 
     # --- features (log-mel) ---------------------------------------------------------------
     n_fft: int = 1024
@@ -116,6 +122,50 @@ class TaskConfig:
     pretrained_sha256: str = ""
     """Expected sha256 (or a prefix of at least 8 hex digits) of downloaded weights."""
 
+    # --- augmentation (training only; never at evaluation or prediction) -------------------
+    augment: list[str] = field(default_factory=list)
+    """Waveform transforms, from ``gaussian_noise, time_stretch, pitch_shift, gain,
+    background_noise, time_shift``; empty: none."""
+    augment_policy: str = "one"
+    """``one``: one transform per example, drawn uniformly from ``augment`` plus the identity
+    (the report's policy, without its off-by-one); ``each``: every transform with ``augment_p``."""
+    augment_p: float = 0.5
+    """Probability of each transform under ``augment_policy=each``."""
+    augment_copies: int = 0
+    """0: transform every example afresh each epoch, in the DataLoader workers. K > 0: draw K
+    augmented copies of every clip once (cached on disk) and train each epoch on one of them,
+    picked at random, so an epoch costs no more than without augmentation."""
+    noise_std: float = 0.01
+    """gaussian_noise: standard deviation (full scale 1.0); the result is clipped to [-1, 1]."""
+    time_stretch_rate: tuple[float, float] = (2.0, 2.0)
+    """time_stretch: rate range (2.0 plays twice as fast); one value for a fixed rate."""
+    pitch_shift_semitones: tuple[float, float] = (-5.0, -5.0)
+    """pitch_shift: semitone range."""
+    gain_db: tuple[float, float] = (-12.04, -12.04)
+    """gain: dB range; the report's volume 0.25 is -12.04 dB."""
+    snr_db: tuple[float, float] = (3.0, 30.0)
+    """background_noise: signal-to-noise ratio range in dB."""
+    noise_colors: list[str] = field(default_factory=lambda: list(NOISE_COLORS))
+    """background_noise without ``path2noise``: coloured noises to draw from."""
+    shift_max: float = 0.5
+    """time_shift: largest shift as a fraction of the clip, either way."""
+    shift_mode: str = "circular"
+    """time_shift: ``circular`` (what leaves the end comes back at the start) or ``pad`` (zeros)."""
+    spec_augment: bool = False
+    """SpecAugment masks on each training batch of log-mels, on the device."""
+    freq_masks: int = 2
+    freq_mask_width: int = 8
+    """Widest frequency mask, in mel bins (each width is uniform in 0..this)."""
+    time_masks: int = 2
+    time_mask_width: int = 20
+    """Widest time mask, in frames."""
+    mixup_alpha: float = 0.0
+    """mixup: Beta(alpha, alpha) mixing weight per example; 0 turns it off."""
+    mixup_mode: str = "features"
+    """``features``: mix log-mels (works with the feature cache); ``waveform``: between-class
+    mixing of the waveforms, weighted by their loudness (Tokozume et al., 2018)."""
+    label_smoothing: float = 0.0
+
     # --- training -------------------------------------------------------------------------
     batch_size: int = 128
     learning_rate: float = 3e-4
@@ -138,6 +188,12 @@ class TaskConfig:
     def length_wav(self) -> int:
         """Samples per clip: ``round(clip_seconds * sample_rate)``."""
         return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def waveform_augment(self) -> bool:
+        """Whether training batches need waveforms changed each epoch (so no feature cache)."""
+        return (bool(self.augment) and self.augment_copies == 0) or (
+            self.mixup_alpha > 0 and self.mixup_mode == "waveform")
 
     @property
     def length(self) -> int:
@@ -190,6 +246,23 @@ class TaskConfig:
             need(len(value) == 2 and all(v > 0 for v in value), name,
                  "must be two positive integers (mel bins, frames)")
         need(all(f > 0 for f in self.folds), "folds", "fold numbers start at 1")
+        unknown = [a for a in self.augment if a not in WAVEFORM_AUGMENTS]
+        need(not unknown, "augment", f"unknown transform {', '.join(unknown)}; choose from "
+             f"{', '.join(WAVEFORM_AUGMENTS)}")
+        need(len(set(self.augment)) == len(self.augment), "augment", "names a transform twice")
+        need(0 <= self.augment_p <= 1, "augment_p", "must be in [0, 1]")
+        need(all(c in NOISE_COLORS for c in self.noise_colors) and self.noise_colors,
+             "noise_colors", f"must be some of {', '.join(NOISE_COLORS)}")
+        for name in ("time_stretch_rate", "pitch_shift_semitones", "gain_db", "snr_db"):
+            lo, hi = getattr(self, name)
+            need(lo <= hi, name, "must be a range low,high with low <= high")
+        need(self.time_stretch_rate[0] > 0, "time_stretch_rate", "must be > 0")
+        need(0 <= self.shift_max <= 1, "shift_max", "must be in [0, 1] (a fraction of the clip)")
+        for name in ("augment_copies", "freq_masks", "freq_mask_width", "time_masks",
+                     "time_mask_width"):
+            need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0 (0 is off)")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "device", "must be auto, cpu, cuda or cuda:N")
         if self.path2noise:
@@ -233,11 +306,16 @@ def _coerce(name: str, value: Any) -> Any:
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
         elif isinstance(value, int) and not isinstance(value, bool) and origin is list:
             value = [value]
+        is_range = origin is tuple and args[0] is float  # one number for a range: a fixed value
+        if is_range and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise bad
-        items = [_coerce_scalar(int, v, bad) for v in value]
+        if is_range and len(value) == 1:
+            value = list(value) * len(args)
+        items = [_coerce_scalar(args[0], v.strip() if isinstance(v, str) else v, bad) for v in value]
         if origin is tuple and len(items) != len(args):
-            raise ConfigError(f"setting {name}={value!r}: expected {len(args)} integers")
+            raise ConfigError(f"setting {name}={value!r}: expected {len(args)} values")
         return origin(items)
     return _coerce_scalar(kind, value, bad)
 

@@ -224,7 +224,7 @@ def load_table(config: TaskConfig) -> ClipTable:
 
 # --- waveform cache -------------------------------------------------------------------------
 
-def _cache_key(table: ClipTable, sample_rate: int, num_samples: int) -> str:
+def cache_key(table: ClipTable, sample_rate: int, num_samples: int) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}:{sample_rate}:{num_samples}".encode())
     for p in table.paths:
         try:
@@ -252,7 +252,7 @@ def build_waveform_cache(table: ClipTable, config: TaskConfig, progress: bool = 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"setting cache_dir={str(folder)!r}: cannot create it ({err.strerror})") from None
-    key = _cache_key(table, config.sample_rate, config.length_wav)
+    key = cache_key(table, config.sample_rate, config.length_wav)
     array_path, bad_path = folder / f"wav-{key}.npy", folder / f"wav-{key}.bad.json"
     if not array_path.exists():
         _write_cache(table, config, array_path, bad_path, progress)
@@ -313,28 +313,31 @@ def _write_cache(table: ClipTable, config: TaskConfig, array_path: Path, bad_pat
 class WaveformDataset(Dataset):
     """Items ``{"wav": (samples,) float32 tensor, "label": int}`` from cached waveforms.
 
-    ``transform`` (waveform → waveform, e.g. augmentation) runs per item, in DataLoader workers.
+    ``augment(samples, *seed_keys) → samples`` (a :class:`~escnet.augmentation.WaveformAugment`) runs
+    per item, in the DataLoader workers, seeded from ``(seed, clip index)`` so the result does
+    not depend on which worker runs it.
     """
 
-    def __init__(self, waves: np.ndarray, labels: np.ndarray, indices: Sequence[int],
-                 transform=None) -> None:
-        self.waves, self.labels, self.indices, self.transform = waves, labels, list(indices), transform
+    def __init__(self, waves, labels: np.ndarray, indices: Sequence[int], augment=None,
+                 seed: int = 0) -> None:
+        self.waves, self.labels, self.indices = waves, labels, list(indices)
+        self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
         j = self.indices[i]
-        wav = torch.from_numpy(np.array(self.waves[j], dtype=np.float32))
-        if self.transform is not None:
-            wav = self.transform(wav)
-        return {"wav": wav, "label": int(self.labels[j])}
+        wav = np.array(self.waves[j], dtype=np.float32)
+        if self.augment is not None:
+            wav = self.augment(wav, self.seed, j)
+        return {"wav": torch.from_numpy(wav), "label": int(self.labels[j])}
 
 
 class FeatureDataset(Dataset):
     """Items ``{"features": (n_mels, frames) tensor, "label": int}`` from precomputed log-mels."""
 
-    def __init__(self, features: torch.Tensor, labels: np.ndarray, indices: Sequence[int]) -> None:
+    def __init__(self, features, labels: np.ndarray, indices: Sequence[int]) -> None:
         self.features, self.labels, self.indices = features, labels, list(indices)
 
     def __len__(self) -> int:
@@ -345,12 +348,31 @@ class FeatureDataset(Dataset):
         return {"features": self.features[j], "label": int(self.labels[j])}
 
 
-def clip_dataset(source: np.ndarray | RowView | torch.Tensor, labels: np.ndarray,
-                 indices: Sequence[int]) -> Dataset:
-    """A dataset over ``indices`` of cached waveforms or of a precomputed feature tensor."""
-    if isinstance(source, torch.Tensor):
+class PickCopies:
+    """One of several versions of each clip: ``view[i]`` is ``copies[choice[i]][i]``.
+
+    ``copies`` are arrays or tensors of one layout, ``(clips, samples)`` or
+    ``(clips, n_mels, frames)``; ``choice`` ``(clips,)`` says which copy each clip uses.
+    """
+
+    def __init__(self, copies: Sequence, choice: np.ndarray) -> None:
+        self.copies, self.choice = copies, choice
+        self.shape = tuple(copies[0].shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int):
+        return self.copies[self.choice[i]][i]
+
+
+def clip_dataset(source, labels: np.ndarray, indices: Sequence[int], augment=None,
+                 seed: int = 0) -> Dataset:
+    """A dataset over ``indices`` of cached waveforms ``(clips, samples)`` (optionally augmented,
+    see :class:`WaveformDataset`) or of precomputed log-mels ``(clips, n_mels, frames)``."""
+    if len(source.shape) == 3:
         return FeatureDataset(source, labels, indices)
-    return WaveformDataset(source, labels, indices)
+    return WaveformDataset(source, labels, indices, augment, seed)
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:

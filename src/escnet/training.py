@@ -22,6 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from escnet.augmentation import BatchAugment, WaveformAugment, augmented_copies
 from escnet.config import TaskConfig, from_dict, read_config_file
 from escnet.datasets import (
     ClipTable,
+    PickCopies,
     build_waveform_cache,
     class_balanced_sampler,
     clip_dataset,
@@ -78,22 +81,54 @@ def _seed(config: TaskConfig, fold_index: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_loader(source, table: ClipTable, indices: np.ndarray, config: TaskConfig,
+@dataclass
+class TrainData:
+    """What training batches are drawn from.
+
+    ``clips``: the cached waveforms ``(clips, samples)`` or their log-mels
+    ``(clips, n_mels, frames)``; the held-out fold is always scored on these. ``copies``: the
+    same layout, augmented copies of every clip; when present, each epoch trains on one copy of
+    each clip, drawn at random. ``augment``: waveform augmentation run per item (no copies).
+    """
+
+    clips: object
+    copies: list = field(default_factory=list)
+    augment: WaveformAugment | None = None
+
+
+def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config: TaskConfig,
                  generator: torch.Generator) -> DataLoader:
-    """Shuffled (or class-balanced) loader over ``indices`` of cached waveforms or features."""
-    dataset = clip_dataset(source, table.labels, indices)
-    sampler = (class_balanced_sampler(table.labels[indices], generator)
-               if config.balanced_sampling else None)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None,
-                      sampler=sampler, generator=generator, collate_fn=collate,
-                      num_workers=config.num_workers, drop_last=len(indices) > config.batch_size,
-                      persistent_workers=False)
+    """Shuffled (or class-balanced) loader over ``indices`` of the training clips.
+
+    The order, the copy of each clip and the augmentation seeds all come from ``generator``
+    here, before any worker starts, so they do not depend on ``num_workers``.
+    """
+    source = data.clips
+    if data.copies:
+        choice = torch.randint(len(data.copies), (len(table),), generator=generator).numpy()
+        source = PickCopies(data.copies, choice)
+    # DataLoader used to draw its worker seed first; drawing it too keeps every order escnet
+    # ever produced with num_workers=0, so earlier results stay reproducible.
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    if config.balanced_sampling:
+        order = np.array(list(class_balanced_sampler(table.labels[indices], generator)))
+    else:
+        order = torch.randperm(len(indices), generator=generator).numpy()
+    dataset = clip_dataset(source, table.labels, indices[order], data.augment,
+                           generator.initial_seed())
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
+                      num_workers=config.num_workers, drop_last=len(indices) > config.batch_size)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: str,
                     progress: bool) -> dict:
-    """One pass over ``loader``. Returns loss, accuracy, and seconds spent waiting for data."""
+    """One pass over ``loader``. Returns loss, accuracy, and seconds spent waiting for data.
+
+    Batch augmentation (mixing, SpecAugment) happens here, on ``device``; the loss takes the
+    mixed class probabilities, and accuracy counts the unmixed labels.
+    """
     model.train()
+    augment = BatchAugment(config)
     total_loss, correct, seen, data_wait = 0.0, 0, 0, 0.0
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.amp
                 else contextlib.nullcontext())
@@ -102,9 +137,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
     for batch in bar:
         data_wait += time.perf_counter() - tick
         label = batch["label"].to(device)
+        targets = F.one_hot(label, config.num_classes).float()
+        if "features" in batch:
+            feats, frames = batch["features"].to(device), None
+        else:
+            wav, targets = augment.waveforms(batch["wav"].to(device), targets)
+            feats, frames = model.features(wav, batch["length"].to(device))
+        feats, targets = augment.features(feats, targets)
         with autocast:
-            logits = model.forward_batch(batch, device)
-            loss = F.cross_entropy(logits.float(), label)
+            logits = model.backbone(feats, frames)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -119,21 +161,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
             "data_seconds": data_wait}
 
 
-def train_fold(config: TaskConfig, source, table: ClipTable, name: str,
+def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                train_idx: np.ndarray, test_idx: np.ndarray, fold_dir: Path, progress: bool = True,
                callbacks: Sequence[EpochCallback] = ()) -> dict:
-    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``.
-
-    ``source`` is the cached waveforms ``(clips, samples)`` or their precomputed log-mels
-    ``(clips, n_mels, frames)`` tensor.
-    """
+    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     fold_index = int(name) if name.isdigit() else 0  # same seeds whichever folds are run
     device = torch.device(config.resolved_device())
     _seed(config, fold_index, 0)
     model = SoundClassifier(config).to(device)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(train_loader(source, table, train_idx, config, torch.Generator()))
+    steps_per_epoch = len(train_loader(data, table, train_idx, config, torch.Generator()))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.num_epochs)
     history: list[dict] = []
     last_path = fold_dir / "last.pt"
@@ -144,10 +182,10 @@ def train_fold(config: TaskConfig, source, table: ClipTable, name: str,
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
-    tests = eval_loader(source, table.labels, test_idx, config)
+    tests = eval_loader(data.clips, table.labels, test_idx, config)
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
-        loader = train_loader(source, table, train_idx, config, _seed(config, fold_index, epoch))
+        loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch))
         log = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         log |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
                                f"fold {name} epoch {epoch}/{config.num_epochs}", progress)
@@ -214,20 +252,33 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     config = config.replace(num_classes=len(table.classes))
     splits = make_splits(table, config)
     _prepare_run_dir(out_dir, config, resume)
-    source, feature_seconds = waves, 0.0
-    if config.feature_cache:  # nothing changes the waveforms between epochs yet
-        tick = time.perf_counter()
-        source = compute_features(Featurizer.from_config(config), waves,
-                                  torch.device(config.resolved_device()))
-        feature_seconds = time.perf_counter() - tick
+    data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
     folds: dict[str, dict] = {}
     for name, train_idx, test_idx in splits:
-        folds[name] = train_fold(config, source, table, name, train_idx, test_idx,
+        folds[name] = train_fold(config, data, table, name, train_idx, test_idx,
                                  out_dir / f"fold-{name}", progress, callbacks)
-        summary = _summary(config, table, folds, len(splits), cache_seconds, feature_seconds,
-                           time.perf_counter() - started)
+        summary = _summary(config, table, folds, len(splits), cache_seconds + augment_seconds,
+                           feature_seconds, time.perf_counter() - started)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def prepare_data(waves, table: ClipTable, config: TaskConfig, progress: bool = True
+                 ) -> tuple[TrainData, float, float]:
+    """Augmented copies (if asked for), then log-mels computed once where nothing changes the
+    waveforms between epochs. Returns the data and the seconds spent on copies and features."""
+    tick = time.perf_counter()
+    make_copies = bool(config.augment) and config.augment_copies > 0
+    copies = augmented_copies(waves, table, config, progress) if make_copies else []
+    augment_seconds = time.perf_counter() - tick
+    if not config.feature_cache or config.waveform_augment:
+        augment = WaveformAugment(config) if config.augment and not copies else None
+        return TrainData(waves, copies, augment), augment_seconds, 0.0
+    tick = time.perf_counter()
+    featurizer, device = Featurizer.from_config(config), torch.device(config.resolved_device())
+    data = TrainData(compute_features(featurizer, waves, device),
+                     [compute_features(featurizer, c, device) for c in copies])
+    return data, augment_seconds, time.perf_counter() - tick
 
 
 def _prepare_run_dir(out_dir: Path, config: TaskConfig, resume: bool) -> None:
@@ -262,7 +313,7 @@ def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], plann
         "classes": table.classes,
         "clips": len(table),
         "data": table.source,
-        "cache_seconds": round(cache_seconds, 2),  # decode + resample (0 when cached earlier)
+        "cache_seconds": round(cache_seconds, 2),  # decode + resample + augmented copies, once
         "feature_seconds": round(feature_seconds, 2),  # log-mels of every clip, once per run
         "first_epoch_seconds": round(epoch_seconds[0], 2),
         "epoch_seconds_median": round(float(np.median(epoch_seconds)), 2),

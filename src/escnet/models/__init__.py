@@ -25,10 +25,14 @@ class SoundClassifier(nn.Module):
         self.featurizer = Featurizer.from_config(config)
         self.backbone = create_model(config.model, config)
 
+    def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-mels ``(batch, n_mels, frames)`` (float32 even under autocast) and valid frames."""
+        with torch.autocast(wav.device.type, enabled=False):
+            return self.featurizer(wav, lengths)
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(wav.device.type, enabled=False):  # features in float32
-            feats, frames = self.featurizer(wav, lengths)
-        return self.backbone(feats, frames)
+        return self.backbone(*self.features(wav, lengths))
 
     def forward_batch(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Logits for a batch from :func:`escnet.datasets.collate`: waveforms, or log-mels

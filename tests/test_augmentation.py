@@ -1,0 +1,235 @@
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from escnet.audio import load_audio
+from escnet.augmentation import (
+    WaveformAugment,
+    between_class_mix,
+    make_transform,
+    mixup,
+    preview,
+    spec_augment,
+)
+from escnet.config import WAVEFORM_AUGMENTS, TaskConfig
+from escnet.errors import ConfigError
+
+SR = 22_050
+
+
+def sine(freq: float, seconds: float = 2.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def apply(name: str, samples: np.ndarray, seed: int = 0, **settings) -> np.ndarray:
+    config = TaskConfig(sample_rate=SR, augment_policy="each", augment_p=1.0, **settings)
+    return WaveformAugment(config, [name])(samples.copy(), seed)
+
+
+def dominant_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / SR)[spectrum.argmax()])
+
+
+def snr_db(clean: np.ndarray, mixed: np.ndarray) -> float:
+    noise = mixed - clean
+    return float(10 * np.log10(np.mean(clean**2) / np.mean(noise**2)))
+
+
+@pytest.mark.parametrize("name", WAVEFORM_AUGMENTS)
+def test_every_transform_keeps_length_on_a_real_clip(esc50, name):
+    clip = load_audio(next((esc50 / "audio").glob("1-*")), SR, 5 * SR)
+    out = apply(name, clip, time_stretch_rate=(0.8, 1.25), pitch_shift_semitones=(-2.0, 2.0))
+    assert out.shape == clip.shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and not np.array_equal(out, clip)
+
+
+@pytest.mark.parametrize("color", ["white", "pink", "brown"])
+def test_coloured_noise_is_mixed_at_the_asked_snr(color):
+    clean = sine(440)
+    for seed, snr in enumerate([0.0, 10.0, 25.0]):
+        mixed = apply("background_noise", clean, seed, snr_db=(snr, snr), noise_colors=[color])
+        assert abs(snr_db(clean, mixed) - snr) < 0.5
+
+
+def test_noise_files_are_mixed_at_the_asked_snr_from_a_random_offset(tmp_path):
+    rng = np.random.default_rng(0)
+    # 8 s of noise with a rising level, so excerpts from different offsets differ.
+    noise = (rng.standard_normal(8 * SR) * np.linspace(0.05, 0.5, 8 * SR)).astype(np.float32)
+    sf.write(tmp_path / "hum.wav", noise, SR)
+    clean = sine(300)
+    excerpts = []
+    for seed in range(4):
+        mixed = apply("background_noise", clean, seed, snr_db=(12.0, 12.0),
+                      path2noise=str(tmp_path))
+        assert abs(snr_db(clean, mixed) - 12.0) < 0.5
+        excerpts.append(mixed - clean)
+    corr = np.corrcoef(excerpts[0], excerpts[1])[0, 1]
+    assert abs(corr) < 0.5  # different offsets, not one excerpt rescaled
+
+
+def test_a_noise_folder_without_audio_is_a_config_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("no audio here")
+    with pytest.raises(ConfigError, match="path2noise"):
+        make_transform("background_noise", TaskConfig(path2noise=str(tmp_path)))
+
+
+def test_pitch_shift_of_an_octave_doubles_the_frequency():
+    out = apply("pitch_shift", sine(440), pitch_shift_semitones=(12.0, 12.0))
+    assert dominant_hz(out) == pytest.approx(880, rel=0.01)
+    down = apply("pitch_shift", sine(440), pitch_shift_semitones=(-12.0, -12.0))
+    assert dominant_hz(down) == pytest.approx(220, rel=0.01)
+
+
+@pytest.mark.parametrize("rate", [2.0, 1.25])
+def test_time_stretch_shortens_by_the_rate_before_padding(rate):
+    clean = sine(440, seconds=4.0)
+    out = apply("time_stretch", clean, time_stretch_rate=(rate, rate))
+    assert len(out) == len(clean)
+    audible = np.flatnonzero(np.abs(out) > 1e-3)
+    assert audible[-1] / len(clean) == pytest.approx(1 / rate, abs=0.02)
+    assert dominant_hz(out[: audible[-1]]) == pytest.approx(440, rel=0.01)  # pitch kept
+
+
+def test_gaussian_noise_has_the_asked_std_and_stays_in_range():
+    clean = np.zeros(SR * 2, dtype=np.float32)
+    out = apply("gaussian_noise", clean, noise_std=0.01)
+    assert np.std(out) == pytest.approx(0.01, rel=0.05)
+    loud = np.full(SR, 0.999, dtype=np.float32)
+    assert apply("gaussian_noise", loud, noise_std=0.05).max() <= 1.0
+
+
+def test_gain_default_is_the_reports_volume_of_a_quarter():
+    out = apply("gain", sine(440))
+    assert np.max(np.abs(out)) / 0.5 == pytest.approx(0.25, rel=0.01)
+
+
+def test_time_shift_circular_rolls_and_pad_fills_with_zeros():
+    ramp = np.linspace(-1, 1, SR, dtype=np.float32)
+    rolled = apply("time_shift", ramp, 3, shift_max=0.5)
+    seam = int(np.argmax(np.abs(np.diff(rolled))))  # where the end wraps to the start (faded)
+    probe = (seam + 1000) % SR
+    shift = (probe - round((rolled[probe] + 1) / 2 * (SR - 1))) % SR
+    assert 0 < shift < SR and abs(seam - shift) < 300
+    away = np.abs((np.arange(SR) - shift + SR // 2) % SR - SR // 2) > 300
+    # Away from the short fades at the seam, a circular shift is exactly a roll.
+    assert np.allclose(rolled[away], np.roll(ramp, shift)[away], atol=1e-4)
+    padded = apply("time_shift", ramp + 1.5, 3, shift_max=0.5, shift_mode="pad")
+    zeros = np.flatnonzero(padded == 0.0)
+    assert len(zeros) > 0 and (zeros[0] == 0 or zeros[-1] == SR - 1)
+
+
+def test_one_policy_reaches_every_transform_and_the_identity():
+    names = ["gain", "time_shift", "gaussian_noise"]
+    augment = WaveformAugment(TaskConfig(sample_rate=SR, augment=names))
+    counts: dict[str, int] = {}
+    for seed in range(2000):
+        chosen = augment.choose(np.random.default_rng(seed))
+        assert len(chosen) <= 1
+        key = chosen[0] if chosen else "identity"
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) == {*names, "identity"}
+    assert all(abs(c / 2000 - 0.25) < 0.04 for c in counts.values())
+
+
+def test_each_policy_applies_each_transform_with_its_probability():
+    names = ["gain", "time_shift"]
+    augment = WaveformAugment(TaskConfig(augment=names, augment_policy="each", augment_p=0.3))
+    draws = [augment.choose(np.random.default_rng(s)) for s in range(3000)]
+    for name in names:
+        assert abs(sum(name in d for d in draws) / 3000 - 0.3) < 0.03
+    assert sum(len(d) == 2 for d in draws) / 3000 == pytest.approx(0.09, abs=0.02)
+
+
+def test_same_seed_same_output_and_global_generators_untouched():
+    augment = WaveformAugment(TaskConfig(sample_rate=SR, augment=list(WAVEFORM_AUGMENTS),
+                                         augment_policy="each", augment_p=1.0,
+                                         time_stretch_rate=(0.9, 1.1)))
+    clip = sine(330)
+    np.random.seed(123)
+    random.seed(123)
+    a = augment(clip.copy(), 7, 42)
+    after = (np.random.random(), random.random())
+    np.random.seed(123)
+    random.seed(123)
+    assert (np.random.random(), random.random()) == after  # the augmentation left them alone
+    assert np.array_equal(a, augment(clip.copy(), 7, 42))
+    assert not np.array_equal(a, augment(clip.copy(), 7, 43))
+
+
+def test_spec_augment_masks_at_most_the_asked_bands_with_the_mean():
+    torch.manual_seed(0)
+    feats = torch.randn(400, 64, 100) + 3.0
+    out = spec_augment(feats, freq_masks=1, freq_width=8, time_masks=0, time_width=20)
+    means = feats.mean(dim=(1, 2))
+    masked_rows = (out == means[:, None, None]).all(dim=2)  # (batch, mels)
+    widths = masked_rows.sum(dim=1)
+    assert widths.max() == 8 and widths.min() == 0
+    assert widths.float().mean() == pytest.approx(4.0, abs=0.5)  # U{0..8}
+    # A mask is one contiguous band; elsewhere the input is untouched.
+    for row in masked_rows[widths > 0]:
+        idx = torch.nonzero(row).flatten()
+        assert idx[-1] - idx[0] + 1 == len(idx)
+    assert torch.equal(out[~masked_rows], feats[~masked_rows])
+
+
+def test_spec_augment_draws_the_asked_number_of_masks():
+    torch.manual_seed(1)
+    feats = torch.randn(300, 64, 200)
+    out = spec_augment(feats, freq_masks=0, freq_width=0, time_masks=3, time_width=5)
+    cols = (out == feats.mean(dim=(1, 2))[:, None, None]).all(dim=1).int()  # (batch, frames)
+    runs = (torch.diff(cols, dim=1, prepend=torch.zeros(300, 1, dtype=torch.int32)) == 1).sum(1)
+    assert runs.max() == 3 and (cols.sum(1) <= 15).all()
+
+
+def test_mixup_mixes_inputs_and_targets_with_one_weight():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 10)
+    labels = torch.arange(64)  # one class per row, so a row's own share is its weight
+    targets = F.one_hot(labels, 64).float()
+    mixed, soft = mixup(x, targets, alpha=0.4)
+    assert torch.allclose(soft.sum(1), torch.ones(64))
+    lam = soft[torch.arange(64), labels]
+    for i in range(64):
+        partner = [j for j in range(64) if torch.allclose(mixed[i], lam[i] * x[i] + (1 - lam[i]) * x[j],
+                                                          atol=1e-5)]
+        assert partner, f"row {i} is not a mix of x[{i}] with another row at weight {lam[i]:.3f}"
+
+
+def test_between_class_mix_keeps_the_target_share_for_equal_loudness():
+    torch.manual_seed(0)
+    t = torch.arange(SR) / SR
+    wav = torch.stack([0.3 * torch.sin(2 * torch.pi * f * t) for f in (200.0, 500.0, 900.0, 1300.0)])
+    targets = torch.eye(4)
+    mixed, soft = between_class_mix(wav, targets, alpha=1.0)
+    assert torch.allclose(soft.sum(1), torch.ones(4))
+    spectrum = torch.fft.rfft(mixed).abs()
+    for i in range(4):
+        r = soft[i, i]  # equal loudness: waveform weight p equals the target share r
+        if r > 0.99:
+            continue
+        j = int(torch.argmax(soft[i] * (torch.arange(4) != i)))
+        expected = torch.tensor([r, 1 - r]) / torch.sqrt(r**2 + (1 - r) ** 2) * 0.3
+        peaks = spectrum[i, [200, 500, 900, 1300][i]], spectrum[i, [200, 500, 900, 1300][j]]
+        measured = torch.stack(peaks) / (SR / 2)
+        assert torch.allclose(measured, expected, atol=2e-3)
+
+
+def test_preview_writes_audio_and_a_picture_per_transform(tmp_path):
+    sf.write(tmp_path / "dog.wav", sine(500, seconds=1.0), SR)
+    config = TaskConfig(sample_rate=SR, clip_seconds=1.0, time_stretch_rate=(1.5, 1.5))
+    written = preview(tmp_path / "dog.wav", tmp_path / "out", config)
+    names = {p.name for p in written}
+    for name in ("original", *WAVEFORM_AUGMENTS):
+        assert any(n.endswith(f"-{name}.wav") for n in names)
+        assert any(n.endswith(f"-{name}.png") for n in names)
+    assert any(n.endswith("-spec_augment.png") for n in names)
+    for p in written:
+        assert p.stat().st_size > 0
+    audio, rate = sf.read(next(p for p in written if p.name.endswith("-gain.wav")))
+    assert rate == SR and len(audio) == SR
