@@ -34,6 +34,9 @@ FAST = ["--model", "crnn", "--set", "sample_rate=8000", "--set", "n_fft=256", "-
     (["--set", "n_mels"], "expected KEY=VALUE"),
     (["--set", "kernal_size=3,3"], "unknown setting 'kernal_size'"),
     (["--subset", "esc20"], "subset='esc20': must be one of all, esc10"),
+    (["--set", "augment=gain,reverb"], "unknown transform reverb"),
+    (["--set", "snr_db=30,3"], "snr_db=(30.0, 3.0): must be a range low,high"),
+    (["--set", "mixup_alpha=-1"], "mixup_alpha=-1.0: must be >= 0"),
 ])
 def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
     code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, *extra], capsys)
@@ -77,6 +80,19 @@ def test_predict_and_evaluate_bad_inputs(tmp_path, capsys):
     assert code == 2 and "no fold-*/last.pt" in err
     code, err = run_cli(["evaluate", str(tmp_path)], capsys)
     assert code == 2 and "not an escnet run" in err
+
+
+def test_augment_preview_bad_inputs(tmp_path, capsys):
+    code, err = run_cli(["augment-preview", str(tmp_path / "nope.wav"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "nope.wav: file not found" in err and err.count("\n") == 1
+    sf.write(tmp_path / "ok.wav", tone(300, 8000, 0.5), 8000)
+    code, err = run_cli(["augment-preview", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "o"),
+                         "--set", "path2noise=" + str(tmp_path)], capsys)
+    assert code == 0  # the clip itself is a noise file in that folder
+    (tmp_path / "quiet").mkdir()
+    code, err = run_cli(["augment-preview", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "o"),
+                         "--set", "path2noise=" + str(tmp_path / "quiet")], capsys)
+    assert code == 2 and "path2noise" in err and "no audio files" in err
 
 
 def test_console_script_has_no_traceback(tmp_path):

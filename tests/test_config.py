@@ -57,10 +57,23 @@ def test_overrides_win_over_file(tmp_path):
     ({"lr": 1}, "unknown setting 'lr'"),
     ({"length_wav": 1000}, "derived"),
     ({"path2noise": "/no/such/folder"}, "path2noise"),
+    ({"augment": ["gain", "gain"]}, "names a transform twice"),
+    ({"time_stretch_rate": [0.0, 1.2]}, "time_stretch_rate"),
+    ({"noise_colors": ["purple"]}, "noise_colors"),
+    ({"augment_policy": "two"}, "augment_policy"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
 ])
 def test_bad_values_name_the_setting(values, needle):
     with pytest.raises(ConfigError, match=needle):
         from_dict(values)
+
+
+def test_a_range_accepts_one_value_for_a_fixed_setting():
+    c = load_config(None, parse_overrides(["pitch_shift_semitones=3", "gain_db=-6,6",
+                                           "augment=gain,time_shift"]))
+    assert c.pitch_shift_semitones == (3.0, 3.0) and c.gain_db == (-6.0, 6.0)
+    assert c.augment == ["gain", "time_shift"] and c.waveform_augment
+    assert not c.replace(augment_copies=4).waveform_augment
 
 
 def test_bad_override_syntax():
