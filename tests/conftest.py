@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,26 @@ def esc50_subset_csv(esc50: Path, out: Path, targets: list[int], folds: list[int
             if label in targets and fold in folds:
                 w.writerow([path, names[label], fold])
     return out
+
+
+class Page(HTMLParser):
+    """Collects images, table cells and headings of an HTML page (and fails on bad nesting)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.images, self.cells, self.stack, self.text = [], [], [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] in ("td", "th"):
+            self.cells.append(data)
+        self.text.append(data)

@@ -1,11 +1,12 @@
-"""Integration tests on real ESC-50 clips: learning, resume, evaluate, predict."""
+"""Integration tests on real ESC-50 clips: learning, resume, evaluate, predict, report."""
 
+import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import esc50_subset_csv
+from conftest import Page, esc50_subset_csv
 
 from escnet.cli import main
 from escnet.config import TaskConfig
@@ -73,8 +74,45 @@ def test_resume_refuses_changed_settings(trained, capsys):
 
 def test_evaluate_recomputes_recorded_accuracy(trained):
     run, summary = trained
-    result = evaluate_run(run, progress=False)
+    result = evaluate_run(run, progress=False, tta=3)
     assert result["folds"]["1"]["accuracy"] == pytest.approx(summary["folds"]["1"])
+    assert 0.2 < result["folds"]["1"]["accuracy_tta"] <= 1.0  # reported beside, not instead
+    assert json.loads((run / "evaluation.json").read_text())["accuracy_tta_mean"] == \
+        result["accuracy_tta_mean"]
+
+
+def test_metrics_and_report_of_a_real_run(trained):
+    from escnet.report import write_report
+
+    run, summary = trained
+    with (run / "fold-1" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and all(r["path"].endswith((".ogg", ".wav", ".flac")) for r in rows)
+    right = sum(r["label"] == r["predicted"] for r in rows)
+    assert right / 40 == pytest.approx(summary["folds"]["1"])  # the last epoch's predictions
+    pooled = json.loads((run / "metrics.json").read_text())
+    assert pooled["accuracy"] == pytest.approx(summary["folds"]["1"])
+    assert summary["macro_f1_pooled"] == pytest.approx(pooled["macro_f1"])
+    assert np.asarray(pooled["confusion"]).sum() == 40
+    page = Page(write_report(run).read_text())
+    assert len(page.images) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in page.images)
+    assert {i["alt"] for i in page.images} == {"training curves", "confusion matrix", "per-class accuracy"}
+    assert f"{100 * summary['folds']['1']:.1f}" in page.cells
+    assert "Most confused pairs" in "".join(page.text)
+    for name in ("curves", "confusion", "per_class"):
+        assert (run / "report" / f"{name}.png").stat().st_size > 5000
+
+
+def test_tensorboard_logs_every_epoch(small_config, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(small_config.replace(num_epochs=2, tensorboard=True), tmp_path / "tb", progress=False)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "fold-1/test_accuracy" in scalars and "fold-1/train_loss" in scalars
+    assert [e.step for e in events.Scalars("fold-1/test_accuracy")] == [1, 2]
 
 
 def test_predict_output_format(trained, esc50, capsys):

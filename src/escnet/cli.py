@@ -47,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["skip_bad"] = True
     if args.balanced:
         overrides["balanced_sampling"] = True
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     overrides |= parse_overrides(args.set or [])
     if args.resume:
         run_dir = Path(args.resume)
@@ -66,16 +68,22 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from escnet.evaluation import evaluate_run
 
-    result = evaluate_run(args.run, args.data, args.checkpoint, progress=not args.quiet)
+    if args.tta < 0 or args.tta == 1:
+        raise EscnetError(f"--tta {args.tta}: give the number of shifted windows, 2 or more")
+    result = evaluate_run(args.run, args.data, args.checkpoint, progress=not args.quiet, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     for name, fold in result["folds"].items():
         recorded = fold["recorded"]
         note = f" (recorded {100 * recorded:.1f} %)" if recorded is not None else ""
-        print(f"fold {name}: {100 * fold['accuracy']:.1f} %{note}, {args.checkpoint}.pt of epoch "
+        tta = f", {100 * fold['accuracy_tta']:.1f} % with --tta {args.tta}" if args.tta else ""
+        print(f"fold {name}: {100 * fold['accuracy']:.1f} %{note}{tta}, {args.checkpoint}.pt of epoch "
               f"{fold['epoch']}")
     print(f"mean: {100 * result['accuracy_mean']:.1f} % ± {100 * result['accuracy_std']:.1f}")
+    if args.tta:
+        print(f"mean with --tta {args.tta}: {100 * result['accuracy_tta_mean']:.1f} % "
+              f"± {100 * result['accuracy_tta_std']:.1f}")
     return 0
 
 
@@ -101,6 +109,40 @@ def _download(args: argparse.Namespace) -> int:
 
     folder = download_esc50(args.root, args.url, args.sha256, progress=not args.quiet)
     print(f"ESC-50 ready in {folder}; train with: escnet train --data {folder}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from escnet.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
+    return 0
+
+
+def _print_compare(rows: list[dict], out: str) -> None:
+    for r in rows:
+        accuracy = f"{100 * r['mean']:5.1f} % ± {100 * r['std']:4.1f}"
+        print(f"{r['run']:<28} {r['model']:<10} {accuracy}  {r['status']}")
+    print(f"wrote {out}/compare.md, compare.csv, compare.png, compare.html")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from escnet.report import compare
+
+    _print_compare(compare(args.runs, args.out), args.out)
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from escnet.report import benchmark
+
+    overrides = parse_overrides(args.set or [])
+    if args.epochs is not None:
+        overrides["num_epochs"] = args.epochs
+    if args.folds is not None:
+        overrides["folds"] = args.folds
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    _print_compare(benchmark(models, args.data, args.out, overrides, progress=not args.quiet), args.out)
     return 0
 
 
@@ -147,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUNDIR", help="continue an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable audio files out")
     p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
+    p.add_argument("--tensorboard", action="store_true", help="log per-epoch scalars to RUNDIR/tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -154,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUNDIR")
     p.add_argument("--data", help="dataset folder, if it moved since training")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="also score with test-time averaging over N circular time shifts")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -173,6 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected checksum of the archive")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_download)
+
+    p = sub.add_parser("report", help="write RUNDIR/report.html: curves, confusion matrix, "
+                       "per-class accuracy, most confused pairs")
+    p.add_argument("run", metavar="RUNDIR")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("compare", help="compare runs: Markdown/CSV table, bar chart, HTML")
+    p.add_argument("runs", nargs="+", metavar="RUNDIR")
+    p.add_argument("--out", default="compare", metavar="DIR")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("benchmark", help="train several models on one protocol, then compare them")
+    p.add_argument("--models", required=True, help="comma-separated model names")
+    p.add_argument("--data", required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: all)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting for every model")
+    p.add_argument("--out", default="runs/benchmark", metavar="DIR")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("augment-preview", help="write a clip under each augmentation "
                        "(audio and log-mel PNG)")

@@ -179,6 +179,8 @@ class TaskConfig:
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
     """Mixed precision (bfloat16 autocast) when training on CUDA; ignored on CPU."""
+    tensorboard: bool = False
+    """Also log per-epoch scalars of every fold to ``RUNDIR/tensorboard`` (needs ``tensorboard``)."""
 
     def __post_init__(self) -> None:
         self.validate()

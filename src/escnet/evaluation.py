@@ -20,6 +20,7 @@ from escnet.datasets import (
     make_splits,
 )
 from escnet.errors import DataError, EscnetError
+from escnet.metrics import Predictions
 from escnet.models import SoundClassifier
 
 
@@ -33,6 +34,29 @@ def predict_loader(model: SoundClassifier, loader: DataLoader, device: torch.dev
         logits.append(model.forward_batch(batch, device).float().cpu())
         labels.append(batch["label"])
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def to_predictions(logits: np.ndarray, labels: np.ndarray, paths: list[str], classes: list[str]
+                   ) -> Predictions:
+    """:class:`~escnet.metrics.Predictions` from logits ``(clips, classes)`` (or probabilities)."""
+    probs = torch.from_numpy(logits).float().softmax(dim=1).numpy()
+    return Predictions(paths, labels, probs.argmax(1), probs.max(1), classes)
+
+
+@torch.inference_mode()
+def predict_shifted(model: SoundClassifier, waves, indices: np.ndarray, shifts: int,
+                    device: torch.device, batch_size: int = 32) -> np.ndarray:
+    """Test-time averaging: mean log-probabilities over ``shifts`` circular time shifts
+    (0, 1/shifts, ... of the clip) of each waveform ``(clips, samples)``. Returns ``(clips, classes)``."""
+    model.eval()
+    out = []
+    for start in range(0, len(indices), batch_size):
+        rows = torch.from_numpy(np.stack([np.asarray(waves[i], dtype=np.float32)
+                                          for i in indices[start : start + batch_size]])).to(device)
+        step = rows.shape[1] // shifts
+        logp = [model(torch.roll(rows, k * step, dims=1)).float().log_softmax(1) for k in range(shifts)]
+        out.append(torch.stack(logp).mean(0).cpu())
+    return torch.cat(out).numpy()
 
 
 def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -68,10 +92,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last",
-                 progress: bool = True) -> dict:
-    """Recompute each fold's held-out accuracy from its saved checkpoint.
+                 progress: bool = True, tta: int = 0) -> dict:
+    """Recompute each fold's held-out accuracy from its saved checkpoint; with ``tta`` > 1, also
+    with test-time averaging over that many time shifts (reported separately).
 
-    Returns ``{"folds": {name: {"recorded": acc, "recomputed": acc}}, "accuracy_mean": ...}``.
+    Writes each fold's ``predictions.csv`` (from ``last.pt``) if it is missing, and
+    ``evaluation.json`` (the returned dict) into the run.
+
+    Returns ``{"folds": {name: {"recorded", "accuracy", "loss", "epoch"[, "accuracy_tta"]}},
+    "accuracy_mean", "accuracy_std"[, "accuracy_tta_mean", "accuracy_tta_std"]}``.
     """
     from escnet.training import read_run_config
 
@@ -97,8 +126,18 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
                                                            ckpt_config), device)
         folds[name] = {"recorded": recorded.get(name), **score(logits, labels),
                        "epoch": ckpt["epoch"]}
+        preds_path = path.parent / "predictions.csv"
+        if checkpoint == "last" and not preds_path.exists():
+            to_predictions(logits, labels, [str(table.paths[i]) for i in test_idx],
+                           table.classes).save(preds_path)
+        if tta > 1:
+            shifted = predict_shifted(model, waves, test_idx, tta, device)
+            folds[name]["accuracy_tta"] = float((shifted.argmax(1) == labels).mean())
     if not folds:
         raise EscnetError(f"{run_dir}: no fold has a {checkpoint}.pt checkpoint yet")
-    accs = [f["accuracy"] for f in folds.values()]
-    return {"checkpoint": checkpoint, "folds": folds, "accuracy_mean": float(np.mean(accs)),
-            "accuracy_std": float(np.std(accs))}
+    result: dict = {"checkpoint": checkpoint, "tta": tta, "folds": folds}
+    for key in ("accuracy", "accuracy_tta") if tta > 1 else ("accuracy",):
+        accs = [f[key] for f in folds.values()]
+        result |= {f"{key}_mean": float(np.mean(accs)), f"{key}_std": float(np.std(accs))}
+    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+    return result

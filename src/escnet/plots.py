@@ -23,3 +23,79 @@ def save_logmel(logmel: np.ndarray, path: str | Path, title: str, sample_rate: i
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+CATEGORY_COLORS = ("#4477AA", "#66CCEE", "#228833", "#CCBB44", "#EE6677")
+
+
+def save_curves(histories: dict[str, list[dict]], path: str | Path, title: str) -> None:
+    """Training curves: loss and accuracy per epoch, train (dashed) and held-out (solid), a thin
+    line per fold and a thick one for the mean over folds (over the epochs all folds reached)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style, color in (("train", "--", "tab:blue"), ("test", "-", "tab:orange")):
+            curves = [[h[f"{split}_{metric}"] for h in hist] for hist in histories.values()]
+            for curve in curves:
+                ax.plot(range(1, len(curve) + 1), curve, style, color=color, alpha=0.3, lw=1)
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            label = f"{'held-out' if split == 'test' else 'train'} (mean of {len(curves)} folds)"
+            ax.plot(range(1, n + 1), mean, style, color=color, lw=2.5, label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_confusion(confusion: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:
+    """Confusion matrix (rows: true class, columns: predicted), counts, with class names."""
+    n = len(classes)
+    side = max(6.0, 0.22 * n + 2)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_yticks(range(n), classes, fontsize=7 if n > 20 else 9)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.03, label="clips")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_per_class(accuracy: dict[str, float | None], categories: dict[str, str | None],
+                   path: str | Path, title: str) -> None:
+    """Per-class accuracy bars sorted from worst to best, coloured by major category."""
+    from escnet.metrics import ESC50_CATEGORIES
+
+    items = sorted(((a, c) for c, a in accuracy.items() if a is not None))
+    colors = [CATEGORY_COLORS[ESC50_CATEGORIES.index(categories[c])] if categories.get(c) else "gray"
+              for _, c in items]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(items) + 2), 4.5), dpi=100)
+    ax.bar(range(len(items)), [100 * a for a, _ in items], color=colors)
+    ax.set_xticks(range(len(items)), [c for _, c in items], rotation=90, fontsize=7)
+    ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=title)
+    used = [k for k in ESC50_CATEGORIES if k in categories.values()]
+    if used:
+        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=CATEGORY_COLORS[ESC50_CATEGORIES.index(k)])
+                           for k in used], labels=used, fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_comparison(names: list[str], means: list[float], stds: list[float], path: str | Path) -> None:
+    """Mean ± std accuracy (fractions) per run as horizontal bars, best at the top."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5), dpi=100)
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, [100 * m for m in means], xerr=[100 * s for s in stds], color="tab:blue", capsize=4)
+    for yi, m in zip(y, means, strict=True):
+        ax.text(100 * m + 1, yi, f"{100 * m:.1f} %", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set(xlabel="accuracy (%), mean ± std over folds", xlim=(0, 100))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -9,6 +9,10 @@ A run directory holds::
     fold-K/best.pt         the epoch with the best held-out accuracy (for inspection only:
                            the reported accuracy is the last epoch's, since picking the best
                            epoch on the test fold would be optimistic)
+    fold-K/predictions.csv the last epoch's held-out predictions (path, label, predicted,
+                           confidence), and fold-K/metrics.json, per_class.csv, confusion.csv
+    metrics.json, per_class.csv, confusion.csv   the same pooled over the finished folds
+    tensorboard/           per-epoch scalars, with ``tensorboard: true``
 
 Randomness is re-seeded from ``(seed, fold, epoch)`` at the start of every epoch, so a run
 resumed from ``last.pt`` ends with exactly the numbers of an uninterrupted one.
@@ -44,8 +48,9 @@ from escnet.datasets import (
     make_splits,
 )
 from escnet.errors import EscnetError
-from escnet.evaluation import eval_loader, predict_loader, score
+from escnet.evaluation import eval_loader, predict_loader, score, to_predictions
 from escnet.features import Featurizer, compute_features
+from escnet.metrics import Predictions, write_metrics
 from escnet.models import SoundClassifier
 
 EpochCallback = Callable[[dict], None]
@@ -200,6 +205,12 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                        f"{log['seconds']:.1f} s")
         for callback in callbacks:
             callback(log)
+    preds_path = fold_dir / "predictions.csv"
+    if not preds_path.exists():  # the last epoch's held-out predictions, for metrics and reports
+        logits, labels = predict_loader(model, tests, device)
+        preds = to_predictions(logits, labels, [str(table.paths[i]) for i in test_idx], table.classes)
+        preds.save(preds_path)
+        write_metrics(fold_dir, preds)
     best = max(history, key=lambda h: h["test_accuracy"])
     return {"accuracy": history[-1]["test_accuracy"], "best_epoch": best["epoch"],
             "best_epoch_accuracy": best["test_accuracy"], "epochs": len(history),
@@ -253,12 +264,17 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     splits = make_splits(table, config)
     _prepare_run_dir(out_dir, config, resume)
     data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
+    if config.tensorboard:
+        callbacks = [*callbacks, tensorboard_logger(out_dir / "tensorboard")]
     folds: dict[str, dict] = {}
     for name, train_idx, test_idx in splits:
         folds[name] = train_fold(config, data, table, name, train_idx, test_idx,
                                  out_dir / f"fold-{name}", progress, callbacks)
+        pooled = write_metrics(out_dir, Predictions.concat(
+            [Predictions.load(out_dir / f"fold-{n}" / "predictions.csv", table.classes) for n in folds]))
         summary = _summary(config, table, folds, len(splits), cache_seconds + augment_seconds,
                            feature_seconds, time.perf_counter() - started)
+        summary["macro_f1_pooled"] = pooled["macro_f1"]
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -281,11 +297,16 @@ def prepare_data(waves, table: ClipTable, config: TaskConfig, progress: bool = T
     return data, augment_seconds, time.perf_counter() - tick
 
 
+# Settings that do not change a run's numbers, so a resumed run may change them.
+RESUME_FREE = ("num_workers", "tensorboard", "cache_dir", "device")
+
+
 def _prepare_run_dir(out_dir: Path, config: TaskConfig, resume: bool) -> None:
     saved = out_dir / "config.yaml"
     if resume:
         old = read_run_config(out_dir)
-        changed = [k for k, v in config.to_dict().items() if old.to_dict()[k] != v]
+        changed = [k for k, v in config.to_dict().items()
+                   if old.to_dict()[k] != v and k not in RESUME_FREE]
         if changed:
             raise EscnetError(f"{out_dir}: cannot resume with different settings "
                               f"({', '.join(changed)}); drop those options or start a new run")
@@ -294,6 +315,24 @@ def _prepare_run_dir(out_dir: Path, config: TaskConfig, resume: bool) -> None:
                           "or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save(saved)
+
+
+def tensorboard_logger(folder: Path) -> EpochCallback:
+    """A callback writing each epoch's numbers as TensorBoard scalars ``fold-K/name``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise EscnetError("setting tensorboard=true: needs the tensorboard package "
+                          "(pip install tensorboard)") from None
+    writer = SummaryWriter(str(folder))
+
+    def log(entry: dict) -> None:
+        for key, value in entry.items():
+            if key not in ("fold", "epoch"):
+                writer.add_scalar(f"fold-{entry['fold']}/{key}", value, entry["epoch"])
+        writer.flush()
+
+    return log
 
 
 def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], planned: int,

@@ -1,0 +1,125 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import Page
+from sklearn.metrics import f1_score
+
+from escnet.cli import main
+from escnet.config import TaskConfig
+from escnet.errors import EscnetError
+from escnet.metrics import Predictions, classification_metrics, confused_pairs, major_category
+from escnet.report import compare, read_run
+
+
+def test_metrics_on_hand_made_predictions_with_a_class_never_predicted():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0])  # class 2 is never predicted
+    m = classification_metrics(labels, predicted, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 1, 0]]
+    f1_a, f1_b, f1_c = 0.5, 2 * 0.5 * 1.0 / 1.5, 0.0
+    assert m["macro_f1"] == pytest.approx((f1_a + f1_b + f1_c) / 3)
+
+
+def test_a_class_absent_from_the_labels_has_no_accuracy():
+    m = classification_metrics(np.array([0, 0, 1]), np.array([0, 2, 1]), ["a", "b", "c"])
+    assert m["per_class_accuracy"]["c"] is None
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1.0) / 2)  # over the classes present
+
+
+def test_predictions_round_trip_and_most_confused_pairs(tmp_path):
+    classes = ["dog", "rain", "siren"]
+    preds = Predictions([f"/d/{i}.wav" for i in range(6)], np.array([0, 0, 0, 1, 1, 2]),
+                        np.array([1, 1, 0, 2, 1, 2]), np.linspace(0.4, 0.9, 6), classes)
+    preds.save(tmp_path / "p.csv")
+    back = Predictions.load(tmp_path / "p.csv", classes)
+    assert np.array_equal(back.labels, preds.labels) and np.array_equal(back.predicted, preds.predicted)
+    assert np.allclose(back.confidence, preds.confidence)
+    pairs = confused_pairs(back)
+    assert pairs[0] == {"true": "dog", "predicted": "rain", "count": 2, "files": ["0.wav", "1.wav"]}
+    assert pairs[1]["true"] == "rain" and pairs[1]["predicted"] == "siren" and len(pairs) == 2
+    assert major_category("siren") == "Exterior/urban" and major_category("kazoo") is None
+
+
+CLASSES = ["dog", "rain", "siren"]
+
+
+def make_run(root, name, model, accuracies, epochs=2, classes=CLASSES, finished=True):
+    """A run directory as escnet writes it, from given per-fold accuracies."""
+    run = root / name
+    run.mkdir()
+    TaskConfig(model=model, num_epochs=epochs, num_classes=len(classes),
+               folds=list(range(1, len(accuracies) + 1))).save(run / "config.yaml")
+    for fold, acc in enumerate(accuracies, 1):
+        (run / f"fold-{fold}").mkdir()
+        n = epochs if finished or fold < len(accuracies) else epochs - 1
+        lines = [{"fold": str(fold), "epoch": e, "train_loss": 1.0, "train_accuracy": 0.5,
+                  "test_loss": 1.0, "test_accuracy": acc if e == n else 0.1, "seconds": 2.0 + fold}
+                 for e in range(1, n + 1)]
+        (run / f"fold-{fold}" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        # 10 clips per fold, round(acc * 10) of them right.
+        labels = np.arange(10) % len(classes)
+        right = round(acc * 10)
+        predicted = np.where(np.arange(10) < right, labels, (labels + 1) % len(classes))
+        Predictions([f"f{fold}-{i}.wav" for i in range(10)], labels, predicted, np.ones(10),
+                    classes).save(run / f"fold-{fold}" / "predictions.csv")
+    status = "complete" if finished else "partial"
+    (run / "summary.json").write_text(json.dumps({"status": status, "classes": classes,
+                                                  "folds": {str(i + 1): a for i, a in enumerate(accuracies)}}))
+    return run
+
+
+def test_compare_tables_hold_the_numbers_of_the_runs(tmp_path):
+    a = make_run(tmp_path, "small", "crnn", [0.5, 0.7])
+    b = make_run(tmp_path, "tiny", "lstm", [0.9, 0.8])
+    c = make_run(tmp_path, "going", "crnn", [0.6, 0.4], finished=False)
+    rows = compare([a, b, c], tmp_path / "cmp")
+    assert [r["run"] for r in rows] == ["tiny", "small", "going"]  # by mean accuracy
+    assert rows[0]["mean"] == pytest.approx(0.85) and rows[0]["std"] == pytest.approx(0.05)
+    assert rows[2]["status"].startswith("partial (1 fold") and rows[2]["folds"] == {"1": 0.6}
+    with (tmp_path / "cmp" / "compare.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [t["run"] for t in table] == ["tiny", "small", "going"]
+    assert float(table[1]["fold_1"]) == 0.5 and float(table[1]["fold_2"]) == 0.7
+    assert float(table[1]["accuracy_mean"]) == pytest.approx(0.6)
+    assert table[2]["fold_2"] == ""
+    # macro-F1 pooled from the predictions of both folds (12 of 20 right for "small").
+    labels, predicted = _pooled(a)
+    assert (labels == predicted).sum() == 12
+    assert float(table[1]["macro_f1"]) == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-4)
+    assert float(table[0]["epoch_seconds"]) == pytest.approx(3.5)  # median of 3, 3, 4, 4 s epochs
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| tiny | lstm |" in md and "85.0 ± 5.0" in md
+    page = Page((tmp_path / "cmp" / "compare.html").read_text())
+    assert len(page.images) == 1 and page.images[0]["src"].startswith("data:image/png;base64,")
+    assert "85.0 ± 5.0" in page.cells and (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
+
+
+def _pooled(run):
+    preds = read_run(run).predictions()
+    return preds.labels, preds.predicted
+
+
+def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):
+    a = make_run(tmp_path, "a", "crnn", [0.5, 0.7])
+    other = make_run(tmp_path, "other", "crnn", [0.5, 0.7], classes=["x", "y", "z"])
+    with pytest.raises(EscnetError, match="classes differ"):
+        compare([a, other], tmp_path / "cmp")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EscnetError, match="not an escnet run"):
+        read_run(tmp_path / "empty")
+    fresh = make_run(tmp_path, "fresh", "crnn", [0.5], finished=False)
+    with pytest.raises(EscnetError, match=r"no finished fold yet \(fold 1 at epoch 1/2"):
+        read_run(fresh)
+
+
+def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for args in (["report", str(tmp_path / "empty")], ["compare", str(tmp_path / "nope")],
+                 ["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("escnet: error:") and err.count("\n") == 1
