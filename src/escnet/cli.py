@@ -121,7 +121,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _print_compare(rows: list[dict], out: str) -> None:
     for r in rows:
-        accuracy = f"{100 * r['mean']:5.1f} % ± {100 * r['std']:4.1f}"
+        accuracy = f"{100 * r['mean']:5.1f} % ± {100 * r['std']:4.1f}" if len(r["folds"]) > 1 else \
+            f"{100 * r['mean']:5.1f} % (1 fold)"
         print(f"{r['run']:<28} {r['model']:<10} {accuracy}  {r['status']}")
     print(f"wrote {out}/compare.md, compare.csv, compare.png, compare.html")
 

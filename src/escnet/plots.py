@@ -91,8 +91,8 @@ def save_comparison(names: list[str], means: list[float], stds: list[float], pat
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5), dpi=100)
     y = np.arange(len(names))[::-1]
     ax.barh(y, [100 * m for m in means], xerr=[100 * s for s in stds], color="tab:blue", capsize=4)
-    for yi, m in zip(y, means, strict=True):
-        ax.text(100 * m + 1, yi, f"{100 * m:.1f} %", va="center", fontsize=8)
+    for yi, m, sd in zip(y, means, stds, strict=True):
+        ax.text(100 * (m + sd) + 1.5, yi, f"{100 * m:.1f} %", va="center", fontsize=8)
     ax.set_yticks(y, names)
     ax.set(xlabel="accuracy (%), mean ± std over folds", xlim=(0, 100))
     ax.grid(axis="x", alpha=0.3)

@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def _ensure_predictions(run: RunInfo) -> Predictions | None:
     if preds is None and all((run.path / f"fold-{f}" / "last.pt").exists() for f in run.finished):
         from escnet.evaluation import evaluate_run
 
-        evaluate_run(run.path, progress=False)
+        try:
+            evaluate_run(run.path, progress=False)
+        except EscnetError as err:  # e.g. the data is not on this machine: report without them
+            print(f"escnet: {run.path}: no held-out predictions ({err})", file=sys.stderr)
+            return None
         preds = run.predictions()
     return preds
 
@@ -188,6 +193,12 @@ def write_report(run_dir: str | Path) -> Path:
 COMPARE_COLUMNS = ["run", "model", "parameters", "GMACs/clip", "epochs"]
 
 
+def _mean_std(row: dict) -> str:
+    if len(row["folds"]) == 1:
+        return f"{100 * row['mean']:.1f} (1 fold)"
+    return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
+
+
 def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     """Compare runs: ``compare.md``, ``compare.csv``, ``compare.png`` and ``compare.html`` in
     ``out_dir``, sorted by mean accuracy. Returns the rows (fractions, not %)."""
@@ -204,7 +215,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     for run in runs:
         model = create_model(run.config.model, run.config.replace(pretrained=""))
         mean, std = run.mean_std()
-        preds = run.predictions()
+        preds = _ensure_predictions(run)
         f1 = (classification_metrics(preds.labels, preds.predicted, preds.classes)["macro_f1"]
               if preds else None)
         rows.append({"run": run.name, "model": run.config.model,
@@ -219,7 +230,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     header = [*COMPARE_COLUMNS, *[f"fold {f}" for f in folds], "mean ± std", "macro-F1 (pooled)",
               "s / epoch", "status"]
     table = [[r["run"], r["model"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}", str(r["epochs"]),
-              *[pct(r["folds"].get(f)) for f in folds], f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
+              *[pct(r["folds"].get(f)) for f in folds], _mean_std(r),
               pct(r["macro_f1"]), f"{r['epoch_seconds']:.1f}", r["status"]] for r in rows]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]
