@@ -123,3 +123,25 @@ def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("escnet: error:") and err.count("\n") == 1
+
+
+def test_benchmark_trains_each_model_then_compares_and_resumes(tmp_path, capsys):
+    from conftest import write_esc50_like
+
+    data = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2) for t in (0, 1) for i in range(3)])
+    args = ["benchmark", "--models", "crnn,lstm", "--data", str(data), "--epochs", "2",
+            "--out", str(tmp_path / "b"), "--quiet", "--set", "sample_rate=8000", "--set", "n_fft=256",
+            "--set", "win_length=256", "--set", "hop_length=64"]
+    assert main(args) == 0
+    with (tmp_path / "b" / "compare.csv").open() as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"crnn", "lstm"} and all(r["status"] == "complete" for r in rows.values())
+    for name in ("crnn", "lstm"):
+        summary = json.loads((tmp_path / "b" / name / "summary.json").read_text())
+        assert float(rows[name]["accuracy_mean"]) == pytest.approx(summary["accuracy_mean"], abs=1e-4)
+        assert rows[name]["epochs"] == "2"
+    stamp = (tmp_path / "b" / "crnn" / "fold-1" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0  # finished runs are kept, not retrained
+    assert (tmp_path / "b" / "crnn" / "fold-1" / "last.pt").stat().st_mtime_ns == stamp
