@@ -52,11 +52,18 @@ class Featurizer(nn.Module):
 
         Returns: log-mel ``(batch, n_mels, frames)`` and ``(batch,)`` valid frames (or ``None``).
         """
+        frames = self.frames(lengths) if lengths is not None else None
+        if wav.device.type == "cpu" and len(wav) > 1:
+            # One clip at a time keeps its spectrogram in the CPU cache: about 3× faster per clip
+            # than the whole batch at once (benchmarks/featurizer_speed.py), same numbers.
+            return torch.cat([self._logmel(w) for w in wav.split(1)]), frames
+        return self._logmel(wav), frames
+
+    def _logmel(self, wav: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wav.float(), self.n_fft, self.hop_length, self.win_length, self.window,
                           center=True, pad_mode="constant", return_complex=True)
         power = spec.real.square() + spec.imag.square()
-        logmel = torch.matmul(self.mel_basis, power).clamp_min(self.log_floor).log()
-        return logmel, (self.frames(lengths) if lengths is not None else None)
+        return torch.matmul(self.mel_basis, power).clamp_min(self.log_floor).log()
 
 
 @torch.inference_mode()
