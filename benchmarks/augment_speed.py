@@ -24,18 +24,12 @@ import time
 
 import numpy as np
 import torch
+from common import timed_epoch
 
 from escnet.augmentation import WaveformAugment
 from escnet.config import load_config, parse_overrides
 from escnet.datasets import build_waveform_cache, load_table
-from escnet.models import SoundClassifier
-from escnet.training import (
-    machine_description,
-    make_optimizer,
-    prepare_data,
-    train_loader,
-    train_one_epoch,
-)
+from escnet.training import machine_description, prepare_data, train_loader
 
 
 def epoch_seconds(config, waves, table) -> tuple[float, float, float]:
@@ -43,14 +37,9 @@ def epoch_seconds(config, waves, table) -> tuple[float, float, float]:
     tick = time.perf_counter()
     data, _, _ = prepare_data(waves, table, config, progress=False)
     prepare = time.perf_counter() - tick
-    torch.manual_seed(0)
-    model = SoundClassifier(config)
-    optimizer = make_optimizer(model, config)
     loader = train_loader(data, table, np.arange(len(table)), config,
                           torch.Generator().manual_seed(0))
-    tick = time.perf_counter()
-    log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
-    return prepare, time.perf_counter() - tick, log["data_seconds"]
+    return prepare, *timed_epoch(config, loader)
 
 
 def main() -> None:

@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 import torch
+from common import timed_epoch
 from torch.utils.data import DataLoader, Dataset
 
 from escnet.audio import load_audio
 from escnet.config import load_config, parse_overrides
 from escnet.datasets import build_waveform_cache, clip_dataset, collate, load_table
-from escnet.models import SoundClassifier
-from escnet.training import machine_description, make_optimizer, prepare_data, train_one_epoch
+from escnet.training import machine_description, prepare_data
 
 
 class DecodeEveryItem(Dataset):
@@ -40,15 +40,6 @@ class DecodeEveryItem(Dataset):
     def __getitem__(self, i: int) -> dict:
         wav = load_audio(self.paths[i], self.sample_rate, self.samples)
         return {"wav": torch.from_numpy(wav), "label": int(self.labels[i])}
-
-
-def run_epoch(config, loader) -> tuple[float, float]:
-    torch.manual_seed(0)
-    model = SoundClassifier(config)
-    optimizer = make_optimizer(model, config)
-    tick = time.perf_counter()
-    log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
-    return time.perf_counter() - tick, log["data_seconds"]
 
 
 def main() -> None:
@@ -75,9 +66,9 @@ def main() -> None:
     report_loader = DataLoader(report, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
                                drop_last=len(report) > config.batch_size)
 
-    run_epoch(config, ours_loader)  # warm-up
-    ours, ours_wait = run_epoch(config, ours_loader)
-    theirs, theirs_wait = run_epoch(config, report_loader)
+    timed_epoch(config, ours_loader)  # warm-up
+    ours, ours_wait = timed_epoch(config, ours_loader)
+    theirs, theirs_wait = timed_epoch(config, report_loader)
     print(f"machine: {machine_description()}")
     print(f"model {config.model}, {len(table)} clips of {config.clip_seconds:g} s at "
           f"{config.sample_rate} Hz, batch {config.batch_size}; one training epoch\n")

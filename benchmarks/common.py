@@ -1,0 +1,22 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from escnet.config import TaskConfig
+from escnet.models import SoundClassifier
+from escnet.training import make_optimizer, train_one_epoch
+
+
+def timed_epoch(config: TaskConfig, loader) -> tuple[float, float]:
+    """Seconds of one training epoch over ``loader`` from fixed initial weights, and the part of
+    them spent waiting for data."""
+    torch.manual_seed(0)
+    model = SoundClassifier(config)
+    optimizer = make_optimizer(model, config)
+    tick = time.perf_counter()
+    log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
+    return time.perf_counter() - tick, log["data_seconds"]
