@@ -17,14 +17,13 @@ Measures, on real clips with the settings of ``--config``:
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 
 import numpy as np
 import torch
-from common import timed_epoch
+from common import bench_parser, timed_epoch
 
 from escnet.augmentation import WaveformAugment
 from escnet.config import load_config, parse_overrides
@@ -43,11 +42,8 @@ def epoch_seconds(config, waves, table) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
+    parser = bench_parser(__doc__, clips=400)
     parser.add_argument("--config", default="configs/cnn10-cpu-aug.yaml")
-    parser.add_argument("--clips", type=int, default=400)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="escnet-bench-")  # copies are timed from scratch
     config = load_config(args.config, {**parse_overrides(args.set), "data_dir": args.data,

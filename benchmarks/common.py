@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -20,3 +21,12 @@ def timed_epoch(config: TaskConfig, loader) -> tuple[float, float]:
     tick = time.perf_counter()
     log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
     return time.perf_counter() - tick, log["data_seconds"]
+
+
+def bench_parser(doc: str, clips: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--data``, ``--clips`` and ``--set key=value``."""
+    out = argparse.ArgumentParser(description=doc.splitlines()[0])
+    out.add_argument("--data", required=True, help="ESC-50 folder (or any dataset escnet reads)")
+    out.add_argument("--clips", type=int, default=clips, help="how many clips to time")
+    out.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return out

@@ -11,12 +11,12 @@ CPU). Both on the same real clips, after one warm-up pass; the outputs are check
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import librosa
 import numpy as np
 import torch
+from common import bench_parser
 
 from escnet.config import load_config, parse_overrides
 from escnet.datasets import build_waveform_cache, load_table
@@ -25,11 +25,8 @@ from escnet.training import machine_description
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--clips", type=int, default=256)
+    parser = bench_parser(__doc__, clips=256)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     config = load_config(None, {**parse_overrides(args.set), "data_dir": args.data})
     table = load_table(config)

@@ -14,12 +14,11 @@ reference, then forward, backward and the optimiser step).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import timed_epoch
+from common import bench_parser, timed_epoch
 from torch.utils.data import DataLoader, Dataset
 
 from escnet.audio import load_audio
@@ -43,11 +42,8 @@ class DecodeEveryItem(Dataset):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
+    parser = bench_parser(__doc__, clips=400)
     parser.add_argument("--model", default="crnn")
-    parser.add_argument("--clips", type=int, default=400)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     config = load_config(None, {**parse_overrides(args.set), "data_dir": args.data, "model": args.model})
     table = load_table(config)

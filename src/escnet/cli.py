@@ -120,10 +120,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _print_compare(rows: list[dict], out: str) -> None:
+    from escnet.report import format_accuracy
+
+    print(f"{'run':<28} {'model':<10} {'accuracy (%)':<16} status")
     for r in rows:
-        accuracy = f"{100 * r['mean']:5.1f} % ± {100 * r['std']:4.1f}" if len(r["folds"]) > 1 else \
-            f"{100 * r['mean']:5.1f} % (1 fold)"
-        print(f"{r['run']:<28} {r['model']:<10} {accuracy}  {r['status']}")
+        print(f"{r['run']:<28} {r['model']:<10} {format_accuracy(r):<16} {r['status']}")
     print(f"wrote {out}/compare.md, compare.csv, compare.png, compare.html")
 
 

@@ -177,8 +177,8 @@ def write_report(run_dir: str | Path) -> Path:
             ["true", "predicted as", "clips", "examples"],
             [[p["true"], p["predicted"], str(p["count"]), ", ".join(p["files"])] for p in pairs]))
     evaluation = run.path / "evaluation.json"
-    if evaluation.exists() and json.loads(evaluation.read_text()).get("tta", 0) > 1:
-        ev = json.loads(evaluation.read_text())
+    ev = json.loads(evaluation.read_text()) if evaluation.exists() else {}
+    if ev.get("tta", 0) > 1:
         parts.append(f"<p>With test-time averaging over {ev['tta']} shifts (escnet evaluate --tta): "
                      f"{pct(ev['accuracy_tta_mean'])} % ± {pct(ev['accuracy_tta_std'])}</p>")
     parts.append("<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
@@ -193,7 +193,8 @@ def write_report(run_dir: str | Path) -> Path:
 COMPARE_COLUMNS = ["run", "model", "parameters", "GMACs/clip", "epochs"]
 
 
-def _mean_std(row: dict) -> str:
+def format_accuracy(row: dict) -> str:
+    """A compare row's mean ± std over folds (%), or its single fold."""
     if len(row["folds"]) == 1:
         return f"{100 * row['mean']:.1f} (1 fold)"
     return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
@@ -230,7 +231,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     header = [*COMPARE_COLUMNS, *[f"fold {f}" for f in folds], "mean ± std", "macro-F1 (pooled)",
               "s / epoch", "status"]
     table = [[r["run"], r["model"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}", str(r["epochs"]),
-              *[pct(r["folds"].get(f)) for f in folds], _mean_std(r),
+              *[pct(r["folds"].get(f)) for f in folds], format_accuracy(r),
               pct(r["macro_f1"]), f"{r['epoch_seconds']:.1f}", r["status"]] for r in rows]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in table]

@@ -112,8 +112,8 @@ def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config:
     if data.copies:
         choice = torch.randint(len(data.copies), (len(table),), generator=generator).numpy()
         source = PickCopies(data.copies, choice)
-    # DataLoader used to draw its worker seed first; drawing it too keeps every order escnet
-    # ever produced with num_workers=0, so earlier results stay reproducible.
+    # DataLoader draws a worker seed from its generator before shuffling; making the same draw
+    # keeps the data order earlier escnet versions produced with num_workers=0.
     torch.empty((), dtype=torch.int64).random_(generator=generator)
     if config.balanced_sampling:
         order = np.array(list(class_balanced_sampler(table.labels[indices], generator)))
@@ -188,13 +188,15 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
             scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
     tests = eval_loader(data.clips, table.labels, test_idx, config)
+    held_out = None  # the latest epoch's (logits, labels) on the test fold
     for epoch in range(len(history) + 1, config.num_epochs + 1):
         start = time.perf_counter()
         loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch))
         log = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         log |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
                                f"fold {name} epoch {epoch}/{config.num_epochs}", progress)
-        log |= {f"test_{k}": v for k, v in score(*predict_loader(model, tests, device)).items()}
+        held_out = predict_loader(model, tests, device)
+        log |= {f"test_{k}": v for k, v in score(*held_out).items()}
         log["seconds"] = time.perf_counter() - start
         history.append(log)
         _save_epoch(fold_dir, model, optimizer, scheduler, config, table, history)
@@ -207,7 +209,7 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
             callback(log)
     preds_path = fold_dir / "predictions.csv"
     if not preds_path.exists():  # the last epoch's held-out predictions, for metrics and reports
-        logits, labels = predict_loader(model, tests, device)
+        logits, labels = held_out or predict_loader(model, tests, device)
         preds = to_predictions(logits, labels, [str(table.paths[i]) for i in test_idx], table.classes)
         preds.save(preds_path)
         write_metrics(fold_dir, preds)
