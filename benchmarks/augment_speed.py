@@ -23,10 +23,9 @@ import time
 
 import numpy as np
 import torch
-from common import bench_parser, timed_epoch
+from common import bench_config, bench_parser, timed_epoch
 
 from escnet.augmentation import WaveformAugment
-from escnet.config import load_config, parse_overrides
 from escnet.datasets import build_waveform_cache, load_table
 from escnet.training import machine_description, prepare_data, train_loader
 
@@ -43,11 +42,10 @@ def epoch_seconds(config, waves, table) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = bench_parser(__doc__, clips=400)
-    parser.add_argument("--config", default="configs/cnn10-cpu-aug.yaml")
+    parser.set_defaults(config="configs/cnn10-cpu-aug.yaml")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="escnet-bench-")  # copies are timed from scratch
-    config = load_config(args.config, {**parse_overrides(args.set), "data_dir": args.data,
-                                       "cache_dir": cache})
+    config = bench_config(args, cache_dir=cache)
     table = load_table(config)
     rows = np.random.default_rng(0).permutation(len(table))[: args.clips]
     mask = np.zeros(len(table), dtype=bool)

@@ -7,16 +7,19 @@ import time
 
 import torch
 
-from escnet.config import TaskConfig
+from escnet.config import TaskConfig, load_config, parse_overrides
 from escnet.models import SoundClassifier
 from escnet.training import make_optimizer, train_one_epoch
 
 
-def timed_epoch(config: TaskConfig, loader) -> tuple[float, float]:
+def timed_epoch(config: TaskConfig, loader, featurizer: torch.nn.Module | None = None
+                ) -> tuple[float, float]:
     """Seconds of one training epoch over ``loader`` from fixed initial weights, and the part of
-    them spent waiting for data."""
+    them spent waiting for data. ``featurizer`` replaces escnet's for waveform batches."""
     torch.manual_seed(0)
     model = SoundClassifier(config)
+    if featurizer is not None:
+        model.featurizer = featurizer
     optimizer = make_optimizer(model, config)
     tick = time.perf_counter()
     log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
@@ -24,9 +27,18 @@ def timed_epoch(config: TaskConfig, loader) -> tuple[float, float]:
 
 
 def bench_parser(doc: str, clips: int) -> argparse.ArgumentParser:
-    """The options every benchmark takes: ``--data``, ``--clips`` and ``--set key=value``."""
+    """The options every benchmark takes: ``--data``, ``--clips``, ``--preset``, ``--config``
+    and ``--set key=value``."""
     out = argparse.ArgumentParser(description=doc.splitlines()[0])
     out.add_argument("--data", required=True, help="ESC-50 folder (or any dataset escnet reads)")
     out.add_argument("--clips", type=int, default=clips, help="how many clips to time")
+    out.add_argument("--preset", help="start from a shipped recipe (default: the report's settings)")
+    out.add_argument("--config", help="YAML or TOML file of settings")
     out.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     return out
+
+
+def bench_config(args: argparse.Namespace, **settings) -> TaskConfig:
+    """Defaults, then ``--preset``, ``--config``, ``--set``, then ``settings`` and ``--data``."""
+    overrides = {**parse_overrides(args.set), **settings, "data_dir": args.data}
+    return load_config(args.config, overrides, preset=args.preset)

@@ -5,7 +5,7 @@ win_length, n_mels, fmin, fmax, power=2), log_floor))`` one clip at a time, as a
 pipeline computes it. escnet: :class:`escnet.features.Featurizer` on batches of clips (torch,
 CPU). Both on the same real clips, after one warm-up pass; the outputs are checked to agree.
 
-    python benchmarks/featurizer_speed.py --data ../shared/data/esc50 [--clips 256] [--batch 32]
+    python benchmarks/featurizer_speed.py --data ../shared/data/esc50 [--preset fast] [--clips 256] [--batch 32]
         [--set sample_rate=22050 ...]
 """
 
@@ -16,9 +16,8 @@ import time
 import librosa
 import numpy as np
 import torch
-from common import bench_parser
+from common import bench_config, bench_parser
 
-from escnet.config import load_config, parse_overrides
 from escnet.datasets import build_waveform_cache, load_table
 from escnet.features import Featurizer
 from escnet.training import machine_description
@@ -28,7 +27,7 @@ def main() -> None:
     parser = bench_parser(__doc__, clips=256)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
-    config = load_config(None, {**parse_overrides(args.set), "data_dir": args.data})
+    config = bench_config(args)
     table = load_table(config)
     waves, _ = build_waveform_cache(table, config, progress=False)
     clips = np.array(waves[: args.clips], dtype=np.float32)

@@ -13,6 +13,7 @@ from escnet.augmentation import (
     make_transform,
     mixup,
     preview,
+    random_crop,
     spec_augment,
 )
 from escnet.config import WAVEFORM_AUGMENTS, TaskConfig
@@ -233,3 +234,24 @@ def test_preview_writes_audio_and_a_picture_per_transform(tmp_path):
         assert p.stat().st_size > 0
     audio, rate = sf.read(next(p for p in written if p.name.endswith("-gain.wav")))
     assert rate == SR and len(audio) == SR
+
+
+def test_random_crop_takes_a_window_per_example_at_random_offsets():
+    torch.manual_seed(0)
+    frames = torch.arange(100.0).expand(64, 8, 100)  # every bin holds its frame index
+    out = random_crop(frames, 30)
+    assert out.shape == (64, 8, 30)
+    starts = out[:, 0, 0]
+    # each row is one contiguous window of the input, the same for every mel bin
+    assert torch.equal(out, starts[:, None, None] + torch.arange(30.0).expand(64, 8, 30))
+    assert starts.min() >= 0 and starts.max() <= 70 and len(starts.unique()) > 20
+    assert random_crop(frames, 0) is frames and random_crop(frames, 100) is frames
+
+
+def test_crop_seconds_sets_the_training_window_in_frames():
+    c = TaskConfig(sample_rate=22050, hop_length=512, crop_seconds=3.0)
+    assert c.crop_frames == 66150 // 512 + 1
+    assert TaskConfig(crop_seconds=0).crop_frames == 0
+    assert TaskConfig(crop_seconds=5.0).crop_frames == 0  # not shorter than the clip: whole clip
+    with pytest.raises(ConfigError, match="crop_seconds"):
+        TaskConfig(crop_seconds=-1)

@@ -1,6 +1,6 @@
 import pytest
 
-from escnet.config import TaskConfig, from_dict, load_config, parse_overrides
+from escnet.config import TaskConfig, from_dict, list_presets, load_config, parse_overrides, preset_config
 from escnet.errors import ConfigError
 
 
@@ -89,3 +89,15 @@ def test_bad_config_files(tmp_path):
                          ("missing.yaml", "not found")]:
         with pytest.raises(ConfigError, match=needle):
             load_config(tmp_path / name)
+
+
+def test_presets_ship_with_the_package_and_apply_under_file_and_overrides(tmp_path):
+    assert {"fast", "best"} <= set(list_presets())
+    fast = preset_config("fast")
+    assert fast != TaskConfig() and fast.model == "cnn10"
+    path = tmp_path / "c.yaml"
+    path.write_text("num_epochs: 3\n")
+    c = load_config(path, {"seed": 7}, preset="fast")
+    assert c == fast.replace(num_epochs=3, seed=7)
+    with pytest.raises(ConfigError, match=r"unknown preset; choose from .*fast"):
+        preset_config("fastest")

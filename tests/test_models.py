@@ -136,3 +136,28 @@ def test_cnn10_loads_panns_weights_downloaded_with_checksum(tmp_path):
         create_model("cnn10", SMALL.replace(cnn_width=32, pretrained=str(tmp_path / "Cnn10.pth")))
     with pytest.raises(ConfigError, match="no such file"):
         create_model("cnn10", SMALL.replace(pretrained=str(tmp_path / "missing.pth")))
+
+
+def test_channels_last_changes_the_layout_not_the_outputs():
+    from escnet.models import SoundClassifier
+
+    config = SMALL.replace(model="cnn10")
+    torch.manual_seed(0)
+    plain = SoundClassifier(config).eval()
+    fast = SoundClassifier(config.replace(channels_last=True)).eval()
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.backbone.conv_block2.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    wav = torch.randn(3, config.length_wav)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(wav), plain(wav), rtol=1e-4, atol=1e-4)
+
+
+def test_cnn10_dropout_comes_from_the_config():
+    x = torch.randn(4, SMALL.n_mels, SMALL.length)
+    torch.manual_seed(0)
+    model = create_model("cnn10", SMALL.replace(cnn_dropout=0.0, head_dropout=0.0)).train()
+    # without dropout, train mode differs from eval mode only by batch statistics: same twice
+    torch.testing.assert_close(model(x), model(x))
+    noisy = create_model("cnn10", SMALL.replace(cnn_dropout=0.5, head_dropout=0.5)).train()
+    assert not torch.allclose(noisy(x), noisy(x))

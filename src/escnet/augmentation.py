@@ -192,6 +192,20 @@ def _band_mask(batch: int, size: int, count: int, width: int, device: torch.devi
     return ((pos >= starts) & (pos < starts + widths)).any(dim=1)
 
 
+def random_crop(feats: torch.Tensor, frames: int) -> torch.Tensor:
+    """A window of ``frames`` frames at a random offset in each example (torch's global RNG).
+
+    ``(batch, n_mels, total_frames)`` → ``(batch, n_mels, frames)``; unchanged when ``frames``
+    is 0 or not shorter than the input.
+    """
+    batch, n_mels, total = feats.shape
+    if not 0 < frames < total:
+        return feats
+    offsets = torch.randint(0, total - frames + 1, (batch, 1), device=feats.device)
+    index = offsets + torch.arange(frames, device=feats.device)  # (batch, frames)
+    return feats.gather(2, index[:, None, :].expand(batch, n_mels, frames))
+
+
 def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int,
                  time_width: int) -> torch.Tensor:
     """SpecAugment (Park et al., 2019) without time warping.
@@ -263,7 +277,8 @@ def between_class_mix(wav: torch.Tensor, targets: torch.Tensor, alpha: float
 
 class BatchAugment:
     """The config's batch transforms, in training order: waveform mixing before the features,
-    SpecAugment then mixup after them. Targets are class probabilities ``(batch, classes)``."""
+    random crop, SpecAugment then mixup after them. Targets are class probabilities
+    ``(batch, classes)``."""
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -278,6 +293,7 @@ class BatchAugment:
     def features(self, feats: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
+        feats = random_crop(feats, c.crop_frames)
         if c.spec_augment:
             feats = spec_augment(feats, c.freq_masks, c.freq_mask_width, c.time_masks,
                                  c.time_mask_width)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from escnet.config import load_config, parse_overrides
+from escnet.config import list_presets, load_config, parse_overrides
 from escnet.download import ESC50_URL
 from escnet.errors import EscnetError
 
@@ -55,9 +55,11 @@ def _train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out) != run_dir:
             raise EscnetError(f"--out {args.out} and --resume {args.resume} name different runs")
         # The run's own settings; anything given again must agree with them (train checks).
+        if args.preset:
+            raise EscnetError("--preset: a resumed run keeps its own settings; drop --preset")
         config = load_config(args.config, overrides, base=read_run_config(run_dir))
     else:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, preset=args.preset)
         run_dir = Path(args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
     print(format_summary(summary))
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
     p.add_argument("--split", choices=["folds", "random"], help="protocol: folds (official "
                    "k-fold CV) or random (the report's train_ratio split)")
+    p.add_argument("--preset", help=f"a shipped recipe to start from: {', '.join(list_presets())} "
+                   "(docs/RESULTS.md); --config and --set apply on top")
     p.add_argument("--config", help="YAML or TOML file of settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
     p.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")

@@ -149,6 +149,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
             wav, targets = augment.waveforms(batch["wav"].to(device), targets)
             feats, frames = model.features(wav, batch["length"].to(device))
         feats, targets = augment.features(feats, targets)
+        if frames is not None:  # a random crop leaves at most its own length valid
+            frames = frames.clamp(max=feats.shape[-1])
         with autocast:
             logits = model.backbone(feats, frames)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)

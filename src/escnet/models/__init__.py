@@ -24,6 +24,8 @@ class SoundClassifier(nn.Module):
         super().__init__()
         self.featurizer = Featurizer.from_config(config)
         self.backbone = create_model(config.model, config)
+        if config.channels_last:  # conv weights in NHWC: oneDNN's fast layout on CPU
+            self.backbone.to(memory_format=torch.channels_last)
 
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:

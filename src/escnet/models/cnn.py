@@ -30,8 +30,8 @@ class ConvBlock(nn.Module):
 @register_model("cnn10")
 class CNN10(nn.Module):
     """PANNs' CNN10 layout: BatchNorm over mel bins, 4 conv blocks of ``cnn_width`` × (1, 2, 4, 8)
-    channels with dropout 0.2 between them, mean over frequency, max + mean over time, a hidden
-    linear layer, dropout 0.5 and the classifier.
+    channels with dropout ``cnn_dropout`` (0.2) between them, mean over frequency, max + mean
+    over time, a hidden linear layer and the classifier, each after dropout ``head_dropout`` (0.5).
 
     ``cnn_width=64`` with ``n_mels=64`` is PANNs' CNN10, whose AudioSet checkpoints
     (``Cnn10_mAP=0.380.pth``) load with ``pretrained=PATH_OR_URL``; a smaller width trades
@@ -49,6 +49,7 @@ class CNN10(nn.Module):
         self.conv_block4 = ConvBlock(4 * w, 8 * w)
         self.fc1 = nn.Linear(8 * w, 8 * w)
         self.classifier = nn.Linear(8 * w, config.num_classes)
+        self.cnn_dropout, self.head_dropout = config.cnn_dropout, config.head_dropout
         if config.pretrained:
             path = resolve_weights(config, {})
             load_matching(self, read_state_dict(path), skip=("classifier.",), source=path)
@@ -60,8 +61,8 @@ class CNN10(nn.Module):
         for i, block in enumerate((self.conv_block1, self.conv_block2, self.conv_block3,
                                    self.conv_block4)):
             x = block(x)
-            x = F.dropout(x, 0.2, self.training) if i < 3 else x
+            x = F.dropout(x, self.cnn_dropout, self.training) if i < 3 else x
         x = x.mean(dim=3)  # over frequency → (batch, channels, frames')
         x = x.amax(dim=2) + x.mean(dim=2)
-        x = F.relu(self.fc1(F.dropout(x, 0.5, self.training)))
-        return self.classifier(F.dropout(x, 0.5, self.training))
+        x = F.relu(self.fc1(F.dropout(x, self.head_dropout, self.training)))
+        return self.classifier(F.dropout(x, self.head_dropout, self.training))

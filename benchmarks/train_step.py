@@ -1,0 +1,116 @@
+"""Training-step speed of one model on this machine's CPU, with each speed setting on and off.
+
+Measures forward + backward + AdamW step on precomputed log-mels (as `escnet train` runs with
+the feature cache) and eval-mode inference, in clips per second, for:
+
+- ``baseline``: float32, contiguous (NCHW) tensors, torch's default thread count, autograd on
+  in eval (``torch.no_grad`` off);
+- ``threads=1``: one intra-op thread instead of all cores;
+- ``channels_last``: model and input in NHWC memory layout (oneDNN's preferred conv layout);
+- ``compile``: ``torch.compile`` (inductor) of the model, compile time reported separately;
+- ``channels_last+compile``: both;
+- ``inference_mode``: eval under ``torch.inference_mode()`` (training unaffected).
+
+Every line gives its ratio to the baseline measured in the same run.
+
+    python benchmarks/train_step.py [--preset fast] [--batch 32] [--steps 5] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from escnet.config import from_dict, parse_overrides, preset_config
+from escnet.models import create_model
+from escnet.training import machine_description
+
+
+def measure(config, batch: int, steps: int, *, channels_last: bool = False,
+            compile_model: bool = False, inference_mode: bool = True) -> dict[str, float]:
+    """Median training and inference clips/s over ``steps`` steps after two warm-up steps."""
+    torch.manual_seed(0)
+    model = create_model(config.model, config)
+    x = torch.randn(batch, config.n_mels, config.length)
+    y = torch.randint(0, config.num_classes, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run = model
+    compile_seconds = 0.0
+    if compile_model:
+        tick = time.perf_counter()
+        run = torch.compile(model)
+        run(x).sum().backward()  # compiles forward and backward
+        optimizer.zero_grad()
+        compile_seconds = time.perf_counter() - tick
+    no_grad = torch.inference_mode if inference_mode else contextlib.nullcontext
+    train, infer = [], []
+    for _ in range(steps + 2):
+        model.train()
+        tick = time.perf_counter()
+        loss = F.cross_entropy(run(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train.append(time.perf_counter() - tick)
+        model.eval()
+        with no_grad():
+            tick = time.perf_counter()
+            run(x)
+            infer.append(time.perf_counter() - tick)
+    return {"train": batch / statistics.median(train[2:]),
+            "infer": batch / statistics.median(infer[2:]), "compile_s": compile_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fast", help="config the model and features come from")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--skip", default="", help="comma-separated settings not to measure")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    config = from_dict({**preset_config(args.preset).to_dict(), "num_classes": 50,
+                        **parse_overrides(args.set)})
+    threads = torch.get_num_threads()
+    print(f"machine: {machine_description()}")
+    print(f"model {config.model} ({args.preset} preset): {config.n_mels} mels × {config.length} "
+          f"frames, batch {args.batch}, median of {args.steps} steps\n")
+    print(f"{'setting':<22} {'train clip/s':>13} {'× base':>7} {'infer clip/s':>13} {'× base':>7}"
+          f"  note")
+    settings = {
+        "baseline": {"inference_mode": False},
+        "threads=1": {"inference_mode": False},
+        "channels_last": {"inference_mode": False, "channels_last": True},
+        "compile": {"inference_mode": False, "compile_model": True},
+        "channels_last+compile": {"inference_mode": False, "channels_last": True,
+                                  "compile_model": True},
+        "inference_mode": {},
+    }
+    skip = set(filter(None, args.skip.split(",")))
+    base = None
+    for name, kwargs in settings.items():
+        if name in skip:
+            continue
+        torch.set_num_threads(1 if name == "threads=1" else threads)
+        try:
+            result = measure(config, args.batch, args.steps, **kwargs)
+        except Exception as error:
+            print(f"{name:<22} failed: {type(error).__name__}: {str(error).splitlines()[0]}")
+            continue
+        base = base or result
+        note = f"compile {result['compile_s']:.0f} s once" if result["compile_s"] else ""
+        print(f"{name:<22} {result['train']:>13.1f} {result['train'] / base['train']:>7.2f} "
+              f"{result['infer']:>13.1f} {result['infer'] / base['infer']:>7.2f}  {note}",
+              flush=True)
+    torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    main()
