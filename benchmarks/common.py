@@ -9,6 +9,7 @@ import torch
 
 from escnet.config import TaskConfig, load_config, parse_overrides
 from escnet.models import SoundClassifier
+from escnet.runtime import keep_freed_memory
 from escnet.training import make_optimizer, train_one_epoch
 
 
@@ -39,6 +40,10 @@ def bench_parser(doc: str, clips: int) -> argparse.ArgumentParser:
 
 
 def bench_config(args: argparse.Namespace, **settings) -> TaskConfig:
-    """Defaults, then ``--preset``, ``--config``, ``--set``, then ``settings`` and ``--data``."""
+    """Defaults, then ``--preset``, ``--config``, ``--set``, then ``settings`` and ``--data``.
+
+    Also sets malloc up as ``escnet train`` does (:func:`escnet.runtime.keep_freed_memory`), so
+    the timings are those of a training run."""
+    keep_freed_memory()
     overrides = {**parse_overrides(args.set), **settings, "data_dir": args.data}
     return load_config(args.config, overrides, preset=args.preset)

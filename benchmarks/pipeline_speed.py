@@ -11,8 +11,8 @@ same clips in the same order; each epoch is split into data wait (time the loop 
 loader's next batch: decoding, for the reference) and compute (log-mels of the batch for the
 reference, then forward, backward and the optimiser step).
 
-    python benchmarks/pipeline_speed.py --data ../shared/data/esc50 [--preset fast] [--model crnn] [--clips 400]
-        [--set key=value ...]
+    python benchmarks/pipeline_speed.py --data ../shared/data/esc50 [--preset fast] [--model crnn]
+        [--clips 400] [--set key=value ...]
 """
 
 from __future__ import annotations

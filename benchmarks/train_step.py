@@ -3,6 +3,8 @@
 Measures forward + backward + AdamW step on precomputed log-mels (as `escnet train` runs with
 the feature cache) and eval-mode inference, in clips per second, for:
 
+- ``glibc malloc defaults``: the baseline before :func:`escnet.runtime.keep_freed_memory`
+  (which every later row, like `escnet train`, runs with);
 - ``baseline``: float32, contiguous (NCHW) tensors, torch's default thread count, autograd on
   in eval (``torch.no_grad`` off);
 - ``threads=1``: one intra-op thread instead of all cores;
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from escnet.config import from_dict, parse_overrides, preset_config
 from escnet.models import create_model
+from escnet.runtime import keep_freed_memory
 from escnet.training import machine_description
 
 
@@ -73,7 +76,6 @@ def main() -> None:
     parser.add_argument("--preset", default="fast", help="config the model and features come from")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma-separated settings not to measure")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     config = from_dict({**preset_config(args.preset).to_dict(), "num_classes": 50,
@@ -85,30 +87,30 @@ def main() -> None:
     print(f"{'setting':<22} {'train clip/s':>13} {'× base':>7} {'infer clip/s':>13} {'× base':>7}"
           f"  note")
     settings = {
-        "baseline": {"inference_mode": False},
-        "threads=1": {"inference_mode": False},
+        "threads=1": {"inference_mode": False, "threads": 1},
         "channels_last": {"inference_mode": False, "channels_last": True},
         "compile": {"inference_mode": False, "compile_model": True},
         "channels_last+compile": {"inference_mode": False, "channels_last": True,
                                   "compile_model": True},
         "inference_mode": {},
     }
-    skip = set(filter(None, args.skip.split(",")))
-    base = None
-    for name, kwargs in settings.items():
-        if name in skip:
-            continue
-        torch.set_num_threads(1 if name == "threads=1" else threads)
-        try:
-            result = measure(config, args.batch, args.steps, **kwargs)
-        except Exception as error:
-            print(f"{name:<22} failed: {type(error).__name__}: {str(error).splitlines()[0]}")
-            continue
-        base = base or result
+    defaults = measure(config, args.batch, args.steps, inference_mode=False)
+    keep_freed_memory()  # every row from here on runs as `escnet train` does
+    base = measure(config, args.batch, args.steps, inference_mode=False)
+
+    def row(name: str, result: dict[str, float]) -> None:
         note = f"compile {result['compile_s']:.0f} s once" if result["compile_s"] else ""
         print(f"{name:<22} {result['train']:>13.1f} {result['train'] / base['train']:>7.2f} "
-              f"{result['infer']:>13.1f} {result['infer'] / base['infer']:>7.2f}  {note}",
-              flush=True)
+              f"{result['infer']:>13.1f} {result['infer'] / base['infer']:>7.2f}  {note}", flush=True)
+
+    row("glibc malloc defaults", defaults)
+    row("baseline", base)
+    for name, kwargs in settings.items():
+        torch.set_num_threads(kwargs.pop("threads", threads))
+        try:
+            row(name, measure(config, args.batch, args.steps, **kwargs))
+        except Exception as error:  # e.g. no C++ compiler for inductor
+            print(f"{name:<22} failed: {type(error).__name__}: {str(error).splitlines()[0]}")
     torch.set_num_threads(threads)
 
 

@@ -37,6 +37,7 @@ FAST = ["--model", "crnn", "--set", "sample_rate=8000", "--set", "n_fft=256", "-
     (["--set", "augment=gain,reverb"], "unknown transform reverb"),
     (["--set", "snr_db=30,3"], "snr_db=(30.0, 3.0): must be a range low,high"),
     (["--set", "mixup_alpha=-1"], "mixup_alpha=-1.0: must be >= 0"),
+    (["--preset", "fastest"], "--preset fastest: unknown preset; choose from best, fast"),
 ])
 def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
     code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, *extra], capsys)
@@ -61,6 +62,17 @@ def test_missing_column_and_missing_data(tiny, tmp_path, capsys):
     assert code == 2 and "no such file or folder" in err
     code, err = run_cli(["train", *FAST], capsys)
     assert code == 2 and "pass --data" in err
+
+
+def test_preset_trains_with_its_recipe_under_the_command_line(tiny, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _ = run_cli(["train", "--preset", "fast", "--data", str(tiny), "--out", str(out), "--epochs", "1",
+                       "--folds", "1", "--set", "clip_seconds=1", "--set", "crop_seconds=0.5", "--quiet"], capsys)
+    saved = (out / "config.yaml").read_text()
+    assert code == 0 and "model: cnn10" in saved and "channels_last: true" in saved
+    assert "num_epochs: 1" in saved and "crop_seconds: 0.5" in saved and "sample_rate: 22050" in saved
+    code, err = run_cli(["train", "--preset", "fast", "--resume", str(out)], capsys)
+    assert code == 2 and "drop --preset" in err
 
 
 def test_existing_run_is_not_overwritten(tiny, tmp_path, capsys):

@@ -5,7 +5,7 @@ import torch
 
 from escnet.audio import load_audio
 from escnet.config import TaskConfig
-from escnet.features import Featurizer
+from escnet.features import Featurizer, mel_bands
 
 
 def librosa_logmel(x: np.ndarray, c: TaskConfig) -> np.ndarray:
@@ -69,3 +69,15 @@ def test_precomputed_features_give_the_same_logits_as_waveforms():
         from_wav = model.forward_batch(collate([clip_dataset(waves, labels, idx)[i] for i in range(3)]), "cpu")
         from_feat = model.forward_batch(collate([clip_dataset(feats, labels, idx)[i] for i in range(3)]), "cpu")
     torch.testing.assert_close(from_wav, from_feat, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("sr", "n_fft", "n_mels"), [(44100, 1024, 64), (22050, 1024, 64), (16000, 512, 128)])
+def test_mel_bands_skip_only_zero_weights(sr, n_fft, n_mels):
+    mel = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)
+    bands = mel_bands(mel)
+    assert [b[0] for b in bands] == list(range(0, n_mels, 4)) and bands[-1][1] == n_mels
+    kept = np.zeros_like(mel, dtype=bool)
+    for first, last, lo, hi in bands:
+        kept[first:last, lo:hi] = True
+    assert not mel[~kept].any()  # every non-zero weight is inside its group's bins
+    assert kept.mean() < 0.2  # and most of the dense product is skipped

@@ -36,6 +36,7 @@ class Featurizer(nn.Module):
         # Buffers, so .to(device) moves them and checkpoints carry them.
         self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        self.bands = mel_bands(mel)
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> Featurizer:
@@ -62,8 +63,30 @@ class Featurizer(nn.Module):
     def _logmel(self, wav: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wav.float(), self.n_fft, self.hop_length, self.win_length, self.window,
                           center=True, pad_mode="constant", return_complex=True)
-        power = spec.real.square() + spec.imag.square()
-        return torch.matmul(self.mel_basis, power).clamp_min(self.log_floor).log()
+        power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, frames)
+        mel = power.new_empty(*power.shape[:-2], len(self.mel_basis), power.shape[-1])
+        for first, last, lo, hi in self.bands:  # each group of filters times the bins it covers
+            torch.matmul(self.mel_basis[first:last, lo:hi], power[..., lo:hi, :],
+                         out=mel[..., first:last, :])
+        return mel.clamp_min_(self.log_floor).log_()
+
+
+def mel_bands(mel: np.ndarray, group: int = 4) -> list[tuple[int, int, int, int]]:
+    """Split a filterbank ``(n_mels, n_freqs)`` into groups of ``group`` adjacent filters, each
+    with the range of FFT bins where any of them is non-zero: ``(first, last, lo, hi)`` means
+    filters ``first:last`` only need bins ``lo:hi``.
+
+    Each mel filter is a triangle over a narrow range of bins (97 % of a 64 × 513 filterbank is
+    zero), so multiplying each group by its own bins does under a tenth of the dense product's
+    multiply-adds (``benchmarks/featurizer_speed.py`` times both).
+    """
+    out = []
+    for first in range(0, len(mel), group):
+        last = min(first + group, len(mel))
+        cols = np.flatnonzero(mel[first:last].any(axis=0))
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
+        out.append((first, last, lo, hi))
+    return out
 
 
 @torch.inference_mode()

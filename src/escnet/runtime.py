@@ -1,0 +1,31 @@
+"""Process-level CPU settings for long training runs."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    A training step allocates and frees the same tens of MB of activations every batch. With
+    glibc's defaults each such block is mapped fresh from the kernel and zero-filled page by page
+    (about 90 000 page faults per second and a quarter of the CPU time in the kernel, measured
+    during a cnn10 run), and the cost grows as the process ages. Raising the mmap threshold to
+    its 32 MB maximum and never trimming keeps those blocks in the heap (PyTorch's CPU tuning
+    guide suggests jemalloc or tcmalloc for the same reason; this needs no extra library). The
+    process keeps its peak heap size until it exits. No-op (returns False) off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
