@@ -69,7 +69,7 @@ def test_preset_trains_with_its_recipe_under_the_command_line(tiny, tmp_path, ca
     code, _ = run_cli(["train", "--preset", "fast", "--data", str(tiny), "--out", str(out), "--epochs", "1",
                        "--folds", "1", "--set", "clip_seconds=1", "--set", "crop_seconds=0.5", "--quiet"], capsys)
     saved = (out / "config.yaml").read_text()
-    assert code == 0 and "model: cnn10" in saved and "channels_last: true" in saved
+    assert code == 0 and "model: cnn10" in saved and "head_dropout: 0.2" in saved
     assert "num_epochs: 1" in saved and "crop_seconds: 0.5" in saved and "sample_rate: 22050" in saved
     code, err = run_cli(["train", "--preset", "fast", "--resume", str(out)], capsys)
     assert code == 2 and "drop --preset" in err
