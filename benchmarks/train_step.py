@@ -92,7 +92,7 @@ def main() -> None:
         "channels_last+compile": {"inference_mode": False, "channels_last": True,
                                   "compile_model": True},
         "inference_mode": {},
-        # last: after set_num_threads(1), restoring the thread count left later rows slower
+        # last, so that changing the thread count cannot disturb the other rows
         "threads=1": {"inference_mode": False, "threads": 1},
     }
     defaults = measure(config, args.batch, args.steps, inference_mode=False)
