@@ -92,7 +92,7 @@ def test_bad_config_files(tmp_path):
 
 
 def test_presets_ship_with_the_package_and_apply_under_file_and_overrides(tmp_path):
-    assert {"fast", "best"} <= set(list_presets())
+    assert "fast" in list_presets()
     fast = preset_config("fast")
     assert fast != TaskConfig() and fast.model == "cnn10"
     path = tmp_path / "c.yaml"
