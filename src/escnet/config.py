@@ -188,9 +188,9 @@ class TaskConfig:
     amp: bool = True
     """Mixed precision (bfloat16 autocast) when training on CUDA; ignored on CPU."""
     channels_last: bool = False
-    """Keep conv weights (and so activations) in channels-last (NHWC) memory layout: 1.2× faster
-    cnn10 training on CPU (``benchmarks/train_step.py``); numbers differ from NCHW in the last
-    float bits only."""
+    """Keep conv weights (and so activations) in channels-last (NHWC) memory layout: about 1.5×
+    faster cnn10 training on CPU (``benchmarks/train_step.py``); numbers differ from NCHW in the
+    last float bits only."""
     tensorboard: bool = False
     """Also log per-epoch scalars of every fold to ``RUNDIR/tensorboard`` (needs ``tensorboard``)."""
 
