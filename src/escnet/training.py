@@ -258,7 +258,7 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    keep_freed_memory()  # no page-fault storm from re-allocated activations (1.3-1.5× on CPU)
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in (runtime.py)
     SoundClassifier(config)  # fail on a bad model setting before any slow work
     table = load_table(config)
     tick = time.perf_counter()
