@@ -62,6 +62,7 @@ def test_overrides_win_over_file(tmp_path):
     ({"noise_colors": ["purple"]}, "noise_colors"),
     ({"augment_policy": "two"}, "augment_policy"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"ema_decay": 1.0}, "ema_decay"),
 ])
 def test_bad_values_name_the_setting(values, needle):
     with pytest.raises(ConfigError, match=needle):

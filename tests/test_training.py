@@ -66,6 +66,29 @@ def test_resume_gives_the_same_numbers(small_config, trained, tmp_path):
     assert resumed["best_epoch_accuracy"] == full["best_epoch_accuracy"]
 
 
+def test_ema_run_scores_the_average_and_resumes_exactly(small_config, tmp_path):
+    config = small_config.replace(ema_decay=0.9, num_epochs=4)
+    full = train(config, tmp_path / "full", progress=False)
+
+    def stop_after_epoch_2(log):
+        if log["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", progress=False, callbacks=[stop_after_epoch_2])
+    resumed = train(config, tmp_path / "resumed", resume=True, progress=False)
+    losses = [[json.loads(line)["test_loss"] for line in
+               (tmp_path / run / "fold-1" / "metrics.jsonl").read_text().splitlines()]
+              for run in ("full", "resumed")]
+    assert losses[0] == losses[1] and resumed["folds"] == full["folds"]
+    ckpt = torch.load(tmp_path / "full" / "fold-1" / "last.pt", weights_only=True)
+    assert ckpt["ema_updates"] == 4 * (160 // 32)  # one update per step: 160 training clips
+    assert any(not torch.equal(ckpt["model"][k], ckpt["trained"][k]) for k in ckpt["model"])
+    # What the checkpoint calls the model is what was scored: evaluate gets the same accuracy.
+    assert evaluate_run(tmp_path / "full", progress=False)["folds"]["1"]["accuracy"] == \
+        pytest.approx(full["folds"]["1"])
+
+
 def test_resume_refuses_changed_settings(trained, capsys):
     run, _ = trained
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--quiet"]) == 2

@@ -169,6 +169,10 @@ class TaskConfig:
     """``features``: mix log-mels (works with the feature cache); ``waveform``: between-class
     mixing of the waveforms, weighted by their loudness (Tokozume et al., 2018)."""
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
+    """Evaluate, save and predict with an exponential moving average of the weights (and
+    BatchNorm statistics), updated after every optimiser step with this decay (0.998 averages
+    over about 500 steps); 0 turns it off."""
     crop_seconds: float = 0.0
     """Train on a random window of this many seconds of each clip's log-mel (a fresh offset per
     example and epoch: a time-shift augmentation that also makes steps cheaper); 0 or at least
@@ -284,6 +288,7 @@ class TaskConfig:
             need(getattr(self, name) >= 0, name, "must be >= 0")
         need(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0 (0 is off)")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 is off)")
         for name in ("cnn_dropout", "head_dropout"):
             need(0 <= getattr(self, name) < 1, name, "must be in [0, 1)")
         need(self.crop_seconds >= 0, "crop_seconds", "must be >= 0 (0 is off)")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -126,12 +127,34 @@ def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config:
                       num_workers=config.num_workers, drop_last=len(indices) > config.batch_size)
 
 
+def make_ema(model: torch.nn.Module, config: TaskConfig) -> AveragedModel | None:
+    """The moving average of ``model``'s weights and buffers, or ``None`` with ``ema_decay=0``.
+
+    The decay after ``n`` updates is ``min(ema_decay, (1 + n) / (10 + n))`` (as TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``): a fixed 0.998 would leave half the
+    average on the random initial weights after 350 steps, and score near chance until then.
+    """
+    if config.ema_decay == 0:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:
+        decay = min(config.ema_decay, (1 + int(updates)) / (10 + int(updates)))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur, 1 - decay)
+            else:  # BatchNorm's step count
+                avg.copy_(cur)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: str,
-                    progress: bool) -> dict:
+                    progress: bool, ema: AveragedModel | None = None) -> dict:
     """One pass over ``loader``. Returns loss, accuracy, and seconds spent waiting for data.
 
     Batch augmentation (mixing, SpecAugment) happens here, on ``device``; the loss takes the
-    mixed class probabilities, and accuracy counts the unmixed labels.
+    mixed class probabilities, and accuracy counts the unmixed labels. ``ema``, when given,
+    is updated after every step.
     """
     model.train()
     augment = BatchAugment(config)
@@ -160,6 +183,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss.item() * len(label)
         correct += (logits.argmax(1) == label).sum().item()
         seen += len(label)
@@ -181,11 +206,16 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
     optimizer = make_optimizer(model, config)
     steps_per_epoch = len(train_loader(data, table, train_idx, config, torch.Generator()))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.num_epochs)
+    ema = make_ema(model, config)
+    scored = model if ema is None else ema.module  # the weights evaluated, saved and predicted with
     history: list[dict] = []
     last_path = fold_dir / "last.pt"
     if last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        scored.load_state_dict(state["model"])
+        if ema is not None:
+            model.load_state_dict(state["trained"])
+            ema.n_averaged.fill_(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -197,12 +227,12 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
         loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch))
         log = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         log |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
-                               f"fold {name} epoch {epoch}/{config.num_epochs}", progress)
-        held_out = predict_loader(model, tests, device)
+                               f"fold {name} epoch {epoch}/{config.num_epochs}", progress, ema)
+        held_out = predict_loader(scored, tests, device)
         log |= {f"test_{k}": v for k, v in score(*held_out).items()}
         log["seconds"] = time.perf_counter() - start
         history.append(log)
-        _save_epoch(fold_dir, model, optimizer, scheduler, config, table, history)
+        _save_epoch(fold_dir, model, ema, optimizer, scheduler, config, table, history)
         if progress:
             tqdm.write(f"fold {name} epoch {epoch:>3}/{config.num_epochs}: "
                        f"train loss {log['train_loss']:.3f} acc {log['train_accuracy']:.3f} | "
@@ -212,7 +242,7 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
             callback(log)
     preds_path = fold_dir / "predictions.csv"
     if not preds_path.exists():  # the last epoch's held-out predictions, for metrics and reports
-        logits, labels = held_out or predict_loader(model, tests, device)
+        logits, labels = held_out or predict_loader(scored, tests, device)
         preds = to_predictions(logits, labels, [str(table.paths[i]) for i in test_idx], table.classes)
         preds.save(preds_path)
         write_metrics(fold_dir, preds)
@@ -223,16 +253,23 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def _save_epoch(fold_dir: Path, model, optimizer, scheduler, config: TaskConfig,
-                table: ClipTable, history: list[dict]) -> None:
+def _save_epoch(fold_dir: Path, model, ema: AveragedModel | None, optimizer, scheduler,
+                config: TaskConfig, table: ClipTable, history: list[dict]) -> None:
     """Write metrics and checkpoints atomically (temp file + rename) so a kill loses one epoch
-    at most and never leaves a half-written checkpoint."""
-    weights = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+    at most and never leaves a half-written checkpoint.
+
+    ``model`` in a checkpoint is always the weights that were scored (the average, with EMA);
+    with EMA, ``last.pt`` also keeps the trained weights and the update count to resume from.
+    """
+    scored = model if ema is None else ema.module
+    weights = {"format": CHECKPOINT_FORMAT, "model": scored.state_dict(),
                "config": config.to_dict(), "classes": table.classes,
                "epoch": history[-1]["epoch"], "test_accuracy": history[-1]["test_accuracy"]}
     if history[-1]["test_accuracy"] >= max(h["test_accuracy"] for h in history):
         _atomic_save(weights, fold_dir / "best.pt")
-    _atomic_save({**weights, "optimizer": optimizer.state_dict(),
+    resume = {} if ema is None else {"trained": model.state_dict(),
+                                     "ema_updates": int(ema.n_averaged)}
+    _atomic_save({**weights, **resume, "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
                   "history": history}, fold_dir / "last.pt")
     tmp = fold_dir / "metrics.jsonl.tmp"
