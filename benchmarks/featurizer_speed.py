@@ -47,16 +47,22 @@ def main() -> None:
 
     @torch.inference_mode()
     def run(model: Featurizer) -> tuple[torch.Tensor, float]:
-        model(torch.from_numpy(clips[: args.batch]))  # warm-up
-        tick = time.perf_counter()
-        out = [model(torch.from_numpy(clips[i : i + args.batch]))[0]
-               for i in range(0, len(clips), args.batch)]
-        return torch.cat(out), time.perf_counter() - tick
+        """The fastest of 3 passes over all clips: a process's first pass also pays for faulting
+        in fresh memory, which would penalise whichever row ran first."""
+        seconds = []
+        for _ in range(3):
+            tick = time.perf_counter()
+            out = [model(torch.from_numpy(clips[i : i + args.batch]))[0]
+                   for i in range(0, len(clips), args.batch)]
+            seconds.append(time.perf_counter() - tick)
+        return torch.cat(out), min(seconds)
 
-    reference(clips[0])
-    tick = time.perf_counter()
-    expected = [reference(w) for w in clips]
-    ref_seconds = time.perf_counter() - tick
+    ref_seconds = []
+    for _ in range(3):  # the fastest of 3 passes, as for escnet's rows
+        tick = time.perf_counter()
+        expected = [reference(w) for w in clips]
+        ref_seconds.append(time.perf_counter() - tick)
+    ref_seconds = min(ref_seconds)
     got, our_seconds = run(featurizer)
     _, dense_seconds = run(dense)
     worst = float(np.max(np.abs(got.numpy() - np.stack(expected))))

@@ -52,23 +52,6 @@ def test_frame_counts_of_a_padded_batch():
     assert out.shape[-1] == frames.max().item()
 
 
-def test_clips_on_several_threads_match_one_thread_and_keep_the_setting():
-    feat = Featurizer(sample_rate=8000, n_fft=256, win_length=256, hop_length=64, n_mels=16)
-    wav = torch.from_numpy(np.random.default_rng(0).uniform(-0.5, 0.5, (6, 8000)).astype(np.float32))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one, _ = feat(wav)
-        torch.set_num_threads(3)
-        several, _ = feat(wav)
-        assert torch.get_num_threads() == 3
-        with torch.inference_mode():
-            inference, _ = feat(wav)
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(one, several) and torch.equal(one, inference)
-
-
 def test_precomputed_features_give_the_same_logits_as_waveforms():
     from escnet.datasets import clip_dataset, collate
     from escnet.features import compute_features
