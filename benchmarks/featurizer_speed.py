@@ -45,26 +45,24 @@ def main() -> None:
     dense = Featurizer.from_config(config)
     dense.bands = [(0, config.n_mels, 0, config.n_fft // 2 + 1)]  # one dense mel product
 
-    @torch.inference_mode()
-    def run(model: Featurizer) -> tuple[torch.Tensor, float]:
-        """The fastest of 3 passes over all clips: a process's first pass also pays for faulting
-        in fresh memory, which would penalise whichever row ran first."""
+    def fastest_of_3(compute):
+        """``compute()``'s result and its fastest time of 3 runs: a process's first pass also
+        pays for faulting in fresh memory, which would penalise whichever row ran first."""
         seconds = []
         for _ in range(3):
             tick = time.perf_counter()
-            out = [model(torch.from_numpy(clips[i : i + args.batch]))[0]
-                   for i in range(0, len(clips), args.batch)]
+            result = compute()
             seconds.append(time.perf_counter() - tick)
-        return torch.cat(out), min(seconds)
+        return result, min(seconds)
 
-    ref_seconds = []
-    for _ in range(3):  # the fastest of 3 passes, as for escnet's rows
-        tick = time.perf_counter()
-        expected = [reference(w) for w in clips]
-        ref_seconds.append(time.perf_counter() - tick)
-    ref_seconds = min(ref_seconds)
-    got, our_seconds = run(featurizer)
-    _, dense_seconds = run(dense)
+    @torch.inference_mode()
+    def escnet(model: Featurizer) -> torch.Tensor:
+        return torch.cat([model(torch.from_numpy(clips[i : i + args.batch]))[0]
+                          for i in range(0, len(clips), args.batch)])
+
+    expected, ref_seconds = fastest_of_3(lambda: [reference(w) for w in clips])
+    got, our_seconds = fastest_of_3(lambda: escnet(featurizer))
+    _, dense_seconds = fastest_of_3(lambda: escnet(dense))
     worst = float(np.max(np.abs(got.numpy() - np.stack(expected))))
     print(f"machine: {machine_description()}")
     print(f"{len(clips)} clips of {config.clip_seconds:g} s at {config.sample_rate} Hz → "
