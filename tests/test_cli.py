@@ -116,3 +116,15 @@ def test_console_script_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "escnet.cli", "train", "--epochs", "x"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid int value: 'x'" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["train", "--ema", "0.99"], "--set ema_decay=0.99"),
+    (["train", "--label-smoothing=0.1"], "--set label_smoothing=0.1"),
+    (["train", "--mixup", "0.2"], "--set mixup_alpha=0.2; similar: mixup_mode"),
+    (["train", "--frobnicate"], "other settings go through --set KEY=VALUE"),
+    (["models", "--ema"], "unrecognized arguments: --ema\n"),
+])
+def test_unknown_flag_points_to_the_setting(capsys, args, needle):
+    code, err = run_cli(args, capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1 and err.startswith("escnet: error:")

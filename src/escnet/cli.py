@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from escnet.config import list_presets, load_config, parse_overrides
+from escnet.config import list_presets, load_config, parse_overrides, similar_settings
 from escnet.download import ESC50_URL
 from escnet.errors import EscnetError
 
@@ -258,8 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_flag_error(extras: list[str], has_set: bool) -> str:
+    """One line for flags argparse does not know, pointing to ``--set`` when one names a setting."""
+    message = f"escnet: error: unrecognized arguments: {' '.join(extras)}"
+    flag = next((x for x in extras if x.startswith("--")), None)
+    if not (has_set and flag):
+        return message
+    key, _, value = flag[2:].partition("=")
+    following = extras[extras.index(flag) + 1:]
+    value = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
+    close = similar_settings(key.replace("-", "_"))
+    if not close:
+        return message + " (other settings go through --set KEY=VALUE)"
+    return message + f" (settings without a flag go through --set: --set {close[0]}={value}" + (
+        f"; similar: {', '.join(close[1:])})" if close[1:] else ")")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        print(_unknown_flag_error(extras, hasattr(args, "set")), file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except EscnetError as err:

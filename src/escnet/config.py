@@ -380,6 +380,14 @@ def _type_name(kind: Any) -> str:
     return str(kind).replace("typing.", "") if not isinstance(kind, type) else kind.__name__
 
 
+def similar_settings(name: str) -> list[str]:
+    """Settings a mistyped or guessed ``name`` may have meant (``ema`` → ``ema_decay``)."""
+    known = sorted(f.name for f in dataclasses.fields(TaskConfig))
+    if name in known:
+        return [name]
+    return [k for k in known if k.startswith(name[:3]) or name in k]
+
+
 def from_dict(values: dict[str, Any], source: str = "config") -> TaskConfig:
     """Build a validated config from a mapping; unknown keys are an error naming ``source``."""
     known = {f.name for f in dataclasses.fields(TaskConfig)}
@@ -387,7 +395,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TaskConfig:
         if key in _DERIVED:
             raise ConfigError(f"{source}: {key} is derived from {_DERIVED[key]}; set those instead")
         if key not in known:
-            close = [k for k in sorted(known) if k.startswith(key[:3])]
+            close = similar_settings(key)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
     try:
