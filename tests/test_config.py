@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from escnet.config import TaskConfig, from_dict, list_presets, load_config, parse_overrides, preset_config
@@ -102,3 +104,11 @@ def test_presets_ship_with_the_package_and_apply_under_file_and_overrides(tmp_pa
     assert c == fast.replace(num_epochs=3, seed=7)
     with pytest.raises(ConfigError, match=r"unknown preset; choose from .*fast"):
         preset_config("fastest")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_file_loads(path):
+    # A config whose settings were renamed or removed fails here, not in a user's long run.
+    config = load_config(path)
+    assert config.model in path.read_text()
