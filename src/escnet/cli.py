@@ -269,9 +269,11 @@ def _unknown_flag_error(extras: list[str], has_set: bool) -> str:
     value = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
     close = similar_settings(key.replace("-", "_"))
     if not close:
-        return message + " (other settings go through --set KEY=VALUE)"
-    return message + f" (settings without a flag go through --set: --set {close[0]}={value}" + (
-        f"; similar: {', '.join(close[1:])})" if close[1:] else ")")
+        return f"{message} (other settings go through --set KEY=VALUE)"
+    hint = f"--set {close[0]}={value}"
+    if len(close) > 1:
+        hint += f"; similar: {', '.join(close[1:])}"
+    return f"{message} (settings without a flag go through --set: {hint})"
 
 
 def main(argv: list[str] | None = None) -> int:
