@@ -47,15 +47,18 @@ def test_predictions_round_trip_and_most_confused_pairs(tmp_path):
 CLASSES = ["dog", "rain", "siren"]
 
 
-def make_run(root, name, model, accuracies, epochs=2, classes=CLASSES, finished=True):
-    """A run directory as escnet writes it, from given per-fold accuracies."""
+def make_run(root, name, model, accuracies, epochs=2, classes=CLASSES, finished=True, first_fold=1,
+             **settings):
+    """A run directory as escnet writes it, from given per-fold accuracies of folds
+    ``first_fold``, ``first_fold + 1``, ...; unless ``finished``, the last fold is one epoch short."""
     run = root / name
     run.mkdir()
-    TaskConfig(model=model, num_epochs=epochs, num_classes=len(classes),
-               folds=list(range(1, len(accuracies) + 1))).save(run / "config.yaml")
-    for fold, acc in enumerate(accuracies, 1):
+    folds = list(range(first_fold, first_fold + len(accuracies)))
+    TaskConfig(model=model, num_epochs=epochs, num_classes=len(classes), folds=folds,
+               **settings).save(run / "config.yaml")
+    for fold, acc in zip(folds, accuracies, strict=True):
         (run / f"fold-{fold}").mkdir()
-        n = epochs if finished or fold < len(accuracies) else epochs - 1
+        n = epochs if finished or fold < folds[-1] else epochs - 1
         lines = [{"fold": str(fold), "epoch": e, "train_loss": 1.0, "train_accuracy": 0.5,
                   "test_loss": 1.0, "test_accuracy": acc if e == n else 0.1, "seconds": 2.0 + fold}
                  for e in range(1, n + 1)]
@@ -68,7 +71,7 @@ def make_run(root, name, model, accuracies, epochs=2, classes=CLASSES, finished=
                     classes).save(run / f"fold-{fold}" / "predictions.csv")
     status = "complete" if finished else "partial"
     (run / "summary.json").write_text(json.dumps({"status": status, "classes": classes,
-                                                  "folds": {str(i + 1): a for i, a in enumerate(accuracies)}}))
+                                                  "folds": {str(f): a for f, a in zip(folds, accuracies, strict=True)}}))
     return run
 
 
@@ -101,6 +104,31 @@ def test_compare_tables_hold_the_numbers_of_the_runs(tmp_path):
 def _pooled(run):
     preds = read_run(run).predictions()
     return preds.labels, preds.predicted
+
+
+def test_compare_joins_one_experiment_split_over_folds(tmp_path):
+    # Fold 1 in one session, folds 2-5 in the next (on another device): one 5-fold row.
+    first = make_run(tmp_path, "kumar-f1", "crnn", [0.5])
+    rest = make_run(tmp_path, "kumar-f2345", "crnn", [0.7, 0.6, 0.8, 0.9], first_fold=2, device="cpu")
+    repeat = make_run(tmp_path, "again-f1", "crnn", [0.4])  # fold 1 again: a run of its own
+    longer = make_run(tmp_path, "longer-f2", "crnn", [0.3], epochs=3, first_fold=2)  # other settings
+    rows = compare([first, rest, repeat, longer], tmp_path / "cmp")
+    assert [r["run"] for r in rows] == ["kumar-f1 + kumar-f2345", "again-f1", "longer-f2"]
+    joined = rows[0]
+    assert joined["folds"] == {"1": 0.5, "2": 0.7, "3": 0.6, "4": 0.8, "5": 0.9}
+    accs = [0.5, 0.7, 0.6, 0.8, 0.9]
+    assert joined["mean"] == pytest.approx(np.mean(accs)) and joined["std"] == pytest.approx(np.std(accs))
+    assert joined["status"] == "complete (2 runs)"
+    labels = np.concatenate([_pooled(first)[0], _pooled(rest)[0]])
+    predicted = np.concatenate([_pooled(first)[1], _pooled(rest)[1]])
+    assert len(labels) == 50
+    assert joined["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert joined["epoch_seconds"] == pytest.approx(5.0)  # median of 3, 3, 4, 4, ..., 7, 7 s
+    # A part still running makes the row partial and says which part.
+    going = make_run(tmp_path, "going-f2", "crnn", [0.6, 0.6], first_fold=2, finished=False)
+    rows = compare([repeat, going], tmp_path / "cmp2")
+    assert rows[0]["run"] == "again-f1 + going-f2" and sorted(rows[0]["folds"]) == ["1", "2"]
+    assert rows[0]["status"] == "again-f1: complete; going-f2: partial (1 fold finished)"
 
 
 def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):

@@ -52,9 +52,6 @@ class RunInfo:
         accs = [self.accuracy(f) for f in self.finished]
         return float(np.mean(accs)), float(np.std(accs))
 
-    def epoch_seconds(self) -> float:
-        return float(np.median([h["seconds"] for hist in self.histories.values() for h in hist]))
-
     def predictions(self) -> Predictions | None:
         """Pooled held-out predictions of the finished folds (``None`` if any fold lacks them)."""
         files = [self.path / f"fold-{f}" / "predictions.csv" for f in self.finished]
@@ -200,10 +197,58 @@ def format_accuracy(row: dict) -> str:
     return f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
 
 
+def split_run_groups(runs: list[RunInfo]) -> list[list[RunInfo]]:
+    """Group runs that are one experiment split over folds: the same settings apart from
+    ``folds`` (and those that do not change the numbers) and no finished fold in common, as
+    when fold 1 ran in one session and folds 2-5 in the next. Order is kept."""
+    from escnet.training import RESUME_FREE
+
+    def key(run: RunInfo) -> dict:
+        return {k: v for k, v in run.config.to_dict().items() if k not in (*RESUME_FREE, "folds")}
+
+    groups: list[list[RunInfo]] = []
+    for run in runs:
+        home = next((g for g in groups if key(g[0]) == key(run)
+                     and not {f for r in g for f in r.finished} & set(run.finished)), None)
+        if home is None:
+            groups.append([run])
+        else:
+            home.append(run)
+    return groups
+
+
+def _compare_row(parts: list[RunInfo]) -> dict:
+    """One compare row (fractions, not %) from the runs of one experiment."""
+    from escnet.models import count_macs, create_model
+
+    config = parts[0].config
+    model = create_model(config.model, config.replace(pretrained=""))
+    folds = {f: run.accuracy(f) for run in parts for f in run.finished}
+    preds = [_ensure_predictions(run) for run in parts]
+    f1 = None
+    if all(p is not None for p in preds):
+        pooled = Predictions.concat(preds)
+        f1 = classification_metrics(pooled.labels, pooled.predicted, pooled.classes)["macro_f1"]
+    if len(parts) == 1:
+        status = parts[0].status
+    elif all(run.status == "complete" for run in parts):
+        status = f"complete ({len(parts)} runs)"
+    else:
+        status = "; ".join(f"{run.name}: {run.status}" for run in parts)
+    return {"run": " + ".join(run.name for run in parts), "model": config.model,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "gmacs": count_macs(model, config) / 1e9, "epochs": config.num_epochs,
+            "folds": folds, "mean": float(np.mean(list(folds.values()))),
+            "std": float(np.std(list(folds.values()))), "macro_f1": f1,
+            "epoch_seconds": float(np.median([h["seconds"] for run in parts
+                                              for hist in run.histories.values() for h in hist])),
+            "status": status}
+
+
 def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     """Compare runs: ``compare.md``, ``compare.csv``, ``compare.png`` and ``compare.html`` in
-    ``out_dir``, sorted by mean accuracy. Returns the rows (fractions, not %)."""
-    from escnet.models import count_macs, create_model
+    ``out_dir``, sorted by mean accuracy. Runs that are one experiment split over folds
+    (:func:`split_run_groups`) make one row, named ``a + b``. Returns the rows (fractions, not %)."""
     from escnet.plots import save_comparison
 
     runs = [read_run(p) for p in run_dirs]
@@ -212,19 +257,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
             raise DataError(f"{run.path}: its classes differ from those of {runs[0].path}; compare runs "
                             "on the same dataset")
     folds = sorted({f for run in runs for f in run.finished}, key=lambda f: (len(f), f))
-    rows = []
-    for run in runs:
-        model = create_model(run.config.model, run.config.replace(pretrained=""))
-        mean, std = run.mean_std()
-        preds = _ensure_predictions(run)
-        f1 = (classification_metrics(preds.labels, preds.predicted, preds.classes)["macro_f1"]
-              if preds else None)
-        rows.append({"run": run.name, "model": run.config.model,
-                     "parameters": sum(p.numel() for p in model.parameters()),
-                     "gmacs": count_macs(model, run.config) / 1e9, "epochs": run.config.num_epochs,
-                     "folds": {f: run.accuracy(f) for f in run.finished},
-                     "mean": mean, "std": std, "macro_f1": f1,
-                     "epoch_seconds": run.epoch_seconds(), "status": run.status})
+    rows = [_compare_row(group) for group in split_run_groups(runs)]
     rows.sort(key=lambda r: -r["mean"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
