@@ -124,9 +124,10 @@ def _report(args: argparse.Namespace) -> int:
 def _print_compare(rows: list[dict], out: str) -> None:
     from escnet.report import format_accuracy
 
-    print(f"{'run':<28} {'model':<10} {'accuracy (%)':<16} status")
+    width = max(len("run"), *(len(r["run"]) for r in rows))
+    print(f"{'run':<{width}} {'model':<10} {'accuracy (%)':<16} status")
     for r in rows:
-        print(f"{r['run']:<28} {r['model']:<10} {format_accuracy(r):<16} {r['status']}")
+        print(f"{r['run']:<{width}} {r['model']:<10} {format_accuracy(r):<16} {r['status']}")
     print(f"wrote {out}/compare.md, compare.csv, compare.png, compare.html")
 
 
