@@ -56,6 +56,7 @@ def test_overrides_win_over_file(tmp_path):
     ({"kernel_size": [5]}, "kernel_size"),
     ({"bidirectional": "maybe"}, "bidirectional"),
     ({"folds": [0]}, "folds"),
+    ({"folds": [2, 2]}, r"folds=\[2, 2\]: names a fold twice"),
     ({"lr": 1}, "unknown setting 'lr'"),
     ({"length_wav": 1000}, "derived"),
     ({"path2noise": "/no/such/folder"}, "path2noise"),

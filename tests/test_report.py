@@ -108,12 +108,12 @@ def _pooled(run):
 
 def test_compare_joins_one_experiment_split_over_folds(tmp_path):
     # Fold 1 in one session, folds 2-5 in the next (on another device): one 5-fold row.
-    first = make_run(tmp_path, "kumar-f1", "crnn", [0.5])
-    rest = make_run(tmp_path, "kumar-f2345", "crnn", [0.7, 0.6, 0.8, 0.9], first_fold=2, device="cpu")
+    first = make_run(tmp_path, "crnn-f1", "crnn", [0.5])
+    rest = make_run(tmp_path, "crnn-f2345", "crnn", [0.7, 0.6, 0.8, 0.9], first_fold=2, device="cpu")
     repeat = make_run(tmp_path, "again-f1", "crnn", [0.4])  # fold 1 again: a run of its own
     longer = make_run(tmp_path, "longer-f2", "crnn", [0.3], epochs=3, first_fold=2)  # other settings
     rows = compare([first, rest, repeat, longer], tmp_path / "cmp")
-    assert [r["run"] for r in rows] == ["kumar-f1 + kumar-f2345", "again-f1", "longer-f2"]
+    assert [r["run"] for r in rows] == ["crnn-f1 + crnn-f2345", "again-f1", "longer-f2"]
     joined = rows[0]
     assert joined["folds"] == {"1": 0.5, "2": 0.7, "3": 0.6, "4": 0.8, "5": 0.9}
     accs = [0.5, 0.7, 0.6, 0.8, 0.9]

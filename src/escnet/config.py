@@ -271,6 +271,7 @@ class TaskConfig:
             need(len(value) == 2 and all(v > 0 for v in value), name,
                  "must be two positive integers (mel bins, frames)")
         need(all(f > 0 for f in self.folds), "folds", "fold numbers start at 1")
+        need(len(set(self.folds)) == len(self.folds), "folds", "names a fold twice")
         unknown = [a for a in self.augment if a not in WAVEFORM_AUGMENTS]
         need(not unknown, "augment", f"unknown transform {', '.join(unknown)}; choose from "
              f"{', '.join(WAVEFORM_AUGMENTS)}")
