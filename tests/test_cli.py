@@ -44,6 +44,14 @@ def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
     assert code == 2 and needle in err and err.count("\n") == 1 and err.startswith("escnet: error:")
 
 
+def test_out_that_is_a_file(tiny, tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("kept")
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(taken), *FAST], capsys)
+    assert code == 2 and f"{taken}: exists and is not a folder; choose another --out" in err
+    assert err.count("\n") == 1 and taken.read_text() == "kept"
+
+
 def test_bad_audio_in_dataset_and_skip_bad(tiny, tmp_path, capsys):
     (tiny / "audio" / "2-1-A-1.wav").write_text("I am a text file")
     code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST], capsys)

@@ -146,11 +146,17 @@ def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):
 
 def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    for args in (["report", str(tmp_path / "empty")], ["compare", str(tmp_path / "nope")],
-                 ["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)]):
+    run = make_run(tmp_path, "small", "crnn", [0.5, 0.7])
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file where the output folder should go")
+    for args, needle in ((["report", str(tmp_path / "empty")], "not an escnet run"),
+                         (["compare", str(tmp_path / "nope")], "no such run folder"),
+                         (["compare", str(taken)], "a file, not a run folder"),
+                         (["compare", str(run), "--out", str(taken)], "exists and is not a folder"),
+                         (["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)], "resnet")):
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert err.startswith("escnet: error:") and err.count("\n") == 1
+        assert err.startswith("escnet: error:") and err.count("\n") == 1 and needle in err
 
 
 def test_benchmark_trains_each_model_then_compares_and_resumes(tmp_path, capsys):

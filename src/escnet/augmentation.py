@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from escnet.config import TaskConfig, cache_root
 from escnet.datasets import ClipTable, cache_key
-from escnet.errors import ConfigError
+from escnet.errors import ConfigError, make_output_dir
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (samples,) float32, sample rate → same
 # Spectral slope of coloured noise, dB per octave (audiomentations' f_decay).
@@ -316,8 +316,7 @@ def preview(path: str | Path, out_dir: str | Path, config: TaskConfig) -> list[P
     from escnet.plots import save_logmel
 
     wav = load_audio(path, config.sample_rate, config.length_wav)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir)
     featurizer = Featurizer.from_config(config)
 
     def logmel(samples: np.ndarray) -> torch.Tensor:  # (n_mels, frames)

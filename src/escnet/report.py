@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from escnet.config import TaskConfig
-from escnet.errors import DataError, EscnetError
+from escnet.errors import DataError, EscnetError, make_output_dir
 from escnet.metrics import Predictions, classification_metrics, confused_pairs, major_category
 
 
@@ -66,7 +66,7 @@ def read_run(path: str | Path) -> RunInfo:
 
     path = Path(path)
     if not path.is_dir():
-        raise EscnetError(f"{path}: no such run folder")
+        raise EscnetError(f"{path}: {'a file, not a run folder' if path.exists() else 'no such run folder'}")
     config = read_run_config(path)
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -259,8 +259,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     folds = sorted({f for run in runs for f in run.finished}, key=lambda f: (len(f), f))
     rows = [_compare_row(group) for group in split_run_groups(runs)]
     rows.sort(key=lambda r: -r["mean"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(out_dir)
     header = [*COMPARE_COLUMNS, *[f"fold {f}" for f in folds], "mean ± std", "macro-F1 (pooled)",
               "s / epoch", "status"]
     table = [[r["run"], r["model"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}", str(r["epochs"]),

@@ -48,7 +48,7 @@ from escnet.datasets import (
     load_table,
     make_splits,
 )
-from escnet.errors import EscnetError
+from escnet.errors import EscnetError, make_output_dir
 from escnet.evaluation import eval_loader, predict_loader, score, to_predictions
 from escnet.features import Featurizer, compute_features
 from escnet.metrics import Predictions, write_metrics
@@ -356,7 +356,7 @@ def _prepare_run_dir(out_dir: Path, config: TaskConfig, resume: bool) -> None:
     elif saved.exists():
         raise EscnetError(f"{out_dir}: already holds a run; continue it with --resume {out_dir} "
                           "or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     config.save(saved)
 
 
