@@ -48,8 +48,21 @@ class VGG19(nn.Module):
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
             nn.Linear(4096, config.num_classes),
         )
+        self._init_weights()
         if config.pretrained:
             self.load_torchvision(config)
+
+    def _init_weights(self) -> None:
+        # torchvision's VGG initialisation. PyTorch's default (fan-in uniform, a third of He's
+        # variance) shrinks the signal at each of the 16 plain convs: at initialisation every clip
+        # then gets the same logits (relative difference 3e-6), and from scratch it stays at chance.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def load_torchvision(self, config: TaskConfig) -> None:
         path = resolve_weights(config, {"imagenet": IMAGENET[config.vgg_batch_norm]})
