@@ -10,7 +10,7 @@ from escnet.cli import main
 from escnet.config import TaskConfig
 from escnet.errors import EscnetError
 from escnet.metrics import Predictions, classification_metrics, confused_pairs, major_category
-from escnet.report import compare, read_run
+from escnet.report import compare, joined_name, read_run
 
 
 def test_metrics_on_hand_made_predictions_with_a_class_never_predicted():
@@ -113,7 +113,7 @@ def test_compare_joins_one_experiment_split_over_folds(tmp_path):
     repeat = make_run(tmp_path, "again-f1", "crnn", [0.4])  # fold 1 again: a run of its own
     longer = make_run(tmp_path, "longer-f2", "crnn", [0.3], epochs=3, first_fold=2)  # other settings
     rows = compare([first, rest, repeat, longer], tmp_path / "cmp")
-    assert [r["run"] for r in rows] == ["crnn-f1 + crnn-f2345", "again-f1", "longer-f2"]
+    assert [r["run"] for r in rows] == ["crnn-{f1,f2345}", "again-f1", "longer-f2"]
     joined = rows[0]
     assert joined["folds"] == {"1": 0.5, "2": 0.7, "3": 0.6, "4": 0.8, "5": 0.9}
     accs = [0.5, 0.7, 0.6, 0.8, 0.9]
@@ -129,6 +129,17 @@ def test_compare_joins_one_experiment_split_over_folds(tmp_path):
     rows = compare([repeat, going], tmp_path / "cmp2")
     assert rows[0]["run"] == "again-f1 + going-f2" and sorted(rows[0]["folds"]) == ["1", "2"]
     assert rows[0]["status"] == "again-f1: complete; going-f2: partial (1 fold finished)"
+
+
+@pytest.mark.parametrize(("names", "joined"), [
+    (["kumar-f1-10ep", "kumar-f2345-10ep"], "kumar-{f1,f2345}-10ep"),
+    (["best-f1", "best-f2", "best-f3"], "best-{f1,f2,f3}"),
+    (["f1-cnn", "f2345-cnn"], "{f1,f2345}-cnn"),
+    (["r1-a", "r2-b"], "r1-a + r2-b"),  # shared "r" is no whole word
+    (["run", "run-2"], "run + run-2"),  # nothing of one name is left to brace
+])
+def test_joined_name_braces_the_words_that_differ(names, joined):
+    assert joined_name(names) == joined
 
 
 def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):

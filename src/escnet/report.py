@@ -217,6 +217,28 @@ def split_run_groups(runs: list[RunInfo]) -> list[list[RunInfo]]:
     return groups
 
 
+def _common_start(texts: list[str]) -> str:
+    """The longest start all ``texts`` share, character by character."""
+    shortest = min(map(len, texts))
+    return texts[0][:next((i for i in range(shortest) if len({t[i] for t in texts}) > 1), shortest)]
+
+
+def joined_name(names: list[str]) -> str:
+    """One row name for the runs of one experiment: what they share around the words that differ,
+    as a shell would brace it (``kumar-{f1,f2345}-10ep``), else ``a + b``."""
+    if len(names) == 1:
+        return names[0]
+    head = _common_start(names)
+    head = head[:max((i + 1 for i, c in enumerate(head) if not c.isalnum()), default=0)]
+    rests = [name[len(head):] for name in names]
+    tail = _common_start([rest[::-1] for rest in rests])[::-1]
+    tail = tail[next((i for i, c in enumerate(tail) if not c.isalnum()), len(tail)):]
+    middles = [rest[:len(rest) - len(tail)] for rest in rests]
+    if not (head or tail) or not all(middles):
+        return " + ".join(names)
+    return f"{head}{{{','.join(middles)}}}{tail}"
+
+
 def _compare_row(parts: list[RunInfo]) -> dict:
     """One compare row (fractions, not %) from the runs of one experiment."""
     from escnet.models import count_macs, create_model
@@ -235,7 +257,7 @@ def _compare_row(parts: list[RunInfo]) -> dict:
         status = f"complete ({len(parts)} runs)"
     else:
         status = "; ".join(f"{run.name}: {run.status}" for run in parts)
-    return {"run": " + ".join(run.name for run in parts), "model": config.model,
+    return {"run": joined_name([run.name for run in parts]), "model": config.model,
             "parameters": sum(p.numel() for p in model.parameters()),
             "gmacs": count_macs(model, config) / 1e9, "epochs": config.num_epochs,
             "folds": folds, "mean": float(np.mean(list(folds.values()))),
