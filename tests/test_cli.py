@@ -37,7 +37,7 @@ FAST = ["--model", "crnn", "--set", "sample_rate=8000", "--set", "n_fft=256", "-
     (["--set", "augment=gain,reverb"], "unknown transform reverb"),
     (["--set", "snr_db=30,3"], "snr_db=(30.0, 3.0): must be a range low,high"),
     (["--set", "mixup_alpha=-1"], "mixup_alpha=-1.0: must be >= 0"),
-    (["--preset", "fastest"], "--preset fastest: unknown preset; choose from fast"),
+    (["--preset", "fastest"], "--preset fastest: unknown preset; choose from best, fast"),
 ])
 def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
     code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, *extra], capsys)

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from escnet.config import TaskConfig, from_dict, list_presets, load_config, parse_overrides, preset_config
 from escnet.errors import ConfigError
+from escnet.models import create_model
 
 
 def test_defaults_are_the_reports():
@@ -96,7 +98,7 @@ def test_bad_config_files(tmp_path):
 
 
 def test_presets_ship_with_the_package_and_apply_under_file_and_overrides(tmp_path):
-    assert "fast" in list_presets()
+    assert {"best", "fast"} <= set(list_presets())
     fast = preset_config("fast")
     assert fast != TaskConfig() and fast.model == "cnn10"
     path = tmp_path / "c.yaml"
@@ -105,6 +107,16 @@ def test_presets_ship_with_the_package_and_apply_under_file_and_overrides(tmp_pa
     assert c == fast.replace(num_epochs=3, seed=7)
     with pytest.raises(ConfigError, match=r"unknown preset; choose from .*fast"):
         preset_config("fastest")
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_builds_its_model_for_its_training_windows_and_whole_clips(name):
+    # A preset whose settings do not fit together (a window too short for the model's pools,
+    # a width the model rejects) fails here, not after an hour of a user's run.
+    config = preset_config(name)
+    model = create_model(config.model, config)
+    for frames in (config.crop_frames or config.length, config.length):
+        assert model(torch.randn(2, config.n_mels, frames)).shape == (2, config.num_classes)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
