@@ -1,5 +1,6 @@
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from escnet.cli import main
 from escnet.config import TaskConfig
 from escnet.errors import EscnetError
 from escnet.metrics import Predictions, classification_metrics, confused_pairs, major_category
+from escnet.plots import save_comparison
 from escnet.report import compare, joined_name, read_run
 
 
@@ -140,6 +142,14 @@ def test_compare_joins_one_experiment_split_over_folds(tmp_path):
 ])
 def test_joined_name_braces_the_words_that_differ(names, joined):
     assert joined_name(names) == joined
+
+
+def test_comparison_chart_makes_room_for_long_run_names(tmp_path):
+    # A 7-inch chart could not fit a 130-character name: matplotlib warned and clipped it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_comparison(["r" * 130, "short"], [0.8, 0.5], [0.02, 0.03], tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):

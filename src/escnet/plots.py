@@ -88,7 +88,9 @@ def save_per_class(accuracy: dict[str, float | None], categories: dict[str, str 
 
 def save_comparison(names: list[str], means: list[float], stds: list[float], path: str | Path) -> None:
     """Mean ± std accuracy (fractions) per run as horizontal bars, best at the top."""
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5), dpi=100)
+    # Wider for long run names (about 0.07 in per character of label), so the bars keep room.
+    width = max(7.0, 4.0 + 0.07 * max(map(len, names)))
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(names) + 1.5), dpi=100)
     y = np.arange(len(names))[::-1]
     ax.barh(y, [100 * m for m in means], xerr=[100 * s for s in stds], color="tab:blue", capsize=4)
     for yi, m, sd in zip(y, means, stds, strict=True):
