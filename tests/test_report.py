@@ -174,6 +174,8 @@ def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
                          (["compare", str(tmp_path / "nope")], "no such run folder"),
                          (["compare", str(taken)], "a file, not a run folder"),
                          (["compare", str(run), "--out", str(taken)], "exists and is not a folder"),
+                         (["compare", str(run), str(run)], "the same run as"),
+                         (["compare", str(run), f"{tmp_path}/../{tmp_path.name}/small"], "the same run as"),
                          (["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)], "resnet")):
         assert main(args) == 2
         err = capsys.readouterr().err

@@ -270,9 +270,18 @@ def _compare_row(parts: list[RunInfo]) -> dict:
 def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
     """Compare runs: ``compare.md``, ``compare.csv``, ``compare.png`` and ``compare.html`` in
     ``out_dir``, sorted by mean accuracy. Runs that are one experiment split over folds
-    (:func:`split_run_groups`) make one row, named ``a + b``. Returns the rows (fractions, not %)."""
+    (:func:`split_run_groups`) make one row, named by :func:`joined_name`. Returns the rows
+    (fractions, not %). A run named twice (two paths to one folder too) is refused: it would
+    show as two identical rows."""
     from escnet.plots import save_comparison
 
+    first_named: dict[Path, str | Path] = {}
+    for path in run_dirs:
+        folder = Path(path).resolve()
+        if folder in first_named:
+            raise EscnetError(f"{path}: the same run as {first_named[folder]}, named twice; "
+                              "name each run once")
+        first_named[folder] = path
     runs = [read_run(p) for p in run_dirs]
     for run in runs[1:]:
         if run.classes != runs[0].classes:
