@@ -176,7 +176,9 @@ def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
                          (["compare", str(run), "--out", str(taken)], "exists and is not a folder"),
                          (["compare", str(run), str(run)], "the same run as"),
                          (["compare", str(run), f"{tmp_path}/../{tmp_path.name}/small"], "the same run as"),
-                         (["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)], "resnet")):
+                         (["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)], "resnet"),
+                         (["benchmark", "--models", "crnn,lstm,crnn", "--data", str(tmp_path)],
+                          "--models: crnn named twice")):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("escnet: error:") and err.count("\n") == 1 and needle in err

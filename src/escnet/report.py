@@ -331,6 +331,9 @@ def benchmark(models: list[str], data_dir: str, out_dir: str | Path, overrides: 
     if unknown:
         raise EscnetError(f"--models: unknown model {', '.join(unknown)}; choose from "
                           f"{', '.join(list_models())}")
+    twice = sorted({m for m in models if models.count(m) > 1})
+    if twice:
+        raise EscnetError(f"--models: {', '.join(twice)} named twice; name each model once")
     out = Path(out_dir)
     dirs = []
     for name in models:
