@@ -137,8 +137,8 @@ def test_compare_joins_one_experiment_split_over_folds(tmp_path):
     (["kumar-f1-10ep", "kumar-f2345-10ep"], "kumar-{f1,f2345}-10ep"),
     (["best-f1", "best-f2", "best-f3"], "best-{f1,f2,f3}"),
     (["f1-cnn", "f2345-cnn"], "{f1,f2345}-cnn"),
-    (["r1-a", "r2-b"], "r1-a + r2-b"),  # shared "r" is no whole word
-    (["run", "run-2"], "run + run-2"),  # nothing of one name is left to brace
+    (["r1-a", "r2-b"], "r1-a + r2-b"),  # the shared "r" is no whole word
+    (["run", "run-2"], "run + run-2"),  # the shared "run" ends at no separator
 ])
 def test_joined_name_braces_the_words_that_differ(names, joined):
     assert joined_name(names) == joined
