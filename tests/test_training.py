@@ -153,6 +153,19 @@ def test_predict_output_format(trained, esc50, capsys):
     assert lines[1].split()[-1] in {"dog", "rain", "crying_baby", "clock_tick", "church_bells"}
 
 
+def test_predict_keeps_the_readable_files_when_one_is_not(trained, esc50, tmp_path, capsys):
+    run, _ = trained
+    clip = sorted((esc50 / "audio").glob("1-*-0.*"))[0]
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    assert main(["predict", "--model", str(run), str(bad), str(clip), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert [r["file"] for r in json.loads(out)] == [str(clip)]
+    assert err.splitlines() == [f"escnet: error: {bad}: not a readable audio file (Error opening "
+                                f"'{bad}': Format not recognised.)",
+                                "escnet: 1 of 2 files could not be read (listed above)"]
+
+
 def test_long_file_is_scored_in_windows(trained, esc50):
     run, _ = trained
     predictor = Predictor.from_path(run)

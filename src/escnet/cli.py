@@ -14,7 +14,7 @@ from typing import Any
 
 from escnet.config import list_presets, load_config, parse_overrides, similar_settings
 from escnet.download import ESC50_URL
-from escnet.errors import EscnetError
+from escnet.errors import AudioError, EscnetError
 
 # Explicit flags of `escnet train` and the config setting each one sets.
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -95,15 +95,24 @@ def _predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise EscnetError(f"--top-k {args.top_k}: must be at least 1")
     predictor = Predictor.from_path(args.model, args.device)
-    results = [predictor.predict_file(f, args.top_k) for f in args.files]
+    results, unreadable = [], 0
+    for path in args.files:  # one bad file among many costs only its own line
+        try:
+            results.append(predictor.predict_file(path, args.top_k))
+        except AudioError as err:
+            print(f"escnet: error: {err}", file=sys.stderr)
+            unreadable += 1
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
-        return 0
-    for r in results:
-        print(f"{r.path} ({r.windows} window{'s' if r.windows > 1 else ''}):")
-        for label, prob in r.top:
-            print(f"  {prob:7.2%}  {label}")
-    return 0
+    else:
+        for r in results:
+            print(f"{r.path} ({r.windows} window{'s' if r.windows > 1 else ''}):")
+            for label, prob in r.top:
+                print(f"  {prob:7.2%}  {label}")
+    if unreadable:
+        print(f"escnet: {unreadable} of {len(args.files)} files could not be read (listed above)",
+              file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def _download(args: argparse.Namespace) -> int:
