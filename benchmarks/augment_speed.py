@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from common import bench_config, bench_parser, timed_epoch
 
-from escnet.augmentation import WaveformAugment
-from escnet.datasets import build_waveform_cache, load_table
-from escnet.training import machine_description, prepare_data, train_loader
+from escnet.data.cache import build_waveform_cache
+from escnet.data.tables import load_table
+from escnet.engine.data import prepare_data, train_loader
+from escnet.engine.runtime import machine_description
+from escnet.transforms.waveform import WaveformAugment
 
 
 def epoch_seconds(config, waves, table) -> tuple[float, float, float]:
@@ -45,22 +47,23 @@ def main() -> None:
     parser.set_defaults(config="configs/cnn10-cpu-aug.yaml")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="escnet-bench-")  # copies are timed from scratch
-    config = bench_config(args, cache_dir=cache)
+    config = bench_config(args, **{"data.cache_dir": cache})
     table = load_table(config)
     rows = np.random.default_rng(0).permutation(len(table))[: args.clips]
     mask = np.zeros(len(table), dtype=bool)
     mask[rows] = True
     table = table.select(mask)
     waves, table = build_waveform_cache(table, config, progress=False)
-    config = config.replace(num_classes=len(table.classes))
+    config = config.replace({"model.num_classes": len(table.classes)})
     print(f"machine: {machine_description()}, {os.cpu_count()} cores")
-    print(f"config: {args.config}; {len(table)} clips at {config.sample_rate} Hz, model "
-          f"{config.model}, batch {config.batch_size}\n")
+    print(f"config: {args.config}; {len(table)} clips at {config.data.sample_rate} Hz, model "
+          f"{config.model.name}, batch {config.train.batch_size}\n")
 
     print("transform         ms per clip")
     sample = [np.array(waves[i], dtype=np.float32) for i in range(min(50, len(table)))]
-    for name in config.augment:
-        augment = WaveformAugment(config.replace(augment_policy="each", augment_p=1.0), [name])
+    for name in config.augment.waveform:
+        every = config.replace({"augment.policy": "each", "augment.p": 1.0}).augment
+        augment = WaveformAugment(every, config.data.sample_rate, [name])
         tick = time.perf_counter()
         for i, wav in enumerate(sample):
             augment(wav, 0, i)
@@ -70,15 +73,15 @@ def main() -> None:
     for i, wav in enumerate(sample):
         policy(wav, 0, i)
     ms = 1000 * (time.perf_counter() - tick) / len(sample)
-    print(f"{'policy ' + config.augment_policy:<17} {ms:>11.2f}  (the mix the config draws from)\n")
+    print(f"{'policy ' + config.augment.policy:<17} {ms:>11.2f}  (the mix the config draws from)\n")
 
     cores = os.cpu_count() or 1
-    copies = max(1, config.augment_copies)
+    copies = max(1, config.augment.copies)
     cases = {
-        "no augmentation, cached log-mels (reference)": config.replace(augment=[]),
-        "per item, main process": config.replace(augment_copies=0, num_workers=0),
-        f"per item, {cores} workers": config.replace(augment_copies=0, num_workers=cores),
-        f"{copies} copies made once, cached log-mels": config.replace(augment_copies=copies),
+        "no augmentation, cached log-mels (reference)": config.replace({"augment.waveform": []}),
+        "per item, main process": config.replace({"augment.copies": 0, "train.num_workers": 0}),
+        f"per item, {cores} workers": config.replace({"augment.copies": 0, "train.num_workers": cores}),
+        f"{copies} copies made once, cached log-mels": config.replace({"augment.copies": copies}),
     }
     print(f"{'one epoch of ' + str(len(table)) + ' clips':<46} {'prepare s':>9} {'epoch s':>8} "
           f"{'data wait s':>11} {'epoch ratio':>11}")

@@ -8,9 +8,9 @@ import time
 import torch
 
 from escnet.config import TaskConfig, load_config, parse_overrides
+from escnet.engine.runtime import keep_freed_memory
+from escnet.engine.train import make_optimizer, train_one_epoch
 from escnet.models import SoundClassifier
-from escnet.runtime import keep_freed_memory
-from escnet.training import make_optimizer, train_one_epoch
 
 
 def timed_epoch(config: TaskConfig, loader, featurizer: torch.nn.Module | None = None
@@ -18,7 +18,7 @@ def timed_epoch(config: TaskConfig, loader, featurizer: torch.nn.Module | None =
     """Seconds of one training epoch over ``loader`` from fixed initial weights, and the part of
     them spent waiting for data. ``featurizer`` replaces escnet's for waveform batches."""
     torch.manual_seed(0)
-    model = SoundClassifier(config)
+    model = SoundClassifier.from_config(config)
     if featurizer is not None:
         model.featurizer = featurizer
     optimizer = make_optimizer(model, config)
@@ -35,15 +35,15 @@ def bench_parser(doc: str, clips: int) -> argparse.ArgumentParser:
     out.add_argument("--clips", type=int, default=clips, help="how many clips to time")
     out.add_argument("--preset", help="start from a shipped recipe (default: the report's settings)")
     out.add_argument("--config", help="YAML or TOML file of settings")
-    out.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    out.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return out
 
 
 def bench_config(args: argparse.Namespace, **settings) -> TaskConfig:
     """Defaults, then ``--preset``, ``--config``, ``--set``, then ``settings`` and ``--data``.
 
-    Also sets malloc up as ``escnet train`` does (:func:`escnet.runtime.keep_freed_memory`), so
+    Also sets malloc up as ``escnet train`` does (:func:`escnet.engine.runtime.keep_freed_memory`), so
     the timings are those of a training run."""
     keep_freed_memory()
-    overrides = {**parse_overrides(args.set), **settings, "data_dir": args.data}
+    overrides = {**parse_overrides(args.set), **settings, "data.data_dir": args.data}
     return load_config(args.config, overrides, preset=args.preset)

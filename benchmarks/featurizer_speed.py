@@ -2,7 +2,7 @@
 
 Reference: ``np.log(np.maximum(librosa.feature.melspectrogram(y, sr, n_fft, hop_length,
 win_length, n_mels, fmin, fmax, power=2), log_floor))`` one clip at a time, as a report-style
-pipeline computes it. escnet: :class:`escnet.features.Featurizer` on batches of clips (torch,
+pipeline computes it. escnet: :class:`escnet.transforms.Featurizer` on batches of clips (torch,
 CPU), and the Featurizer with one dense mel product instead of its banded one, to show what
 skipping the filterbank's zeros saves. All on the same real clips, after a warm-up pass; the
 outputs are checked to agree.
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from common import bench_config, bench_parser
 
-from escnet.datasets import build_waveform_cache, load_table
-from escnet.features import Featurizer
-from escnet.training import machine_description
+from escnet.data.cache import build_waveform_cache
+from escnet.data.tables import load_table
+from escnet.engine.runtime import machine_description
+from escnet.transforms.features import Featurizer
 
 
 def main() -> None:
@@ -35,15 +36,16 @@ def main() -> None:
     clips = np.array(waves[: args.clips], dtype=np.float32)
 
     def reference(wav: np.ndarray) -> np.ndarray:
+        f = config.features
         mel = librosa.feature.melspectrogram(
-            y=wav, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
-            win_length=config.win_length, n_mels=config.n_mels, fmin=config.f_min,
-            fmax=config.f_max, power=2.0, center=True, pad_mode="constant")
-        return np.log(np.maximum(mel, config.log_floor))
+            y=wav, sr=config.data.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+            win_length=f.win_length, n_mels=f.n_mels, fmin=f.f_min, fmax=f.f_max, power=2.0,
+            center=True, pad_mode="constant")
+        return np.log(np.maximum(mel, f.log_floor))
 
     featurizer = Featurizer.from_config(config)
     dense = Featurizer.from_config(config)
-    dense.bands = [(0, config.n_mels, 0, config.n_fft // 2 + 1)]  # one dense mel product
+    dense.bands = [(0, config.features.n_mels, 0, config.features.n_fft // 2 + 1)]  # one dense mel product
 
     def fastest_of_3(compute):
         """``compute()``'s result and its fastest time of 3 runs: a process's first pass also
@@ -65,8 +67,9 @@ def main() -> None:
     _, dense_seconds = fastest_of_3(lambda: escnet(dense))
     worst = float(np.max(np.abs(got.numpy() - np.stack(expected))))
     print(f"machine: {machine_description()}")
-    print(f"{len(clips)} clips of {config.clip_seconds:g} s at {config.sample_rate} Hz → "
-          f"{config.n_mels} mels × {config.length} frames (n_fft {config.n_fft}, hop {config.hop_length})\n")
+    print(f"{len(clips)} clips of {config.data.clip_seconds:g} s at {config.data.sample_rate} Hz → "
+          f"{config.features.n_mels} mels × {config.length} frames (n_fft {config.features.n_fft}, "
+          f"hop {config.features.hop_length})\n")
     print(f"{'':<46} {'clips/s':>9} {'ratio':>7}")
     rows = [("librosa, one clip at a time (ref)", ref_seconds),
             (f"escnet Featurizer, batch {args.batch}", our_seconds),

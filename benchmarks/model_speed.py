@@ -16,18 +16,24 @@ import time
 import torch
 import torch.nn.functional as F
 
-from escnet.config import TaskConfig, from_dict, parse_overrides
+from escnet.config import TaskConfig, load_config, parse_overrides
+from escnet.engine.runtime import machine_description
 from escnet.models import count_macs, create_model, list_models
-from escnet.training import machine_description
+
+
+def build(name: str, config: TaskConfig) -> torch.nn.Module:
+    """Model ``name`` at its default arguments for ``config``'s input."""
+    return create_model(name, n_mels=config.features.n_mels, frames=config.length,
+                        num_classes=config.model.num_classes)
 
 
 def clips_per_second(name: str, config: TaskConfig, batch: int, steps: int) -> tuple[float, float]:
     """Best-of-``steps`` training and inference throughput (clips/s) after one warm-up step."""
     torch.manual_seed(0)
-    model = create_model(name, config)
+    model = build(name, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, config.n_mels, config.length)
-    y = torch.randint(0, config.num_classes, (batch,))
+    x = torch.randn(batch, config.features.n_mels, config.length)
+    y = torch.randint(0, config.model.num_classes, (batch,))
     train, infer = [], []
     for _ in range(steps + 1):
         model.train()
@@ -53,18 +59,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    config = from_dict({"num_classes": 50, **parse_overrides(args.set)})
+    config = load_config(None, parse_overrides(args.set))
     names = [args.reference] + [m for m in args.models.split(",") if m != args.reference]
     print(f"machine: {machine_description()}")
-    print(f"input: {config.clip_seconds:g} s at {config.sample_rate} Hz = {config.n_mels} mels × "
+    print(f"input: {config.data.clip_seconds:g} s at {config.data.sample_rate} Hz = "
+          f"{config.features.n_mels} mels × "
           f"{config.length} frames; batch {args.batch}; best of {args.steps} steps\n")
     print(f"{'model':<10} {'params':>12} {'GMAC/clip':>10} {'train clip/s':>13} {'× ref':>7} "
           f"{'epoch (1600)':>13} {'infer clip/s':>13} {'× ref':>7}")
     ref = None
     for name in names:
-        model = create_model(name, config)
+        model = build(name, config)
         params = sum(p.numel() for p in model.parameters())
-        macs = count_macs(model, config) / 1e9
+        macs = count_macs(model, config.features.n_mels, config.length) / 1e9
         del model
         train, infer = clips_per_second(name, config, args.batch, args.steps)
         ref = ref or (train, infer)

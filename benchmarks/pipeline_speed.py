@@ -1,7 +1,7 @@
 """One training epoch: escnet's cached pipeline against a report-style one, same model.
 
 Reference (the study report's pipeline): a Dataset that decodes and resamples its file on every
-item (soundfile + soxr, as `escnet.audio.load_audio`; the report used `torchaudio.load`), and
+item (soundfile + soxr, as `escnet.data.load_audio`; the report used `torchaudio.load`), and
 log-mels computed on every batch as the report's Featurizer does, with
 `torchaudio.transforms.MelSpectrogram` over the whole batch (reproduced in plain torch here, since
 torchaudio has no build for this machine: same STFT, padding, power and HTK filterbank).
@@ -26,9 +26,12 @@ from common import bench_config, bench_parser, timed_epoch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from escnet.audio import load_audio
-from escnet.datasets import build_waveform_cache, clip_dataset, collate, load_table
-from escnet.training import machine_description, prepare_data
+from escnet.data.audio import load_audio
+from escnet.data.cache import build_waveform_cache
+from escnet.data.datasets import clip_dataset, collate
+from escnet.data.tables import load_table
+from escnet.engine.data import prepare_data
+from escnet.engine.runtime import machine_description
 
 
 class DecodeEveryItem(Dataset):
@@ -53,10 +56,11 @@ class ReportMelSpectrogram(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        self.n_fft, self.hop, self.win = config.n_fft, config.hop_length, config.win_length
-        self.register_buffer("window", torch.hann_window(config.win_length))
-        fb = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
-                                 htk=True, norm=None)
+        f = config.features
+        self.n_fft, self.hop, self.win = f.n_fft, f.hop_length, f.win_length
+        self.register_buffer("window", torch.hann_window(f.win_length))
+        fb = librosa.filters.mel(sr=config.data.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels, htk=True,
+                                 norm=None)
         self.register_buffer("fb", torch.from_numpy(fb.T.copy()))  # (freqs, n_mels), as torchaudio
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
@@ -70,31 +74,32 @@ def main() -> None:
     parser = bench_parser(__doc__, clips=400)
     parser.add_argument("--model", help="default: the preset's, or the report's crnn")
     args = parser.parse_args()
-    config = bench_config(args, **({"model": args.model} if args.model else {}))
+    config = bench_config(args, **({"model.name": args.model} if args.model else {}))
     if not (args.model or args.preset or args.config):
-        config = config.replace(model="crnn")
+        config = config.replace({"model.name": "crnn"})
     table = load_table(config)
     table = table.select(np.arange(len(table)) < args.clips)
-    config = config.replace(num_classes=len(table.classes))
+    config = config.replace({"model.num_classes": len(table.classes)})
     order = np.random.default_rng(0).permutation(len(table))
 
     tick = time.perf_counter()
     waves, table = build_waveform_cache(table, config, progress=False)
     data, _, _ = prepare_data(waves, table, config, progress=False)
     once = time.perf_counter() - tick
-    ours_loader = DataLoader(clip_dataset(data.clips, table.labels, order), batch_size=config.batch_size,
-                             shuffle=False, collate_fn=collate, drop_last=len(order) > config.batch_size)
-    report = DecodeEveryItem([table.paths[i] for i in order], table.labels[order], config.sample_rate,
+    batch = config.train.batch_size
+    ours_loader = DataLoader(clip_dataset(data.clips, table.labels, order), batch_size=batch,
+                             shuffle=False, collate_fn=collate, drop_last=len(order) > batch)
+    report = DecodeEveryItem([table.paths[i] for i in order], table.labels[order], config.data.sample_rate,
                              config.length_wav)
-    report_loader = DataLoader(report, batch_size=config.batch_size, shuffle=False, collate_fn=collate,
-                               drop_last=len(report) > config.batch_size)
+    report_loader = DataLoader(report, batch_size=config.train.batch_size, shuffle=False, collate_fn=collate,
+                               drop_last=len(report) > config.train.batch_size)
 
     timed_epoch(config, ours_loader)  # warm-up
     ours, ours_wait = timed_epoch(config, ours_loader)
     theirs, theirs_wait = timed_epoch(config, report_loader, ReportMelSpectrogram(config))
     print(f"machine: {machine_description()}")
-    print(f"model {config.model}, {len(table)} clips of {config.clip_seconds:g} s at "
-          f"{config.sample_rate} Hz, batch {config.batch_size}; one training epoch\n")
+    print(f"model {config.model.name}, {len(table)} clips of {config.data.clip_seconds:g} s at "
+          f"{config.data.sample_rate} Hz, batch {config.train.batch_size}; one training epoch\n")
     print(f"{'pipeline':<68} {'epoch s':>8} {'data wait s':>11} {'compute s':>9} {'speed-up':>8}")
     print(f"{'report-style: decode + resample per item, batch MelSpectrogram (ref)':<68} {theirs:>8.2f} "
           f"{theirs_wait:>11.2f} {theirs - theirs_wait:>9.2f} {1.0:>7.2f}×")

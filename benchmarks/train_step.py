@@ -28,19 +28,20 @@ import time
 import torch
 import torch.nn.functional as F
 
-from escnet.config import from_dict, parse_overrides, preset_config
+from escnet.config import load_config, parse_overrides
+from escnet.engine.runtime import keep_freed_memory, machine_description
 from escnet.models import create_model
-from escnet.runtime import keep_freed_memory
-from escnet.training import machine_description
 
 
 def measure(config, batch: int, steps: int, *, channels_last: bool = False,
             compile_model: bool = False, inference_mode: bool = True) -> dict[str, float]:
     """Median training and inference clips/s over ``steps`` steps after two warm-up steps."""
     torch.manual_seed(0)
-    model = create_model(config.model, config)
-    x = torch.randn(batch, config.n_mels, config.length)
-    y = torch.randint(0, config.num_classes, (batch,))
+    m = config.model
+    model = create_model(m.name, n_mels=config.features.n_mels, frames=config.length,
+                         num_classes=m.num_classes, **m.args)
+    x = torch.randn(batch, config.features.n_mels, config.length)
+    y = torch.randint(0, config.model.num_classes, (batch,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -76,13 +77,13 @@ def main() -> None:
     parser.add_argument("--preset", default="fast", help="config the model and features come from")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
-    config = from_dict({**preset_config(args.preset).to_dict(), "num_classes": 50,
-                        **parse_overrides(args.set)})
+    config = load_config(None, parse_overrides(args.set), preset=args.preset)
     threads = torch.get_num_threads()
     print(f"machine: {machine_description()}")
-    print(f"model {config.model} ({args.preset} preset): {config.n_mels} mels × {config.length} "
+    print(f"model {config.model.name} ({args.preset} preset): {config.features.n_mels} mels × "
+          f"{config.length} "
           f"frames, batch {args.batch}, median of {args.steps} steps\n")
     print(f"{'setting':<22} {'train clip/s':>13} {'× base':>7} {'infer clip/s':>13} {'× base':>7}"
           f"  note")

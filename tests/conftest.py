@@ -53,7 +53,7 @@ def write_esc50_like(root: Path, clips: list[tuple[str, int, int, str]], sr: int
 
 def esc50_subset_csv(esc50: Path, out: Path, targets: list[int], folds: list[int]) -> Path:
     """A ``path,label,fold`` CSV of the real ESC-50 clips of ``targets`` in ``folds``."""
-    from escnet.datasets import read_esc50
+    from escnet.data.tables import read_esc50
 
     table = read_esc50(esc50)
     names = table.classes

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 from conftest import tone
 
-from escnet.audio import fix_length, load_audio, windows
+from escnet.data.audio import fix_length, load_audio, windows
 from escnet.errors import AudioError
 
 

@@ -6,18 +6,12 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from escnet.audio import load_audio
-from escnet.augmentation import (
-    WaveformAugment,
-    between_class_mix,
-    make_transform,
-    mixup,
-    preview,
-    random_crop,
-    spec_augment,
-)
-from escnet.config import WAVEFORM_AUGMENTS, TaskConfig
+from escnet.config import WAVEFORM_TRANSFORMS, AugmentConfig, TaskConfig
+from escnet.data.audio import load_audio
 from escnet.errors import ConfigError
+from escnet.reports.preview import preview
+from escnet.transforms.batch import between_class_mix, mixup, random_crop, spec_augment
+from escnet.transforms.waveform import BUILDERS, WaveformAugment
 
 SR = 22_050
 
@@ -27,9 +21,15 @@ def sine(freq: float, seconds: float = 2.0, amp: float = 0.5) -> np.ndarray:
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def augmenter(names: list[str], **settings) -> WaveformAugment:
+    """A :class:`WaveformAugment` at ``SR`` for ``names``, with ``augment`` settings."""
+    augment = AugmentConfig(**{"waveform": names, **settings})
+    augment.validate()
+    return WaveformAugment(augment, SR)
+
+
 def apply(name: str, samples: np.ndarray, seed: int = 0, **settings) -> np.ndarray:
-    config = TaskConfig(sample_rate=SR, augment_policy="each", augment_p=1.0, **settings)
-    return WaveformAugment(config, [name])(samples.copy(), seed)
+    return augmenter([name], policy="each", p=1.0, **settings)(samples.copy(), seed)
 
 
 def dominant_hz(samples: np.ndarray) -> float:
@@ -42,7 +42,7 @@ def snr_db(clean: np.ndarray, mixed: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(clean**2) / np.mean(noise**2)))
 
 
-@pytest.mark.parametrize("name", WAVEFORM_AUGMENTS)
+@pytest.mark.parametrize("name", WAVEFORM_TRANSFORMS)
 def test_every_transform_keeps_length_on_a_real_clip(esc50, name):
     clip = load_audio(next((esc50 / "audio").glob("1-*")), SR, 5 * SR)
     out = apply(name, clip, time_stretch_rate=(0.8, 1.25), pitch_shift_semitones=(-2.0, 2.0))
@@ -67,7 +67,7 @@ def test_noise_files_are_mixed_at_the_asked_snr_from_a_random_offset(tmp_path):
     excerpts = []
     for seed in range(4):
         mixed = apply("background_noise", clean, seed, snr_db=(12.0, 12.0),
-                      path2noise=str(tmp_path))
+                      noise_dir=str(tmp_path))
         assert abs(snr_db(clean, mixed) - 12.0) < 0.5
         excerpts.append(mixed - clean)
     corr = np.corrcoef(excerpts[0], excerpts[1])[0, 1]
@@ -76,8 +76,8 @@ def test_noise_files_are_mixed_at_the_asked_snr_from_a_random_offset(tmp_path):
 
 def test_a_noise_folder_without_audio_is_a_config_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no audio here")
-    with pytest.raises(ConfigError, match="path2noise"):
-        make_transform("background_noise", TaskConfig(path2noise=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"augment\.noise_dir"):
+        BUILDERS["background_noise"](AugmentConfig(noise_dir=str(tmp_path)))
 
 
 def test_pitch_shift_of_an_octave_doubles_the_frequency():
@@ -127,7 +127,7 @@ def test_time_shift_circular_rolls_and_pad_fills_with_zeros():
 
 def test_one_policy_reaches_every_transform_and_the_identity():
     names = ["gain", "time_shift", "gaussian_noise"]
-    augment = WaveformAugment(TaskConfig(sample_rate=SR, augment=names))
+    augment = augmenter(names)
     counts: dict[str, int] = {}
     for seed in range(2000):
         chosen = augment.choose(np.random.default_rng(seed))
@@ -140,7 +140,7 @@ def test_one_policy_reaches_every_transform_and_the_identity():
 
 def test_each_policy_applies_each_transform_with_its_probability():
     names = ["gain", "time_shift"]
-    augment = WaveformAugment(TaskConfig(augment=names, augment_policy="each", augment_p=0.3))
+    augment = augmenter(names, policy="each", p=0.3)
     draws = [augment.choose(np.random.default_rng(s)) for s in range(3000)]
     for name in names:
         assert abs(sum(name in d for d in draws) / 3000 - 0.3) < 0.03
@@ -148,9 +148,7 @@ def test_each_policy_applies_each_transform_with_its_probability():
 
 
 def test_same_seed_same_output_and_global_generators_untouched():
-    augment = WaveformAugment(TaskConfig(sample_rate=SR, augment=list(WAVEFORM_AUGMENTS),
-                                         augment_policy="each", augment_p=1.0,
-                                         time_stretch_rate=(0.9, 1.1)))
+    augment = augmenter(list(WAVEFORM_TRANSFORMS), policy="each", p=1.0, time_stretch_rate=(0.9, 1.1))
     clip = sine(330)
     np.random.seed(123)
     random.seed(123)
@@ -223,10 +221,10 @@ def test_between_class_mix_keeps_the_target_share_for_equal_loudness():
 
 def test_preview_writes_audio_and_a_picture_per_transform(tmp_path):
     sf.write(tmp_path / "dog.wav", sine(500, seconds=1.0), SR)
-    config = TaskConfig(sample_rate=SR, clip_seconds=1.0, time_stretch_rate=(1.5, 1.5))
+    config = TaskConfig().replace({"data.sample_rate": SR, "data.clip_seconds": 1.0, "augment.time_stretch_rate": (1.5, 1.5)})
     written = preview(tmp_path / "dog.wav", tmp_path / "out", config)
     names = {p.name for p in written}
-    for name in ("original", *WAVEFORM_AUGMENTS):
+    for name in ("original", *WAVEFORM_TRANSFORMS):
         assert any(n.endswith(f"-{name}.wav") for n in names)
         assert any(n.endswith(f"-{name}.png") for n in names)
     assert any(n.endswith("-spec_augment.png") for n in names)
@@ -249,9 +247,9 @@ def test_random_crop_takes_a_window_per_example_at_random_offsets():
 
 
 def test_crop_seconds_sets_the_training_window_in_frames():
-    c = TaskConfig(sample_rate=22050, hop_length=512, crop_seconds=3.0)
+    c = TaskConfig().replace({"data.sample_rate": 22050, "features.hop_length": 512, "augment.crop_seconds": 3.0})
     assert c.crop_frames == 66150 // 512 + 1
-    assert TaskConfig(crop_seconds=0).crop_frames == 0
-    assert TaskConfig(crop_seconds=5.0).crop_frames == 0  # not shorter than the clip: whole clip
+    assert TaskConfig().replace({"augment.crop_seconds": 0}).crop_frames == 0
+    assert TaskConfig().replace({"augment.crop_seconds": 5.0}).crop_frames == 0  # not shorter than the clip: whole clip
     with pytest.raises(ConfigError, match="crop_seconds"):
-        TaskConfig(crop_seconds=-1)
+        TaskConfig().replace({"augment.crop_seconds": -1})

@@ -5,16 +5,9 @@ import torch
 from conftest import tone, write_esc50_like
 
 from escnet.config import TaskConfig
-from escnet.datasets import (
-    WaveformDataset,
-    build_waveform_cache,
-    class_balanced_sampler,
-    collate,
-    load_table,
-    make_splits,
-    parse_esc50_name,
-    read_esc50,
-)
+from escnet.data.cache import build_waveform_cache
+from escnet.data.datasets import WaveformDataset, class_balanced_sampler, collate
+from escnet.data.tables import load_table, make_splits, parse_esc50_name, read_esc50
 from escnet.errors import AudioError, ConfigError, DataError
 
 
@@ -56,7 +49,7 @@ def test_glob_mode_parses_labels(tmp_path):
             (tmp_path / name).write_text("x")
         else:
             sf.write(tmp_path / name, tone(300, 8000, 0.1), 8000)
-    table = load_table(TaskConfig(data_dir=str(tmp_path)))
+    table = load_table(TaskConfig().replace({"data.data_dir": str(tmp_path)}))
     assert table.classes == ["0", "7"] and table.labels.tolist() == [0, 1, 1]
     assert table.folds.tolist() == [1, 1, 2]
 
@@ -66,13 +59,13 @@ def test_class_folders_get_stratified_folds(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(10):
             sf.write(tmp_path / cls / f"{i}.wav", tone(300, 8000, 0.1), 8000)
-    table = load_table(TaskConfig(data_dir=str(tmp_path), seed=3))
+    table = load_table(TaskConfig().replace({"data.data_dir": str(tmp_path), "train.seed": 3}))
     assert table.classes == ["cat", "dog", "rain"] and len(table) == 30
     assert table.fold_ids == [1, 2, 3, 4, 5]
     for label in range(3):  # every class spread evenly: 2 clips per fold
         assert np.bincount(table.folds[table.labels == label], minlength=6)[1:].tolist() == [2] * 5
     assert any("stratified" in n for n in table.notes)
-    again = load_table(TaskConfig(data_dir=str(tmp_path), seed=3))
+    again = load_table(TaskConfig().replace({"data.data_dir": str(tmp_path), "train.seed": 3}))
     assert again.folds.tolist() == table.folds.tolist()
 
 
@@ -80,38 +73,37 @@ def test_csv_table(tmp_path):
     for i in range(4):
         sf.write(tmp_path / f"{i}.wav", tone(300, 8000, 0.1), 8000)
     (tmp_path / "t.csv").write_text("path,label,fold\n0.wav,a,1\n1.wav,b,1\n2.wav,a,2\n3.wav,b,2\n")
-    table = load_table(TaskConfig(data_dir=str(tmp_path / "t.csv")))
+    table = load_table(TaskConfig().replace({"data.data_dir": str(tmp_path / "t.csv")}))
     assert table.classes == ["a", "b"] and table.folds.tolist() == [1, 1, 2, 2]
     (tmp_path / "bad.csv").write_text("file,label\n0.wav,a\n")
     with pytest.raises(DataError, match=r"missing column.*path"):
-        load_table(TaskConfig(data_dir=str(tmp_path / "bad.csv")))
+        load_table(TaskConfig().replace({"data.data_dir": str(tmp_path / "bad.csv")}))
 
 
 def test_splits_and_unknown_fold(tmp_path):
     root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
                                              for f in (1, 2, 3) for t in (0, 1) for i in range(5)])
-    table = load_table(TaskConfig(data_dir=str(root)))
-    splits = make_splits(table, TaskConfig(folds=[2]))
+    table = load_table(TaskConfig().replace({"data.data_dir": str(root)}))
+    splits = make_splits(table, TaskConfig().replace({"data.folds": [2]}))
     (name, train, test), = splits
     assert name == "2" and set(table.folds[test]) == {2} and 2 not in set(table.folds[train])
     with pytest.raises(ConfigError, match=r"fold 7 does not exist.*1, 2, 3"):
-        make_splits(table, TaskConfig(folds=[7]))
-    (_, train, test), = make_splits(table, TaskConfig(protocol="random", train_ratio=0.8))
+        make_splits(table, TaskConfig().replace({"data.folds": [7]}))
+    (_, train, test), = make_splits(table, TaskConfig().replace({"data.protocol": "random", "data.train_ratio": 0.8}))
     assert len(test) == 6 and sorted(np.bincount(table.labels[test]).tolist()) == [3, 3]
     assert not set(train) & set(test) and len(train) + len(test) == len(table)
 
 
 def test_cache_built_once_and_rebuilt_on_change(tmp_path):
     root = write_esc50_like(tmp_path / "d", [("1-1-A-0.wav", 1, 0, ".ogg"), ("2-1-A-1.wav", 2, 1, ".flac")])
-    config = TaskConfig(data_dir=str(root), sample_rate=8000, clip_seconds=1.5,
-                        cache_dir=str(tmp_path / "c"), n_fft=256, win_length=256, hop_length=64)
+    config = TaskConfig().replace({"data.data_dir": str(root), "data.sample_rate": 8000, "data.clip_seconds": 1.5, "data.cache_dir": str(tmp_path / "c"), "features.n_fft": 256, "features.win_length": 256, "features.hop_length": 64})
     waves, _ = build_waveform_cache(load_table(config), config, progress=False)
     assert waves.shape == (2, 12000) and isinstance(waves, np.memmap)
     assert np.abs(waves[0, :8000]).max() > 0.1 and np.all(waves[0, 8000:] == 0)  # 1 s clip padded
     files = sorted(p.name for p in (tmp_path / "c").iterdir())
     build_waveform_cache(load_table(config), config, progress=False)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == files  # reused, not rebuilt
-    build_waveform_cache(load_table(config.replace(sample_rate=16000)), config.replace(sample_rate=16000),
+    build_waveform_cache(load_table(config.replace({"data.sample_rate": 16000})), config.replace({"data.sample_rate": 16000}),
                          progress=False)
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2  # new rate → new cache
     sf.write(root / "audio" / "1-1-A-0.ogg", tone(900, 8000, 1.0), 8000)  # audio changed
@@ -122,11 +114,10 @@ def test_cache_built_once_and_rebuilt_on_change(tmp_path):
 def test_bad_file_reported_up_front_or_skipped(tmp_path):
     root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-0.wav", f, 0, ".wav") for f in (1, 2) for i in (1, 2)])
     (root / "audio" / "2-2-A-0.wav").write_text("not audio")
-    config = TaskConfig(data_dir=str(root), sample_rate=8000, clip_seconds=1.0, n_fft=256,
-                        win_length=256, hop_length=64, cache_dir=str(tmp_path / "c"))
-    with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-0\.wav.*--skip-bad"):
+    config = TaskConfig().replace({"data.data_dir": str(root), "data.sample_rate": 8000, "data.clip_seconds": 1.0, "features.n_fft": 256, "features.win_length": 256, "features.hop_length": 64, "data.cache_dir": str(tmp_path / "c")})
+    with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-0\.wav.*data.skip_bad=true"):
         build_waveform_cache(load_table(config), config, progress=False)
-    waves, table = build_waveform_cache(load_table(config), config.replace(skip_bad=True), progress=False)
+    waves, table = build_waveform_cache(load_table(config), config.replace({"data.skip_bad": True}), progress=False)
     assert len(table) == 3 and len(waves) == 3 and "2-2-A-0.wav" not in {p.name for p in table.paths}
     assert any("left out 1" in n for n in table.notes)
     assert np.abs(np.array(waves[2])).max() > 0.1  # rows line up with the remaining files

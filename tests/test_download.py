@@ -11,7 +11,7 @@ import soundfile as sf
 from conftest import tone
 
 from escnet.cli import main
-from escnet.download import download, download_esc50
+from escnet.data.download import download, download_esc50
 from escnet.errors import DataError, EscnetError
 
 

@@ -10,9 +10,10 @@ from sklearn.metrics import f1_score
 from escnet.cli import main
 from escnet.config import TaskConfig
 from escnet.errors import EscnetError
-from escnet.metrics import Predictions, classification_metrics, confused_pairs, major_category
-from escnet.plots import save_comparison
-from escnet.report import compare, joined_name, read_run
+from escnet.reports.compare import compare, joined_name
+from escnet.reports.metrics import classification_metrics, confused_pairs, major_category
+from escnet.reports.plots import save_comparison
+from escnet.runs import Predictions, RunDir
 
 
 def test_metrics_on_hand_made_predictions_with_a_class_never_predicted():
@@ -40,7 +41,7 @@ def test_predictions_round_trip_and_most_confused_pairs(tmp_path):
     back = Predictions.load(tmp_path / "p.csv", classes)
     assert np.array_equal(back.labels, preds.labels) and np.array_equal(back.predicted, preds.predicted)
     assert np.allclose(back.confidence, preds.confidence)
-    pairs = confused_pairs(back)
+    pairs = confused_pairs(back.labels, back.predicted, back.paths, back.classes)
     assert pairs[0] == {"true": "dog", "predicted": "rain", "count": 2, "files": ["0.wav", "1.wav"]}
     assert pairs[1]["true"] == "rain" and pairs[1]["predicted"] == "siren" and len(pairs) == 2
     assert major_category("siren") == "Exterior/urban" and major_category("kazoo") is None
@@ -56,8 +57,9 @@ def make_run(root, name, model, accuracies, epochs=2, classes=CLASSES, finished=
     run = root / name
     run.mkdir()
     folds = list(range(first_fold, first_fold + len(accuracies)))
-    TaskConfig(model=model, num_epochs=epochs, num_classes=len(classes), folds=folds,
-               **settings).save(run / "config.yaml")
+    TaskConfig().replace({"model.name": model, "train.num_epochs": epochs,
+                          "model.num_classes": len(classes), "data.folds": folds,
+                          **settings}).save(run / "config.yaml")
     for fold, acc in zip(folds, accuracies, strict=True):
         (run / f"fold-{fold}").mkdir()
         n = epochs if finished or fold < folds[-1] else epochs - 1
@@ -104,14 +106,14 @@ def test_compare_tables_hold_the_numbers_of_the_runs(tmp_path):
 
 
 def _pooled(run):
-    preds = read_run(run).predictions()
+    preds = RunDir(run).predictions()
     return preds.labels, preds.predicted
 
 
 def test_compare_joins_one_experiment_split_over_folds(tmp_path):
     # Fold 1 in one session, folds 2-5 in the next (on another device): one 5-fold row.
     first = make_run(tmp_path, "crnn-f1", "crnn", [0.5])
-    rest = make_run(tmp_path, "crnn-f2345", "crnn", [0.7, 0.6, 0.8, 0.9], first_fold=2, device="cpu")
+    rest = make_run(tmp_path, "crnn-f2345", "crnn", [0.7, 0.6, 0.8, 0.9], first_fold=2, **{"train.device": "cpu"})
     repeat = make_run(tmp_path, "again-f1", "crnn", [0.4])  # fold 1 again: a run of its own
     longer = make_run(tmp_path, "longer-f2", "crnn", [0.3], epochs=3, first_fold=2)  # other settings
     rows = compare([first, rest, repeat, longer], tmp_path / "cmp")
@@ -159,14 +161,16 @@ def test_compare_and_report_refuse_what_is_not_a_usable_run(tmp_path):
         compare([a, other], tmp_path / "cmp")
     (tmp_path / "empty").mkdir()
     with pytest.raises(EscnetError, match="not an escnet run"):
-        read_run(tmp_path / "empty")
+        RunDir(tmp_path / "empty").require_finished()
     fresh = make_run(tmp_path, "fresh", "crnn", [0.5], finished=False)
     with pytest.raises(EscnetError, match=r"no finished fold yet \(fold 1 at epoch 1/2"):
-        read_run(fresh)
+        RunDir(fresh).require_finished()
 
 
 def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "config.yaml").write_text("model: crnn\nnum_epochs: 2\n")
     run = make_run(tmp_path, "small", "crnn", [0.5, 0.7])
     taken = tmp_path / "notes.txt"
     taken.write_text("a file where the output folder should go")
@@ -174,11 +178,12 @@ def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
                          (["compare", str(tmp_path / "nope")], "no such run folder"),
                          (["compare", str(taken)], "a file, not a run folder"),
                          (["compare", str(run), "--out", str(taken)], "exists and is not a folder"),
+                         (["compare", str(tmp_path / "flat")], "written by an older escnet"),
                          (["compare", str(run), str(run)], "the same run as"),
                          (["compare", str(run), f"{tmp_path}/../{tmp_path.name}/small"], "the same run as"),
                          (["benchmark", "--models", "crnn,resnet", "--data", str(tmp_path)], "resnet"),
                          (["benchmark", "--models", "crnn,lstm,crnn", "--data", str(tmp_path)],
-                          "--models: crnn named twice")):
+                          "models: crnn named twice")):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("escnet: error:") and err.count("\n") == 1 and needle in err
@@ -190,8 +195,8 @@ def test_benchmark_trains_each_model_then_compares_and_resumes(tmp_path, capsys)
     data = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
                                              for f in (1, 2) for t in (0, 1) for i in range(3)])
     args = ["benchmark", "--models", "crnn,lstm", "--data", str(data), "--epochs", "2",
-            "--out", str(tmp_path / "b"), "--quiet", "--set", "sample_rate=8000", "--set", "n_fft=256",
-            "--set", "win_length=256", "--set", "hop_length=64"]
+            "--out", str(tmp_path / "b"), "--quiet", "--set", "data.sample_rate=8000", "--set", "features.n_fft=256",
+            "--set", "features.win_length=256", "--set", "features.hop_length=64"]
     assert main(args) == 0
     with (tmp_path / "b" / "compare.csv").open() as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}

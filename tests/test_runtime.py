@@ -7,7 +7,7 @@ import pytest
 # freed; prints the page faults per round.
 ROUNDS = """
 import resource, sys, torch
-from escnet.runtime import keep_freed_memory
+from escnet.engine.runtime import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 def step():

@@ -10,9 +10,9 @@ from conftest import Page, esc50_subset_csv
 
 from escnet.cli import main
 from escnet.config import TaskConfig
-from escnet.evaluation import evaluate_run
-from escnet.inference import Predictor
-from escnet.training import train
+from escnet.deploy.predict import Predictor
+from escnet.engine.evaluate import evaluate_run
+from escnet.engine.train import train
 
 # Five well-separated classes: dog, rain, crying baby, clock tick, church bells.
 TARGETS = [0, 10, 20, 38, 46]
@@ -22,10 +22,7 @@ TARGETS = [0, 10, 20, 38, 46]
 def small_config(esc50, tmp_path_factory) -> TaskConfig:
     """200 real clips, 16 kHz, a CRNN small and fast enough for a test; fold 1 held out."""
     csv_path = esc50_subset_csv(esc50, tmp_path_factory.mktemp("data") / "five.csv", TARGETS, [1, 2, 3, 4, 5])
-    return TaskConfig(data_dir=str(csv_path), model="crnn", sample_rate=16000, n_fft=512, win_length=512,
-                      hop_length=256, n_mels=40, kernel_size=(5, 8), stride=(2, 4),
-                      cnn_out_channels=8, hidden_size=32, batch_size=32, learning_rate=3e-3,
-                      num_epochs=12, folds=[1])
+    return TaskConfig().replace({"data.data_dir": str(csv_path), "model.name": "crnn", "data.sample_rate": 16000, "features.n_fft": 512, "features.win_length": 512, "features.hop_length": 256, "features.n_mels": 40, "model.args.kernel_size": (5, 8), "model.args.stride": (2, 4), "model.args.cnn_out_channels": 8, "model.args.hidden_size": 32, "train.batch_size": 32, "train.learning_rate": 3e-3, "train.num_epochs": 12, "data.folds": [1]})
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +64,7 @@ def test_resume_gives_the_same_numbers(small_config, trained, tmp_path):
 
 
 def test_ema_run_scores_the_average_and_resumes_exactly(small_config, tmp_path):
-    config = small_config.replace(ema_decay=0.9, num_epochs=4)
+    config = small_config.replace({"train.ema_decay": 0.9, "train.num_epochs": 4})
     full = train(config, tmp_path / "full", progress=False)
 
     def stop_after_epoch_2(log):
@@ -92,7 +89,7 @@ def test_ema_run_scores_the_average_and_resumes_exactly(small_config, tmp_path):
 def test_resume_refuses_changed_settings(trained, capsys):
     run, _ = trained
     assert main(["train", "--resume", str(run), "--lr", "0.1", "--quiet"]) == 2
-    assert "different settings (learning_rate)" in capsys.readouterr().err
+    assert "different settings (train.learning_rate)" in capsys.readouterr().err
 
 
 def test_evaluate_recomputes_recorded_accuracy(trained):
@@ -105,7 +102,7 @@ def test_evaluate_recomputes_recorded_accuracy(trained):
 
 
 def test_metrics_and_report_of_a_real_run(trained):
-    from escnet.report import write_report
+    from escnet.reports.html import write_report
 
     run, summary = trained
     with (run / "fold-1" / "predictions.csv").open() as f:
@@ -130,7 +127,7 @@ def test_tensorboard_logs_every_epoch(small_config, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install tensorboard)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(small_config.replace(num_epochs=2, tensorboard=True), tmp_path / "tb", progress=False)
+    train(small_config.replace({"train.num_epochs": 2, "train.tensorboard": True}), tmp_path / "tb", progress=False)
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
@@ -174,13 +171,11 @@ def test_long_file_is_scored_in_windows(trained, esc50):
 
 
 def test_augmented_training_is_the_same_with_or_without_workers(small_config, trained, tmp_path):
-    config = small_config.replace(augment=["time_shift", "gain", "gaussian_noise"],
-                                  gain_db=(-6.0, 6.0), spec_augment=True, mixup_alpha=0.4,
-                                  num_epochs=1)
+    config = small_config.replace({"augment.waveform": ["time_shift", "gain", "gaussian_noise"], "augment.gain_db": (-6.0, 6.0), "augment.spec_augment": True, "augment.mixup_alpha": 0.4, "train.num_epochs": 1})
     assert config.waveform_augment  # transformed per item, so no feature cache
     runs = {}
     for workers in (0, 2):
-        train(config.replace(num_workers=workers), tmp_path / f"w{workers}", progress=False)
+        train(config.replace({"train.num_workers": workers}), tmp_path / f"w{workers}", progress=False)
         runs[workers] = [json.loads(line) for line in
                          (tmp_path / f"w{workers}" / "fold-1" / "metrics.jsonl").read_text().splitlines()]
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -192,9 +187,7 @@ def test_augmented_training_is_the_same_with_or_without_workers(small_config, tr
 
 def test_augmented_copies_are_made_once_and_shared(small_config, tmp_path):
     cache = tmp_path / "cache"
-    config = small_config.replace(augment=["time_stretch"], time_stretch_rate=(1.5, 1.5),
-                                  augment_policy="each", augment_p=1.0, augment_copies=2,
-                                  cache_dir=str(cache), num_epochs=1)
+    config = small_config.replace({"augment.waveform": ["time_stretch"], "augment.time_stretch_rate": (1.5, 1.5), "augment.policy": "each", "augment.p": 1.0, "augment.copies": 2, "data.cache_dir": str(cache), "train.num_epochs": 1})
     train(config, tmp_path / "two", progress=False)
     copies = sorted(cache.glob("aug-*.npy"))
     assert [p.name[-6:] for p in copies] == ["-0.npy", "-1.npy"]
@@ -205,9 +198,9 @@ def test_augmented_copies_are_made_once_and_shared(small_config, tmp_path):
     loud = np.abs(original[:, : original.shape[1] // 2]).max(axis=1) > 0.01
     tail = np.abs(first[loud, int(original.shape[1] * 0.7):]).max(axis=1)
     assert (tail < 1e-3).mean() > 0.9
-    assert not np.array_equal(first, second) or config.augment_policy == "each"
+    assert not np.array_equal(first, second) or config.augment.policy == "each"
     stamps = {p.name: p.stat().st_mtime_ns for p in copies}
-    summary = train(config.replace(augment_copies=3, mixup_alpha=0.2, mixup_mode="waveform"),
+    summary = train(config.replace({"augment.copies": 3, "augment.mixup_alpha": 0.2, "augment.mixup_mode": "waveform"}),
                     tmp_path / "three", progress=False)
     assert len(list(cache.glob("aug-*.npy"))) == 3
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in copies)  # reused, not redone

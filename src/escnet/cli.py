@@ -1,54 +1,57 @@
 """The ``escnet`` command: a thin layer over the Python API.
 
-User mistakes (:class:`~escnet.errors.EscnetError`) print one line and exit with status 2.
+The library raises; this module talks. User mistakes (:class:`~escnet.errors.EscnetError`)
+print one line and exit with status 2; the library's notes and warnings (the ``escnet``
+logger) are printed as ``escnet: ...`` lines on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from escnet.config import list_presets, load_config, parse_overrides, similar_settings
-from escnet.download import ESC50_URL
+from escnet.data.download import ESC50_URL
 from escnet.errors import AudioError, EscnetError
 
 # Explicit flags of `escnet train` and the config setting each one sets.
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "model": ("model", str, "model name (see `escnet models`)"),
-    "data": ("data_dir", str, "ESC-50 folder, class-folder tree, or path,label[,fold] CSV"),
-    "subset": ("subset", str, "all or esc10"),
-    "folds": ("folds", str, "held-out folds to run, e.g. 1,2,3,4,5 (default: all)"),
-    "epochs": ("num_epochs", int, "training epochs per fold"),
-    "batch_size": ("batch_size", int, "clips per batch"),
-    "lr": ("learning_rate", float, "learning rate"),
-    "seed": ("seed", int, "seed for data order and initialisation"),
-    "device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "workers": ("num_workers", int, "DataLoader worker processes"),
-    "cache_dir": ("cache_dir", str, "folder for the decoded-waveform cache"),
-    "pretrained": ("pretrained", str, "weights to start from: a path, a URL, or a known name "
+    "model": ("model.name", str, "model name (see `escnet models`)"),
+    "data": ("data.data_dir", str, "ESC-50 folder, class-folder tree, or path,label[,fold] CSV"),
+    "subset": ("data.subset", str, "all or esc10"),
+    "folds": ("data.folds", str, "held-out folds to run, e.g. 1,2,3,4,5 (default: all)"),
+    "epochs": ("train.num_epochs", int, "training epochs per fold"),
+    "batch_size": ("train.batch_size", int, "clips per batch"),
+    "lr": ("train.learning_rate", float, "learning rate"),
+    "seed": ("train.seed", int, "seed for data order and initialisation"),
+    "device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
+    "workers": ("train.num_workers", int, "DataLoader worker processes"),
+    "cache_dir": ("data.cache_dir", str, "folder for the decoded-waveform cache"),
+    "pretrained": ("model.pretrained", str, "weights to start from: a path, a URL, or a known name "
                    "(vgg19: imagenet)"),
 }
+SWITCHES = {"skip_bad": "data.skip_bad", "balanced": "data.balanced_sampling",
+            "tensorboard": "train.tensorboard"}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from escnet.training import format_summary, read_run_config, train
+    from tqdm.auto import tqdm
+
+    from escnet.engine.train import format_epoch, format_summary, train
+    from escnet.runs import RunDir
 
     overrides: dict[str, Any] = {}
     for flag, (key, _, _) in TRAIN_FLAGS.items():
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.split is not None:
-        overrides["protocol"] = args.split
-    if args.skip_bad:
-        overrides["skip_bad"] = True
-    if args.balanced:
-        overrides["balanced_sampling"] = True
-    if args.tensorboard:
-        overrides["tensorboard"] = True
+        overrides["data.protocol"] = args.split
+    overrides |= {key: True for flag, key in SWITCHES.items() if getattr(args, flag)}
     overrides |= parse_overrides(args.set or [])
     if args.resume:
         run_dir = Path(args.resume)
@@ -57,21 +60,22 @@ def _train(args: argparse.Namespace) -> int:
         # The run's own settings; anything given again must agree with them (train checks).
         if args.preset:
             raise EscnetError("--preset: a resumed run keeps its own settings; drop --preset")
-        config = load_config(args.config, overrides, base=read_run_config(run_dir))
+        config = load_config(args.config, overrides, base=RunDir(run_dir).read_config())
     else:
         config = load_config(args.config, overrides, preset=args.preset)
-        run_dir = Path(args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+        run_dir = Path(args.out or f"runs/{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    epochs = config.train.num_epochs
+    callbacks = [] if args.quiet else [lambda entry: tqdm.write(format_epoch(entry, epochs))]
+    summary = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet,
+                    callbacks=callbacks)
     print(format_summary(summary))
     print(f"run saved in {run_dir} (summary.json, config.yaml, fold-*/)")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from escnet.evaluation import evaluate_run
+    from escnet.engine.evaluate import evaluate_run
 
-    if args.tta < 0 or args.tta == 1:
-        raise EscnetError(f"--tta {args.tta}: give the number of shifted windows, 2 or more")
     result = evaluate_run(args.run, args.data, args.checkpoint, progress=not args.quiet, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -90,7 +94,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from escnet.inference import Predictor
+    from escnet.deploy.predict import Predictor
 
     if args.top_k < 1:
         raise EscnetError(f"--top-k {args.top_k}: must be at least 1")
@@ -116,7 +120,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from escnet.download import download_esc50
+    from escnet.data.download import download_esc50
 
     folder = download_esc50(args.root, args.url, args.sha256, progress=not args.quiet)
     print(f"ESC-50 ready in {folder}; train with: escnet train --data {folder}")
@@ -124,14 +128,14 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from escnet.report import write_report
+    from escnet.reports.html import write_report
 
     print(f"wrote {write_report(args.run)}")
     return 0
 
 
 def _print_compare(rows: list[dict], out: str) -> None:
-    from escnet.report import format_accuracy
+    from escnet.reports.compare import format_accuracy
 
     width = max(len("run"), *(len(r["run"]) for r in rows))
     print(f"{'run':<{width}} {'model':<10} {'accuracy (%)':<16} status")
@@ -141,27 +145,30 @@ def _print_compare(rows: list[dict], out: str) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from escnet.report import compare
+    from escnet.reports.compare import compare
 
     _print_compare(compare(args.runs, args.out), args.out)
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from escnet.report import benchmark
+    from escnet.engine.benchmark import benchmark
+    from escnet.engine.train import format_summary
 
     overrides = parse_overrides(args.set or [])
     if args.epochs is not None:
-        overrides["num_epochs"] = args.epochs
+        overrides["train.num_epochs"] = args.epochs
     if args.folds is not None:
-        overrides["folds"] = args.folds
+        overrides["data.folds"] = args.folds
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    _print_compare(benchmark(models, args.data, args.out, overrides, progress=not args.quiet), args.out)
+    rows = benchmark(models, args.data, args.out, overrides, progress=not args.quiet,
+                     on_summary=lambda summary: print(format_summary(summary)))
+    _print_compare(rows, args.out)
     return 0
 
 
 def _augment_preview(args: argparse.Namespace) -> int:
-    from escnet.augmentation import preview
+    from escnet.reports.preview import preview
 
     config = load_config(args.config, parse_overrides(args.set or []))
     written = preview(args.file, args.out, config)
@@ -172,17 +179,19 @@ def _augment_preview(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from escnet.config import TaskConfig
-    from escnet.models import count_macs, create_model, list_models
+    from escnet.models import count_macs, count_parameters, create_model, list_models, resolve_args
 
     config = TaskConfig()
-    print(f"at the default settings: {config.clip_seconds:g} s clips, {config.sample_rate} Hz, "
-          f"{config.n_mels} mels × {config.length} frames, {config.num_classes} classes")
-    print(f"{'model':<10} {'parameters':>13} {'MACs per clip':>15}")
+    n_mels, frames, classes = config.features.n_mels, config.length, config.model.num_classes
+    print(f"at the default settings: {config.data.clip_seconds:g} s clips, {config.data.sample_rate} Hz, "
+          f"{n_mels} mels × {frames} frames, {classes} classes")
+    print(f"{'model':<10} {'parameters':>13} {'MACs per clip':>15}  arguments (model.args, defaults)")
     for name in list_models():
-        model = create_model(name, config)
-        params = sum(p.numel() for p in model.parameters())
-        default = "  (default)" if name == config.model else ""
-        print(f"{name:<10} {params:>13,} {count_macs(model, config) / 1e9:>11.3f} G{default}")
+        model = create_model(name, n_mels=n_mels, frames=frames, num_classes=classes)
+        default = "  (default)" if name == config.model.name else ""
+        arguments = ", ".join(f"{k}={v}" for k, v in resolve_args(name, {}).items()) or "-"
+        print(f"{name:<10} {count_parameters(model):>13,} "
+              f"{count_macs(model, n_mels, frames) / 1e9:>11.3f} G  {arguments}{default}")
     return 0
 
 
@@ -200,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help=f"a shipped recipe to start from: {', '.join(list_presets())} "
                    "(docs/RESULTS.md); --config and --set apply on top")
     p.add_argument("--config", help="YAML or TOML file of settings")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
-    p.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any setting, e.g. train.learning_rate=1e-3 or model.args.width=64")
+    p.add_argument("--out", help="run directory, new or empty (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUNDIR", help="continue an interrupted run")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable audio files out")
     p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
@@ -250,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--epochs", type=int)
     p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: all)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting for every model")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="a setting for every model")
     p.add_argument("--out", default="runs/benchmark", metavar="DIR")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_benchmark)
@@ -260,10 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", help="YAML or TOML file of settings (transform ranges)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any setting")
     p.set_defaults(func=_augment_preview)
 
-    p = sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="list the registered models and their arguments")
     p.set_defaults(func=_models)
     return parser
 
@@ -279,14 +290,44 @@ def _unknown_flag_error(extras: list[str], has_set: bool) -> str:
     value = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
     close = similar_settings(key.replace("-", "_"))
     if not close:
-        return f"{message} (other settings go through --set KEY=VALUE)"
+        return f"{message} (other settings go through --set SECTION.KEY=VALUE)"
     hint = f"--set {close[0]}={value}"
     if len(close) > 1:
         hint += f"; similar: {', '.join(close[1:])}"
     return f"{message} (settings without a flag go through --set: {hint})"
 
 
+def _flag_hint(message: str) -> str:
+    """``message`` with the command-line flag of the first setting it names, if it has one
+    (``data.skip_bad`` → ``--skip-bad``): the library speaks in settings, users type flags."""
+    flags = {key: f"--{flag.replace('_', '-')}" for flag, (key, _, _) in TRAIN_FLAGS.items()}
+    flags |= {key: f"--{flag.replace('_', '-')}" for flag, key in SWITCHES.items()}
+    for key, flag in flags.items():
+        if f"setting {key}=" in message or f"setting {key}:" in message or f"set {key}=" in message:
+            return f"{message} (flag {flag})"
+    return message
+
+
+class _Lines(logging.Handler):
+    """The library's notes and warnings as ``escnet: message`` lines on stderr, above any
+    progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"escnet: {record.getMessage()}", file=sys.stderr)
+
+
+def _talk() -> None:
+    logger = logging.getLogger("escnet")
+    if not any(isinstance(h, _Lines) for h in logger.handlers):
+        logger.addHandler(_Lines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _talk()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
@@ -295,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EscnetError as err:
-        print(f"escnet: error: {err}", file=sys.stderr)
+        print(f"escnet: error: {_flag_hint(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume RUNDIR)" if args.command == "train" else ""

@@ -1,14 +1,19 @@
-"""TaskConfig: every data, feature, model and training setting of a run, in one dataclass.
+"""TaskConfig: every setting of a run, in five sections (data, features, model, augment, train).
 
-A config is built from defaults, then a YAML/TOML file (``--config``), then command-line
-overrides (``--set key=value`` and explicit flags), in that order. Values are coerced to the
-field's type and validated; a bad value raises :class:`~escnet.errors.ConfigError` naming the
-setting. The resolved config is saved as ``config.yaml`` in every run directory.
+A config is built from defaults, then a preset, then a YAML/TOML file, then command-line
+overrides (``section.key=value``), in that order. Values are coerced to the field's type and
+checked; a bad value raises :class:`~escnet.errors.ConfigError` naming ``section.key``. The
+resolved config is saved as ``config.yaml`` in every run directory, section by section.
+
+A model's own settings live with the model (``model.args``, checked against the model's
+signature by :func:`escnet.models.create_model`), so each model sees only its own knobs.
+This module imports nothing else of escnet but its errors: everything else reads configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -26,48 +31,81 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "subset": ("all", "esc10"),
-    "protocol": ("folds", "random"),
-    "optimizer": ("adam", "adamw"),
-    "scheduler": ("none", "cosine", "onecycle"),
-    "ast_pooling": ("cls", "mean"),
-    "augment_policy": ("one", "each"),
-    "shift_mode": ("circular", "pad"),
-    "mixup_mode": ("features", "waveform"),
-}
-WAVEFORM_AUGMENTS = ("gaussian_noise", "time_stretch", "pitch_shift", "gain", "background_noise",
-                     "time_shift")
+WAVEFORM_TRANSFORMS = ("gaussian_noise", "time_stretch", "pitch_shift", "gain", "background_noise",
+                       "time_shift")
+"""Names of the waveform transforms (built by :mod:`escnet.transforms.waveform`)."""
 NOISE_COLORS = ("white", "pink", "brown")
 
 
+_BOUNDS = {"gt": (">", float.__gt__), "ge": (">=", float.__ge__), "lt": ("<", float.__lt__),
+           "le": ("<=", float.__le__)}
+
+
+def _rules(**rules: Any) -> dict[str, Any]:
+    """Field metadata: bounds (``gt``, ``ge``, ``lt``, ``le``) or ``choices`` that the value (each
+    item, for lists and tuples) must keep; :meth:`Section.validate` enforces them."""
+    return rules
+
+
+def _check(default: Any, **rules: Any) -> Any:
+    """A dataclass field with ``default`` and :func:`_rules` (and ``stage="batch"`` for the
+    settings of batch transforms)."""
+    return field(default=default, metadata=_rules(**rules))
+
+
+def _broken_rule(value: Any, rules: dict) -> str | None:
+    """What ``value`` breaks of ``rules``, or ``None``."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if "choices" in rules and item not in rules["choices"]:
+            return f"must be one of {', '.join(rules['choices'])}"
+        bounds = [(word, op, rules[k]) for k, (word, op) in _BOUNDS.items() if k in rules]
+        if item is not None and not all(op(float(item), float(limit)) for _, op, limit in bounds):
+            return "must be " + " and ".join(f"{word} {limit}" for word, _, limit in bounds)
+    return None
+
+
+class Section:
+    """Base of the config sections: field bounds from :func:`_check`, plus :meth:`rules`."""
+
+    section = ""
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            why = _broken_rule(getattr(self, f.name), dict(f.metadata))
+            if why:
+                self.fail(f.name, why)
+        self.rules()
+
+    def rules(self) -> None:
+        """Checks that involve several fields of the section."""
+
+    def fail(self, key: str, why: str) -> typing.NoReturn:
+        raise ConfigError(f"setting {self.section}.{key}={getattr(self, key)!r}: {why}")
+
+
 @dataclass
-class TaskConfig:
-    """All settings of a run. Defaults are the study report's (see ``SPEC.md``).
+class DataConfig(Section):
+    """Where the clips come from, how they are split, and the waveform every clip becomes."""
 
-    ``length_wav`` (samples per clip) and ``length`` (frames per clip) of the report are derived
-    from ``clip_seconds``, ``sample_rate`` and ``hop_length`` rather than stored, so they cannot
-    disagree with them.
-    """
-
-    # --- data -----------------------------------------------------------------------------
+    section = "data"
     data_dir: str = ""
     """ESC-50 folder, a folder of class subfolders, a ``path,label[,fold]`` CSV, or a folder of
     ``{FOLD}-{CLIP_ID}-{TAKE}-{TARGET}.*`` files."""
-    subset: str = "all"
+    subset: str = _check("all", choices=("all", "esc10"))
     """``all`` or ``esc10`` (the 10-class subset flagged in ``meta/esc50.csv``)."""
     keyword: str = "?-*-*-*.*"
     """Glob for audio files when the folder has no ``meta/esc50.csv`` (the report used ``.wav``)."""
-    protocol: str = "folds"
+    protocol: str = _check("folds", choices=("folds", "random"))
     """``folds``: k-fold cross-validation over the dataset's folds (the official protocol);
     ``random``: the report's single random split with ``train_ratio`` (leaks between takes of
     one recording on ESC-50: never the headline number)."""
-    folds: list[int] = field(default_factory=list)
+    folds: list[int] = field(default_factory=list, metadata=_rules(ge=1))
     """Held-out folds to run under ``protocol=folds``; empty means every fold of the dataset."""
-    train_ratio: float = 0.9
-    sample_rate: int = 44_100
+    train_ratio: float = _check(0.9, gt=0, lt=1)
+    sample_rate: int = _check(44_100, gt=0)
     """Hz. Audio is resampled to this rate once, when the waveform cache is built."""
-    clip_seconds: float = 5.0
+    clip_seconds: float = _check(5.0, gt=0)
     """Every clip is padded or cropped to this duration (s)."""
     cache_dir: str = ""
     """Where decoded waveforms are cached; empty means ``$ESCNET_CACHE`` or ``~/.cache/escnet``."""
@@ -75,73 +113,75 @@ class TaskConfig:
     """Leave unreadable audio files out (and say how many) instead of stopping."""
     balanced_sampling: bool = False
     """Draw training examples with inverse class-frequency weights (the report's sampler)."""
-    feature_cache: bool = True
-    """Compute log-mels once per run (memory: clips × n_mels × frames × 4 bytes) instead of every
-    epoch; applies while nothing changes the waveforms between epochs."""
-    path2noise: str = ""
-    """Folder of background-noise recordings for ``background_noise``; empty: coloured noise."""
 
-    # --- features (log-mel) ---------------------------------------------------------------
-    n_fft: int = 1024
-    win_length: int = 1024
-    hop_length: int = 256
-    n_mels: int = 64
-    f_min: float = 0.0
+    def rules(self) -> None:
+        if len(set(self.folds)) != len(self.folds):
+            self.fail("folds", "names a fold twice")
+
+
+@dataclass
+class FeatureConfig(Section):
+    """The log-mel spectrogram every model reads (:class:`escnet.transforms.Featurizer`)."""
+
+    section = "features"
+    n_fft: int = _check(1024, gt=0)
+    win_length: int = _check(1024, gt=0)
+    hop_length: int = _check(256, gt=0)
+    n_mels: int = _check(64, gt=0)
+    f_min: float = _check(0.0, ge=0)
     """Hz."""
-    f_max: float | None = None
+    f_max: float | None = _check(None, gt=0)
     """Hz; ``None`` means ``sample_rate / 2``."""
-    log_floor: float = 1e-5
+    log_floor: float = _check(1e-5, gt=0)
     """Mel power is clamped at this value before the natural log."""
 
-    # --- model ----------------------------------------------------------------------------
-    model: str = "cnn10"
-    """A name from ``escnet models``; the report's models keep the report's settings below."""
-    num_classes: int = 50
+    def rules(self) -> None:
+        if self.win_length > self.n_fft:
+            self.fail("win_length", f"must be <= n_fft ({self.n_fft})")
+
+
+@dataclass
+class ModelConfig(Section):
+    """Which model, its own arguments, and weights to start from."""
+
+    section = "model"
+    name: str = "cnn10"
+    """A model from ``escnet models``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """The model's own arguments (``escnet models`` lists them); unset ones take the model's
+    defaults, and the saved config lists them all."""
+    num_classes: int = _check(50, ge=2)
     """Set from the dataset's classes when a run starts."""
-    cnn_out_channels: int = 8
-    kernel_size: tuple[int, int] = (5, 20)
-    """(mel bins, frames)."""
-    stride: tuple[int, int] = (2, 8)
-    hidden_size: int = 64
-    gru_num_layers: int = 2
-    gru_dropout: float = 0.1
-    bidirectional: bool = False
-    vgg_batch_norm: bool = False
-    """vgg19: VGG19-BN instead of VGG19."""
-    cnn_width: int = 32
-    """cnn10: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10."""
-    cnn_dropout: float = 0.2
-    """cnn10: dropout after each of the first 3 conv blocks (PANNs: 0.2)."""
-    head_dropout: float = 0.5
-    """cnn10: dropout before each of the 2 linear layers (PANNs: 0.5)."""
-    ast_patch: int = 16
-    """ast: patch side (mel bins = frames), no overlap."""
-    ast_dim: int = 192
-    ast_depth: int = 4
-    ast_heads: int = 4
-    ast_pooling: str = "cls"
-    """ast: ``cls`` token or ``mean`` of the patch tokens."""
     pretrained: str = ""
     """Pretrained weights: a path, a URL, or a name the model knows (vgg19: ``imagenet``)."""
     pretrained_sha256: str = ""
     """Expected sha256 (or a prefix of at least 8 hex digits) of downloaded weights."""
 
-    # --- augmentation (training only; never at evaluation or prediction) -------------------
-    augment: list[str] = field(default_factory=list)
+    def rules(self) -> None:
+        if self.pretrained_sha256 and len(self.pretrained_sha256) < 8:
+            self.fail("pretrained_sha256", "must be at least 8 hex digits")
+
+
+@dataclass
+class AugmentConfig(Section):
+    """Training-only changes to the data; never applied at evaluation or prediction."""
+
+    section = "augment"
+    waveform: list[str] = field(default_factory=list, metadata=_rules(choices=WAVEFORM_TRANSFORMS))
     """Waveform transforms, from ``gaussian_noise, time_stretch, pitch_shift, gain,
     background_noise, time_shift``; empty: none."""
-    augment_policy: str = "one"
-    """``one``: one transform per example, drawn uniformly from ``augment`` plus the identity
-    (the report's policy, without its off-by-one); ``each``: every transform with ``augment_p``."""
-    augment_p: float = 0.5
-    """Probability of each transform under ``augment_policy=each``."""
-    augment_copies: int = 0
+    policy: str = _check("one", choices=("one", "each"))
+    """``one``: one transform per example, drawn uniformly from ``waveform`` plus the identity
+    (the report's policy, without its off-by-one); ``each``: every transform with ``p``."""
+    p: float = _check(0.5, ge=0, le=1)
+    """Probability of each transform under ``policy=each``."""
+    copies: int = _check(0, ge=0)
     """0: transform every example afresh each epoch, in the DataLoader workers. K > 0: draw K
     augmented copies of every clip once (cached on disk) and train each epoch on one of them,
     picked at random, so an epoch costs no more than without augmentation."""
-    noise_std: float = 0.01
+    noise_std: float = _check(0.01, ge=0)
     """gaussian_noise: standard deviation (full scale 1.0); the result is clipped to [-1, 1]."""
-    time_stretch_rate: tuple[float, float] = (2.0, 2.0)
+    time_stretch_rate: tuple[float, float] = _check((2.0, 2.0), gt=0)
     """time_stretch: rate range (2.0 plays twice as fast); one value for a fixed rate."""
     pitch_shift_semitones: tuple[float, float] = (-5.0, -5.0)
     """pitch_shift: semitone range."""
@@ -149,44 +189,71 @@ class TaskConfig:
     """gain: dB range; the report's volume 0.25 is -12.04 dB."""
     snr_db: tuple[float, float] = (3.0, 30.0)
     """background_noise: signal-to-noise ratio range in dB."""
-    noise_colors: list[str] = field(default_factory=lambda: list(NOISE_COLORS))
-    """background_noise without ``path2noise``: coloured noises to draw from."""
-    shift_max: float = 0.5
+    noise_dir: str = ""
+    """Folder of background-noise recordings for ``background_noise`` (the report's
+    ``path2noise``); empty: coloured noise."""
+    noise_colors: list[str] = field(default_factory=lambda: list(NOISE_COLORS),
+                                    metadata=_rules(choices=NOISE_COLORS))
+    """background_noise without ``noise_dir``: coloured noises to draw from."""
+    shift_max: float = _check(0.5, ge=0, le=1)
     """time_shift: largest shift as a fraction of the clip, either way."""
-    shift_mode: str = "circular"
+    shift_mode: str = _check("circular", choices=("circular", "pad"))
     """time_shift: ``circular`` (what leaves the end comes back at the start) or ``pad`` (zeros)."""
-    spec_augment: bool = False
+    spec_augment: bool = _check(False, stage="batch")
     """SpecAugment masks on each training batch of log-mels, on the device."""
-    freq_masks: int = 2
-    freq_mask_width: int = 8
+    freq_masks: int = _check(2, ge=0, stage="batch")
+    freq_mask_width: int = _check(8, ge=0, stage="batch")
     """Widest frequency mask, in mel bins (each width is uniform in 0..this)."""
-    time_masks: int = 2
-    time_mask_width: int = 20
+    time_masks: int = _check(2, ge=0, stage="batch")
+    time_mask_width: int = _check(20, ge=0, stage="batch")
     """Widest time mask, in frames."""
-    mixup_alpha: float = 0.0
+    mixup_alpha: float = _check(0.0, ge=0, stage="batch")
     """mixup: Beta(alpha, alpha) mixing weight per example; 0 turns it off."""
-    mixup_mode: str = "features"
+    mixup_mode: str = _check("features", choices=("features", "waveform"), stage="batch")
     """``features``: mix log-mels (works with the feature cache); ``waveform``: between-class
     mixing of the waveforms, weighted by their loudness (Tokozume et al., 2018)."""
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0
-    """Evaluate, save and predict with an exponential moving average of the weights (and
-    BatchNorm statistics), updated after every optimiser step with this decay (0.998 averages
-    over about 500 steps); 0 turns it off."""
-    crop_seconds: float = 0.0
+    crop_seconds: float = _check(0.0, ge=0, stage="batch")
     """Train on a random window of this many seconds of each clip's log-mel (a fresh offset per
     example and epoch: a time-shift augmentation that also makes steps cheaper); 0 or at least
     ``clip_seconds``: the whole clip. Evaluation always sees whole clips."""
 
-    # --- training -------------------------------------------------------------------------
-    batch_size: int = 128
-    learning_rate: float = 3e-4
-    weight_decay: float = 1e-5
-    num_epochs: int = 20
-    optimizer: str = "adam"
-    scheduler: str = "none"
+    def waveform_settings(self) -> dict[str, Any]:
+        """What augmented copies of a clip are made of: every setting but the number of copies
+        and those of the batch transforms, which run later."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name != "copies" and f.metadata.get("stage") != "batch"}
+
+    def rules(self) -> None:
+        if len(set(self.waveform)) != len(self.waveform):
+            self.fail("waveform", "names a transform twice")
+        if not self.noise_colors:
+            self.fail("noise_colors", f"must be some of {', '.join(NOISE_COLORS)}")
+        for key in ("time_stretch_rate", "pitch_shift_semitones", "gain_db", "snr_db"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                self.fail(key, "must be a range low,high with low <= high")
+        if self.noise_dir and not Path(self.noise_dir).is_dir():
+            self.fail("noise_dir", "is not a folder")
+
+
+@dataclass
+class TrainConfig(Section):
+    """The optimisation, and where and how fast it runs."""
+
+    section = "train"
+    batch_size: int = _check(128, gt=0)
+    learning_rate: float = _check(3e-4, gt=0)
+    weight_decay: float = _check(1e-5, ge=0)
+    num_epochs: int = _check(20, gt=0)
+    optimizer: str = _check("adam", choices=("adam", "adamw"))
+    scheduler: str = _check("none", choices=("none", "cosine", "onecycle"))
+    label_smoothing: float = _check(0.0, ge=0, lt=1)
+    ema_decay: float = _check(0.0, ge=0, lt=1)
+    """Evaluate, save and predict with an exponential moving average of the weights (and
+    BatchNorm statistics), updated after every optimiser step with this decay (0.998 averages
+    over about 500 steps); 0 turns it off."""
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = _check(0, ge=0)
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
@@ -195,142 +262,257 @@ class TaskConfig:
     """Keep conv weights (and so activations) in channels-last (NHWC) memory layout: about 1.5×
     faster cnn10 training on CPU (``benchmarks/train_step.py``); numbers differ from NCHW in the
     last float bits only."""
+    feature_cache: bool = True
+    """Compute log-mels once per run (memory: clips × n_mels × frames × 4 bytes) instead of every
+    epoch; applies while nothing changes the waveforms between epochs."""
     tensorboard: bool = False
     """Also log per-epoch scalars of every fold to ``RUNDIR/tensorboard`` (needs ``tensorboard``)."""
+
+    def rules(self) -> None:
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            self.fail("device", "must be auto, cpu, cuda or cuda:N")
+
+
+SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureConfig,
+                                      "model": ModelConfig, "augment": AugmentConfig,
+                                      "train": TrainConfig}
+
+# Settings that do not change a run's numbers: a resumed run may change them, and runs that
+# differ only in them are one experiment.
+RESULT_FREE = ("data.data_dir", "data.cache_dir", "train.num_workers", "train.tensorboard",
+               "train.device")
+
+
+@dataclass
+class TaskConfig:
+    """All settings of a run, in sections. Defaults are the study report's (see ``SPEC.md``).
+
+    ``length_wav`` (samples per clip) and ``length`` (frames per clip) of the report are derived
+    from ``data.clip_seconds``, ``data.sample_rate`` and ``features.hop_length`` rather than
+    stored, so they cannot disagree with them.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         self.validate()
 
-    # Derived sizes, kept under the report's names.
     @property
     def length_wav(self) -> int:
         """Samples per clip: ``round(clip_seconds * sample_rate)``."""
-        return round(self.clip_seconds * self.sample_rate)
-
-    @property
-    def waveform_augment(self) -> bool:
-        """Whether training batches need waveforms changed each epoch (so no feature cache)."""
-        return (bool(self.augment) and self.augment_copies == 0) or (
-            self.mixup_alpha > 0 and self.mixup_mode == "waveform")
+        return round(self.data.clip_seconds * self.data.sample_rate)
 
     @property
     def length(self) -> int:
         """Frames per clip for a centred STFT: ``length_wav // hop_length + 1``."""
-        return self.length_wav // self.hop_length + 1
+        return self.length_wav // self.features.hop_length + 1
 
     @property
     def crop_frames(self) -> int:
         """Frames of a ``crop_seconds`` training window; 0 when training sees whole clips."""
-        if not 0 < self.crop_seconds < self.clip_seconds:
+        if not 0 < self.augment.crop_seconds < self.data.clip_seconds:
             return 0
-        return round(self.crop_seconds * self.sample_rate) // self.hop_length + 1
+        return round(self.augment.crop_seconds * self.data.sample_rate) // self.features.hop_length + 1
+
+    @property
+    def waveform_augment(self) -> bool:
+        """Whether training batches need waveforms changed each epoch (so no feature cache)."""
+        a = self.augment
+        return (bool(a.waveform) and a.copies == 0) or (a.mixup_alpha > 0 and a.mixup_mode == "waveform")
 
     def resolved_device(self) -> str:
         import torch
 
-        if self.device == "auto":
+        if self.train.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+        return self.train.device
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""
+        for section in self.sections():
+            section.validate()
+        f, nyquist = self.features, self.data.sample_rate / 2
+        if f.f_max is not None and not f.f_min < f.f_max <= nyquist:
+            f.fail("f_max", f"must be in (f_min, sample_rate/2] = ({f.f_min}, {nyquist}]")
+        if f.f_max is None and f.f_min >= nyquist:
+            f.fail("f_min", f"must be < data.sample_rate/2 ({nyquist})")
+        if self.length_wav < f.n_fft // 2 + 1:
+            self.data.fail("clip_seconds", f"clip too short for features.n_fft={f.n_fft} at "
+                           f"{self.data.sample_rate} Hz")
 
-        def need(ok: bool, name: str, why: str) -> None:
-            if not ok:
-                raise ConfigError(f"setting {name}={getattr(self, name)!r}: {why}")
+    def sections(self) -> list[Section]:
+        return [getattr(self, name) for name in SECTIONS]
 
-        for name, options in CHOICES.items():
-            need(getattr(self, name) in options, name, f"must be one of {', '.join(options)}")
-        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "num_classes",
-                     "cnn_out_channels", "hidden_size", "gru_num_layers", "batch_size",
-                     "num_epochs", "cnn_width", "ast_patch", "ast_dim", "ast_depth", "ast_heads"):
-            need(getattr(self, name) > 0, name, "must be > 0")
-        for name in ("clip_seconds", "learning_rate", "log_floor"):
-            need(getattr(self, name) > 0, name, "must be > 0")
-        need(self.num_classes >= 2, "num_classes", "must be >= 2")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.num_workers >= 0, "num_workers", "must be >= 0")
-        need(0 < self.train_ratio < 1, "train_ratio", "must be between 0 and 1 (exclusive)")
-        need(0 <= self.gru_dropout < 1, "gru_dropout", "must be in [0, 1)")
-        need(self.win_length <= self.n_fft, "win_length", f"must be <= n_fft ({self.n_fft})")
-        need(self.f_min >= 0, "f_min", "must be >= 0")
-        need(self.ast_dim % self.ast_heads == 0, "ast_dim",
-             f"must be divisible by ast_heads ({self.ast_heads})")
-        need(not self.pretrained_sha256 or len(self.pretrained_sha256) >= 8, "pretrained_sha256",
-             "must be at least 8 hex digits")
-        nyquist = self.sample_rate / 2
-        if self.f_max is not None:
-            need(self.f_min < self.f_max <= nyquist, "f_max",
-                 f"must be in (f_min, sample_rate/2] = ({self.f_min}, {nyquist}]")
-        else:
-            need(self.f_min < nyquist, "f_min", f"must be < sample_rate/2 ({nyquist})")
-        need(self.length_wav >= self.n_fft // 2 + 1, "clip_seconds",
-             f"clip too short for n_fft={self.n_fft} at {self.sample_rate} Hz")
-        for name in ("kernel_size", "stride"):
-            value = getattr(self, name)
-            need(len(value) == 2 and all(v > 0 for v in value), name,
-                 "must be two positive integers (mel bins, frames)")
-        need(all(f > 0 for f in self.folds), "folds", "fold numbers start at 1")
-        need(len(set(self.folds)) == len(self.folds), "folds", "names a fold twice")
-        unknown = [a for a in self.augment if a not in WAVEFORM_AUGMENTS]
-        need(not unknown, "augment", f"unknown transform {', '.join(unknown)}; choose from "
-             f"{', '.join(WAVEFORM_AUGMENTS)}")
-        need(len(set(self.augment)) == len(self.augment), "augment", "names a transform twice")
-        need(0 <= self.augment_p <= 1, "augment_p", "must be in [0, 1]")
-        need(all(c in NOISE_COLORS for c in self.noise_colors) and self.noise_colors,
-             "noise_colors", f"must be some of {', '.join(NOISE_COLORS)}")
-        for name in ("time_stretch_rate", "pitch_shift_semitones", "gain_db", "snr_db"):
-            lo, hi = getattr(self, name)
-            need(lo <= hi, name, "must be a range low,high with low <= high")
-        need(self.time_stretch_rate[0] > 0, "time_stretch_rate", "must be > 0")
-        need(0 <= self.shift_max <= 1, "shift_max", "must be in [0, 1] (a fraction of the clip)")
-        for name in ("augment_copies", "freq_masks", "freq_mask_width", "time_masks",
-                     "time_mask_width"):
-            need(getattr(self, name) >= 0, name, "must be >= 0")
-        need(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0 (0 is off)")
-        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-        need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 is off)")
-        for name in ("cnn_dropout", "head_dropout"):
-            need(0 <= getattr(self, name) < 1, name, "must be in [0, 1)")
-        need(self.crop_seconds >= 0, "crop_seconds", "must be >= 0 (0 is off)")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             "device", "must be auto, cpu, cuda or cuda:N")
-        if self.path2noise:
-            need(Path(self.path2noise).is_dir(), "path2noise", "is not a folder")
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain types (tuples become lists), for YAML/JSON and checkpoints."""
+        return {name: {f.name: _plain(getattr(getattr(self, name), f.name))
+                       for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only (tuples become lists), for YAML/JSON and checkpoints."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` of every setting (``model.args`` as one value)."""
+        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from escnet.files import atomic_write_text
 
-    def replace(self, **changes: Any) -> TaskConfig:
-        """A copy with ``changes`` coerced and validated like any other override."""
-        return from_dict({**self.to_dict(), **changes})
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, changes: dict[str, Any]) -> TaskConfig:
+        """A copy with ``changes`` (``{"section.key": value}``) coerced and checked like any
+        other override."""
+        return from_dict(merge(self.to_dict(), changes), "changes")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def cache_root(config: TaskConfig) -> Path:
-    """The waveform cache folder: ``cache_dir``, else ``$ESCNET_CACHE``, else ``~/.cache/escnet``."""
-    if config.cache_dir:
-        return Path(config.cache_dir)
+    """The cache folder: ``data.cache_dir``, else ``$ESCNET_CACHE``, else ``~/.cache/escnet``."""
+    if config.data.cache_dir:
+        return Path(config.data.cache_dir)
     return Path(os.environ.get("ESCNET_CACHE") or Path.home() / ".cache" / "escnet")
 
 
-_FIELD_TYPES = typing.get_type_hints(TaskConfig)
-_DERIVED = {"length_wav": "clip_seconds", "length": "clip_seconds and hop_length"}
+# --- building configs from mappings, files and the command line ---------------------------
+
+_FIELDS = {name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()}
+_TYPES = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
+_DERIVED = {"length_wav": "data.clip_seconds", "length": "data.clip_seconds and features.hop_length"}
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Convert ``value`` (from YAML, TOML or a ``--set`` string) to the type of field ``name``."""
-    kind = _FIELD_TYPES[name]
+def known_settings() -> list[str]:
+    """Every ``section.key`` a config has."""
+    return [f"{s}.{k}" for s, fields in _FIELDS.items() for k in fields]
+
+
+def similar_settings(name: str) -> list[str]:
+    """Settings a mistyped or guessed ``name`` may have meant (``ema`` → ``train.ema_decay``)."""
+    known = known_settings()
+    if name in known:
+        return [name]
+    bare = name.rpartition(".")[2].replace("_", "")
+
+    def rank(key: str) -> int:  # 0: same start, 1: same initials (lr), 2: a part, 3: unlike
+        joined = key.replace("_", "")
+        tests = (joined.startswith(bare[:3]), "".join(w[0] for w in key.split("_")) == bare,
+                 bare in joined)
+        return next((i for i, hit in enumerate(tests) if hit), 3)
+
+    ranks = {k: rank(k.rpartition(".")[2]) for k in known}
+    return sorted((k for k in known if ranks[k] < 3), key=lambda k: ranks[k])
+
+
+def _split(key: str, source: str) -> tuple[str, str, str | None]:
+    """``"model.args.width"`` → ``("model", "args", "width")``; an unknown key is an error."""
+    parts = key.split(".")
+    section, name = parts[0], ".".join(parts[1:2])
+    if section == "model" and name == "args" and len(parts) == 3:
+        return section, name, parts[2]
+    if len(parts) == 2 and section in _FIELDS and name in _FIELDS[section]:
+        return section, name, None
+    if key in _DERIVED:
+        raise ConfigError(f"{source}: {key} is derived from {_DERIVED[key]}; set those instead")
+    close = similar_settings(key)
+    hint = f" (did you mean {', '.join(close[:4])}?)" if close else ""
+    raise ConfigError(f"{source}: unknown setting '{key}'{hint}; settings are section.key, "
+                      f"sections {', '.join(SECTIONS)}")
+
+
+def merge(base: dict[str, dict[str, Any]], changes: dict[str, Any],
+          source: str = "config") -> dict[str, dict[str, Any]]:
+    """``base`` (nested, as :meth:`TaskConfig.to_dict`) with ``changes`` applied.
+
+    ``changes`` may be nested (a config file: ``{"train": {"seed": 1}}``) or dotted
+    (``{"train.seed": 1}``, from ``--set``). Changing ``model.name`` without giving
+    ``model.args`` starts from the new model's defaults: the old model's arguments do not
+    apply to it.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        if isinstance(value, dict) and "." not in key and key not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{key}'; sections are {', '.join(SECTIONS)}")
+        if isinstance(value, dict) and key in SECTIONS:
+            if key == "model" and isinstance(value.get("args"), dict):
+                value = {**value, "args": dict(value["args"])}
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    out = {s: dict(v) for s, v in base.items()}
+    old_model = out["model"].get("name")
+    if flat.get("model.name", old_model) != old_model and "model.args" not in flat:
+        out["model"]["args"] = {}
+    for key, value in flat.items():
+        section, name, arg = _split(key, source)
+        if arg is not None:
+            out["model"]["args"] = {**out["model"].get("args", {}), arg: value}
+        elif name == "args":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: model.args must be a mapping of argument: value")
+            out["model"]["args"] = {**out["model"].get("args", {}), **value}
+        else:
+            out[section][name] = value
+    return out
+
+
+def _refuse_flat(values: Any, source: str) -> None:
+    """A nested mapping of sections, or an error; the old one-level format gets its own."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of section: settings")
+    old = [k for k, v in values.items() if not isinstance(v, dict)]
+    if old:
+        raise ConfigError(f"{source}: a flat config written by an older escnet (settings such as "
+                          f"'{old[0]}' outside the sections {', '.join(SECTIONS)}); this escnet "
+                          "reads configs in sections: retrain, or move each setting into its section")
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TaskConfig:
+    """Build a checked config from a nested mapping (as written by :meth:`TaskConfig.save`).
+
+    A flat mapping of the old one-level format (``learning_rate: 0.001``) is refused, saying
+    so, as are unknown sections and keys.
+    """
+    _refuse_flat(values, source)
+    nested = merge({s: {} for s in SECTIONS}, values, source)
+    try:
+        sections = {}
+        for name, cls in SECTIONS.items():
+            sections[name] = cls(**{k: _coerce(name, k, v) for k, v in nested[name].items()})
+        return TaskConfig(**sections)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _coerce(section: str, key: str, value: Any) -> Any:
+    """Convert ``value`` (from YAML, TOML or a ``--set`` string) to the type of ``section.key``."""
+    return coerce(f"{section}.{key}", _TYPES[section][key], value)
+
+
+def coerce(name: str, kind: Any, value: Any) -> Any:
+    """``value`` as type ``kind`` (``int``, ``float``, ``bool``, ``str``, ``X | None``,
+    ``list[X]``, ``tuple[X, X]``, ``dict``); ``name`` is the setting named in errors.
+    Floats must be finite."""
     args = typing.get_args(kind)
     bad = ConfigError(f"setting {name}={value!r}: expected {_type_name(kind)}")
-    if isinstance(kind, types.UnionType):  # X | None
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
-        return _coerce_scalar(args[0], value, bad)
+        return coerce(name, args[0], value)
     origin = typing.get_origin(kind)
+    if kind is Any:
+        return value
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return _plain(value)
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
@@ -367,8 +549,11 @@ def _coerce_scalar(kind: type, value: Any, bad: ConfigError) -> Any:
                 raise bad
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if kind is float:
-            return float(value)
-    except (TypeError, ValueError):
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{str(bad).rpartition(':')[0]}: must be a finite number")
+            return number
+    except (TypeError, ValueError, OverflowError):
         raise bad from None
     if kind is str:
         if not isinstance(value, (str, int, float)):
@@ -381,37 +566,14 @@ def _type_name(kind: Any) -> str:
     return str(kind).replace("typing.", "") if not isinstance(kind, type) else kind.__name__
 
 
-def similar_settings(name: str) -> list[str]:
-    """Settings a mistyped or guessed ``name`` may have meant (``ema`` → ``ema_decay``)."""
-    known = sorted(f.name for f in dataclasses.fields(TaskConfig))
-    if name in known:
-        return [name]
-    return [k for k in known if k.startswith(name[:3]) or name in k]
-
-
-def from_dict(values: dict[str, Any], source: str = "config") -> TaskConfig:
-    """Build a validated config from a mapping; unknown keys are an error naming ``source``."""
-    known = {f.name for f in dataclasses.fields(TaskConfig)}
-    for key in values:
-        if key in _DERIVED:
-            raise ConfigError(f"{source}: {key} is derived from {_DERIVED[key]}; set those instead")
-        if key not in known:
-            close = similar_settings(key)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"{source}: unknown setting '{key}'{hint}")
-    try:
-        return TaskConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Turn ``["lr=1e-3", ...]`` from ``--set`` into a mapping of raw YAML values."""
+    """Turn ``["train.learning_rate=1e-3", ...]`` from ``--set`` into ``{key: raw YAML value}``."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
+            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. "
+                              "--set train.learning_rate=1e-3")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -424,18 +586,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
     try:
-        if path.suffix == ".toml":
-            values = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            values = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {err}".splitlines()[0]) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror})") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting: value")
+        raise ConfigError(f"{path}: expected a mapping of section: settings")
     return values
 
 
@@ -450,17 +611,19 @@ def list_presets() -> list[str]:
 def preset_config(name: str) -> TaskConfig:
     """The shipped recipe ``name`` (``src/escnet/presets/NAME.yaml``) over the defaults."""
     if name not in list_presets():
-        raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(list_presets())}")
-    path = PRESET_DIR / f"{name}.yaml"
-    return from_dict(read_config_file(path), f"preset {name}")
+        raise ConfigError(f"preset {name!r}: unknown preset; choose from {', '.join(list_presets())}")
+    return from_dict(read_config_file(PRESET_DIR / f"{name}.yaml"), f"preset {name}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 base: TaskConfig | None = None, preset: str | None = None) -> TaskConfig:
     """``base`` (default: the defaults, or ``preset``'s recipe), then the file at ``path`` (if
-    any), then ``overrides``."""
+    any), then ``overrides`` (``{"section.key": value}``)."""
     if preset:
         base = preset_config(preset)
-    values = read_config_file(path) if path is not None else {}
-    file_config = from_dict({**(base or TaskConfig()).to_dict(), **values}, str(path or "config"))
-    return from_dict({**file_config.to_dict(), **(overrides or {})}, "command line")
+    start = (base or TaskConfig()).to_dict()
+    if path is not None:
+        values = read_config_file(path)
+        _refuse_flat(values, str(path))
+        start = from_dict(merge(start, values, str(path)), str(path)).to_dict()
+    return from_dict(merge(start, overrides or {}, "command line"), "command line")

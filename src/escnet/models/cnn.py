@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from escnet.config import TaskConfig
-from escnet.models.pretrained import load_matching, read_state_dict, resolve_weights
+from escnet.models.layers import check_args
+from escnet.models.pretrained import load_matching
 from escnet.models.registry import register_model
 
 
@@ -29,30 +29,40 @@ class ConvBlock(nn.Module):
 
 @register_model("cnn10")
 class CNN10(nn.Module):
-    """PANNs' CNN10 layout: BatchNorm over mel bins, 4 conv blocks of ``cnn_width`` × (1, 2, 4, 8)
-    channels with dropout ``cnn_dropout`` (0.2) between them, mean over frequency, max + mean
-    over time, a hidden linear layer and the classifier, each after dropout ``head_dropout`` (0.5).
+    """PANNs' CNN10 layout: BatchNorm over mel bins, 4 conv blocks of ``width`` × (1, 2, 4, 8)
+    channels with dropout ``dropout`` (0.2) between them, mean over frequency, max + mean over
+    time, a hidden linear layer and the classifier, each after dropout ``head_dropout`` (0.5).
 
-    ``cnn_width=64`` with ``n_mels=64`` is PANNs' CNN10, whose AudioSet checkpoints
-    (``Cnn10_mAP=0.380.pth``) load with ``pretrained=PATH_OR_URL``; a smaller width trades
+    ``width=64`` with 64 mels is PANNs' CNN10, whose AudioSet checkpoints
+    (``Cnn10_mAP=0.380.pth``) load with ``model.pretrained=PATH_OR_URL``; a smaller width trades
     accuracy for CPU time. Tensors are laid out ``(batch, 1, frames, mels)`` as in PANNs, so its
     filters load unchanged.
+
+    Args:
+        width: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10.
+        dropout: after each of the first 3 conv blocks (PANNs: 0.2).
+        head_dropout: before each of the 2 linear layers (PANNs: 0.5).
     """
 
-    def __init__(self, config: TaskConfig) -> None:
+    def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 32,
+                 dropout: float = 0.2, head_dropout: float = 0.5) -> None:
         super().__init__()
-        w = config.cnn_width
-        self.bn0 = nn.BatchNorm2d(config.n_mels)
+        check_args("cnn10", width=(width, width > 0, "must be > 0"),
+                   dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"),
+                   head_dropout=(head_dropout, 0 <= head_dropout < 1, "must be in [0, 1)"))
+        w = width
+        self.bn0 = nn.BatchNorm2d(n_mels)
         self.conv_block1 = ConvBlock(1, w)
         self.conv_block2 = ConvBlock(w, 2 * w)
         self.conv_block3 = ConvBlock(2 * w, 4 * w)
         self.conv_block4 = ConvBlock(4 * w, 8 * w)
         self.fc1 = nn.Linear(8 * w, 8 * w)
-        self.classifier = nn.Linear(8 * w, config.num_classes)
-        self.cnn_dropout, self.head_dropout = config.cnn_dropout, config.head_dropout
-        if config.pretrained:
-            path = resolve_weights(config, {})
-            load_matching(self, read_state_dict(path), skip=("classifier.",), source=path)
+        self.classifier = nn.Linear(8 * w, num_classes)
+        self.cnn_dropout, self.head_dropout = dropout, head_dropout
+
+    def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """PANNs' checkpoints: every tensor but the class-specific classifier."""
+        load_matching(self, state, skip=("classifier.",), source=source)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: log-mel ``(batch, n_mels, frames)`` → logits ``(batch, num_classes)``."""

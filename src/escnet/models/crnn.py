@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from escnet.config import TaskConfig
-from escnet.errors import ConfigError
+from escnet.models.layers import check_args, check_report_args
 from escnet.models.registry import register_model
 
 
@@ -39,23 +38,32 @@ class CRNN(nn.Module):
     bidirectional) over time; additive attention pools the GRU states, a linear layer gives the
     logits. Fixed from the report: attention and classifier sized for both directions when
     ``bidirectional``, padded frames excluded through packed sequences and the attention mask.
+    Defaults are the report's.
+
+    Args:
+        kernel_size, stride: of the conv, (mel bins, frames).
     """
 
-    def __init__(self, config: TaskConfig) -> None:
+    def __init__(self, n_mels: int, frames: int, num_classes: int, cnn_out_channels: int = 8,
+                 kernel_size: tuple[int, int] = (5, 20), stride: tuple[int, int] = (2, 8),
+                 hidden_size: int = 64, gru_num_layers: int = 2, gru_dropout: float = 0.1,
+                 bidirectional: bool = False) -> None:
         super().__init__()
-        (k_mel, k_time), (s_mel, s_time) = config.kernel_size, config.stride
-        if config.n_mels < k_mel:
-            raise ConfigError(f"setting kernel_size={config.kernel_size}: taller than n_mels={config.n_mels}")
+        check_report_args("crnn", cnn_out_channels, kernel_size, stride, hidden_size)
+        check_args("crnn", gru_num_layers=(gru_num_layers, gru_num_layers > 0, "must be > 0"),
+                   gru_dropout=(gru_dropout, 0 <= gru_dropout < 1, "must be in [0, 1)"),
+                   kernel_size=(kernel_size, n_mels >= kernel_size[0],
+                                f"taller than features.n_mels={n_mels}"))
+        (k_mel, k_time), (s_mel, s_time) = kernel_size, stride
         self.k_time, self.s_time = k_time, s_time
-        self.conv = nn.Conv2d(1, config.cnn_out_channels, config.kernel_size, config.stride)
-        conv_mels = (config.n_mels - k_mel) // s_mel + 1
-        self.gru = nn.GRU(conv_mels * config.cnn_out_channels, config.hidden_size,
-                          num_layers=config.gru_num_layers,
-                          dropout=config.gru_dropout if config.gru_num_layers > 1 else 0.0,
-                          bidirectional=config.bidirectional, batch_first=True)
-        out = config.hidden_size * (2 if config.bidirectional else 1)
+        self.conv = nn.Conv2d(1, cnn_out_channels, tuple(kernel_size), tuple(stride))
+        conv_mels = (n_mels - k_mel) // s_mel + 1
+        self.gru = nn.GRU(conv_mels * cnn_out_channels, hidden_size, num_layers=gru_num_layers,
+                          dropout=gru_dropout if gru_num_layers > 1 else 0.0,
+                          bidirectional=bidirectional, batch_first=True)
+        out = hidden_size * (2 if bidirectional else 1)
         self.attention = AttentionPooling(out)
-        self.classifier = nn.Linear(out, config.num_classes)
+        self.classifier = nn.Linear(out, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: log-mel ``(batch, n_mels, frames)``; ``lengths``: valid frames ``(batch,)``."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig
 from escnet.models.layers import FlattenGrid, output_shape
 from escnet.models.registry import register_model
 
@@ -22,7 +21,7 @@ class KumarCNN(nn.Module):
     linear layer's input (1250 there) is computed from the config and the maps pooled to that
     grid, so any clip length works."""
 
-    def __init__(self, config: TaskConfig) -> None:
+    def __init__(self, n_mels: int, frames: int, num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
@@ -30,11 +29,11 @@ class KumarCNN(nn.Module):
             layers += [_conv(cin, cout), _conv(cout, cout), nn.MaxPool2d(2)]
             cin = cout
         layers += [_conv(256, 512), _conv(512, 1024, kernel=2, padding=0),
-                   nn.Conv2d(1024, config.num_classes, 1), nn.Sigmoid()]
+                   nn.Conv2d(1024, num_classes, 1), nn.Sigmoid()]
         self.features = nn.Sequential(*layers)
-        classes, h, w = output_shape(self.features, config, "kumar")
+        classes, h, w = output_shape(self.features, n_mels, frames, "kumar")
         self.pool = FlattenGrid((h, w))
-        self.classifier = nn.Linear(classes * h * w, config.num_classes)
+        self.classifier = nn.Linear(classes * h * w, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: log-mel ``(batch, n_mels, frames)`` → logits ``(batch, num_classes)``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig
+from escnet.models.layers import check_args
 from escnet.models.registry import register_model
 
 
@@ -15,10 +15,11 @@ class LSTMClassifier(nn.Module):
     example's last valid frame (gathered by its length) feeds a linear layer. Fixed from the
     report: ``num_classes`` from the config (it hard-coded 50)."""
 
-    def __init__(self, config: TaskConfig) -> None:
+    def __init__(self, n_mels: int, frames: int, num_classes: int, hidden_size: int = 64) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(config.n_mels, config.hidden_size, batch_first=True)
-        self.classifier = nn.Linear(config.hidden_size, config.num_classes)
+        check_args("lstm", hidden_size=(hidden_size, hidden_size > 0, "must be > 0"))
+        self.rnn = nn.LSTM(n_mels, hidden_size, batch_first=True)
+        self.classifier = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: log-mel ``(batch, n_mels, frames)``; ``lengths``: valid frames ``(batch,)``."""

@@ -9,30 +9,41 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig, cache_root
-from escnet.download import download
+from escnet.data.download import download
 from escnet.errors import ConfigError
 
 
-def resolve_weights(config: TaskConfig, known: dict[str, str]) -> Path:
-    """The local file for ``config.pretrained``: a path, a URL, or a name from ``known``
-    (name → URL). Downloads go to ``<cache>/weights/`` and are verified against
-    ``pretrained_sha256``, or against the hash prefix torchvision puts in its file names
-    (``vgg19-dcbb9e9d.pth``); a URL with neither is refused."""
-    spec = config.pretrained
+def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> None:
+    """Load the weights ``spec`` (a path, a URL, or a name the model knows) into ``model``
+    through its ``load_pretrained(state, source)`` method."""
+    if not hasattr(model, "load_pretrained"):
+        raise ConfigError(f"setting model.pretrained={spec!r}: {type(model).__name__} cannot load "
+                          "pretrained weights")
+    known = model.known_weights() if hasattr(model, "known_weights") else {}
+    path = resolve_weights(spec, sha256, known, cache)
+    model.load_pretrained(read_state_dict(path), str(path))
+
+
+def resolve_weights(spec: str, sha256: str, known: dict[str, str], cache: Path) -> Path:
+    """The local file for ``spec``: a path, a URL, or a name from ``known`` (name → URL).
+    Downloads go to ``cache/weights/`` and are verified against ``sha256``, or against the hash
+    prefix torchvision puts in its file names (``vgg19-dcbb9e9d.pth``); a URL with neither is
+    refused."""
     url = known.get(spec, spec)
     if not url.startswith(("http://", "https://")):
         path = Path(spec).expanduser()
         if not path.is_file():
             names = f"; or one of: {', '.join(known)}" if known else ""
-            raise ConfigError(f"setting pretrained={spec!r}: no such file (give a path or a URL{names})")
+            raise ConfigError(f"setting model.pretrained={spec!r}: no such file (give a path or a "
+                              f"URL{names})")
         return path
     name = url.rsplit("/", 1)[-1]
     prefix = re.search(r"-([0-9a-f]{8,})\.", name)
-    checksum = config.pretrained_sha256 or (prefix.group(1) if prefix else "")
+    checksum = sha256 or (prefix.group(1) if prefix else "")
     if not checksum:
-        raise ConfigError(f"setting pretrained={spec!r}: downloads need a checksum; set pretrained_sha256")
-    return download(url, cache_root(config) / "weights" / name, checksum)
+        raise ConfigError(f"setting model.pretrained={spec!r}: downloads need a checksum; set "
+                          "model.pretrained_sha256")
+    return download(url, cache / "weights" / name, checksum)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -52,7 +63,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...],
-                  source: Path) -> None:
+                  source: str) -> None:
     """Load every tensor of ``model`` from ``state`` except those whose names start with
     ``skip`` (the class-specific head); anything else missing or of another shape is an error."""
     own = model.state_dict()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig
 from escnet.errors import ConfigError
-from escnet.models.pretrained import load_matching, read_state_dict, resolve_weights
+from escnet.models.pretrained import load_matching
 from escnet.models.registry import register_model
 
 LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -20,16 +19,17 @@ IMAGENET = {  # torchvision's published ImageNet weights (the hash prefix is in 
 
 @register_model("vgg19")
 class VGG19(nn.Module):
-    """VGG19 (``vgg_batch_norm`` for VGG19-BN) on a 1-channel log-mel image, ending in
-    ``num_classes``. ``pretrained="imagenet"`` (or a path/URL to a torchvision-format state
+    """VGG19 (``batch_norm=True`` for VGG19-BN) on a 1-channel log-mel image, ending in
+    ``num_classes``. ``model.pretrained=imagenet`` (or a path/URL to a torchvision-format state
     dict) loads ImageNet weights; the first conv's RGB filters are summed into one channel and
     the last layer is left at its fresh initialisation."""
 
-    def __init__(self, config: TaskConfig) -> None:
+    def __init__(self, n_mels: int, frames: int, num_classes: int, batch_norm: bool = False) -> None:
         super().__init__()
-        if min(config.n_mels, config.length) < 32:
+        if min(n_mels, frames) < 32:
             raise ConfigError(f"model vgg19: needs at least 32 mels and 32 frames (its 5 max-pools), "
-                              f"got {config.n_mels} × {config.length}")
+                              f"got {n_mels} × {frames}")
+        self.batch_norm = batch_norm
         layers: list[nn.Module] = []
         cin = 1
         for v in LAYOUT:
@@ -37,7 +37,7 @@ class VGG19(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 continue
             layers.append(nn.Conv2d(cin, v, 3, padding=1))
-            if config.vgg_batch_norm:
+            if batch_norm:
                 layers.append(nn.BatchNorm2d(v))
             layers.append(nn.ReLU(inplace=True))
             cin = v
@@ -46,11 +46,9 @@ class VGG19(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, config.num_classes),
+            nn.Linear(4096, num_classes),
         )
         self._init_weights()
-        if config.pretrained:
-            self.load_torchvision(config)
 
     def _init_weights(self) -> None:
         # torchvision's VGG initialisation. PyTorch's default (fan-in uniform, a third of He's
@@ -64,13 +62,17 @@ class VGG19(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def load_torchvision(self, config: TaskConfig) -> None:
-        path = resolve_weights(config, {"imagenet": IMAGENET[config.vgg_batch_norm]})
-        state = dict(read_state_dict(path))
+    def known_weights(self) -> dict[str, str]:
+        """Weight names ``model.pretrained`` may give, and their URLs."""
+        return {"imagenet": IMAGENET[self.batch_norm]}
+
+    def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """A torchvision-format state dict; every tensor but the last layer."""
+        state = dict(state)
         first = state.get("features.0.weight")
         if first is not None and first.shape[1] == 3:
             state["features.0.weight"] = first.sum(dim=1, keepdim=True)  # RGB → one channel
-        load_matching(self, state, skip=("classifier.6.",), source=path)
+        load_matching(self, state, skip=("classifier.6.",), source=source)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: log-mel ``(batch, n_mels, frames)`` → logits ``(batch, num_classes)``."""

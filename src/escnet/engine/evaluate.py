@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from escnet.config import TaskConfig
-from escnet.datasets import (
-    build_waveform_cache,
-    clip_dataset,
-    collate,
-    load_table,
-    make_splits,
-)
+from escnet.data.cache import build_waveform_cache
+from escnet.data.tables import load_table, make_splits
+from escnet.engine.data import eval_loader
 from escnet.errors import DataError, EscnetError
-from escnet.metrics import Predictions
 from escnet.models import SoundClassifier
+from escnet.runs import Predictions, RunDir, load_model, mean_std
 
 
 @torch.inference_mode()
@@ -34,13 +27,6 @@ def predict_loader(model: SoundClassifier, loader: DataLoader, device: torch.dev
         logits.append(model.forward_batch(batch, device).float().cpu())
         labels.append(batch["label"])
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
-def to_predictions(logits: np.ndarray, labels: np.ndarray, paths: list[str], classes: list[str]
-                   ) -> Predictions:
-    """:class:`~escnet.metrics.Predictions` from logits ``(clips, classes)`` (or probabilities)."""
-    probs = torch.from_numpy(logits).float().softmax(dim=1).numpy()
-    return Predictions(paths, labels, probs.argmax(1), probs.max(1), classes)
 
 
 @torch.inference_mode()
@@ -65,32 +51,6 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"loss": loss, "accuracy": float((logits.argmax(1) == labels).mean())}
 
 
-def eval_loader(source, labels: np.ndarray, indices: np.ndarray, config: TaskConfig) -> DataLoader:
-    """Unshuffled, unaugmented loader over ``indices`` of cached waveforms ``(clips, samples)``
-    or precomputed features (a ``(clips, n_mels, frames)`` tensor)."""
-    return DataLoader(clip_dataset(source, labels, indices), batch_size=config.batch_size,
-                      shuffle=False, collate_fn=collate, num_workers=config.num_workers)
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[SoundClassifier, TaskConfig, dict]:
-    """A :class:`SoundClassifier` in eval mode from a checkpoint, with its config and the raw dict."""
-    from escnet.config import from_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise EscnetError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        config = from_dict(ckpt["config"], str(path))
-    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:  # not ours, cut off
-        raise EscnetError(f"{path}: not an escnet checkpoint ({str(err).splitlines()[0]})") from None
-    # The checkpoint holds every weight: no need to fetch the pretrained ones it started from.
-    model = SoundClassifier(config.replace(pretrained="")).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), config, ckpt
-
-
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last",
                  progress: bool = True, tta: int = 0) -> dict:
     """Recompute each fold's held-out accuracy from its saved checkpoint; with ``tta`` > 1, also
@@ -102,42 +62,39 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
     Returns ``{"folds": {name: {"recorded", "accuracy", "loss", "epoch"[, "accuracy_tta"]}},
     "accuracy_mean", "accuracy_std"[, "accuracy_tta_mean", "accuracy_tta_std"]}``.
     """
-    from escnet.training import read_run_config
-
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    if tta < 0 or tta == 1:
+        raise EscnetError(f"tta={tta}: give the number of shifted windows, 2 or more (0: off)")
+    run = RunDir(run_dir)
+    config = run.read_config()
     if data_dir:
-        config = config.replace(data_dir=data_dir)
-    summary_path = run_dir / "summary.json"
-    recorded = json.loads(summary_path.read_text())["folds"] if summary_path.exists() else {}
+        config = config.replace({"data.data_dir": data_dir})
+    recorded = run.summary.get("folds", {})
     table = load_table(config)
     waves, table = build_waveform_cache(table, config, progress)
     device = torch.device(config.resolved_device())
     folds: dict[str, dict] = {}
     for name, _, test_idx in make_splits(table, config):
-        path = run_dir / f"fold-{name}" / f"{checkpoint}.pt"
+        path = run.checkpoint(name, checkpoint)
         if not path.exists():
             continue
-        model, ckpt_config, ckpt = load_checkpoint(path, device)
+        model, ckpt = load_model(path, device)
         if ckpt["classes"] != table.classes:
-            raise DataError(f"{config.data_dir}: its classes differ from those run {run_dir} was "
-                            "trained on")
+            raise DataError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
+                            "was trained on")
         logits, labels = predict_loader(model, eval_loader(waves, table.labels, test_idx,
-                                                           ckpt_config), device)
-        folds[name] = {"recorded": recorded.get(name), **score(logits, labels),
-                       "epoch": ckpt["epoch"]}
-        preds_path = path.parent / "predictions.csv"
-        if checkpoint == "last" and not preds_path.exists():
-            to_predictions(logits, labels, [str(table.paths[i]) for i in test_idx],
-                           table.classes).save(preds_path)
+                                                           ckpt["config"]), device)
+        folds[name] = {"recorded": recorded.get(name), **score(logits, labels), "epoch": ckpt["epoch"]}
+        if checkpoint == "last" and not run.predictions_path(name).exists():
+            run.save_predictions(name, Predictions.from_logits(
+                logits, labels, [str(table.paths[i]) for i in test_idx], table.classes))
         if tta > 1:
             shifted = predict_shifted(model, waves, test_idx, tta, device)
             folds[name]["accuracy_tta"] = float((shifted.argmax(1) == labels).mean())
     if not folds:
-        raise EscnetError(f"{run_dir}: no fold has a {checkpoint}.pt checkpoint yet")
+        raise EscnetError(f"{run.path}: no fold has a {checkpoint}.pt checkpoint yet")
     result: dict = {"checkpoint": checkpoint, "tta": tta, "folds": folds}
     for key in ("accuracy", "accuracy_tta") if tta > 1 else ("accuracy",):
-        accs = [f[key] for f in folds.values()]
-        result |= {f"{key}_mean": float(np.mean(accs)), f"{key}_std": float(np.std(accs))}
-    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+        mean, std = mean_std([f[key] for f in folds.values()])
+        result |= {f"{key}_mean": mean, f"{key}_std": std}
+    run.write_evaluation(result)
     return result

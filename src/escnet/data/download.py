@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from escnet.data.tables import read_esc50
 from escnet.errors import DataError, EscnetError
 
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
@@ -115,7 +116,7 @@ def download_esc50(root: str | Path, url: str = ESC50_URL, sha256: str | None = 
 
     A complete earlier download is reused; an interrupted one resumes.
     """
-    from escnet.datasets import read_esc50
+
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

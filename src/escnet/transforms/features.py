@@ -40,8 +40,9 @@ class Featurizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> Featurizer:
-        return cls(config.sample_rate, config.n_fft, config.win_length, config.hop_length,
-                   config.n_mels, config.f_min, config.f_max, config.log_floor)
+        f = config.features
+        return cls(config.data.sample_rate, f.n_fft, f.win_length, f.hop_length, f.n_mels, f.f_min,
+                   f.f_max, f.log_floor)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frame count of a centred STFT for waveforms of ``lengths`` samples: ``len // hop + 1``."""

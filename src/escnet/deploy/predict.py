@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from escnet.audio import load_audio, windows
-from escnet.errors import EscnetError
-from escnet.evaluation import load_checkpoint
+from escnet.data.audio import load_audio, windows
+from escnet.errors import CheckpointError, EscnetError
+from escnet.runs import RunDir, load_model
 
 
 @dataclass
@@ -37,22 +37,24 @@ class Predictor:
         if not checkpoints:
             raise EscnetError("no checkpoints given")
         self.device = torch.device(device)
-        loaded = [load_checkpoint(p, self.device) for p in checkpoints]
-        self.models = [m for m, _, _ in loaded]
-        self.config = loaded[0][1]
-        self.classes: list[str] = loaded[0][2]["classes"]
-        for path, (_, config, ckpt) in zip(checkpoints, loaded, strict=True):
-            if ckpt["classes"] != self.classes or config.sample_rate != self.config.sample_rate \
+        loaded = [load_model(p, self.device) for p in checkpoints]
+        self.models = [m for m, _ in loaded]
+        self.config = loaded[0][1]["config"]
+        self.classes: list[str] = loaded[0][1]["classes"]
+        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
+            config = ckpt["config"]
+            if ckpt["classes"] != self.classes or config.data.sample_rate != self.config.data.sample_rate \
                     or config.length_wav != self.config.length_wav:
-                raise EscnetError(f"{path}: its classes or audio settings differ from {checkpoints[0]}")
+                raise CheckpointError(f"{path}: its classes or audio settings differ from {checkpoints[0]}")
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> Predictor:
         path = Path(path)
         if path.is_dir():
-            found = sorted(path.glob("fold-*/last.pt"))
+            run = RunDir(path)
+            found = [run.checkpoint(f) for f in run.fold_names() if run.checkpoint(f).exists()]
             if not found:
-                raise EscnetError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
+                raise CheckpointError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
             return cls(found, device)
         return cls([path], device)
 
@@ -65,7 +67,7 @@ class Predictor:
         return probs.cpu().numpy(), batch.shape[0]
 
     def predict_file(self, path: str | Path, top_k: int = 5) -> Prediction:
-        wav = load_audio(path, self.config.sample_rate)
+        wav = load_audio(path, self.config.data.sample_rate)
         probs, n = self.probabilities(wav)
         order = np.argsort(-probs)[:top_k]
         return Prediction(str(path), [(self.classes[i], float(probs[i])) for i in order], n)

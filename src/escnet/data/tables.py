@@ -1,0 +1,241 @@
+"""Dataset tables: find labelled clips and their folds, in whichever layout a dataset has.
+
+A dataset is read into a :class:`ClipTable` (paths, labels, folds, class names) from one of
+four layouts:
+
+* an ESC-50 folder: ``meta/esc50.csv`` + ``audio/``, audio matched to rows **by stem** whatever
+  the extension (``1-100032-A-0.wav`` in the CSV finds ``audio/1-100032-A-0.ogg``);
+* a folder of ``{FOLD}-{CLIP_ID}-{TAKE}-{TARGET}.*`` files found by the config's ``keyword`` glob
+  (the report's way: label and fold parsed from the name);
+* a CSV ``path,label[,fold]`` (paths relative to the CSV);
+* a folder with one subfolder of recordings per class.
+
+Tables without folds get stratified folds; :func:`make_splits` turns a table into the
+(train, test) index pairs of the protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from escnet.config import TaskConfig
+from escnet.data.audio import AUDIO_EXTENSIONS
+from escnet.errors import ConfigError, DataError
+
+ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10")
+_ESC50_NAME = re.compile(r"^(\d+)-([^-]+)-([^-]+)-(\d+)$")
+CACHE_VERSION = 1
+
+
+@dataclass
+class ClipTable:
+    """Labelled clips. ``labels[i]`` indexes ``classes``; ``folds[i]`` starts at 1."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    folds: np.ndarray
+    classes: list[str]
+    source: str
+    notes: list[str] = field(default_factory=list)
+    """What was decided while reading (folds assigned, files left out), for the user."""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def select(self, mask: np.ndarray) -> ClipTable:
+        """The rows where ``mask`` is true (labels and classes unchanged)."""
+        keep = np.flatnonzero(mask)
+        return ClipTable([self.paths[i] for i in keep], self.labels[keep], self.folds[keep],
+                         self.classes, self.source, list(self.notes))
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(int(f) for f in np.unique(self.folds))
+
+
+def parse_esc50_name(name: str) -> tuple[int, int] | None:
+    """``'{FOLD}-{CLIP_ID}-{TAKE}-{TARGET}.ext'`` → ``(fold, target)``, else ``None``."""
+    match = _ESC50_NAME.match(Path(name).stem)
+    return (int(match.group(1)), int(match.group(4))) if match else None
+
+
+def _audio_by_stem(folder: Path) -> dict[str, Path]:
+    """Map each stem in ``folder`` to its audio file, preferring extensions in listed order."""
+    rank = {ext: i for i, ext in enumerate(AUDIO_EXTENSIONS)}
+    found: dict[str, Path] = {}
+    for path in folder.iterdir():
+        ext = path.suffix.lower()
+        if ext in rank and (path.stem not in found or rank[ext] < rank[found[path.stem].suffix.lower()]):
+            found[path.stem] = path
+    return found
+
+
+def read_esc50(root: Path, subset: str = "all", skip_missing: bool = False) -> ClipTable:
+    """An ESC-50 folder (``meta/esc50.csv`` + ``audio/``); ``subset='esc10'`` keeps ESC-10."""
+    meta = root / "meta" / "esc50.csv"
+    with meta.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ESC50_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; "
+                            f"expected {','.join(ESC50_COLUMNS)}")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{meta}: has no rows")
+    audio_dir = root / "audio"
+    if not audio_dir.is_dir():
+        raise DataError(f"{root}: no audio/ folder next to meta/esc50.csv")
+    by_stem = _audio_by_stem(audio_dir)
+    if subset == "esc10":
+        rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
+    names: dict[int, str] = {}
+    paths, targets, folds, absent = [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            target, fold = int(row["target"]), int(row["fold"])
+        except ValueError:
+            raise DataError(f"{meta}: row {line}: fold and target must be integers") from None
+        path = by_stem.get(Path(row["filename"]).stem)
+        if path is None:
+            absent.append(row["filename"])
+            continue
+        names[target] = row["category"]
+        paths.append(path)
+        targets.append(target)
+        folds.append(fold)
+    notes = []
+    if absent:
+        if not skip_missing:
+            raise DataError(f"{audio_dir}: no audio file for {len(absent)} row(s) of {meta.name} "
+                            f"(first: {absent[0]}); restore them or set data.skip_bad=true")
+        notes.append(f"left out {len(absent)} row(s) of {meta.name} with no audio file")
+    order = sorted(names)  # keep ESC-50's target order; ESC-10 targets are renumbered 0..9
+    index = {t: i for i, t in enumerate(order)}
+    return ClipTable(paths, np.array([index[t] for t in targets]), np.array(folds),
+                     [names[t] for t in order], f"esc50:{root}", notes)
+
+
+def read_glob(root: Path, keyword: str) -> ClipTable:
+    """Files matching ``keyword`` below ``root``; fold and target parsed from the file names."""
+    parsed = [(p, parse_esc50_name(p.name)) for p in sorted(root.rglob(keyword))
+              if p.suffix.lower() in AUDIO_EXTENSIONS]
+    parsed = [(p, ft) for p, ft in parsed if ft is not None]
+    if not parsed:
+        raise DataError(f"{root}: no audio files named like FOLD-CLIPID-TAKE-TARGET match '{keyword}'")
+    targets = sorted({t for _, (_, t) in parsed})
+    index = {t: i for i, t in enumerate(targets)}
+    return ClipTable([p for p, _ in parsed], np.array([index[t] for _, (_, t) in parsed]),
+                     np.array([f for _, (f, _) in parsed]), [str(t) for t in targets],
+                     f"glob:{root}/{keyword}")
+
+
+def read_class_folders(root: Path) -> ClipTable:
+    """One subfolder per class, its recordings inside (searched recursively)."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for i, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        paths += files
+        labels += [i] * len(files)
+    used = sorted(set(labels))
+    if len(used) < 2:
+        raise DataError(f"{root}: expected meta/esc50.csv, a CSV, or one subfolder of audio files "
+                        f"per class (found {len(used)} class folder(s) with audio)")
+    return ClipTable(paths, np.array(labels), np.zeros(len(paths), dtype=int), classes,
+                     f"folders:{root}")
+
+
+def read_csv_table(path: Path) -> ClipTable:
+    """A CSV with columns ``path,label`` and optionally ``fold`` (paths relative to the CSV)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected path,label[,fold]")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{path}: has no rows")
+    has_fold = "fold" in (reader.fieldnames or [])
+    classes = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        folds = [int(r["fold"]) if has_fold else 0 for r in rows]
+    except ValueError:
+        raise DataError(f"{path}: column fold must hold integers >= 1") from None
+    return ClipTable([(path.parent / r["path"]).resolve() for r in rows],
+                     np.array([index[r["label"]] for r in rows]), np.array(folds), classes,
+                     f"csv:{path}")
+
+
+def per_class_permutations(labels: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """For each class in ascending order, the indices of its rows in a random order."""
+    for label in np.unique(labels):
+        yield rng.permutation(np.flatnonzero(labels == label))
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Assign folds 1..n_folds so that every class is spread evenly; fixed by ``seed``."""
+    folds = np.zeros(len(labels), dtype=int)
+    offset = 0
+    for idx in per_class_permutations(labels, np.random.default_rng(seed)):
+        folds[idx] = (np.arange(len(idx)) + offset) % n_folds + 1
+        offset += len(idx)  # rotate so small classes do not all start in fold 1
+    return folds
+
+
+def load_table(config: TaskConfig) -> ClipTable:
+    """Read the dataset at ``config.data_dir`` in whichever layout it has."""
+    data = config.data
+    if not data.data_dir:
+        raise ConfigError("setting data.data_dir: no dataset given (an ESC-50 folder, a "
+                          "class-folder tree or a path,label CSV); get ESC-50 with "
+                          "escnet.data.download_esc50 (`escnet download esc50`)")
+    root = Path(data.data_dir).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root}: a dataset file must be a CSV with columns path,label[,fold]")
+        table = read_csv_table(root)
+    elif (root / "meta" / "esc50.csv").is_file():
+        table = read_esc50(root, data.subset, data.skip_bad)
+    elif any(parse_esc50_name(p.name) for p in root.rglob(data.keyword)):
+        table = read_glob(root, data.keyword)
+    else:
+        table = read_class_folders(root)
+    if data.subset != "all" and not table.source.startswith("esc50"):
+        raise ConfigError(f"setting data.subset={data.subset}: needs an ESC-50 folder with meta/esc50.csv")
+    if (table.folds == 0).any():
+        n = 5 if np.bincount(table.labels).min() >= 5 else 2
+        table.folds = stratified_folds(table.labels, n, config.train.seed)
+        table.notes.append(f"no folds in {root}: assigned {n} stratified folds (seed {config.train.seed})")
+    return table
+
+
+def make_splits(table: ClipTable, config: TaskConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, train_indices, test_indices)`` for each held-out fold, or the one random split."""
+    if config.data.protocol == "random":
+        rng, test = np.random.default_rng(config.train.seed), []
+        # stratified, unlike the report's random_split
+        for idx in per_class_permutations(table.labels, rng):
+            test += list(idx[: max(1, round(len(idx) * (1 - config.data.train_ratio)))])
+        test_mask = np.zeros(len(table), dtype=bool)
+        test_mask[test] = True
+        return [("random", np.flatnonzero(~test_mask), np.flatnonzero(test_mask))]
+    available = table.fold_ids
+    if len(available) < 2:
+        raise DataError(f"{table.source}: only fold {available} present; the folds protocol needs "
+                        "two or more (or set data.protocol=random)")
+    wanted = config.data.folds or available
+    for fold in wanted:
+        if fold not in available:
+            raise ConfigError(f"setting data.folds: fold {fold} does not exist in this dataset "
+                              f"(folds: {', '.join(map(str, available))})")
+    return [(str(f), np.flatnonzero(table.folds != f), np.flatnonzero(table.folds == f))
+            for f in wanted]

@@ -1,0 +1,1 @@
+"""Deployment: classify new audio with a trained model."""

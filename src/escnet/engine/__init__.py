@@ -1,0 +1,1 @@
+"""Engine: the training loop and cross-validation, evaluation, and the multi-model benchmark."""

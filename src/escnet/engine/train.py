@@ -1,0 +1,308 @@
+"""Training: k-fold cross-validation (or one random split), one fold at a time, top to bottom.
+
+:func:`train` reads the dataset, builds the waveform cache, then for each held-out fold
+:func:`train_fold` trains from scratch, scores the fold after every epoch and checkpoints; the
+run directory (:class:`escnet.runs.RunDir`) gets the summary after every fold.
+
+Randomness is re-seeded from ``(seed, fold, epoch)`` at the start of every epoch, so a run
+resumed from ``last.pt`` ends with exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from escnet.config import RESULT_FREE, TaskConfig
+from escnet.data.cache import build_waveform_cache
+from escnet.data.tables import ClipTable, load_table, make_splits
+from escnet.engine.data import TrainData, eval_loader, prepare_data, train_loader
+from escnet.engine.evaluate import predict_loader, score
+from escnet.engine.runtime import keep_freed_memory, machine_description
+from escnet.errors import EscnetError
+from escnet.models import SoundClassifier, count_parameters, resolve_args
+from escnet.runs import Predictions, RunDir, load_checkpoint, mean_std, save_checkpoint
+from escnet.transforms.batch import BatchAugment
+
+EpochCallback = Callable[[dict], None]
+log = logging.getLogger("escnet")
+
+
+def make_optimizer(model: torch.nn.Module, config: TaskConfig) -> torch.optim.Optimizer:
+    t = config.train
+    kind = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TaskConfig, steps: int):
+    """Per-step schedule over ``steps`` optimiser steps, or ``None`` for a constant rate."""
+    t = config.train
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if t.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.learning_rate, total_steps=steps)
+    return None
+
+
+def _seed(config: TaskConfig, fold_index: int, epoch: int) -> torch.Generator:
+    """Seed torch for this (fold, epoch) and return a generator for the data order."""
+    seed = config.train.seed * 1_000_003 + fold_index * 1009 + epoch
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_ema(model: torch.nn.Module, config: TaskConfig) -> AveragedModel | None:
+    """The moving average of ``model``'s weights and buffers, or ``None`` with ``ema_decay=0``.
+
+    The decay after ``n`` updates is ``min(ema_decay, (1 + n) / (10 + n))`` (as TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``): a fixed 0.998 would leave half the
+    average on the random initial weights after 350 steps, and score near chance until then.
+    """
+    decay_max = config.train.ema_decay
+    if decay_max == 0:
+        return None
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:
+        decay = min(decay_max, (1 + int(updates)) / (10 + int(updates)))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur, 1 - decay)
+            else:  # BatchNorm's step count
+                avg.copy_(cur)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: str,
+                    progress: bool, ema: AveragedModel | None = None) -> dict:
+    """One pass over ``loader``. Returns loss, accuracy, and seconds spent waiting for data.
+
+    Batch augmentation (mixing, SpecAugment) happens here, on ``device``; the loss takes the
+    mixed class probabilities, and accuracy counts the unmixed labels. ``ema``, when given,
+    is updated after every step.
+    """
+    model.train()
+    augment = BatchAugment(config)
+    total_loss, correct, seen, data_wait = 0.0, 0, 0, 0.0
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" and config.train.amp else contextlib.nullcontext())
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    tick = time.perf_counter()
+    for batch in bar:
+        data_wait += time.perf_counter() - tick
+        label = batch["label"].to(device)
+        targets = F.one_hot(label, config.model.num_classes).float()
+        if "features" in batch:
+            feats, frames = batch["features"].to(device), None
+        else:
+            wav, targets = augment.waveforms(batch["wav"].to(device), targets)
+            feats, frames = model.features(wav, batch["length"].to(device))
+        feats, targets = augment.features(feats, targets)
+        if frames is not None:  # a random crop leaves at most its own length valid
+            frames = frames.clamp(max=feats.shape[-1])
+        with autocast:
+            logits = model.backbone(feats, frames)
+            loss = F.cross_entropy(logits.float(), targets,
+                                   label_smoothing=config.train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total_loss += loss.item() * len(label)
+        correct += (logits.argmax(1) == label).sum().item()
+        seen += len(label)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        tick = time.perf_counter()
+    return {"train_loss": total_loss / seen, "train_accuracy": correct / seen,
+            "data_seconds": data_wait}
+
+
+def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
+               train_idx: np.ndarray, test_idx: np.ndarray, run: RunDir, progress: bool = True,
+               callbacks: Sequence[EpochCallback] = ()) -> dict:
+    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``."""
+    fold_index = int(name) if name.isdigit() else 0  # same seeds whichever folds are run
+    device = torch.device(config.resolved_device())
+    _seed(config, fold_index, 0)
+    model = SoundClassifier.from_config(config).to(device)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = len(train_loader(data, table, train_idx, config, torch.Generator()))
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.train.num_epochs)
+    ema = make_ema(model, config)
+    scored = model if ema is None else ema.module  # the weights evaluated, saved and predicted with
+    history: list[dict] = []
+    if run.checkpoint(name).exists():
+        state = load_checkpoint(run.checkpoint(name), device)
+        scored.load_state_dict(state["model"])
+        if ema is not None:
+            model.load_state_dict(state["trained"])
+            ema.n_averaged.fill_(state["ema_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+    tests = eval_loader(data.clips, table.labels, test_idx, config)
+    epochs = config.train.num_epochs
+    held_out = None  # the latest epoch's (logits, labels) on the test fold
+    for epoch in range(len(history) + 1, epochs + 1):
+        start = time.perf_counter()
+        loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch))
+        entry = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        entry |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
+                                 f"fold {name} epoch {epoch}/{epochs}", progress, ema)
+        held_out = predict_loader(scored, tests, device)
+        entry |= {f"test_{k}": v for k, v in score(*held_out).items()}
+        entry["seconds"] = time.perf_counter() - start
+        history.append(entry)
+        _save_epoch(run, name, model, ema, optimizer, scheduler, config, table, history)
+        for callback in callbacks:
+            callback(entry)
+    if not run.predictions_path(name).exists():  # the last epoch's, for metrics and reports
+        logits, labels = held_out or predict_loader(scored, tests, device)
+        run.save_predictions(name, Predictions.from_logits(
+            logits, labels, [str(table.paths[i]) for i in test_idx], table.classes))
+    run.complete_fold_files(name)
+    best = max(history, key=lambda h: h["test_accuracy"])
+    return {"accuracy": history[-1]["test_accuracy"], "best_epoch": best["epoch"],
+            "best_epoch_accuracy": best["test_accuracy"], "epochs": len(history),
+            "epoch_seconds": [h["seconds"] for h in history], "parameters": count_parameters(model)}
+
+
+def _save_epoch(run: RunDir, fold: str, model, ema: AveragedModel | None, optimizer, scheduler,
+                config: TaskConfig, table: ClipTable, history: list[dict]) -> None:
+    """Write the epoch log and checkpoints, each atomically, so a kill loses one epoch at most.
+
+    ``model`` in a checkpoint is always the weights that were scored (the average, with EMA);
+    with EMA, ``last.pt`` also keeps the trained weights and the update count to resume from.
+    """
+    scored = model if ema is None else ema.module
+    weights = {"model": scored.state_dict(), "config": config.to_dict(), "classes": table.classes,
+               "epoch": history[-1]["epoch"], "test_accuracy": history[-1]["test_accuracy"]}
+    run.write_history(fold, history)
+    if history[-1]["test_accuracy"] >= max(h["test_accuracy"] for h in history):
+        save_checkpoint(run.checkpoint(fold, "best"), weights)
+    resume = {} if ema is None else {"trained": model.state_dict(),
+                                     "ema_updates": int(ema.n_averaged)}
+    save_checkpoint(run.checkpoint(fold, "last"), {
+        **weights, **resume, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": history})
+
+
+def resolve_model(config: TaskConfig, num_classes: int) -> TaskConfig:
+    """``config`` with the dataset's class count and every model argument written out."""
+    return config.replace({"model.num_classes": num_classes,
+                           "model.args": resolve_args(config.model.name, config.model.args)})
+
+
+def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          callbacks: Sequence[EpochCallback] = ()) -> dict:
+    """Train ``config.model`` under ``data.protocol``; write the run to ``out_dir``.
+
+    With ``resume``, ``out_dir`` must hold a run made with the same config: finished folds are
+    kept, an unfinished one continues from its ``last.pt``. ``callbacks`` get each epoch's log.
+
+    Returns:
+        The summary also written to ``out_dir/summary.json``.
+    """
+    run = RunDir(out_dir)
+    started = time.perf_counter()
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in (runtime.py)
+    SoundClassifier.from_config(config)  # fail on a bad model setting before any slow work
+    if resume:
+        run.read_config()  # fail on a folder that is not a run before any slow work
+    table = load_table(config)
+    tick = time.perf_counter()
+    waves, table = build_waveform_cache(table, config, progress)
+    cache_seconds = time.perf_counter() - tick
+    for note in table.notes:
+        log.info(note)
+    config = resolve_model(config, len(table.classes))
+    splits = make_splits(table, config)
+    run.create(config, resume, RESULT_FREE)
+    data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
+    if config.train.tensorboard:
+        callbacks = [*callbacks, tensorboard_logger(run.path / "tensorboard")]
+    folds: dict[str, dict] = {}
+    for name, train_idx, test_idx in splits:
+        folds[name] = train_fold(config, data, table, name, train_idx, test_idx, run, progress,
+                                 callbacks)
+        pooled = run.write_pooled_metrics(list(folds), table.classes)
+        summary = _summary(config, table, folds, len(splits), cache_seconds + augment_seconds,
+                           feature_seconds, time.perf_counter() - started)
+        summary["macro_f1_pooled"] = pooled["macro_f1"]
+        run.write_summary(summary)
+    return summary
+
+
+def tensorboard_logger(folder: Path) -> EpochCallback:
+    """A callback writing each epoch's numbers as TensorBoard scalars ``fold-K/name``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise EscnetError("setting train.tensorboard=true: needs the tensorboard package "
+                          "(pip install tensorboard)") from None
+    writer = SummaryWriter(str(folder))
+
+    def write(entry: dict) -> None:
+        for key, value in entry.items():
+            if key not in ("fold", "epoch"):
+                writer.add_scalar(f"fold-{entry['fold']}/{key}", value, entry["epoch"])
+        writer.flush()
+
+    return write
+
+
+def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], planned: int,
+             cache_seconds: float, feature_seconds: float, wall_seconds: float) -> dict:
+    mean, std = mean_std([f["accuracy"] for f in folds.values()])
+    epoch_seconds = [s for f in folds.values() for s in f["epoch_seconds"]]
+    return {
+        "model": config.model.name,
+        "protocol": config.data.protocol,
+        "status": "complete" if len(folds) == planned else f"partial ({len(folds)}/{planned} folds)",
+        "folds": {name: f["accuracy"] for name, f in folds.items()},
+        "accuracy_mean": mean,
+        "accuracy_std": std,
+        "best_epoch_accuracy": {name: f["best_epoch_accuracy"] for name, f in folds.items()},
+        "epochs": config.train.num_epochs,
+        "parameters": next(iter(folds.values()))["parameters"],
+        "classes": table.classes,
+        "clips": len(table),
+        "data": table.source,
+        "cache_seconds": round(cache_seconds, 2),  # decode + resample + augmented copies, once
+        "feature_seconds": round(feature_seconds, 2),  # log-mels of every clip, once per run
+        "first_epoch_seconds": round(epoch_seconds[0], 2),
+        "epoch_seconds_median": round(float(np.median(epoch_seconds)), 2),
+        "wall_seconds": round(wall_seconds, 1),
+        "machine": machine_description(),
+        "device": config.resolved_device(),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable lines for the end of a run."""
+    lines = [f"{summary['model']} — {summary['protocol']} protocol, {summary['status']}"]
+    for name, acc in summary["folds"].items():
+        lines.append(f"  fold {name}: {100 * acc:.1f} %")
+    lines.append(f"  mean: {100 * summary['accuracy_mean']:.1f} % "
+                 f"± {100 * summary['accuracy_std']:.1f} (std over folds)")
+    return "\n".join(lines)
+
+
+def format_epoch(entry: dict, epochs: int) -> str:
+    """One line for an epoch's log."""
+    return (f"fold {entry['fold']} epoch {entry['epoch']:>3}/{epochs}: train loss "
+            f"{entry['train_loss']:.3f} acc {entry['train_accuracy']:.3f} | test loss "
+            f"{entry['test_loss']:.3f} acc {entry['test_accuracy']:.3f} | {entry['seconds']:.1f} s")

@@ -1,0 +1,72 @@
+"""Writing files so that a kill never leaves a half-written one, and making output folders.
+
+Every file escnet writes into a run or a cache goes through :func:`atomic_write` (a temporary
+file in the same folder, flushed and fsynced, then renamed over the target) or
+:func:`atomic_memmap` (the same for large arrays filled in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from escnet.errors import EscnetError
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it to
+    ``path``: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+    """JSON without NaN or infinities (``allow_nan=False``): what any parser accepts."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False))
+
+
+@contextlib.contextmanager
+def atomic_memmap(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> Iterator[np.ndarray]:
+    """A writable ``.npy`` memmap of ``shape`` under a temporary name, renamed to ``path`` when
+    the block ends without an error: an interrupted fill never leaves a file that looks done."""
+    partial = path.with_name(f".{path.name}.partial{os.getpid()}.npy")
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+    try:
+        yield array
+        array.flush()
+        del array
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def make_output_dir(path: str | Path) -> Path:
+    """Create the output folder ``path`` (and its parents), or raise :class:`EscnetError` saying
+    why it cannot be: a file of that name, no permission, a full disk."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EscnetError(f"{path}: exists and is not a folder; choose another output folder") from None
+    except OSError as err:
+        raise EscnetError(f"{path}: cannot create this output folder ({err.strerror})") from None
+    return path

@@ -1,0 +1,116 @@
+"""The report of one run: a self-contained HTML page (figures embedded) built only from the run
+directory, so it works on finished runs, runs still in progress (shown as partial) and copies
+of runs from another machine. Also the small HTML helpers the comparison page shares."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from escnet.errors import EscnetError
+from escnet.files import atomic_write_text, make_output_dir
+from escnet.reports.metrics import classification_metrics, confused_pairs, major_category
+from escnet.reports.plots import save_confusion, save_curves, save_per_class
+from escnet.runs import Predictions, RunDir
+
+log = logging.getLogger("escnet")
+
+
+def ensure_predictions(run: RunDir) -> Predictions | None:
+    """Pooled predictions of the finished folds; computed from ``last.pt`` (needs the data) for
+    runs made before escnet saved them, ``None`` (with a warning) when that cannot be done."""
+    preds = run.predictions()
+    if preds is None and all(run.checkpoint(f).exists() for f in run.finished):
+        from escnet.engine.evaluate import evaluate_run
+
+        try:
+            evaluate_run(run.path, progress=False)
+        except EscnetError as err:  # e.g. the data is not on this machine: report without them
+            log.warning("%s: no held-out predictions (%s)", run.path, err)
+            return None
+        preds = run.predictions()
+    return preds
+
+
+def img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = ("<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+         "text-align:left}img{max-width:100%;display:block;margin:1em 0}pre{background:#f6f6f6;"
+         "padding:1em;overflow:auto;max-height:24em}</style>")
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"{STYLE}</head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUNDIR/report.html`` (figures embedded; the PNGs also in ``RUNDIR/report/``)."""
+    run = RunDir(run_dir)
+    run.require_finished()
+    figures = make_output_dir(run.path / "report")
+    model = run.config.model.name
+    title = f"{model} — {run.name}"
+    save_curves(run.histories, figures / "curves.png", model)
+    data = run.summary.get("data", run.config.data.data_dir)
+    parts = [f"<p>{html.escape(run.status)}; data {html.escape(data)}; "
+             f"machine {html.escape(run.summary.get('machine', 'not recorded'))}</p>"]
+    mean, std = run.mean_std()
+    fold_rows = []
+    epochs = run.config.train.num_epochs
+    for fold, hist in run.histories.items():
+        f1 = run.fold_metrics(fold).get("macro_f1")
+        done = fold in run.finished
+        fold_rows.append([fold, f"{len(hist)}/{epochs}", pct(hist[-1]["test_accuracy"]),
+                          pct(f1), pct(max(h["test_accuracy"] for h in hist)),
+                          f"{np.median([h['seconds'] for h in hist]):.1f}",
+                          "finished" if done else "running"])
+    parts.append("<h2>Held-out accuracy per fold</h2>" + table(
+        ["fold", "epochs", "accuracy (%)", "macro-F1 (%)", "best epoch (%, optimistic)", "s / epoch",
+         "state"], fold_rows))
+    parts.append(f"<p><b>Mean over {len(run.finished)} finished folds: {100 * mean:.1f} % ± "
+                 f"{100 * std:.1f}</b> (population std over folds; last epoch of each fold).</p>")
+    parts.append("<h2>Training curves</h2>" + img(figures / "curves.png", "training curves"))
+    preds = ensure_predictions(run)
+    if preds is not None:
+        pooled = classification_metrics(preds.labels, preds.predicted, preds.classes)
+        parts.append(f"<h2>Pooled over the finished folds ({pooled['clips']} clips)</h2>"
+                     f"<p>accuracy {pct(pooled['accuracy'])} %, macro-F1 {pct(pooled['macro_f1'])} %</p>")
+        save_confusion(np.asarray(pooled["confusion"]), preds.classes, figures / "confusion.png",
+                       "confusion matrix, pooled")
+        save_per_class(pooled["per_class_accuracy"], {c: major_category(c) for c in preds.classes},
+                       figures / "per_class.png", "per-class accuracy, pooled (worst to best)")
+        parts.append(img(figures / "confusion.png", "confusion matrix"))
+        parts.append(img(figures / "per_class.png", "per-class accuracy"))
+        pairs = confused_pairs(preds.labels, preds.predicted, preds.paths, preds.classes)
+        parts.append("<h2>Most confused pairs</h2>" + table(
+            ["true", "predicted as", "clips", "examples"],
+            [[p["true"], p["predicted"], str(p["count"]), ", ".join(p["files"])] for p in pairs]))
+    ev = run.read_evaluation()
+    if ev.get("tta", 0) > 1:
+        parts.append(f"<p>With test-time averaging over {ev['tta']} shifts (escnet evaluate --tta): "
+                     f"{pct(ev['accuracy_tta_mean'])} % ± {pct(ev['accuracy_tta_std'])}</p>")
+    parts.append("<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+                 + "</pre>")
+    return atomic_write_text(run.path / "report.html", page(title, "".join(parts)))
+
+

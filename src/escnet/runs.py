@@ -1,0 +1,372 @@
+"""The run directory: the one place that knows its layout, writes its files and reads them back.
+
+::
+
+    RUNDIR/
+      config.yaml            the resolved TaskConfig, in sections
+      summary.json           per-fold and mean ± std accuracy (rewritten after every fold)
+      fold-K/metrics.jsonl   one line per epoch
+      fold-K/last.pt         everything needed to resume (model, optimiser, scheduler, history)
+      fold-K/best.pt         the epoch with the best held-out accuracy (for inspection only:
+                             the reported accuracy is the last epoch's, since picking the best
+                             epoch on the test fold would be optimistic)
+      fold-K/predictions.csv the last epoch's held-out predictions (path, label, predicted,
+                             confidence), and fold-K/metrics.json, per_class.csv, confusion.csv
+      metrics.json, per_class.csv, confusion.csv   the same pooled over the finished folds
+      evaluation.json        written by ``escnet evaluate``; report.html, report/ by ``escnet report``
+      tensorboard/           per-epoch scalars, with ``train.tensorboard``
+
+Training, evaluation, reports, comparison and prediction all go through :class:`RunDir`, and
+checkpoints through :func:`save_checkpoint` / :func:`load_checkpoint` (``weights_only=True``, a
+checked format version). Every file is written atomically (:mod:`escnet.files`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from escnet.config import TaskConfig, from_dict, read_config_file
+from escnet.errors import CheckpointError, EscnetError
+from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
+from escnet.reports.metrics import classification_metrics, major_category
+
+CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint layout: 2 holds the config in sections (1: flat, before 0.2)."""
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof=0) over folds: the figure escnet reports."""
+    return float(np.mean(values)), float(np.std(values))
+
+
+# --- held-out predictions -----------------------------------------------------------------
+
+@dataclass
+class Predictions:
+    """Held-out predictions: ``labels`` and ``predicted`` ``(clips,)`` class indices into ``classes``."""
+
+    paths: list[str]
+    labels: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    classes: list[str]
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, labels: np.ndarray, paths: list[str],
+                    classes: list[str]) -> Predictions:
+        """From logits ``(clips, classes)``: the arg-max class and its softmax probability."""
+        probs = torch.from_numpy(logits).float().softmax(dim=1).numpy()
+        return cls(paths, labels, probs.argmax(1), probs.max(1), classes)
+
+    def save(self, path: Path) -> None:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["path", "label", "predicted", "confidence"])
+        for p, y, q, c in zip(self.paths, self.labels, self.predicted, self.confidence, strict=True):
+            writer.writerow([p, self.classes[y], self.classes[q], f"{c:.6f}"])
+        atomic_write_text(path, out.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, classes: list[str]) -> Predictions:
+        index = {c: i for i, c in enumerate(classes)}
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        try:
+            return cls([r["path"] for r in rows], np.array([index[r["label"]] for r in rows], dtype=int),
+                       np.array([index[r["predicted"]] for r in rows], dtype=int),
+                       np.array([float(r["confidence"]) for r in rows]), classes)
+        except (KeyError, ValueError, TypeError):
+            raise EscnetError(f"{path}: damaged predictions file (names a class the run does not "
+                              "have, or a column is missing)") from None
+
+    @classmethod
+    def concat(cls, parts: list[Predictions]) -> Predictions:
+        return cls([p for part in parts for p in part.paths],
+                   np.concatenate([p.labels for p in parts]),
+                   np.concatenate([p.predicted for p in parts]),
+                   np.concatenate([p.confidence for p in parts]), parts[0].classes)
+
+
+def write_metrics(folder: Path, preds: Predictions) -> dict:
+    """``metrics.json``, ``per_class.csv`` and ``confusion.csv`` of ``preds`` into ``folder``."""
+    result = classification_metrics(preds.labels, preds.predicted, preds.classes)
+    per_class, confusion = io.StringIO(), io.StringIO()
+    writer = csv.writer(per_class)
+    writer.writerow(["class", "category", "accuracy", "clips"])
+    support = np.asarray(result["confusion"]).sum(axis=1)
+    for i, (name, acc) in enumerate(result["per_class_accuracy"].items()):
+        writer.writerow([name, major_category(name) or "", "" if acc is None else f"{acc:.4f}",
+                         int(support[i])])
+    writer = csv.writer(confusion)
+    writer.writerow(["true \\ predicted", *preds.classes])
+    for name, row in zip(preds.classes, result["confusion"], strict=True):
+        writer.writerow([name, *row])
+    atomic_write_text(folder / "per_class.csv", per_class.getvalue())
+    atomic_write_text(folder / "confusion.csv", confusion.getvalue())
+    atomic_write_json(folder / "metrics.json", result)  # last: its presence means all three exist
+    return result
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors and plain values only) with the current format version."""
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything else.
+
+    Only tensors and plain values are unpickled (``weights_only=True``): a file that needs more
+    is not trusted and never loaded.
+
+    Raises:
+        CheckpointError: missing, not a checkpoint, damaged, untrusted, or of another format.
+    """
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "not an allowed global" in str(err):  # a pickle asking for more than weights
+            raise CheckpointError(f"{path}: not a trusted escnet checkpoint (it holds Python objects "
+                                  "beyond weights and plain values); escnet does not load it") from None
+        raise CheckpointError(f"{path}: not an escnet checkpoint (not a PyTorch file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not an escnet checkpoint, or a damaged one ({reason})") from None
+    if not isinstance(ckpt, dict) or "format" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not an escnet checkpoint (no format version or weights)")
+    version = ckpt["format"]
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {version!r} was written by a newer escnet "
+                              f"(this one reads format {CHECKPOINT_FORMAT}); upgrade escnet")
+    if version < CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {version} was written by an older escnet "
+                              f"(this one reads format {CHECKPOINT_FORMAT}); retrain the model")
+    try:
+        ckpt["config"] = from_dict(ckpt["config"], str(path))
+        if not isinstance(ckpt["classes"], list) or len(ckpt["classes"]) != ckpt["config"].model.num_classes:
+            raise CheckpointError(f"{path}: damaged checkpoint (its class list does not match its config)")
+    except KeyError as err:
+        raise CheckpointError(f"{path}: damaged checkpoint (no {err} entry)") from None
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """A :class:`~escnet.models.SoundClassifier` in eval mode from a checkpoint, with the
+    checkpoint dict (its ``config`` a :class:`TaskConfig`)."""
+    from escnet.models import SoundClassifier
+
+    ckpt = load_checkpoint(path, device)
+    model = SoundClassifier.from_config(ckpt["config"], pretrained=False).to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit its own model settings "
+                              f"({str(err).splitlines()[0]})") from None
+    return model.eval(), ckpt
+
+
+# --- the run directory --------------------------------------------------------------------
+
+class RunDir:
+    """A run directory at ``path``: its layout, and everything read from or written to it."""
+
+    CONFIG, SUMMARY, EVALUATION = "config.yaml", "summary.json", "evaluation.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # layout
+    def fold_dir(self, fold: str) -> Path:
+        return self.path / f"fold-{fold}"
+
+    def checkpoint(self, fold: str, which: str = "last") -> Path:
+        return self.fold_dir(fold) / f"{which}.pt"
+
+    def predictions_path(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "predictions.csv"
+
+    def history_path(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "metrics.jsonl"
+
+    def fold_names(self) -> list[str]:
+        """Folds with a folder, in numeric order (``random`` last)."""
+        names = [p.name.removeprefix("fold-") for p in self.path.glob("fold-*") if p.is_dir()]
+        return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+    # config
+    def read_config(self) -> TaskConfig:
+        path = self.path / self.CONFIG
+        if not self.path.is_dir():
+            what = "a file, not a run folder" if self.path.exists() else "no such run folder"
+            raise EscnetError(f"{self.path}: {what}")
+        if not path.is_file():
+            raise EscnetError(f"{self.path}: not an escnet run (no {self.CONFIG})")
+        return from_dict(read_config_file(path), str(path))
+
+    @cached_property
+    def config(self) -> TaskConfig:
+        return self.read_config()
+
+    def create(self, config: TaskConfig, resume: bool = False,
+               result_free: tuple[str, ...] = ()) -> None:
+        """Start a run here (the folder must be new or empty), or, with ``resume``, check that
+        ``config`` is this run's own (settings in ``result_free`` may differ); then save it."""
+        if resume:
+            old, new = self.read_config().flat(), config.flat()
+            changed = [k for k, v in new.items() if old.get(k) != v and k not in result_free]
+            if changed:
+                raise EscnetError(f"{self.path}: cannot resume with different settings "
+                                  f"({', '.join(changed)}); drop those changes or start a new run")
+        elif (self.path / self.CONFIG).exists():
+            raise EscnetError(f"{self.path}: already holds a run; resume it or choose another "
+                              "output folder")
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise EscnetError(f"{self.path}: a folder that is not empty and not an escnet run; "
+                              "choose a new or empty output folder")
+        make_output_dir(self.path)
+        config.save(self.path / self.CONFIG)
+        self.__dict__["config"] = config
+
+    # per-epoch history
+    def write_history(self, fold: str, history: list[dict]) -> None:
+        make_output_dir(self.fold_dir(fold))
+        atomic_write_text(self.history_path(fold),
+                          "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))
+
+    def read_history(self, fold: str) -> list[dict]:
+        path = self.history_path(fold)
+        if not path.exists():
+            return []
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EscnetError(f"{path}: damaged (not JSON lines); the run's checkpoint still holds "
+                              "its history: resume the run to rewrite it") from None
+
+    @cached_property
+    def histories(self) -> dict[str, list[dict]]:
+        """Per-epoch logs of every fold that logged an epoch."""
+        return {f: h for f in self.fold_names() if (h := self.read_history(f))}
+
+    @property
+    def finished(self) -> list[str]:
+        """Folds that ran all their epochs and whose held-out predictions are saved."""
+        epochs = self.config.train.num_epochs
+        return [f for f, h in self.histories.items()
+                if len(h) >= epochs and self.predictions_path(f).exists()]
+
+    def accuracy(self, fold: str) -> float:
+        """The last epoch's held-out accuracy of ``fold`` (the reported one)."""
+        return self.histories[fold][-1]["test_accuracy"]
+
+    def mean_std(self) -> tuple[float, float]:
+        return mean_std([self.accuracy(f) for f in self.finished])
+
+    def require_finished(self) -> list[str]:
+        """The finished folds, or an error saying how far each fold got."""
+        if not self.finished:
+            epochs = self.config.train.num_epochs
+            state = ", ".join(f"fold {f} at epoch {len(h)}/{epochs}" for f, h in self.histories.items())
+            raise EscnetError(f"{self.path}: no finished fold yet ({state or 'no epoch logged'})")
+        return self.finished
+
+    # summary and evaluation
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.path / self.SUMMARY, summary, indent=2)
+        self.__dict__.pop("summary", None)
+
+    @cached_property
+    def summary(self) -> dict:
+        """``summary.json``, or ``{}`` before the first fold ends."""
+        return self._read_json(self.SUMMARY)
+
+    def write_evaluation(self, result: dict) -> None:
+        atomic_write_json(self.path / self.EVALUATION, result)
+
+    def read_evaluation(self) -> dict:
+        return self._read_json(self.EVALUATION)
+
+    def _read_json(self, name: str) -> dict:
+        path = self.path / name
+        if not path.exists():
+            return {}
+        try:
+            value = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EscnetError(f"{path}: damaged (not valid JSON); delete it and rerun `escnet "
+                              "evaluate` on the run to rebuild the figures") from None
+        if not isinstance(value, dict):
+            raise EscnetError(f"{path}: damaged (not a JSON object)")
+        return value
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Class names, from the summary or, before the first fold ends, a checkpoint."""
+        if "classes" in self.summary:
+            return list(self.summary["classes"])
+        for fold in self.fold_names():
+            if self.checkpoint(fold).exists():
+                return load_checkpoint(self.checkpoint(fold))["classes"]
+        raise EscnetError(f"{self.path}: no summary.json and no checkpoint: its classes are unknown")
+
+    @property
+    def status(self) -> str:
+        planned = len(self.config.data.folds) or len(self.summary.get("folds", {}))
+        if self.summary.get("status") == "complete" and len(self.finished) >= planned:
+            return "complete"
+        n = len(self.finished)
+        return f"partial ({n} fold{'s' if n != 1 else ''} finished)"
+
+    # held-out predictions and the metrics derived from them
+    def save_predictions(self, fold: str, preds: Predictions) -> None:
+        """A fold's ``predictions.csv``, then its metrics files."""
+        preds.save(self.predictions_path(fold))
+        write_metrics(self.fold_dir(fold), preds)
+
+    def complete_fold_files(self, fold: str) -> None:
+        """Rewrite the metrics files of a fold whose predictions exist but whose metrics do not
+        (a kill between the two writes)."""
+        if self.predictions_path(fold).exists() and not (self.fold_dir(fold) / "metrics.json").exists():
+            write_metrics(self.fold_dir(fold), Predictions.load(self.predictions_path(fold), self.classes))
+
+    def predictions(self, folds: list[str] | None = None) -> Predictions | None:
+        """Pooled held-out predictions of ``folds`` (default: the finished ones), or ``None``
+        when any of them has none."""
+        folds = self.finished if folds is None else folds
+        files = [self.predictions_path(f) for f in folds]
+        if not files or not all(p.exists() for p in files):
+            return None
+        return Predictions.concat([Predictions.load(p, self.classes) for p in files])
+
+    def write_pooled_metrics(self, folds: list[str], classes: list[str]) -> dict:
+        """Metrics pooled over ``folds`` into the run's top folder."""
+        self.__dict__["classes"] = classes
+        return write_metrics(self.path, self.predictions(folds))
+
+    def fold_metrics(self, fold: str) -> dict:
+        path = self.fold_dir(fold) / "metrics.json"
+        with contextlib.suppress(json.JSONDecodeError, OSError, UnicodeDecodeError):
+            return json.loads(path.read_text())
+        return {}

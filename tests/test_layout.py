@@ -1,0 +1,82 @@
+"""The package's structure: no import cycles, and each stage in its own folder."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "escnet"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module → escnet modules it imports`` (imports inside functions count too); a module
+    importing its own package is left out (that is how a submodule is reached)."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                target = owner(name)
+                if target.startswith("escnet") and target != module and not module.startswith(target + "."):
+                    graph[module].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, nxt])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_in_the_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_folders_follow_the_data_path():
+    stages = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert {"data", "transforms", "models", "engine", "reports", "deploy"} <= stages
+    # The lower stages never reach up into the ones built on them.
+    graph = import_graph()
+    order = ["escnet.errors", "escnet.config", "escnet.data", "escnet.transforms", "escnet.models",
+             "escnet.runs", "escnet.engine", "escnet.deploy", "escnet.cli"]
+    rank = {m: max(i for i, stage in enumerate(order) if m == stage or m.startswith(stage + "."))
+            for m in graph if any(m == s or m.startswith(s + ".") for s in order)}
+    for module, targets in graph.items():
+        for target in targets:
+            if module in rank and target in rank:
+                assert rank[target] <= rank[module], f"{module} imports {target}, a later stage"
