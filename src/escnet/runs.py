@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from escnet.config import TaskConfig, from_dict, read_config_file
-from escnet.errors import CheckpointError, EscnetError
+from escnet.errors import CheckpointError, ConfigError, EscnetError
 from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
 from escnet.reports.metrics import classification_metrics, major_category
 
@@ -144,9 +144,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
             raise CheckpointError(f"{path}: not a trusted escnet checkpoint (it holds Python objects "
                                   "beyond weights and plain values); escnet does not load it") from None
         raise CheckpointError(f"{path}: not an escnet checkpoint (not a PyTorch file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not an escnet checkpoint, or a damaged one ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: not an escnet checkpoint, or a damaged or cut-off one") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not an escnet checkpoint (no format version or weights)")
     version = ckpt["format"]
@@ -162,6 +161,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
             raise CheckpointError(f"{path}: damaged checkpoint (its class list does not match its config)")
     except KeyError as err:
         raise CheckpointError(f"{path}: damaged checkpoint (no {err} entry)") from None
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     return ckpt
 
 
@@ -209,6 +210,15 @@ class RunDir:
 
     def history_path(self, fold: str) -> Path:
         return self.fold_dir(fold) / "metrics.jsonl"
+
+    @property
+    def exists(self) -> bool:
+        """Whether a run was started here (its config is saved)."""
+        return (self.path / self.CONFIG).is_file()
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     def fold_names(self) -> list[str]:
         """Folds with a folder, in numeric order (``random`` last)."""

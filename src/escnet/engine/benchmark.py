@@ -10,6 +10,7 @@ from escnet.engine.train import train
 from escnet.errors import ConfigError
 from escnet.models import list_models
 from escnet.reports.compare import compare
+from escnet.runs import RunDir
 
 
 def benchmark(models: list[str], data_dir: str, out_dir: str | Path, overrides: dict,
@@ -30,7 +31,7 @@ def benchmark(models: list[str], data_dir: str, out_dir: str | Path, overrides: 
     for name in models:
         config = load_config(None, {**overrides, "model.name": name, "data.data_dir": data_dir})
         run_dir = out / name
-        summary = train(config, run_dir, resume=(run_dir / "config.yaml").exists(), progress=progress)
+        summary = train(config, run_dir, resume=RunDir(run_dir).exists, progress=progress)
         if on_summary is not None:
             on_summary(summary)
         dirs.append(run_dir)

@@ -233,7 +233,7 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     run.create(config, resume, RESULT_FREE)
     data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
     if config.train.tensorboard:
-        callbacks = [*callbacks, tensorboard_logger(run.path / "tensorboard")]
+        callbacks = [*callbacks, tensorboard_logger(run.tensorboard_dir)]
     folds: dict[str, dict] = {}
     for name, train_idx, test_idx in splits:
         folds[name] = train_fold(config, data, table, name, train_idx, test_idx, run, progress,
