@@ -205,3 +205,21 @@ def test_augmented_copies_are_made_once_and_shared(small_config, tmp_path):
     assert len(list(cache.glob("aug-*.npy"))) == 3
     assert all(p.stat().st_mtime_ns == stamps[p.name] for p in copies)  # reused, not redone
     assert summary["feature_seconds"] == 0.0  # waveform mixing: features per batch
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_epoch(tmp_path, capsys):
+    from conftest import write_esc50_like
+
+    data = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2) for t in (0, 1) for i in range(3)])
+    args = ["train", "--data", str(data), "--model", "crnn", "--folds", "1", "--epochs", "3", "--quiet",
+            "--out", str(tmp_path / "r"), "--set", "data.sample_rate=8000", "--set", "features.n_fft=256",
+            "--set", "features.win_length=256", "--set", "features.hop_length=64", "--lr", "1e30"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "loss became" in err and "(not finite)" in err
+    assert "lower train.learning_rate" in err
+    logged = (tmp_path / "r" / "fold-1" / "metrics.jsonl")
+    epochs = logged.read_text().splitlines() if logged.exists() else []
+    assert all(np.isfinite(json.loads(e)["train_loss"]) for e in epochs)  # only good epochs kept
+    assert not (tmp_path / "r" / "summary.json").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ from escnet.runs import Predictions, RunDir, load_checkpoint, mean_std, save_che
 from escnet.transforms.batch import BatchAugment
 
 EpochCallback = Callable[[dict], None]
+
+
+class DivergedError(EscnetError):
+    """Training produced a non-finite loss; nothing of that epoch was saved."""
+
 log = logging.getLogger("escnet")
 
 
@@ -164,6 +170,11 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                                  f"fold {name} epoch {epoch}/{epochs}", progress, ema)
         held_out = predict_loader(scored, tests, device)
         entry |= {f"test_{k}": v for k, v in score(*held_out).items()}
+        bad = [k for k in ("train_loss", "test_loss") if not math.isfinite(entry[k])]
+        if bad:  # before anything of this epoch is saved
+            raise DivergedError(f"fold {name} epoch {epoch}: the {bad[0].replace('_', ' ')} became "
+                                f"{entry[bad[0]]} (not finite); lower train.learning_rate or check "
+                                "the data; the run keeps its last good epoch and resumes from it")
         entry["seconds"] = time.perf_counter() - start
         history.append(entry)
         _save_epoch(run, name, model, ema, optimizer, scheduler, config, table, history)
