@@ -5,8 +5,9 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from conftest import Page, esc50_subset_csv
+from conftest import Page, esc50_subset_csv, tone
 
 from escnet.cli import main
 from escnet.config import TaskConfig
@@ -163,11 +164,13 @@ def test_predict_keeps_the_readable_files_when_one_is_not(trained, esc50, tmp_pa
                                 "escnet: 1 of 2 files could not be read (listed above)"]
 
 
-def test_long_file_is_scored_in_windows(trained, esc50):
+def test_long_file_is_scored_in_windows(trained, tmp_path):
     run, _ = trained
     predictor = Predictor.from_path(run)
-    probs, n = predictor.probabilities(np.zeros(16000 * 12, np.float32))
-    assert n == 4 and probs.shape == (5,) and abs(probs.sum() - 1) < 1e-5  # 12 s: windows at 0, 2.5, 5, 7 s
+    sf.write(tmp_path / "long.wav", tone(440, 16000, 12.0), 16000)
+    result = predictor.predict_file(tmp_path / "long.wav", top_k=5)
+    assert result.windows == 4 and result.duration == 12.0  # 12 s: windows at 0, 2.5, 5, 7 s
+    assert abs(sum(p for _, p in result.top) - 1) < 1e-5
 
 
 def test_augmented_training_is_the_same_with_or_without_workers(small_config, trained, tmp_path):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from escnet.config import list_presets, load_config, parse_overrides, similar_settings
-from escnet.data.download import ESC50_URL
 from escnet.errors import AudioError, EscnetError
 
 # Explicit flags of `escnet train` and the config setting each one sets.
@@ -98,31 +97,79 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise EscnetError(f"--top-k {args.top_k}: must be at least 1")
-    predictor = Predictor.from_path(args.model, args.device)
+    if args.threads is not None and args.threads < 1:
+        raise EscnetError(f"--threads {args.threads}: must be at least 1")
+    if not args.timeline and (args.hop is not None or args.out or args.plot):
+        raise EscnetError("--hop, --out and --plot describe a timeline: add --timeline")
+    if args.plot and len(args.files) > 1:
+        raise EscnetError(f"--plot draws one recording; {len(args.files)} files were given")
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and Path(path).exists():
+            raise EscnetError(f"{flag} {path}: already exists; choose another name (escnet does not "
+                              "overwrite it)")
+    predictor = Predictor.from_path(args.model, args.device, args.threads, silence_db=args.silence_db)
+    if args.sample_rate is not None and args.sample_rate != predictor.info.sample_rate:
+        raise EscnetError(f"{args.model}: the model takes {predictor.info.sample_rate} Hz audio, not "
+                          f"--sample-rate {args.sample_rate}")
     results, unreadable = [], 0
     for path in args.files:  # one bad file among many costs only its own line
         try:
-            results.append(predictor.predict_file(path, args.top_k))
+            results.append(predictor.timeline(path, args.hop) if args.timeline
+                           else predictor.predict_file(path, args.top_k))
         except AudioError as err:
             print(f"escnet: error: {err}", file=sys.stderr)
             unreadable += 1
-    if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+    if args.timeline:
+        _print_timelines(results, args)
+    elif args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, allow_nan=False))
     else:
         for r in results:
-            print(f"{r.path} ({r.windows} window{'s' if r.windows > 1 else ''}):")
+            print(f"{r.path} ({r.windows} window{'' if r.windows == 1 else 's'}):")
             for label, prob in r.top:
                 print(f"  {prob:7.2%}  {label}")
+            for note in r.notes:
+                print(f"  note: {note}")
     if unreadable:
         print(f"escnet: {unreadable} of {len(args.files)} files could not be read (listed above)",
               file=sys.stderr)
     return 2 if unreadable else 0
 
 
-def _download(args: argparse.Namespace) -> int:
-    from escnet.data.download import download_esc50
+def _print_timelines(timelines: list, args: argparse.Namespace) -> None:
+    from escnet.deploy.timeline import plot_timeline, timeline_csv, timeline_json, write_timeline
 
-    folder = download_esc50(args.root, args.url, args.sha256, progress=not args.quiet)
+    if args.out:
+        print(f"wrote {write_timeline(timelines, args.out)}", file=sys.stderr)
+    else:
+        print(timeline_json(timelines) if args.json else timeline_csv(timelines), end="")
+    if args.plot and timelines:
+        print(f"wrote {plot_timeline(timelines[0], args.plot)}", file=sys.stderr)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from escnet.deploy.export import export
+
+    result = export(args.source, args.out, args.fold, args.ensemble, args.quantize, args.data,
+                    args.calibration_clips)
+    info = result.info
+    acc = "" if info.held_out_accuracy is None else \
+        f", held-out accuracy {100 * info.held_out_accuracy:.1f} % (PyTorch)"
+    print(f"wrote {result.path}: {info.model}, folds {','.join(info.folds)}, {len(info.classes)} "
+          f"classes, {info.sample_rate} Hz, {info.clip_seconds:g} s clips{acc}; ONNX Runtime "
+          f"matches PyTorch within {result.max_difference:.1g}")
+    for note in result.notes:
+        print(f"escnet: {note}", file=sys.stderr)
+    if result.int8_path:
+        scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f} %" for k, v in result.accuracy.items())
+        print(f"wrote {result.int8_path}: int8 ({scores} on the held-out clips)")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from escnet.data.download import ESC50_URL, download_esc50
+
+    folder = download_esc50(args.root, args.url or ESC50_URL, args.sha256, progress=not args.quiet)
     print(f"ESC-50 ready in {folder}; train with: escnet train --data {folder}")
     return 0
 
@@ -229,18 +276,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="classify audio files")
-    p.add_argument("--model", required=True, metavar="RUNDIR_OR_CHECKPOINT")
+    p = sub.add_parser("predict", help="classify audio files (whole, or as a timeline)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="an exported .onnx file (ONNX Runtime, no PyTorch needed), a run folder "
+                   "(all its fold models averaged) or a .pt checkpoint")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of text (or CSV)")
+    p.add_argument("--timeline", action="store_true", help="the top class of every window over "
+                   "time (CSV: file,start,end,label,probability,level_db) instead of one average")
+    p.add_argument("--hop", type=float, metavar="SECONDS",
+                   help="timeline: seconds between window starts (default half a clip)")
+    p.add_argument("--out", metavar="FILE", help="timeline: write .csv or .json here, not stdout")
+    p.add_argument("--plot", metavar="PNG", help="timeline: also draw it (one input file)")
+    p.add_argument("--silence-db", type=float, default=-60.0, metavar="DBFS",
+                   help="windows quieter than this RMS level get no label (default -60)")
+    p.add_argument("--sample-rate", type=int, metavar="HZ",
+                   help="refuse a model that does not take audio at this rate")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a trained model to ONNX (waveform in, "
+                       "probabilities out)")
+    p.add_argument("source", metavar="RUNDIR_OR_CHECKPOINT")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--fold", help="the fold model to export from a run of several")
+    p.add_argument("--ensemble", action="store_true", help="average all the run's fold models")
+    p.add_argument("--quantize", choices=["int8"], help="also write FILE.int8.onnx, calibrated "
+                   "on training clips, with its held-out accuracy beside the float one")
+    p.add_argument("--data", help="the run's dataset, if it moved since training")
+    p.add_argument("--calibration-clips", type=int, default=200, metavar="N")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("download", help="download and verify a dataset")
     p.add_argument("dataset", choices=["esc50"])
     p.add_argument("--root", required=True, help="folder to put the dataset in")
-    p.add_argument("--url", default=ESC50_URL, help="mirror of the ESC-50 archive")
+    p.add_argument("--url", help="mirror of the ESC-50 archive (default: the official GitHub one)")
     p.add_argument("--sha256", help="expected checksum of the archive")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_download)
@@ -313,9 +385,12 @@ class _Lines(logging.Handler):
     progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"escnet: {record.getMessage()}", file=sys.stderr)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # the runtime-only install has no progress bars to keep clear of
+            print(f"escnet: {record.getMessage()}", file=sys.stderr)
+        else:
+            tqdm.write(f"escnet: {record.getMessage()}", file=sys.stderr)
 
 
 def _talk() -> None:

@@ -5,6 +5,7 @@ All waveforms are ``float32`` NumPy arrays of shape ``(samples,)`` with values i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +18,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
 
 
-def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = None) -> np.ndarray:
-    """Decode ``path`` to a mono waveform at ``sample_rate`` Hz.
-
-    Channels are averaged (keeps the level, unlike a sum). With ``num_samples`` the result is
-    padded with zeros at the end or cropped to exactly that many samples.
-
-    Returns:
-        ``(samples,)`` float32.
-
-    Raises:
-        AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
-    """
-    path = Path(path)
+def _check_file(path: Path) -> sf.SoundFile:
+    """Open ``path`` for decoding after the checks every reader shares."""
     if path.is_dir():
         raise AudioError(f"{path}: is a folder; give audio files (e.g. {path}/*.wav)")
     if not path.is_file():
@@ -38,24 +28,88 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AudioError(f"{path}: not a readable audio file ({reason})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
+        raise AudioError(f"{path}: not a readable audio file ({_reason(err)})") from None
     # libsndfile decodes what is there of a cut-off file; for WAV it notes the shortfall as
     # "data : <declared> (should be <present>)" in its header dump.
     truncated = [ln for ln in info.extra_info.splitlines()
                  if ln.startswith("data") and "(should be" in ln]
     if truncated:
+        handle.close()
         raise AudioError(f"{path}: truncated file ({truncated[0].strip()} bytes); re-download it")
+    return handle
+
+
+def _reason(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _mono_block(handle: sf.SoundFile, frames: int, path: Path) -> np.ndarray:
+    """The next ``frames`` (or fewer, at the end) samples, channels averaged (keeps the level,
+    unlike a sum), checked for NaN/inf."""
+    try:
+        data = handle.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
+        raise AudioError(f"{path}: not a readable audio file ({_reason(err)})") from None
     mono = data.mean(axis=1)
     if not np.isfinite(mono).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
+    return mono
+
+
+def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = None) -> np.ndarray:
+    """Decode ``path`` to a mono waveform at ``sample_rate`` Hz.
+
+    Channels are averaged. With ``num_samples`` the result is padded with zeros at the end or
+    cropped to exactly that many samples.
+
+    Returns:
+        ``(samples,)`` float32.
+
+    Raises:
+        AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
+    """
+    path = Path(path)
+    with _check_file(path) as handle:
+        rate = handle.samplerate
+        mono = _mono_block(handle, -1, path)
+    if mono.shape[0] == 0:
+        raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return fix_length(mono, num_samples) if num_samples is not None else mono
+
+
+def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 60.0
+                 ) -> Iterator[np.ndarray]:
+    """Decode ``path`` block by block: mono ``float32`` blocks at ``sample_rate`` Hz whose
+    concatenation equals :func:`load_audio`'s result (soxr's stream resampler gives the same
+    samples as its one-shot call), holding about ``block_seconds`` of audio at a time.
+
+    Raises:
+        AudioError: as :func:`load_audio`, when the problem is found (a NaN deep in a long file
+        is found when its block is read).
+    """
+    path = Path(path)
+    with _check_file(path) as handle:
+        rate = handle.samplerate
+        frames = max(1, int(block_seconds * rate))
+        resampler = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+                     if rate != sample_rate else None)
+        seen = 0
+        while True:
+            block = _mono_block(handle, frames, path)
+            seen += block.shape[0]
+            last = block.shape[0] < frames
+            if seen == 0:
+                raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
+            if resampler is not None:
+                block = resampler.resample_chunk(block, last=last)
+            if block.shape[0]:
+                yield block
+            if last:
+                return
 
 
 def fix_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
@@ -66,19 +120,44 @@ def fix_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
 
 
 def windows(wav: np.ndarray, num_samples: int, hop: int | None = None) -> np.ndarray:
-    """Cut ``wav`` into windows of ``num_samples`` for scoring audio of any length.
-
-    A clip no longer than one window is zero-padded into one window. Longer audio gets windows
-    every ``hop`` samples (default half a window), the last one aligned with the end so that
-    nothing is dropped.
+    """Cut ``wav`` into windows of ``num_samples`` for scoring audio of any length (the windows
+    of :func:`stream_windows`, stacked).
 
     Returns:
         ``(windows, num_samples)`` float32.
     """
-    if wav.shape[0] <= num_samples:
-        return fix_length(wav, num_samples)[None]
-    hop = hop or num_samples // 2
-    starts = list(range(0, wav.shape[0] - num_samples + 1, hop))
-    if starts[-1] != wav.shape[0] - num_samples:
-        starts.append(wav.shape[0] - num_samples)
-    return np.stack([wav[s : s + num_samples] for s in starts])
+    return np.stack([w for _, w, _ in stream_windows([wav], num_samples, hop)])
+
+
+def stream_windows(blocks: Iterable[np.ndarray], num_samples: int, hop: int | None = None
+                   ) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Windows of ``num_samples`` over audio arriving in ``blocks`` (e.g. from
+    :func:`stream_audio`), holding at most one block and one window in memory.
+
+    Windows start every ``hop`` samples (default half a window); the last one is aligned with
+    the end so that nothing is dropped. Audio no longer than one window gives one window,
+    zero-padded at the end.
+
+    Yields:
+        ``(start, window, valid)``: the first sample's index, the ``(num_samples,)`` float32
+        window, and how many of its samples are audio (the rest is padding).
+    """
+    hop = hop or max(1, num_samples // 2)
+    buffer = np.zeros(0, np.float32)
+    offset = 0  # index of buffer[0] in the whole recording
+    start = 0  # next window's start
+    last_start = None
+    for block in blocks:
+        buffer = np.concatenate([buffer, block.astype(np.float32, copy=False)])
+        while start + num_samples <= offset + buffer.shape[0]:
+            yield start, buffer[start - offset : start - offset + num_samples].copy(), num_samples
+            last_start, start = start, start + hop
+        # keep what the next window needs, and the last window's worth for the end
+        drop = min(start, offset + buffer.shape[0] - num_samples) - offset
+        if drop > 0:
+            buffer, offset = buffer[drop:], offset + drop
+    total = offset + buffer.shape[0]
+    if last_start is None:  # shorter than one window (or exactly as long: already yielded)
+        yield 0, fix_length(buffer[-total:] if total else buffer, num_samples), total
+    elif last_start + num_samples < total:
+        yield total - num_samples, buffer[buffer.shape[0] - num_samples :].copy(), num_samples

@@ -1,73 +1,237 @@
-"""Inference: classify audio files of any length with a trained run or checkpoint."""
+"""Inference: classify audio files of any length with a trained run, checkpoint or ONNX export.
+
+This module imports no PyTorch: an ``.onnx`` model runs on ONNX Runtime alone
+(``pip install 'escnet[runtime]'``); run directories and ``.pt`` checkpoints load
+:mod:`escnet.deploy.torch_model` when asked for.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
-import torch
+import soundfile as sf
 
-from escnet.data.audio import load_audio, windows
-from escnet.errors import CheckpointError, EscnetError
-from escnet.runs import RunDir, load_model
+from escnet.data.audio import stream_audio, stream_windows
+from escnet.deploy.onnx_model import ModelInfo, OnnxModel
+from escnet.errors import AudioError, EscnetError
+
+SILENCE_DB = -60.0
+"""Windows quieter than this (RMS, dB relative to full scale) get no label. Every ESC-50 clip is
+louder than -57 dBFS; digital silence and a quiet room's hiss are below it."""
+
+
+class Model(Protocol):
+    """What a :class:`Predictor` runs: ``(n, clip_samples)`` windows → ``(n, classes)``
+    probabilities, and the :class:`ModelInfo` that says how to cut the windows."""
+
+    info: ModelInfo
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+def load_model_file(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
+    """An ``.onnx`` export (ONNX Runtime), or a run directory or ``.pt`` checkpoint (PyTorch)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxModel(path, threads)
+    try:
+        from escnet.deploy.torch_model import TorchModel
+    except ImportError as err:
+        raise EscnetError(f"{path}: running a run folder or .pt checkpoint needs PyTorch ({err.name} is "
+                          "not installed); export it to ONNX, or pip install 'escnet[train]'") from None
+    return TorchModel.from_path(path, device)
+
+
+def level_db(samples: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
+    power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
+    return round(10 * math.log10(max(power, 1e-12)), 2)
+
+
+class WindowScore(NamedTuple):
+    start: int
+    """First sample, at the model's rate."""
+    valid: int
+    """Samples of audio in the window (the rest is zero padding)."""
+    level_db: float
+    peak: float
+    """Largest absolute sample value (above 1: clipped or wrongly scaled input)."""
+    probabilities: np.ndarray | None
+    """``(classes,)``, or ``None`` for a window quieter than the silence gate."""
+
+
+@dataclass
+class Timeline:
+    """Per-window scores over a recording: window ``i`` spans ``starts[i]``–``ends[i]``
+    seconds; ``probabilities[i]`` is ``(classes,)``, or NaN for a window gated as silence."""
+
+    path: str
+    classes: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    probabilities: np.ndarray
+    levels: np.ndarray
+    """RMS level of each window's audio in dBFS."""
+    duration: float
+    """Seconds of audio in the file (at the model's rate)."""
+    silence_db: float
+
+    @property
+    def silent(self) -> np.ndarray:
+        return self.levels < self.silence_db
+
+    def rows(self, top_k: int = 1) -> list[dict]:
+        """One dict per window: ``start, end, label, probability, level_db`` (label and
+        probability ``None`` for silence) and, with ``top_k`` > 1, the ``top`` classes."""
+        out = []
+        for i in range(len(self.starts)):
+            row = {"start": round(float(self.starts[i]), 3), "end": round(float(self.ends[i]), 3),
+                   "label": None, "probability": None, "level_db": float(self.levels[i])}
+            if not self.silent[i]:
+                order = np.argsort(-self.probabilities[i])[:top_k]
+                row["label"] = self.classes[order[0]]
+                row["probability"] = round(float(self.probabilities[i, order[0]]), 6)
+                if top_k > 1:
+                    row["top"] = [{"label": self.classes[j],
+                                   "probability": round(float(self.probabilities[i, j]), 6)}
+                                  for j in order]
+            out.append(row)
+        return out
 
 
 @dataclass
 class Prediction:
     path: str
     top: list[tuple[str, float]]
-    """``(class name, probability)`` pairs, most probable first."""
+    """``(class name, probability)`` pairs, most probable first; empty if the file is silent."""
     windows: int
-    """How many clip-length windows were scored and averaged."""
+    """How many clip-length windows were scored and averaged (silent ones left out)."""
+    duration: float
+    """Seconds of audio."""
+    level_db: float
+    """The loudest window's RMS level, dBFS."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know about this input (silence, a low sample rate, clipping)."""
+
+    @property
+    def silent(self) -> bool:
+        return not self.top
 
     def to_dict(self) -> dict:
-        return {"file": self.path, "windows": self.windows,
+        return {"file": self.path, "windows": self.windows, "duration": round(self.duration, 3),
+                "level_db": self.level_db, "silent": self.silent, "notes": self.notes,
                 "top": [{"label": c, "probability": round(p, 6)} for c, p in self.top]}
 
 
 class Predictor:
-    """One or more trained :class:`~escnet.models.SoundClassifier` checkpoints, averaged.
+    """Scores clip-length windows of a recording with a :class:`Model` and either averages
+    them (:meth:`predict_file`) or lists them over time (:meth:`timeline`). Audio is decoded
+    and resampled block by block and scored ``batch_size`` windows at a time, so memory stays
+    bounded however long the file.
 
-    ``Predictor.from_path(RUNDIR)`` uses every fold's ``last.pt`` of a cross-validation run (an
-    ensemble of the fold models); ``Predictor.from_path(FILE.pt)`` uses that one checkpoint.
+    Args:
+        model: see :func:`load_model_file`.
+        batch_size: windows per model call.
+        silence_db: windows quieter than this (RMS, dBFS) get no label.
     """
 
-    def __init__(self, checkpoints: list[Path], device: str = "cpu") -> None:
-        if not checkpoints:
-            raise EscnetError("no checkpoints given")
-        self.device = torch.device(device)
-        loaded = [load_model(p, self.device) for p in checkpoints]
-        self.models = [m for m, _ in loaded]
-        self.config = loaded[0][1]["config"]
-        self.classes: list[str] = loaded[0][1]["classes"]
-        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
-            config = ckpt["config"]
-            if ckpt["classes"] != self.classes or config.data.sample_rate != self.config.data.sample_rate \
-                    or config.length_wav != self.config.length_wav:
-                raise CheckpointError(f"{path}: its classes or audio settings differ from {checkpoints[0]}")
+    def __init__(self, model: Model, batch_size: int = 16, silence_db: float = SILENCE_DB) -> None:
+        if batch_size < 1:
+            raise EscnetError(f"batch_size={batch_size}: must be >= 1")
+        if not math.isfinite(silence_db):
+            raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
+        self.model, self.batch_size, self.silence_db = model, batch_size, silence_db
+        self.info = model.info
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "cpu") -> Predictor:
-        path = Path(path)
-        if path.is_dir():
-            run = RunDir(path)
-            found = [run.checkpoint(f) for f in run.fold_names() if run.checkpoint(f).exists()]
-            if not found:
-                raise CheckpointError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
-            return cls(found, device)
-        return cls([path], device)
+    def from_path(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
+                  **kwargs) -> Predictor:
+        return cls(load_model_file(path, device, threads), **kwargs)
 
-    @torch.inference_mode()
-    def probabilities(self, wav: np.ndarray) -> tuple[np.ndarray, int]:
-        """Class probabilities ``(classes,)`` of a mono waveform at the model's rate, averaged
-        over clip-length windows and over models; also the number of windows."""
-        batch = torch.from_numpy(windows(wav, self.config.length_wav)).to(self.device)
-        probs = torch.stack([m(batch).softmax(-1).mean(0) for m in self.models]).mean(0)
-        return probs.cpu().numpy(), batch.shape[0]
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def _hop(self, hop_seconds: float | None) -> int:
+        if hop_seconds is None:
+            return max(1, self.info.clip_samples // 2)
+        if not (math.isfinite(hop_seconds) and hop_seconds > 0):
+            raise EscnetError(f"--hop {hop_seconds}: must be a positive number of seconds")
+        return max(1, round(hop_seconds * self.info.sample_rate))
+
+    def scores(self, path: str | Path, hop_seconds: float | None = None) -> Iterator[WindowScore]:
+        """Every window of the recording, scored unless it is silent."""
+        pending: list[tuple[WindowScore, np.ndarray]] = []
+
+        def flush() -> Iterator[WindowScore]:
+            loud = [w for score, w in pending if score.level_db >= self.silence_db]
+            probs = iter(self.model(np.stack(loud)) if loud else [])
+            for score, _ in pending:
+                yield score._replace(probabilities=next(probs)) if score.level_db >= self.silence_db \
+                    else score
+            pending.clear()
+
+        blocks = stream_audio(path, self.info.sample_rate)
+        for start, window, valid in stream_windows(blocks, self.info.clip_samples,
+                                                   self._hop(hop_seconds)):
+            audio = window[:valid]
+            pending.append((WindowScore(start, valid, level_db(audio),
+                                        float(np.abs(audio).max(initial=0.0)), None), window))
+            if len(pending) == self.batch_size:
+                yield from flush()
+        yield from flush()
+
+    def timeline(self, path: str | Path, hop_seconds: float | None = None) -> Timeline:
+        """Per-window probabilities over the whole recording (windows every ``hop_seconds``,
+        default half a clip; the last aligned with the end)."""
+        rate, rows = self.info.sample_rate, list(self.scores(path, hop_seconds))
+        nan = np.full(len(self.classes), np.nan, np.float32)
+        starts = np.array([r.start for r in rows]) / rate
+        ends = np.array([r.start + r.valid for r in rows]) / rate
+        return Timeline(str(path), self.classes, starts, ends,
+                        np.stack([nan if r.probabilities is None else r.probabilities for r in rows]),
+                        np.array([r.level_db for r in rows]), float(ends.max()), self.silence_db)
 
     def predict_file(self, path: str | Path, top_k: int = 5) -> Prediction:
-        wav = load_audio(path, self.config.data.sample_rate)
-        probs, n = self.probabilities(wav)
-        order = np.argsort(-probs)[:top_k]
-        return Prediction(str(path), [(self.classes[i], float(probs[i])) for i in order], n)
+        """Class probabilities averaged over the file's non-silent windows."""
+        total, count, duration, loudest, peak = None, 0, 0.0, -120.0, 0.0
+        for r in self.scores(path):
+            duration = max(duration, (r.start + r.valid) / self.info.sample_rate)
+            loudest, peak = max(loudest, r.level_db), max(peak, r.peak)
+            if r.probabilities is not None:
+                p = r.probabilities.astype(np.float64)
+                total, count = (p if total is None else total + p), count + 1
+        top: list[tuple[str, float]] = []
+        if total is not None:
+            mean = total / count
+            if not np.isfinite(mean).all():
+                raise EscnetError(f"{path}: the model gave non-finite probabilities (are its weights "
+                                  "damaged?)")
+            top = [(self.classes[i], float(mean[i])) for i in np.argsort(-mean)[:top_k]]
+        return Prediction(str(path), top, count, duration, loudest,
+                          self._notes(path, duration, loudest, peak))
+
+    def _notes(self, path: str | Path, duration: float, loudest: float, peak: float) -> list[str]:
+        notes = []
+        if loudest < self.silence_db:
+            notes.append(f"silent (loudest window {loudest:.0f} dBFS, below {self.silence_db:g}): "
+                         "no label")
+        try:
+            rate = sf.info(str(path)).samplerate
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:  # it was just decoded
+            raise AudioError(f"{path}: not a readable audio file ({err})") from None
+        if rate < self.info.sample_rate:
+            notes.append(f"recorded at {rate} Hz, below the model's {self.info.sample_rate} Hz: "
+                         f"sounds above {rate // 2} Hz are missing, so expect lower accuracy")
+        if duration < 0.5 * self.info.clip_seconds:
+            notes.append(f"only {duration:.2f} s of audio; the model was trained on "
+                         f"{self.info.clip_seconds:g} s clips (zero-padded to one)")
+        if peak > 1.0:
+            notes.append(f"samples reach {peak:.3g}, beyond full scale (±1): clipped or wrongly "
+                         "scaled audio")
+        return notes

@@ -200,7 +200,7 @@ def _save_epoch(run: RunDir, fold: str, model, ema: AveragedModel | None, optimi
     """
     scored = model if ema is None else ema.module
     weights = {"model": scored.state_dict(), "config": config.to_dict(), "classes": table.classes,
-               "epoch": history[-1]["epoch"], "test_accuracy": history[-1]["test_accuracy"]}
+               "fold": fold, "epoch": history[-1]["epoch"], "test_accuracy": history[-1]["test_accuracy"]}
     run.write_history(fold, history)
     if history[-1]["test_accuracy"] >= max(h["test_accuracy"] for h in history):
         save_checkpoint(run.checkpoint(fold, "best"), weights)

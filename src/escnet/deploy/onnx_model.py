@@ -1,0 +1,123 @@
+"""Run an exported escnet ONNX file with ONNX Runtime: no PyTorch needed.
+
+The file alone is enough: :func:`escnet.deploy.export.export` writes the class names, sample
+rate and clip length into its metadata, and the log-mel is part of the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from escnet.errors import CheckpointError, EscnetError
+
+FORMAT = "1"
+"""Version of the metadata layout below; a runtime refuses files of a newer one."""
+INPUT, OUTPUTS = "waveform", ("probabilities", "logits")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported file says about itself (all of it in the ONNX metadata)."""
+
+    classes: list[str]
+    sample_rate: int
+    """Hz: the rate the graph's waveform input must have."""
+    clip_samples: int
+    """Samples of the clips the model was trained on; windows of this length are scored."""
+    model: str
+    precision: str
+    """``float32`` or ``int8``."""
+    held_out_accuracy: float | None
+    """The run's accuracy on clips it never trained on (for ``int8``, measured on the int8
+    file); ``None`` when none could be measured (an ensemble of all folds)."""
+    folds: list[str]
+    escnet_version: str
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.clip_samples / self.sample_rate
+
+    def metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The ONNX ``metadata_props`` that describe this model (strings only)."""
+        acc = "" if self.held_out_accuracy is None else f"{self.held_out_accuracy:.6f}"
+        return {"escnet.format": FORMAT, "escnet.version": self.escnet_version,
+                "escnet.model": self.model, "escnet.classes": json.dumps(self.classes),
+                "escnet.sample_rate": str(self.sample_rate),
+                "escnet.clip_samples": str(self.clip_samples),
+                "escnet.clip_seconds": f"{self.clip_seconds:g}", "escnet.precision": self.precision,
+                "escnet.held_out_accuracy": acc, "escnet.folds": json.dumps(self.folds),
+                **(extra or {})}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
+        if "escnet.format" not in meta:
+            raise CheckpointError(f"{path}: an ONNX model, but not an escnet export (no escnet "
+                                  "metadata); export a run with `escnet export`")
+        if meta["escnet.format"] != FORMAT:
+            raise CheckpointError(f"{path}: escnet ONNX format {meta['escnet.format']!r}; this escnet "
+                                  f"reads format {FORMAT} (upgrade escnet or re-export)")
+        try:
+            acc = meta.get("escnet.held_out_accuracy", "")
+            info = cls(classes=[str(c) for c in json.loads(meta["escnet.classes"])],
+                       sample_rate=int(meta["escnet.sample_rate"]),
+                       clip_samples=int(meta["escnet.clip_samples"]), model=meta["escnet.model"],
+                       precision=meta.get("escnet.precision", "float32"),
+                       held_out_accuracy=float(acc) if acc else None,
+                       folds=[str(f) for f in json.loads(meta.get("escnet.folds", "[]"))],
+                       escnet_version=meta.get("escnet.version", "?"))
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: damaged escnet metadata ({type(err).__name__}: {err})") from None
+        if not info.classes or info.sample_rate <= 0 or info.clip_samples <= 0:
+            raise CheckpointError(f"{path}: damaged escnet metadata (no classes, or a rate or clip "
+                                  "length that is not positive)")
+        return info
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EscnetError("running an ONNX model needs ONNX Runtime: pip install 'escnet[runtime]'") from None
+    onnxruntime.set_default_logger_severity(3)  # errors only; its warnings are not the user's
+    return onnxruntime
+
+
+class OnnxModel:
+    """An exported model: ``model(windows (n, clip_samples) float32) → (n, classes)``
+    probabilities, on ONNX Runtime's CPU provider.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        if self.path.is_dir() or not self.path.exists():
+            raise CheckpointError(f"{self.path}: model file not found")
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own classes for every kind of bad file
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{self.path}: not a readable ONNX model, or a damaged or cut-off "
+                                  f"one ({reason[:200]})") from None
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map,
+                                            self.path)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = {o.name for o in self.session.get_outputs()}
+        if inputs != [INPUT] or OUTPUTS[0] not in outputs:
+            raise CheckpointError(f"{self.path}: escnet metadata, but inputs {inputs} and outputs "
+                                  f"{sorted(outputs)} (expected {INPUT!r} → {OUTPUTS[0]!r})")
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUTS[0]], {INPUT: np.ascontiguousarray(windows, np.float32)})[0]

@@ -1,0 +1,67 @@
+"""Run trained checkpoints with PyTorch: the path for run directories and ``.pt`` files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import escnet
+from escnet.deploy.onnx_model import ModelInfo
+from escnet.errors import CheckpointError
+from escnet.runs import RunDir, load_model
+
+
+def fold_of(path: Path, ckpt: dict) -> str:
+    """The fold a checkpoint was trained for: saved in it, or its folder's name (``fold-K``)."""
+    return str(ckpt.get("fold") or path.parent.name.removeprefix("fold-"))
+
+
+class TorchModel:
+    """One or more :class:`~escnet.models.SoundClassifier` checkpoints, their probabilities
+    averaged: ``model(windows (n, clip_samples)) → (n, classes)`` as :class:`OnnxModel`.
+
+    ``TorchModel.from_path(RUNDIR)`` uses every fold's ``last.pt`` of a cross-validation run (an
+    ensemble of the fold models); ``TorchModel.from_path(FILE.pt)`` uses that one checkpoint.
+    """
+
+    def __init__(self, checkpoints: list[Path], device: str = "cpu") -> None:
+        if not checkpoints:
+            raise CheckpointError("no checkpoints given")
+        self.device = torch.device(device)
+        loaded = [load_model(p, self.device) for p in checkpoints]
+        self.models = [m for m, _ in loaded]
+        first = loaded[0][1]
+        self.config = first["config"]
+        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
+            config = ckpt["config"]
+            if ckpt["classes"] != first["classes"] or config.features != self.config.features \
+                    or config.data.sample_rate != self.config.data.sample_rate \
+                    or config.length_wav != self.config.length_wav:
+                raise CheckpointError(f"{path}: its classes or audio settings differ from "
+                                      f"{checkpoints[0]}")
+        single = len(loaded) == 1 and "test_accuracy" in first
+        self.info = ModelInfo(
+            classes=list(first["classes"]), sample_rate=self.config.data.sample_rate,
+            clip_samples=self.config.length_wav, model=self.config.model.name, precision="float32",
+            held_out_accuracy=float(first["test_accuracy"]) if single else None,
+            folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
+            escnet_version=escnet.__version__)
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "cpu") -> TorchModel:
+        path = Path(path)
+        if path.is_dir():
+            run = RunDir(path)
+            found = [run.checkpoint(f) for f in run.fold_names() if run.checkpoint(f).exists()]
+            if not found:
+                raise CheckpointError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
+            return cls(found, device)
+        return cls([path], device)
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
+        probs = torch.stack([m(batch).softmax(-1) for m in self.models]).mean(0)
+        return probs.cpu().numpy()
