@@ -5,7 +5,7 @@ Exports the run's fold model (``escnet export --quantize int8``, which also scor
 on the held-out fold), then, on real 5 s clips:
 
 - latency per clip, batch 1, one thread: median and p99 for eager / ORT float32 / ORT int8;
-- clips per second on two threads, batches of 16;
+- clips per second on two threads, batches of 16 (ORT: two one-clip calls at a time);
 - peak resident memory of a process that loads the model and classifies 64 clips;
 - a WAV file (an ESC-50 clip at 44.1 kHz) to probabilities: decode, resample, model, one thread;
 - the timeline of a long recording (real clips and silences, 44.1 kHz WAV, default hop of half a
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,10 @@ def _worker(args: argparse.Namespace) -> None:
         for i in range(0, len(clips), 16):
             model(clips[i : i + 16])
         out = {}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    out["peak_rss_mb"] = peak_kb / 1024
     print(json.dumps(out))
 
 
@@ -152,8 +154,8 @@ def main() -> None:
     paths = {"eager": str(checkpoint), "float32": str(tmp / "model.onnx"),
              "int8": str(tmp / "model.int8.onnx")}
 
-    torch.set_num_threads(1)
     print(f"machine: {machine_description()}")
+    torch.set_num_threads(1)
     print(f"model: {result.info.model} from {args.run} fold {fold}, {result.info.sample_rate} Hz, "
           f"{result.info.clip_seconds:g} s clips; ONNX Runtime float32 within "
           f"{result.max_difference:.1g} of PyTorch")

@@ -34,6 +34,9 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "pretrained": ("model.pretrained", str, "weights to start from: a path, a URL, or a known name "
                    "(vgg19: imagenet)"),
 }
+# Libraries of the extras ([train], [export]); a command that needs a missing one says which.
+OPTIONAL_LIBRARIES = {"torch", "librosa", "tqdm", "audiomentations", "matplotlib", "sklearn", "onnx",
+                      "onnxscript", "onnxruntime", "tensorboard"}
 SWITCHES = {"skip_bad": "data.skip_bad", "balanced": "data.balanced_sampling",
             "tensorboard": "train.tensorboard"}
 
@@ -103,6 +106,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise EscnetError("--hop, --out and --plot describe a timeline: add --timeline")
     if args.plot and len(args.files) > 1:
         raise EscnetError(f"--plot draws one recording; {len(args.files)} files were given")
+    if args.plot:
+        import matplotlib  # noqa: F401  (before scoring: say it is missing first, not last)
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path and Path(path).exists():
             raise EscnetError(f"{flag} {path}: already exists; choose another name (escnet does not "
@@ -410,6 +415,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in OPTIONAL_LIBRARIES:
+            raise
+        extra = "export" if args.command == "export" else "train"
+        why = "" if args.command == "predict" else " (the runtime install only classifies with .onnx models)"
+        print(f"escnet: error: escnet {args.command} needs {err.name.split('.')[0]}, which is not "
+              f"installed: pip install 'escnet[{extra}]'{why}", file=sys.stderr)
+        return 2
     except EscnetError as err:
         print(f"escnet: error: {_flag_hint(str(err))}", file=sys.stderr)
         return 2

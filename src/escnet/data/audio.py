@@ -35,6 +35,9 @@ def _check_file(path: Path) -> sf.SoundFile:
     # "data : <declared> (should be <present>)" in its header dump.
     truncated = [ln for ln in info.extra_info.splitlines()
                  if ln.startswith("data") and "(should be" in ln]
+    if handle.frames == 0:
+        handle.close()
+        raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
     if truncated:
         handle.close()
         raise AudioError(f"{path}: truncated file ({truncated[0].strip()} bytes); re-download it")
@@ -95,6 +98,13 @@ def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 60.0
     with _check_file(path) as handle:
         rate = handle.samplerate
         frames = max(1, int(block_seconds * rate))
+        if handle.frames <= frames:  # one block: the one-shot path, without a stream to set up
+            mono = _mono_block(handle, -1, path)
+            if mono.shape[0] == 0:
+                raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
+            yield soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False) \
+                if rate != sample_rate else mono
+            return
         resampler = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
                      if rate != sample_rate else None)
         seen = 0

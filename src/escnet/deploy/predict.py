@@ -49,7 +49,7 @@ def load_model_file(path: str | Path, device: str = "cpu", threads: int | None =
 
 def level_db(samples: np.ndarray) -> float:
     """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
-    power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
+    power = float(np.dot(samples, samples)) / samples.size if samples.size else 0.0
     return round(10 * math.log10(max(power, 1e-12)), 2)
 
 
@@ -181,7 +181,7 @@ class Predictor:
                                                    self._hop(hop_seconds)):
             audio = window[:valid]
             pending.append((WindowScore(start, valid, level_db(audio),
-                                        float(np.abs(audio).max(initial=0.0)), None), window))
+                                        float(max(audio.max(), -audio.min())), None), window))
             if len(pending) == self.batch_size:
                 yield from flush()
         yield from flush()
