@@ -199,17 +199,6 @@ def _run_batches(model, waves: np.ndarray, batch: int = 16) -> np.ndarray:
                            for i in range(0, len(waves), batch)])
 
 
-class _Calibration:
-    """ONNX Runtime's calibration reader over ``clips`` (one per call)."""
-
-    def __init__(self, clips: np.ndarray) -> None:
-        self.clips = iter(clips)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        clip = next(self.clips, None)
-        return None if clip is None else {INPUT: np.asarray(clip, np.float32)[None]}
-
-
 def quantize_int8(float_path: Path, out: Path, calibration: np.ndarray) -> None:
     """Static int8 quantization (QDQ, per-channel weights) of the convolutions and linear
     layers, with activation ranges calibrated on ``calibration`` clips. The log-mel stays
@@ -218,7 +207,15 @@ def quantize_int8(float_path: Path, out: Path, calibration: np.ndarray) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
+    class Reader(CalibrationDataReader):  # one calibration clip per call
+        def __init__(self) -> None:
+            self.clips = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            clip = next(self.clips, None)
+            return None if clip is None else {INPUT: np.asarray(clip, np.float32)[None]}
+
+    reader = Reader()
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
@@ -280,7 +277,7 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
         result = ExportResult(out, info, diff, notes=result_notes)
         if quantize:
             result.int8_path = int8_path
-            _add_int8(result, out, test, labels, train, train_labels, calibration_clips, extra)
+            _add_int8(result, out, int8_path, test, labels, train, train_labels, calibration_clips, extra)
     except BaseException:
         for path in (out, int8_path):  # nothing half-checked is left behind
             if path is not None:
@@ -289,16 +286,16 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
     return result
 
 
-def _add_int8(result: ExportResult, float_path: Path, test: np.ndarray, labels: np.ndarray | None,
-              train: np.ndarray, train_labels: np.ndarray, clips: int, extra: dict[str, str]) -> None:
+def _add_int8(result: ExportResult, float_path: Path, int8_path: Path, test: np.ndarray,
+              labels: np.ndarray | None, train: np.ndarray, train_labels: np.ndarray, clips: int,
+              extra: dict[str, str]) -> None:
     """Quantize, measure the int8 copy beside the float one, and label it with its accuracy."""
     rng = np.random.default_rng(0)
     # calibration clips: seeded, spread over the classes in proportion
     picks = np.sort(rng.permutation(len(train))[: min(clips, len(train))])
-    assert result.int8_path is not None
-    quantize_int8(float_path, result.int8_path, np.asarray(train[picks], np.float32))
+    quantize_int8(float_path, int8_path, np.asarray(train[picks], np.float32))
     float_probs = _run_batches(OnnxModel(float_path), test)
-    int8_probs = _run_batches(OnnxModel(result.int8_path), test)
+    int8_probs = _run_batches(OnnxModel(int8_path), test)
     info = result.info
     if len(test):
         result.accuracy = {"float32": float(np.mean(float_probs.argmax(1) == labels)),
@@ -306,15 +303,15 @@ def _add_int8(result: ExportResult, float_path: Path, test: np.ndarray, labels: 
         int8_acc = result.accuracy["int8"]
     else:  # an ensemble: every clip trained some fold model, so only agreement is honest
         rest = np.setdiff1d(np.arange(len(train)), picks)[:400]
-        f, q = (_run_batches(OnnxModel(p), train[rest]) for p in (float_path, result.int8_path))
+        f, q = (_run_batches(OnnxModel(p), train[rest]) for p in (float_path, int8_path))
         result.accuracy = {"int8_agreement": float(np.mean(f.argmax(1) == q.argmax(1)))}
         int8_acc = None
     result.int8_info = ModelInfo(**{**info.__dict__, "precision": "int8",
                                     "held_out_accuracy": int8_acc})
     import onnx
 
-    proto = onnx.load(str(result.int8_path))
-    _write_onnx(proto.SerializeToString(), result.int8_path, result.int8_info.metadata(
+    proto = onnx.load(str(int8_path))
+    _write_onnx(proto.SerializeToString(), int8_path, result.int8_info.metadata(
         {**extra, "escnet.float32_accuracy": f"{result.accuracy.get('float32', '')}",
          "escnet.calibration_clips": str(len(picks))}))
 
