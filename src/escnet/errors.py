@@ -17,9 +17,16 @@ class AudioError(EscnetError):
     """An audio file that cannot be decoded, is empty or is truncated."""
 
 
+class UnreadableAudioError(AudioError):
+    """Not audio at all, or in a format libsndfile does not decode."""
+
+
+class AudioTooLongError(AudioError):
+    """Audio longer than a limit the caller set."""
+
+
 class DataError(EscnetError):
     """A dataset folder or table that does not have the expected layout."""
-
 
 
 class CheckpointError(EscnetError):

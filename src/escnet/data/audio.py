@@ -5,6 +5,7 @@ All waveforms are ``float32`` NumPy arrays of shape ``(samples,)`` with values i
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -12,53 +13,139 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from escnet.errors import AudioError
+from escnet.errors import AudioError, AudioTooLongError, UnreadableAudioError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
 
 
-def _check_file(path: Path) -> sf.SoundFile:
-    """Open ``path`` for decoding after the checks every reader shares."""
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder; give audio files (e.g. {path}/*.wav)")
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
-    try:
-        info = sf.info(str(path))
-        handle = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioError(f"{path}: not a readable audio file ({_reason(err)})") from None
-    # libsndfile decodes what is there of a cut-off file; for WAV it notes the shortfall as
-    # "data : <declared> (should be <present>)" in its header dump.
-    truncated = [ln for ln in info.extra_info.splitlines()
-                 if ln.startswith("data") and "(should be" in ln]
-    if handle.frames == 0:
-        handle.close()
-        raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
-    if truncated:
-        handle.close()
-        raise AudioError(f"{path}: truncated file ({truncated[0].strip()} bytes); re-download it")
-    return handle
+class AudioFile:
+    """An audio file on disk, or one held in memory as ``bytes`` (an upload), opened for
+    decoding after the checks every reader shares. Use it as a context manager.
+
+    Args:
+        source: a path, or the file's bytes.
+        name: what messages call it (default: the path; give one for bytes).
+        max_seconds: refuse audio longer than this, by its header and again while decoding
+            (a header can understate the length): :class:`AudioTooLongError`.
+
+    Raises:
+        UnreadableAudioError: not audio in a format libsndfile decodes.
+        AudioError: missing, a folder, empty, header-only or truncated.
+    """
+
+    def __init__(self, source: str | Path | bytes, name: str | None = None,
+                 max_seconds: float | None = None) -> None:
+        self.name = name or str(source if not isinstance(source, bytes) else "audio")
+        self.max_seconds = max_seconds
+        if isinstance(source, bytes):
+            if not source:
+                raise AudioError(f"{self.name}: empty file (0 bytes)")
+            opened: str | io.BytesIO = io.BytesIO(source)
+        else:
+            path = Path(source)
+            if path.is_dir():
+                raise AudioError(f"{path}: is a folder; give audio files (e.g. {path}/*.wav)")
+            if not path.is_file():
+                raise AudioError(f"{path}: file not found")
+            if path.stat().st_size == 0:
+                raise AudioError(f"{path}: empty file (0 bytes)")
+            opened = str(path)
+        try:
+            self.handle = sf.SoundFile(opened)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
+            raise UnreadableAudioError(f"{self.name}: not a readable audio file ({_reason(err)})") \
+                from None
+        self.sample_rate, self.channels = self.handle.samplerate, self.handle.channels
+        # libsndfile decodes what is there of a cut-off file; for WAV it notes the shortfall as
+        # "data : <declared> (should be <present>)" in its header dump.
+        truncated = [ln for ln in self.handle.extra_info.splitlines()
+                     if ln.startswith("data") and "(should be" in ln]
+        if self.handle.frames == 0:
+            self.close()
+            raise AudioError(f"{self.name}: holds no audio samples (empty or header-only file)")
+        if truncated:
+            self.close()
+            raise AudioError(f"{self.name}: truncated file ({truncated[0].strip()} bytes); "
+                             "re-download it")
+        self.decoded = 0  # samples read so far, at the file's rate
+        self._check_length(self.handle.frames)
+
+    @property
+    def duration(self) -> float:
+        """Seconds, by the header."""
+        return self.handle.frames / self.sample_rate
+
+    def _check_length(self, frames: int) -> None:
+        if self.max_seconds is not None and frames > self.max_seconds * self.sample_rate:
+            self.close()
+            raise AudioTooLongError(f"{self.name}: longer than the limit of {self.max_seconds:g} s")
+
+    def read(self, frames: int = -1) -> np.ndarray:
+        """The next ``frames`` samples (all that remain with -1; fewer at the end) as mono
+        float32 ``(samples,)`` at the file's rate: channels averaged (keeps the level, unlike
+        a sum), checked for NaN/inf."""
+        try:
+            if self.channels == 1:
+                mono = self.handle.read(frames, dtype="float32")
+            else:
+                mono = self.handle.read(frames, dtype="float32", always_2d=True).mean(axis=1)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
+            raise UnreadableAudioError(f"{self.name}: not a readable audio file ({_reason(err)})") \
+                from None
+        if not np.isfinite(mono).all():
+            raise AudioError(f"{self.name}: contains NaN or infinite samples")
+        self.decoded += mono.shape[0]
+        self._check_length(self.decoded)
+        return mono
+
+    def blocks(self, sample_rate: int, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+        """Decode block by block: mono ``float32`` blocks at ``sample_rate`` Hz whose
+        concatenation equals :func:`load_audio`'s result (soxr's stream resampler gives the same
+        samples as its one-shot call), holding about ``block_seconds`` of audio at a time.
+        A NaN deep in a long file is found when its block is read."""
+        rate = self.sample_rate
+        frames = max(1, int(block_seconds * rate))
+        if self.handle.frames <= frames:  # one block: the one-shot path, without a stream to set up
+            yield _resample(self._nonempty(self.read()), rate, sample_rate)
+            return
+        resampler = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+                     if rate != sample_rate else None)
+        while True:
+            block = self.read(frames)
+            last = block.shape[0] < frames
+            if self.decoded == 0:
+                self._nonempty(block)
+            if resampler is not None:
+                block = resampler.resample_chunk(block, last=last)
+            if block.shape[0]:
+                yield block
+            if last:
+                return
+
+    def _nonempty(self, mono: np.ndarray) -> np.ndarray:
+        if mono.shape[0] == 0:
+            raise AudioError(f"{self.name}: holds no audio samples (empty or header-only file)")
+        return mono
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> AudioFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _reason(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def _mono_block(handle: sf.SoundFile, frames: int, path: Path) -> np.ndarray:
-    """The next ``frames`` (or fewer, at the end) samples, channels averaged (keeps the level,
-    unlike a sum), checked for NaN/inf."""
-    try:
-        data = handle.read(frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-        raise AudioError(f"{path}: not a readable audio file ({_reason(err)})") from None
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples")
-    return mono
+def _resample(mono: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    if rate == sample_rate:
+        return mono
+    return soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
 
 
 def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = None) -> np.ndarray:
@@ -73,53 +160,16 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
     Raises:
         AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
     """
-    path = Path(path)
-    with _check_file(path) as handle:
-        rate = handle.samplerate
-        mono = _mono_block(handle, -1, path)
-    if mono.shape[0] == 0:
-        raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    with AudioFile(path) as audio:
+        mono = _resample(audio._nonempty(audio.read()), audio.sample_rate, sample_rate)
     return fix_length(mono, num_samples) if num_samples is not None else mono
 
 
 def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 60.0
                  ) -> Iterator[np.ndarray]:
-    """Decode ``path`` block by block: mono ``float32`` blocks at ``sample_rate`` Hz whose
-    concatenation equals :func:`load_audio`'s result (soxr's stream resampler gives the same
-    samples as its one-shot call), holding about ``block_seconds`` of audio at a time.
-
-    Raises:
-        AudioError: as :func:`load_audio`, when the problem is found (a NaN deep in a long file
-        is found when its block is read).
-    """
-    path = Path(path)
-    with _check_file(path) as handle:
-        rate = handle.samplerate
-        frames = max(1, int(block_seconds * rate))
-        if handle.frames <= frames:  # one block: the one-shot path, without a stream to set up
-            mono = _mono_block(handle, -1, path)
-            if mono.shape[0] == 0:
-                raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
-            yield soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False) \
-                if rate != sample_rate else mono
-            return
-        resampler = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
-                     if rate != sample_rate else None)
-        seen = 0
-        while True:
-            block = _mono_block(handle, frames, path)
-            seen += block.shape[0]
-            last = block.shape[0] < frames
-            if seen == 0:
-                raise AudioError(f"{path}: holds no audio samples (empty or header-only file)")
-            if resampler is not None:
-                block = resampler.resample_chunk(block, last=last)
-            if block.shape[0]:
-                yield block
-            if last:
-                return
+    """:meth:`AudioFile.blocks` of the file at ``path``."""
+    with AudioFile(path) as audio:
+        yield from audio.blocks(sample_rate, block_seconds)
 
 
 def fix_length(wav: np.ndarray, num_samples: int) -> np.ndarray:

@@ -43,7 +43,8 @@ class ExportError(EscnetError):
 
 class WaveformClassifier(nn.Module):
     """The exported graph: ``waveform (batch, samples)`` → ``probabilities, logits``
-    ``(batch, classes)``.
+    ``(batch, classes)`` and the ``logmel`` the model sees ``(batch, n_mels, frames)`` (for
+    display; computing it is part of the graph anyway).
 
     One backbone: its logits and their softmax. Several (an ensemble of fold models, sharing
     the featurizer): the mean of their probabilities, and its log as ``logits`` (a softmax of
@@ -57,13 +58,13 @@ class WaveformClassifier(nn.Module):
         self.backbones = nn.ModuleList(m.backbone.to(memory_format=torch.contiguous_format)
                                        for m in models)
 
-    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.logmel(waveform)
         if len(self.backbones) == 1:
             logits = self.backbones[0](x, None)
-            return logits.softmax(-1), logits
+            return logits.softmax(-1), logits, x
         probs = torch.stack([b(x, None).softmax(-1) for b in self.backbones]).mean(0)
-        return probs, probs.clamp_min(1e-30).log()
+        return probs, probs.clamp_min(1e-30).log(), x
 
 
 @dataclass

@@ -18,7 +18,9 @@ from escnet.errors import CheckpointError, EscnetError
 
 FORMAT = "1"
 """Version of the metadata layout below; a runtime refuses files of a newer one."""
-INPUT, OUTPUTS = "waveform", ("probabilities", "logits")
+INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel")
+"""``logmel`` (the model's input features, for display) is optional: files exported by escnet
+0.3.0 lack it."""
 
 
 @dataclass(frozen=True)
@@ -122,14 +124,21 @@ class OnnxModel:
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map,
                                             self.path)
         inputs = [i.name for i in self.session.get_inputs()]
-        outputs = {o.name for o in self.session.get_outputs()}
-        if inputs != [INPUT] or OUTPUTS[0] not in outputs:
+        self.outputs = {o.name for o in self.session.get_outputs()}
+        if inputs != [INPUT] or OUTPUTS[0] not in self.outputs:
             raise CheckpointError(f"{self.path}: escnet metadata, but inputs {inputs} and outputs "
-                                  f"{sorted(outputs)} (expected {INPUT!r} → {OUTPUTS[0]!r})")
+                                  f"{sorted(self.outputs)} (expected {INPUT!r} → {OUTPUTS[0]!r})")
 
     def run(self, windows: np.ndarray) -> np.ndarray:
         """One call of the graph on ``windows`` ``(n, samples)``, on one thread."""
         return self.session.run([OUTPUTS[0]], {INPUT: np.ascontiguousarray(windows, np.float32)})[0]
+
+    def logmel(self, window: np.ndarray) -> np.ndarray | None:
+        """The log-mel the model sees for one window ``(samples,)``: ``(n_mels, frames)``, or
+        ``None`` for a file exported without it."""
+        if OUTPUTS[2] not in self.outputs:
+            return None
+        return self.session.run([OUTPUTS[2]], {INPUT: np.ascontiguousarray(window[None], np.float32)})[0][0]
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         if self.pool is None or len(windows) == 1:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
-import soundfile as sf
 
-from escnet.data.audio import stream_audio, stream_windows
+from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.onnx_model import ModelInfo, OnnxModel
-from escnet.errors import AudioError, EscnetError
+from escnet.errors import EscnetError
+
+Source = str | Path | AudioFile
+"""A recording to classify: a path, or an :class:`AudioFile` (e.g. an upload held in memory)."""
 
 SILENCE_DB = -60.0
 """Windows quieter than this (RMS, dB relative to full scale) get no label. Every ESC-50 clip is
@@ -33,6 +36,9 @@ class Model(Protocol):
 
     def __call__(self, windows: np.ndarray) -> np.ndarray: ...
 
+    def logmel(self, window: np.ndarray) -> np.ndarray | None:
+        """``(samples,)`` → the model's input features ``(n_mels, frames)``, if it can say."""
+
 
 def load_model_file(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
     """An ``.onnx`` export (ONNX Runtime), or a run directory or ``.pt`` checkpoint (PyTorch)."""
@@ -45,6 +51,11 @@ def load_model_file(path: str | Path, device: str = "cpu", threads: int | None =
         raise EscnetError(f"{path}: running a run folder or .pt checkpoint needs PyTorch ({err.name} is "
                           "not installed); export it to ONNX, or pip install 'escnet[train]'") from None
     return TorchModel.from_path(path, device)
+
+
+def _opened(source: Source) -> AbstractContextManager[AudioFile]:
+    """``source`` opened (and closed after use), or an :class:`AudioFile` the caller owns."""
+    return nullcontext(source) if isinstance(source, AudioFile) else AudioFile(source)
 
 
 def level_db(samples: np.ndarray) -> float:
@@ -117,6 +128,8 @@ class Prediction:
     """The loudest window's RMS level, dBFS."""
     notes: list[str] = field(default_factory=list)
     """What the user should know about this input (silence, a low sample rate, clipping)."""
+    timeline: Timeline | None = None
+    """Each window's scores, when asked for."""
 
     @property
     def silent(self) -> bool:
@@ -164,8 +177,8 @@ class Predictor:
             raise EscnetError(f"--hop {hop_seconds}: must be a positive number of seconds")
         return max(1, round(hop_seconds * self.info.sample_rate))
 
-    def scores(self, path: str | Path, hop_seconds: float | None = None) -> Iterator[WindowScore]:
-        """Every window of the recording, scored unless it is silent."""
+    def scores(self, audio: AudioFile, hop_seconds: float | None = None) -> Iterator[WindowScore]:
+        """Every window of an opened recording, scored unless it is silent."""
         pending: list[tuple[WindowScore, np.ndarray]] = []
 
         def flush() -> Iterator[WindowScore]:
@@ -176,36 +189,43 @@ class Predictor:
                     else score
             pending.clear()
 
-        blocks = stream_audio(path, self.info.sample_rate)
+        blocks = audio.blocks(self.info.sample_rate)
         for start, window, valid in stream_windows(blocks, self.info.clip_samples,
                                                    self._hop(hop_seconds)):
-            audio = window[:valid]
-            pending.append((WindowScore(start, valid, level_db(audio),
-                                        float(max(audio.max(), -audio.min())), None), window))
+            audio_part = window[:valid]
+            pending.append((WindowScore(start, valid, level_db(audio_part),
+                                        float(max(audio_part.max(), -audio_part.min())), None),
+                            window))
             if len(pending) == self.batch_size:
                 yield from flush()
         yield from flush()
 
-    def timeline(self, path: str | Path, hop_seconds: float | None = None) -> Timeline:
+    def timeline(self, source: Source, hop_seconds: float | None = None) -> Timeline:
         """Per-window probabilities over the whole recording (windows every ``hop_seconds``,
         default half a clip; the last aligned with the end)."""
-        rate, rows = self.info.sample_rate, list(self.scores(path, hop_seconds))
-        nan = np.full(len(self.classes), np.nan, np.float32)
-        starts = np.array([r.start for r in rows]) / rate
-        ends = np.array([r.start + r.valid for r in rows]) / rate
-        return Timeline(str(path), self.classes, starts, ends,
-                        np.stack([nan if r.probabilities is None else r.probabilities for r in rows]),
-                        np.array([r.level_db for r in rows]), float(ends.max()), self.silence_db)
+        return cast(Timeline, self.predict_file(source, hop_seconds=hop_seconds,
+                                                keep_timeline=True).timeline)
 
-    def predict_file(self, path: str | Path, top_k: int = 5) -> Prediction:
-        """Class probabilities averaged over the file's non-silent windows."""
+    def predict_file(self, source: Source, top_k: int = 5, hop_seconds: float | None = None,
+                     keep_timeline: bool = False) -> Prediction:
+        """Class probabilities averaged over the file's non-silent windows (and with
+        ``keep_timeline`` each window's, as :attr:`Prediction.timeline`)."""
+        with _opened(source) as audio:
+            return self._predict(audio, top_k, hop_seconds, keep_timeline)
+
+    def _predict(self, audio: AudioFile, top_k: int, hop_seconds: float | None,
+                 keep_timeline: bool) -> Prediction:
+        path = audio.name
         total, count, duration, loudest, peak = None, 0, 0.0, -120.0, 0.0
-        for r in self.scores(path):
+        rows = []
+        for r in self.scores(audio, hop_seconds):
             duration = max(duration, (r.start + r.valid) / self.info.sample_rate)
             loudest, peak = max(loudest, r.level_db), max(peak, r.peak)
             if r.probabilities is not None:
                 p = r.probabilities.astype(np.float64)
                 total, count = (p if total is None else total + p), count + 1
+            if keep_timeline:
+                rows.append(r)
         top: list[tuple[str, float]] = []
         if total is not None:
             mean = total / count
@@ -213,18 +233,23 @@ class Predictor:
                 raise EscnetError(f"{path}: the model gave non-finite probabilities (are its weights "
                                   "damaged?)")
             top = [(self.classes[i], float(mean[i])) for i in np.argsort(-mean)[:top_k]]
-        return Prediction(str(path), top, count, duration, loudest,
-                          self._notes(path, duration, loudest, peak))
+        return Prediction(path, top, count, duration, loudest,
+                          self._notes(audio.sample_rate, duration, loudest, peak),
+                          self._timeline(path, rows, duration) if keep_timeline else None)
 
-    def _notes(self, path: str | Path, duration: float, loudest: float, peak: float) -> list[str]:
+    def _timeline(self, path: str, rows: list[WindowScore], duration: float) -> Timeline:
+        rate = self.info.sample_rate
+        nan = np.full(len(self.classes), np.nan, np.float32)
+        return Timeline(path, self.classes, np.array([r.start for r in rows]) / rate,
+                        np.array([r.start + r.valid for r in rows]) / rate,
+                        np.stack([nan if r.probabilities is None else r.probabilities for r in rows]),
+                        np.array([r.level_db for r in rows]), duration, self.silence_db)
+
+    def _notes(self, rate: int, duration: float, loudest: float, peak: float) -> list[str]:
         notes = []
         if loudest < self.silence_db:
             notes.append(f"silent (loudest window {loudest:.0f} dBFS, below {self.silence_db:g}): "
                          "no label")
-        try:
-            rate = sf.info(str(path)).samplerate
-        except (sf.LibsndfileError, RuntimeError, OSError) as err:  # it was just decoded
-            raise AudioError(f"{path}: not a readable audio file ({err})") from None
         if rate < self.info.sample_rate:
             notes.append(f"recorded at {rate} Hz, below the model's {self.info.sample_rate} Hz: "
                          f"sounds above {rate // 2} Hz are missing, so expect lower accuracy")

@@ -61,6 +61,12 @@ class TorchModel:
         return cls([path], device)
 
     @torch.inference_mode()
+    def logmel(self, window: np.ndarray) -> np.ndarray:
+        """The log-mel the (first) model sees for one window ``(samples,)``: ``(n_mels, frames)``."""
+        batch = torch.from_numpy(np.ascontiguousarray(window[None], np.float32)).to(self.device)
+        return self.models[0].featurizer(batch)[0][0].cpu().numpy()
+
+    @torch.inference_mode()
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
         probs = torch.stack([m(batch).softmax(-1) for m in self.models]).mean(0)
