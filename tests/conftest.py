@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -87,3 +88,50 @@ class Page(HTMLParser):
         if self.stack and self.stack[-1] in ("td", "th"):
             self.cells.append(data)
         self.text.append(data)
+
+
+# What the runtime path may not import: a `pip install "escnet[runtime]"` has none of them.
+NO_TRAINING_LIBS = ("torch", "librosa", "sklearn", "matplotlib", "tqdm", "audiomentations", "onnx",
+                    "onnxscript", "scipy")
+
+
+def runtime_cli(*args: str) -> list[str]:
+    """The command line of `escnet ARGS...` in a process where the training libraries cannot be
+    imported."""
+    block = "; ".join(f"sys.modules[{m!r}] = None" for m in NO_TRAINING_LIBS)
+    return [sys.executable, "-c", f"import sys; {block}; from escnet.cli import main; "
+            f"sys.exit(main({list(args)!r}))"]
+
+
+FIVE_CLASS_TARGETS = [0, 10, 20, 38, 46]  # dog, rain, crying baby, clock tick, church bells
+FIVE_CLASS_RATE = 16000
+
+
+@pytest.fixture(scope="session")
+def five_class_run(esc50, tmp_path_factory):
+    """cnn10 trained briefly on 5 real ESC-50 classes, folds 1 and 2 held out in turn."""
+    from escnet.config import TaskConfig
+    from escnet.engine.train import train
+
+    csv_path = esc50_subset_csv(esc50, tmp_path_factory.mktemp("data") / "five.csv",
+                                FIVE_CLASS_TARGETS, [1, 2, 3, 4, 5])
+    config = TaskConfig().replace({
+        "data.data_dir": str(csv_path), "data.sample_rate": FIVE_CLASS_RATE, "data.folds": [1, 2],
+        "features.n_fft": 512, "features.win_length": 512, "features.hop_length": 256,
+        "features.n_mels": 40, "model.name": "cnn10", "model.args.width": 8,
+        "model.args.dropout": 0.0, "model.args.head_dropout": 0.1, "train.num_epochs": 6,
+        "train.learning_rate": 3e-3, "train.optimizer": "adamw"})
+    path = tmp_path_factory.mktemp("runs") / "cnn10"
+    train(config, path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def five_class_exports(five_class_run, tmp_path_factory):
+    """The run's fold-1 model exported (with an int8 copy), and its two folds as an ensemble."""
+    from escnet.deploy.export import export
+
+    out = tmp_path_factory.mktemp("onnx")
+    return (export(five_class_run, out / "fold1.onnx", fold="1", quantize="int8",
+                   calibration_clips=60),
+            export(five_class_run, out / "all.onnx", ensemble=True))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnx
 import pytest
 import soundfile as sf
 import torch
-from conftest import esc50_subset_csv, tone
+from conftest import FIVE_CLASS_RATE, runtime_cli, tone
 
 from escnet.cli import main
 from escnet.config import TaskConfig
@@ -21,17 +20,12 @@ from escnet.deploy.export import ExportError, export
 from escnet.deploy.onnx_model import OnnxModel
 from escnet.deploy.predict import Predictor
 from escnet.deploy.torch_model import TorchModel
-from escnet.engine.train import train
 from escnet.models import SoundClassifier
 from escnet.runs import RunDir, save_checkpoint
 from escnet.transforms.features import Featurizer, MatmulLogMel
 
-TARGETS = [0, 10, 20, 38, 46]  # dog, rain, crying baby, clock tick, church bells
-RATE = 16000
+RATE = FIVE_CLASS_RATE
 
-# What the runtime path may not import: a `pip install "escnet[runtime]"` has none of them.
-NO_TRAINING_LIBS = ("torch", "librosa", "sklearn", "matplotlib", "tqdm", "audiomentations", "onnx",
-                    "onnxscript", "scipy")
 
 
 @pytest.mark.parametrize("settings", [
@@ -52,26 +46,13 @@ def test_matmul_logmel_is_the_featurizer(settings, samples):
 
 
 @pytest.fixture(scope="module")
-def run(esc50, tmp_path_factory):
-    """cnn10 trained briefly on 5 real classes, folds 1 and 2 held out in turn."""
-    csv_path = esc50_subset_csv(esc50, tmp_path_factory.mktemp("data") / "five.csv", TARGETS,
-                                [1, 2, 3, 4, 5])
-    config = TaskConfig().replace({
-        "data.data_dir": str(csv_path), "data.sample_rate": RATE, "data.folds": [1, 2],
-        "features.n_fft": 512, "features.win_length": 512, "features.hop_length": 256,
-        "features.n_mels": 40, "model.name": "cnn10", "model.args.width": 8,
-        "model.args.dropout": 0.0, "model.args.head_dropout": 0.1, "train.num_epochs": 6,
-        "train.learning_rate": 3e-3, "train.optimizer": "adamw"})
-    path = tmp_path_factory.mktemp("runs") / "cnn10"
-    train(config, path, progress=False)
-    return path
+def run(five_class_run):
+    return five_class_run
 
 
 @pytest.fixture(scope="module")
-def exported(run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
-    return (export(run, out / "fold1.onnx", fold="1", quantize="int8", calibration_clips=60),
-            export(run, out / "all.onnx", ensemble=True))
+def exported(five_class_exports):
+    return five_class_exports
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +145,7 @@ def test_a_model_the_exporter_cannot_handle_is_named_in_one_line(tmp_path):
 
 def _runtime_cli(*args: str) -> subprocess.CompletedProcess:
     """`escnet ...` in a process where the training libraries cannot be imported."""
-    block = "; ".join(f"sys.modules[{m!r}] = None" for m in NO_TRAINING_LIBS)
-    code = f"import sys; {block}; from escnet.cli import main; sys.exit(main({list(args)!r}))"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return subprocess.run(runtime_cli(*args), capture_output=True, text=True, timeout=120)
 
 
 def test_predict_runs_an_export_without_pytorch(run, exported, held_out, tmp_path):
@@ -175,8 +154,8 @@ def test_predict_runs_an_export_without_pytorch(run, exported, held_out, tmp_pat
     bad.write_text("not audio")
     done = _runtime_cli("predict", "--model", str(single.path), held_out[0], str(bad), held_out[1], "--json")
     assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [f"escnet: error: {bad}: not a readable audio file (Error opening "
-                                        f"'{bad}': Format not recognised.)",
+    assert done.stderr.splitlines() == [f"escnet: error: {bad}: not a readable audio file (Format not "
+                                        "recognised.)",
                                         "escnet: 1 of 3 files could not be read (listed above)"]
     results = json.loads(done.stdout)
     assert [r["file"] for r in results] == [held_out[0], held_out[1]]

@@ -35,8 +35,9 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
                    "(vgg19: imagenet)"),
 }
 # Libraries of the extras ([train], [export]); a command that needs a missing one says which.
+SERVE_LIBRARIES = {"fastapi", "uvicorn", "starlette", "python_multipart", "multipart"}
 OPTIONAL_LIBRARIES = {"torch", "librosa", "tqdm", "audiomentations", "matplotlib", "sklearn", "onnx",
-                      "onnxscript", "onnxruntime", "tensorboard"}
+                      "onnxscript", "onnxruntime", "tensorboard", *SERVE_LIBRARIES}
 SWITCHES = {"skip_bad": "data.skip_bad", "balanced": "data.balanced_sampling",
             "tensorboard": "train.tensorboard"}
 
@@ -168,6 +169,18 @@ def _export(args: argparse.Namespace) -> int:
     if result.int8_path:
         scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f} %" for k, v in result.accuracy.items())
         print(f"wrote {result.int8_path}: int8 ({scores} on the held-out clips)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from escnet.serve.app import ServeSettings, serve
+
+    settings = ServeSettings(args.model, args.host, args.port, args.workers, args.threads,
+                             args.queue, args.max_upload_mb, args.max_seconds, args.device)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
+              "has no authentication, so put it behind a proxy that has", file=sys.stderr)
+    serve(settings)
     return 0
 
 
@@ -314,6 +327,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-clips", type=int, default=200, metavar="N")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("serve", help="an HTTP API and a web page for a model (pip install "
+                       "'escnet[serve]')")
+    p.add_argument("model", metavar="MODEL", help="an exported .onnx file (fastest), a run folder "
+                   "or a .pt checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: "
+                   "this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with the model")
+    p.add_argument("--threads", type=int, default=0,
+                   help="inference threads per process (default: one per core)")
+    p.add_argument("--queue", type=int, default=64, metavar="N", help="requests that may wait for "
+                   "a thread; more are answered 503 with Retry-After (default 64)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB")
+    p.add_argument("--max-seconds", type=float, default=600.0, metavar="S",
+                   help="longest audio accepted (default 600)")
+    p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("download", help="download and verify a dataset")
     p.add_argument("dataset", choices=["esc50"])
     p.add_argument("--root", required=True, help="folder to put the dataset in")
@@ -418,10 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] not in OPTIONAL_LIBRARIES:
             raise
-        extra = "export" if args.command == "export" else "train"
-        why = "" if args.command == "predict" else " (the runtime install only classifies with .onnx models)"
-        print(f"escnet: error: escnet {args.command} needs {err.name.split('.')[0]}, which is not "
-              f"installed: pip install 'escnet[{extra}]'{why}", file=sys.stderr)
+        name = err.name.split(".")[0]
+        extra = "serve" if name in SERVE_LIBRARIES else "export" if args.command == "export" \
+            else "train"
+        why = "" if args.command in ("predict", "serve") else \
+            " (the runtime install only classifies with .onnx models)"
+        print(f"escnet: error: escnet {args.command} needs {name}, which is not installed: "
+              f"pip install 'escnet[{extra}]'{why}", file=sys.stderr)
         return 2
     except EscnetError as err:
         print(f"escnet: error: {_flag_hint(str(err))}", file=sys.stderr)

@@ -54,8 +54,9 @@ class AudioFile:
         try:
             self.handle = sf.SoundFile(opened)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
-            raise UnreadableAudioError(f"{self.name}: not a readable audio file ({_reason(err)})") \
-                from None
+            # libsndfile's own words, without "Error opening <_io.BytesIO object at 0x...>"
+            reason = getattr(err, "error_string", None) or _reason(err)
+            raise UnreadableAudioError(f"{self.name}: not a readable audio file ({reason})") from None
         self.sample_rate, self.channels = self.handle.samplerate, self.handle.channels
         # libsndfile decodes what is there of a cut-off file; for WAV it notes the shortfall as
         # "data : <declared> (should be <present>)" in its header dump.
@@ -195,8 +196,9 @@ def stream_windows(blocks: Iterable[np.ndarray], num_samples: int, hop: int | No
     :func:`stream_audio`), holding at most one block and one window in memory.
 
     Windows start every ``hop`` samples (default half a window); the last one is aligned with
-    the end so that nothing is dropped. Audio no longer than one window gives one window,
-    zero-padded at the end.
+    the end so that nothing is dropped, unless the audio after the last regular window is
+    under 1 % of a window (an ESC-50 clip decoded as 5.001 s is one window, not two). Audio
+    no longer than one window gives one window, zero-padded at the end.
 
     Yields:
         ``(start, window, valid)``: the first sample's index, the ``(num_samples,)`` float32
@@ -219,5 +221,5 @@ def stream_windows(blocks: Iterable[np.ndarray], num_samples: int, hop: int | No
     total = offset + buffer.shape[0]
     if last_start is None:  # shorter than one window (or exactly as long: already yielded)
         yield 0, fix_length(buffer[-total:] if total else buffer, num_samples), total
-    elif last_start + num_samples < total:
+    elif last_start + num_samples < total - num_samples // 100:
         yield total - num_samples, buffer[buffer.shape[0] - num_samples :].copy(), num_samples

@@ -60,7 +60,9 @@ def _opened(source: Source) -> AbstractContextManager[AudioFile]:
 
 def level_db(samples: np.ndarray) -> float:
     """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
-    power = float(np.dot(samples, samples)) / samples.size if samples.size else 0.0
+    # einsum, not np.dot: OpenBLAS's dot wakes threads that then spin, taking a core from the
+    # model (escnet serve on 2 cores: 234 requests a second at concurrency 4 with it, 295 without)
+    power = float(np.einsum("i,i->", samples, samples)) / samples.size if samples.size else 0.0
     return round(10 * math.log10(max(power, 1e-12)), 2)
 
 

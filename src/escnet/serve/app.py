@@ -1,0 +1,333 @@
+"""The HTTP API and web page of ``escnet serve``: FastAPI on uvicorn.
+
+Endpoints: ``POST /v1/classify`` (an audio file as the raw body or a multipart upload),
+``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, the page at ``/`` (static files shipped
+in the package) and FastAPI's OpenAPI page at ``/docs``.
+
+What protects the server: uploads are capped (``413``) before they are read, and decoded
+from memory (a multipart upload is spooled by Starlette to a private temporary file, deleted
+when the request ends; no client-supplied name ever reaches the file system); audio is capped
+in duration by its header and again while it is decoded; inference runs on a pool of threads
+off the event loop, and requests beyond the pool and a bounded queue are answered ``503`` with
+``Retry-After`` at once instead of piling up. Every error is a JSON ``{"error": "..."}`` with
+its status (``413``, ``415``, ``422``, ``503``); no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+import escnet
+from escnet.data.audio import AudioFile, stream_windows
+from escnet.deploy.predict import Model, Predictor, load_model_file
+from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
+
+UPLOAD_NAME = "uploaded audio"
+"""What error messages call an upload: the client's file name is never used."""
+
+
+@dataclass
+class ServeSettings:
+    """``escnet serve`` settings (each one a CLI option)."""
+
+    model: str
+    """A run directory, a ``.pt`` checkpoint or an exported ``.onnx`` file (ONNX Runtime, the
+    fast path; the others need PyTorch)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    """Server processes (uvicorn workers), each with its own copy of the model."""
+    threads: int = 0
+    """Inference threads per process, each scoring one request at a time; 0: one per CPU."""
+    queue: int = 64
+    """Requests allowed to wait for a thread; beyond it the server answers 503."""
+    max_upload_mb: float = 20.0
+    max_seconds: float = 600.0
+    """Longest audio accepted, seconds."""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = {"port": 0 <= self.port <= 65535, "workers": self.workers >= 1,
+                  "threads": self.threads >= 0, "queue": self.queue >= 0,
+                  "max_upload_mb": math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0,
+                  "max_seconds": math.isfinite(self.max_seconds) and self.max_seconds > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: out of range")
+        self.threads = self.threads or (len(os.sched_getaffinity(0))
+                                        if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class RequestError(Exception):
+    """Answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _status(err: EscnetError) -> int:
+    if isinstance(err, AudioTooLongError):
+        return 413
+    if isinstance(err, UnreadableAudioError):
+        return 415
+    return 422
+
+
+class Admission:
+    """At most ``capacity`` requests inside the inference stage (running or waiting for one of
+    the pool's threads); the rest are turned away at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.inside = capacity, 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.inside >= self.capacity:
+                raise RequestError(503, f"busy: {self.inside} requests in progress or queued; "
+                                   "retry shortly", {"Retry-After": "1"})
+            self.inside += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (by its
+    declared length before anything is read, or while it streams in)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError(400, f"Content-Length {declared[:20]!r} is not a number")
+        if int(declared) > limit:
+            raise RequestError(413, f"upload of {int(declared) / 2**20:.1f} MB is over the limit of "
+                               f"{limit / 2**20:g} MB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"upload is over the limit of {limit / 2**20:g} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _audio_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded file: the only file field of a multipart form, or the raw body."""
+    body = await _read_body(request, limit)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16,
+                                     max_part_size=limit).parse()
+    except MultiPartException as err:
+        raise RequestError(422, f"bad multipart upload: {err.message}") from None
+    try:
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise RequestError(422, "no file in the multipart upload (send it as a file field, "
+                               "e.g. curl -F file=@clip.wav)")
+        return await files[0].read()
+    finally:
+        await form.close()  # the spooled temporary file goes with it
+
+
+def _logmel_image(model: Model, window: np.ndarray) -> dict | None:
+    """The model's log-mel of a window as an 8-bit image (row 0 is the lowest mel band),
+    base64 of ``(n_mels, frames)`` bytes, with the dB range it spans."""
+    features = model.logmel(window) if hasattr(model, "logmel") else None
+    if features is None:
+        return None
+    db = 10 * features / math.log(10)  # natural log of power → dB
+    top = float(db.max())
+    low = max(float(db.min()), top - 80.0)
+    scaled = np.clip((db - low) / max(top - low, 1e-6), 0, 1)
+    pixels = np.round(scaled * 255).astype(np.uint8)
+    return {"n_mels": int(pixels.shape[0]), "frames": int(pixels.shape[1]),
+            "db_min": round(low, 2), "db_max": round(top, 2),
+            "pixels": base64.b64encode(pixels.tobytes()).decode("ascii")}
+
+
+class Service:
+    """The model, its thread pool and admission control, shared by every request."""
+
+    def __init__(self, settings: ServeSettings, model: Model | None = None) -> None:
+        self.settings = settings
+        self.model = model or load_model_file(settings.model, settings.device, threads=1)
+        self.predictor = Predictor(self.model)
+        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="escnet-infer")
+        self.admission = Admission(settings.threads + settings.queue)
+
+    def classify(self, data: bytes, top_k: int, timeline: bool, hop: float | None,
+                 logmel: bool) -> dict:
+        """Runs on a pool thread: decode, score, and say what came out."""
+        tick = time.perf_counter()
+        with AudioFile(data, UPLOAD_NAME, self.settings.max_seconds) as audio:
+            prediction = self.predictor.predict_file(audio, top_k, hop_seconds=hop,
+                                                     keep_timeline=timeline)
+            out = prediction.to_dict()
+            out.pop("file")
+            out["sample_rate"] = audio.sample_rate
+            out["channels"] = audio.channels
+        if prediction.timeline is not None:
+            out["timeline"] = prediction.timeline.rows()
+        if logmel:
+            with AudioFile(data, UPLOAD_NAME) as audio:  # the first window again: cheap
+                first = next(stream_windows(audio.blocks(self.model.info.sample_rate),
+                                            self.model.info.clip_samples))[1]
+            out["logmel"] = _logmel_image(self.model, first)
+        out["elapsed_ms"] = round(1e3 * (time.perf_counter() - tick), 2)
+        return out
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
+    """The application for ``settings`` (``model``: one already loaded, e.g. in tests)."""
+    service: dict[str, Service] = {}
+    failure: list[str] = []
+
+    def load() -> None:
+        try:
+            service["ready"] = Service(settings, model)
+        except EscnetError as err:
+            failure.append(str(err))
+            print(f"escnet serve: error: {err}", flush=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # load off the event loop, so /healthz answers (and /readyz says 503) while it loads
+        loading = asyncio.create_task(asyncio.to_thread(load))
+        yield
+        await loading
+        if "ready" in service:
+            service.pop("ready").pool.shutdown(wait=True)
+
+    app = FastAPI(title="escnet", version=escnet.__version__, lifespan=lifespan,
+                  description="Environmental sound classification with a trained escnet model.")
+
+    def ready() -> Service:
+        if failure:
+            raise RequestError(503, f"the model could not be loaded: {failure[0]}")
+        if "ready" not in service:
+            raise RequestError(503, "the model is still loading", {"Retry-After": "1"})
+        return service["ready"]
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, err: RequestError) -> JSONResponse:
+        return _error(err.status, err.message, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, err: Exception) -> JSONResponse:  # a bug: say so, no traceback
+        return _error(500, f"internal error ({type(err).__name__}); the server log has details")
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and requests are served")
+    async def readyz() -> dict:
+        ready()
+        return {"status": "ready"}
+
+    @app.get("/v1/model", summary="What the model is")
+    async def model_info() -> dict:
+        s = ready()
+        info = asdict(s.model.info)
+        info["clip_seconds"] = s.model.info.clip_seconds
+        info["limits"] = {"max_upload_mb": settings.max_upload_mb,
+                          "max_seconds": settings.max_seconds}
+        return info
+
+    @app.post("/v1/classify", summary="Classify an audio file",
+              description="The file as the raw request body, or as the file field of a multipart "
+              "form (WAV, FLAC, OGG, MP3; any sample rate and channel count). Returns the top "
+              "classes averaged over clip-length windows; with `timeline=true` also each "
+              "window's top class (silent windows get none).")
+    async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000),
+                       timeline: bool = False, hop: float | None = Query(None, gt=0, le=3600),
+                       logmel: bool = False) -> dict:
+        s = ready()
+        s.admission.enter()
+        try:
+            data = await _audio_bytes(request, settings.max_bytes)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(s.pool, s.classify, data, top_k, timeline, hop, logmel)
+        except EscnetError as err:
+            raise RequestError(_status(err), str(err)) from None
+        finally:
+            s.admission.leave()
+
+    static = resources.files("escnet.serve") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(static / "index.html"))
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """For uvicorn's ``--workers``: each worker process builds the app from the settings the
+    parent put in ``ESCNET_SERVE``."""
+    import json
+
+    return create_app(ServeSettings(**json.loads(os.environ["ESCNET_SERVE"])))
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the server until SIGINT/SIGTERM; requests in flight are finished first."""
+    import json
+
+    import uvicorn
+
+    model = load_model_file(settings.model, settings.device, threads=1)  # a bad model: fail now
+    common = {"host": settings.host, "port": settings.port, "log_level": "info",
+              "timeout_graceful_shutdown": 30}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, model), **common)
+        return
+    os.environ["ESCNET_SERVE"] = json.dumps(asdict(settings))
+    uvicorn.run("escnet.serve.app:app_from_environment", factory=True, workers=settings.workers,
+                **common)

@@ -1,0 +1,255 @@
+// The escnet page: send a file (or a microphone recording, converted to WAV here) to
+// POST /v1/classify and draw what comes back. No build step, no libraries.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TIMELINE_ROWS = 300; // rows listed in the table; the strip shows every window
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function loadModelInfo() {
+  try {
+    const response = await fetch("/v1/model");
+    const info = await response.json();
+    if (!response.ok) throw new Error(info.error || response.statusText);
+    const accuracy = info.held_out_accuracy === null ? "" :
+      `, ${(100 * info.held_out_accuracy).toFixed(1)} % on held-out clips`;
+    $("model-info").textContent = `Model ${info.model} (${info.precision}): ${info.classes.length} ` +
+      `classes, ${info.sample_rate} Hz, ${info.clip_seconds} s clips${accuracy}.`;
+    $("limits").textContent = `up to ${info.limits.max_upload_mb} MB and ` +
+      `${info.limits.max_seconds / 60} minutes`;
+  } catch (err) {
+    $("model-info").textContent = `The model is not available: ${err.message}`;
+  }
+}
+
+async function classify(blob, name) {
+  setStatus(`Classifying ${name}…`);
+  $("result").hidden = true;
+  let response, body;
+  try {
+    response = await fetch("/v1/classify?timeline=true&logmel=true&top_k=5", {
+      method: "POST",
+      headers: { "Content-Type": blob.type || "application/octet-stream" },
+      body: blob,
+    });
+    body = await response.json();
+  } catch (err) {
+    setStatus(`Could not reach the server: ${err.message}`, true);
+    return;
+  }
+  if (!response.ok) {
+    setStatus(`${response.status}: ${body.error || response.statusText}`, true);
+    return;
+  }
+  setStatus(`Done in ${body.elapsed_ms} ms.`);
+  show(body, name);
+}
+
+function show(result, name) {
+  $("result").hidden = false;
+  $("result-title").textContent = name;
+  $("summary").textContent = `${result.duration.toFixed(2)} s at ${result.sample_rate} Hz, ` +
+    `${result.channels} channel(s); ${result.windows} window(s) scored, loudest ` +
+    `${result.level_db.toFixed(1)} dBFS.`;
+  const notes = $("notes");
+  notes.replaceChildren(...result.notes.map((text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    return li;
+  }));
+  const bars = $("bars");
+  bars.replaceChildren(...result.top.map(({ label, probability }) => {
+    const li = document.createElement("li");
+    li.className = "bar";
+    li.dataset.label = label;
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    fill.style.width = `${(100 * probability).toFixed(1)}%`;
+    const text = document.createElement("span");
+    text.className = "label";
+    text.textContent = label;
+    const prob = document.createElement("span");
+    prob.className = "prob";
+    prob.textContent = `${(100 * probability).toFixed(1)} %`;
+    li.append(fill, text, prob);
+    return li;
+  }));
+  if (result.silent) {
+    const li = document.createElement("li");
+    li.textContent = "Silence: no class.";
+    bars.append(li);
+  }
+  drawLogmel(result.logmel);
+  drawTimeline(result.timeline || [], result.duration);
+}
+
+// viridis at 5 stops, interpolated
+const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function colour(v) {
+  const x = (v / 255) * (STOPS.length - 1);
+  const i = Math.min(Math.floor(x), STOPS.length - 2);
+  const t = x - i;
+  return STOPS[i].map((c, k) => Math.round(c + t * (STOPS[i + 1][k] - c)));
+}
+
+function drawLogmel(image) {
+  const canvas = $("logmel");
+  if (!image) {
+    canvas.width = canvas.height = 1;
+    $("logmel-caption").textContent = "(not in this model file)";
+    return;
+  }
+  const bytes = Uint8Array.from(atob(image.pixels), (c) => c.charCodeAt(0));
+  canvas.width = image.frames;
+  canvas.height = image.n_mels;
+  const context = canvas.getContext("2d");
+  const data = context.createImageData(image.frames, image.n_mels);
+  for (let m = 0; m < image.n_mels; m++) {
+    const row = image.n_mels - 1 - m; // low frequencies at the bottom
+    for (let f = 0; f < image.frames; f++) {
+      const [r, g, b] = colour(bytes[m * image.frames + f]);
+      const o = 4 * (row * image.frames + f);
+      data.data[o] = r; data.data[o + 1] = g; data.data[o + 2] = b; data.data[o + 3] = 255;
+    }
+  }
+  context.putImageData(data, 0, 0);
+  $("logmel-caption").textContent =
+    `(first window, ${image.n_mels} mel bands, ${image.db_min.toFixed(0)} to ${image.db_max.toFixed(0)} dB)`;
+}
+
+function labelColour(label) {
+  let h = 0;
+  for (const c of label) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return `hsl(${h}, 60%, 75%)`;
+}
+
+function drawTimeline(rows, duration) {
+  $("timeline-section").hidden = rows.length < 2;
+  const strip = $("timeline-strip");
+  const body = $("timeline-table").tBodies[0];
+  strip.replaceChildren();
+  body.replaceChildren();
+  if (rows.length < 2) return;
+  // each window drawn from its start to the next window's start (the last to its end)
+  rows.forEach((row, i) => {
+    const end = i + 1 < rows.length ? rows[i + 1].start : row.end;
+    const div = document.createElement("div");
+    div.style.left = `${(100 * row.start) / duration}%`;
+    div.style.width = `${(100 * (end - row.start)) / duration}%`;
+    div.style.background = row.label ? labelColour(row.label) : "#ccc";
+    div.title = row.label ? `${row.start}–${row.end} s: ${row.label} ` +
+      `${(100 * row.probability).toFixed(0)} %` : `${row.start}–${row.end} s: silence`;
+    div.textContent = row.label || "";
+    strip.append(div);
+  });
+  for (const row of rows.slice(0, TIMELINE_ROWS)) {
+    const tr = document.createElement("tr");
+    for (const value of [row.start.toFixed(2), row.end.toFixed(2), row.label || "(silence)",
+                         row.label ? `${(100 * row.probability).toFixed(1)} %` : ""]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+}
+
+// A recording is decoded by the browser and sent as 16-bit mono WAV: the server needs no
+// decoder for the browser's own format (WebM/Opus in Chromium).
+function encodeWav(samples, rate) {
+  const buffer = new ArrayBuffer(44 + 2 * samples.length);
+  const view = new DataView(buffer);
+  const text = (offset, s) => { for (let i = 0; i < s.length; i++) view.setUint8(offset + i, s.charCodeAt(i)); };
+  text(0, "RIFF"); view.setUint32(4, 36 + 2 * samples.length, true); text(8, "WAVE");
+  text(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true);
+  view.setUint16(22, 1, true); view.setUint32(24, rate, true); view.setUint32(28, 2 * rate, true);
+  view.setUint16(32, 2, true); view.setUint16(34, 16, true);
+  text(36, "data"); view.setUint32(40, 2 * samples.length, true);
+  for (let i = 0; i < samples.length; i++) {
+    const s = Math.max(-1, Math.min(1, samples[i]));
+    view.setInt16(44 + 2 * i, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+  }
+  return new Blob([buffer], { type: "audio/wav" });
+}
+
+function mono(audio) {
+  const out = new Float32Array(audio.length);
+  for (let c = 0; c < audio.numberOfChannels; c++) {
+    const data = audio.getChannelData(c);
+    for (let i = 0; i < data.length; i++) out[i] += data[i] / audio.numberOfChannels;
+  }
+  return out;
+}
+
+let recorder = null;
+
+async function toggleRecording() {
+  const button = $("record");
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  if (!navigator.mediaDevices || !window.MediaRecorder) {
+    setStatus("This browser cannot record (it needs a secure page: https or localhost).", true);
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    setStatus(`No microphone: ${err.message}`, true);
+    return;
+  }
+  const chunks = [];
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (event) => chunks.push(event.data);
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((track) => track.stop());
+    recorder = null;
+    button.classList.remove("recording");
+    button.textContent = "● Record from the microphone";
+    try {
+      const context = new AudioContext();
+      const audio = await context.decodeAudioData(await new Blob(chunks).arrayBuffer());
+      await context.close();
+      await classify(encodeWav(mono(audio), audio.sampleRate), "microphone recording");
+    } catch (err) {
+      setStatus(`Could not convert the recording: ${err.message}`, true);
+    }
+  };
+  recorder.start();
+  button.classList.add("recording");
+  button.textContent = "■ Stop and classify";
+  setStatus("Recording…");
+}
+
+function setUp() {
+  const drop = $("drop");
+  $("file").addEventListener("change", () => {
+    const file = $("file").files[0];
+    if (file) classify(file, file.name);
+    $("file").value = "";
+  });
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") $("file").click();
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    drop.addEventListener(type, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) classify(file, file.name);
+  });
+  $("record").addEventListener("click", toggleRecording);
+  loadModelInfo();
+}
+
+setUp();

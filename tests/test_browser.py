@@ -1,0 +1,93 @@
+"""The web page of ``escnet serve`` in a real browser: Debian's chromium and chromium-driver,
+headless, driven by Selenium, against a real server on 127.0.0.1 and a real ESC-50 clip.
+
+Set ``ESCNET_SCREENSHOT=docs/serve-page.png`` to also keep the screenshot (the README's)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIVE_CLASS_RATE
+from test_serve import start_server
+
+from escnet.deploy.predict import Predictor
+from escnet.runs import RunDir
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and "
+                                "chromium-driver (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1500",
+                # a fake microphone (a beep) that needs no permission prompt
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    yield driver
+    driver.quit()
+
+
+def _console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_page_classifies_an_uploaded_clip_and_a_recording(browser, five_class_run, five_class_exports,
+                                                          tmp_path):
+    model = five_class_exports[0].path
+    predictor = Predictor.from_path(model)
+    table = Path(RunDir(five_class_run).config.data.data_dir).read_text().splitlines()[1:]
+    held_out = [(path, label) for path, label, fold in (ln.split(",") for ln in table) if fold == "1"]
+    # a held-out clip the model gets right, so that "the right top class" means both
+    clip = next(path for path, label in held_out if predictor.predict_file(path).top[0][0] == label)
+    expected = predictor.predict_file(clip, top_k=5)
+    proc, url = start_server(model, "--threads", "1")
+    try:
+        browser.get(url)
+        wait = WebDriverWait(browser, 30)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "Model cnn10"))
+        assert "5 classes" in browser.find_element(By.ID, "model-info").text
+        browser.find_element(By.ID, "file").send_keys(str(Path(clip).resolve()))  # a real ESC-50 .ogg
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done"))
+        bars = browser.find_elements(By.CSS_SELECTOR, "#bars li.bar")
+        assert [b.get_attribute("data-label") for b in bars] == [label for label, _ in expected.top]
+        assert bars[0].find_element(By.CLASS_NAME, "prob").text == f"{100 * expected.top[0][1]:.1f} %"
+        assert browser.find_element(By.ID, "result-title").text == Path(clip).name
+        canvas = browser.find_element(By.ID, "logmel")
+        assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == \
+            (5 * FIVE_CLASS_RATE // 256 + 1, 40)
+        assert browser.find_element(By.ID, "timeline-section").get_attribute("hidden") is not None
+        shot = tmp_path / "serve-page.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ESCNET_SCREENSHOT"):
+            shutil.copy(shot, os.environ["ESCNET_SCREENSHOT"])
+
+        # the microphone: recorded, converted to WAV in the page, classified
+        browser.find_element(By.ID, "record").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Recording"))
+        time.sleep(2.5)  # of the fake microphone's beeps
+        browser.find_element(By.ID, "record").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "result-title"), "microphone recording"))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done"))
+        summary = browser.find_element(By.ID, "summary").text
+        assert "1 channel(s)" in summary and float(summary.split(" s at ")[0]) > 1.5
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#bars li.bar")) == 5
+        assert _console_errors(browser) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,0 +1,264 @@
+"""escnet serve: the API against the real app (FastAPI's test client) and against a real
+``escnet serve`` process on 127.0.0.1 (concurrency, overload, SIGTERM), with a model trained
+and exported from real ESC-50 clips."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import FIVE_CLASS_RATE, runtime_cli, tone
+
+from escnet.data.audio import load_audio
+from escnet.deploy.predict import Predictor
+from escnet.runs import RunDir
+
+fastapi = pytest.importorskip("fastapi", reason="escnet serve needs the serve extra")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from escnet.serve.app import ServeSettings, create_app  # noqa: E402
+
+RATE = FIVE_CLASS_RATE
+
+
+def encode(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format=fmt, subtype=subtype)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_path(five_class_exports) -> Path:
+    return five_class_exports[0].path
+
+
+@pytest.fixture(scope="module")
+def held_out(five_class_run) -> list[str]:
+    table = Path(RunDir(five_class_run).config.data.data_dir).read_text().splitlines()[1:]
+    return [path for path, _, fold in (line.split(",") for line in table) if fold == "1"]
+
+
+@pytest.fixture(scope="module")
+def client(model_path):
+    settings = ServeSettings(str(model_path), threads=2, max_upload_mb=2, max_seconds=30)
+    with TestClient(create_app(settings)) as c:
+        deadline = time.monotonic() + 30  # the model loads in the background
+        while c.get("/readyz").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield c
+
+
+def test_health_readiness_and_model_information(client, model_path):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    info = client.get("/v1/model").json()
+    expected = Predictor.from_path(model_path).info
+    assert info["classes"] == expected.classes and info["sample_rate"] == RATE
+    assert info["clip_seconds"] == 5.0 and info["model"] == "cnn10"
+    assert info["held_out_accuracy"] == pytest.approx(expected.held_out_accuracy)
+    assert info["limits"] == {"max_upload_mb": 2, "max_seconds": 30}
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "<script src=\"/static/app.js\">" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_classify_raw_and_multipart_any_rate_channels_and_format(client, model_path, held_out, tmp_path):
+    clip = load_audio(held_out[0], 44100)  # as a user would have it: 44.1 kHz ...
+    stereo = np.stack([clip, clip], axis=1)  # ... and stereo
+    wav = encode(stereo, 44100)
+    (tmp_path / "clip.wav").write_bytes(wav)
+    expected = Predictor.from_path(model_path).predict_file(tmp_path / "clip.wav", top_k=3)
+    raw = client.post("/v1/classify?top_k=3", content=wav)
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert [t["label"] for t in body["top"]] == [label for label, _ in expected.top]
+    assert [t["probability"] for t in body["top"]] == pytest.approx([p for _, p in expected.top], abs=1e-6)
+    assert (body["sample_rate"], body["channels"], body["windows"]) == (44100, 2, 1)
+    assert body["duration"] == pytest.approx(5.0, abs=1e-3) and "timeline" not in body
+    # a multipart upload whose file name tries to reach the file system: used nowhere
+    hostile = "../../../../tmp/escnet-pwned.wav"
+    form = client.post("/v1/classify?top_k=3", files={"file": (hostile, wav, "audio/wav")})
+    assert form.status_code == 200 and form.json()["top"] == body["top"]
+    assert not Path("/tmp/escnet-pwned.wav").exists() and "pwned" not in form.text
+    # other containers: FLAC is lossless (same numbers), OGG and MP3 decode and classify
+    flac = client.post("/v1/classify?top_k=3", content=encode(stereo, 44100, "FLAC", "PCM_16"))
+    assert [t["label"] for t in flac.json()["top"]] == [t["label"] for t in body["top"]]
+    assert [t["probability"] for t in flac.json()["top"]] == [t["probability"] for t in body["top"]]
+    for fmt, subtype in (("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")):
+        lossy = client.post("/v1/classify", content=encode(clip, 44100, fmt, subtype))
+        assert lossy.status_code == 200, (fmt, lossy.text)
+        assert lossy.json()["top"][0]["label"] in Predictor.from_path(model_path).classes
+
+
+def test_timeline_and_logmel_for_a_long_recording(client, held_out):
+    clip = load_audio(held_out[0], RATE)[: 5 * RATE]
+    audio = np.concatenate([clip, np.zeros(5 * RATE, np.float32), clip])  # 15 s, silent middle
+    r = client.post("/v1/classify?timeline=true&logmel=true", content=encode(audio, RATE))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rows = body["timeline"]
+    assert [(row["start"], row["end"]) for row in rows] == [(0.0, 5.0), (2.5, 7.5), (5.0, 10.0),
+                                                           (7.5, 12.5), (10.0, 15.0)]
+    assert rows[2]["label"] is None and rows[2]["probability"] is None  # the silence
+    assert rows[0]["label"] == rows[4]["label"] == body["top"][0]["label"]
+    assert body["windows"] == sum(row["label"] is not None for row in rows)  # silence not averaged
+    image = body["logmel"]
+    assert (image["n_mels"], image["frames"]) == (40, 5 * RATE // 256 + 1)
+    pixels = np.frombuffer(base64.b64decode(image["pixels"]), np.uint8)
+    assert pixels.size == 40 * image["frames"] and pixels.max() == 255 and pixels.min() == 0
+    assert image["db_max"] - image["db_min"] <= 80.0
+
+
+def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, int, str]]:
+    """(name, request keyword arguments, status, words the error must hold)."""
+    ok = encode(tone(440, RATE, 2.0), RATE)
+    nan = tone(440, RATE, 1.0)
+    nan[100] = np.nan
+    huge_header = bytearray(ok)
+    huge_header[40:44] = (0x7FFFFF00).to_bytes(4, "little")  # "data" claims 2 GB
+    # a compression bomb: 20 minutes of silence is a few kB of FLAC
+    bomb = encode(np.zeros(20 * 60 * 8000, np.float32), 8000, "FLAC", "PCM_16")
+    assert len(bomb) < 200_000
+
+    def chunked():
+        for _ in range(40):
+            yield bytes(100_000)
+
+    return [
+        ("text", {"content": b"this is not audio\n" * 50}, 415, "not a readable audio file"),
+        ("random bytes", {"content": np.random.default_rng(0).bytes(5000)}, 415, "not a readable"),
+        ("empty", {"content": b""}, 422, "empty file"),
+        ("header only", {"content": ok[:44]}, 422, "no audio samples"),
+        ("cut off", {"content": ok[: len(ok) // 2]}, 422, "truncated"),
+        ("declared 2 GB", {"content": bytes(huge_header)}, 422, "truncated"),
+        ("NaN samples", {"content": encode(nan, RATE, "WAV", "FLOAT")}, 422, "NaN"),
+        ("compression bomb", {"content": bomb}, 413, "longer than the limit of 30 s"),
+        ("too long", {"content": encode(np.zeros(40 * 8000, np.float32), 8000)}, 413, "30 s"),
+        ("too big", {"content": bytes(3 * 2**20)}, 413, "over the limit of 2 MB"),
+        ("too big, no length", {"content": chunked()}, 413, "over the limit of 2 MB"),
+        ("form without a file", {"data": {"note": "hello"}, "files": {"x": ("", b"", "")}}, 422, ""),
+        ("form, field only", {"data": {"a": "b"}, "headers": {"content-type":
+                              "multipart/form-data; boundary=xyz"}}, 422, "multipart"),
+        ("top_k 0", {"content": ok, "params": {"top_k": 0}}, 422, "top_k"),
+        ("hop -1", {"content": ok, "params": {"hop": -1}}, 422, "hop"),
+        ("timeline=maybe", {"content": ok, "params": {"timeline": "maybe"}}, 422, "timeline"),
+    ]
+
+
+def test_every_bad_input_gets_its_status_and_a_json_reason(client, tmp_path):
+    for name, kwargs, status, words in _bad_inputs(tmp_path):
+        r = client.post("/v1/classify", **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        body = r.json()
+        assert set(body) == {"error"} and words in body["error"], (name, body)
+        assert "Traceback" not in r.text and "BytesIO" not in r.text, name
+    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+    assert client.get("/v1/classify").status_code == 405
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """A real ``escnet serve`` on 127.0.0.1, once it says it is ready; without PyTorch and the
+    other training libraries, as after ``pip install 'escnet[serve]'``."""
+    port = _free_port()
+    proc = subprocess.Popen(runtime_cli("serve", str(model), "--port", str(port), *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"escnet serve exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("escnet serve did not become ready in 60 s")
+
+
+def post(url: str, data: bytes, query: str = "", timeout: float = 60) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(f"{url}/v1/classify{query}", data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_out):
+    clip = encode(load_audio(held_out[0], RATE)[: 5 * RATE], RATE)
+    proc, url = start_server(model_path, "--threads", "2")
+    try:
+        results: list = [None] * 12
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, post(url, clip)))
+                   for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {r[0] for r in results} == {200}
+        assert len({json.dumps(r[1]["top"]) for r in results}) == 1  # the same answer every time
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    # one thread and no queue: a second request while one runs is turned away at once
+    slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
+    query = "?timeline=true&hop=0.02"  # 2751 windows: seconds of work
+    proc, url = start_server(model_path, "--threads", "1", "--queue", "0")
+    try:
+        first: list = []
+        running = threading.Thread(target=lambda: first.append(post(url, slow, query)))
+        running.start()
+        time.sleep(0.8)
+        status, body, headers = post(url, clip)
+        assert status == 503 and "busy" in body["error"] and headers["retry-after"] == "1"
+        running.join()
+        assert first[0][0] == 200 and len(first[0][1]["timeline"]) == 2751
+        # SIGTERM while a request is in flight: it is answered, then the server exits cleanly
+        second: list = []
+        running = threading.Thread(target=lambda: second.append(post(url, slow, query)))
+        running.start()
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGTERM)
+        running.join()
+        assert second[0][0] == 200 and len(second[0][1]["timeline"]) == len(first[0][1]["timeline"])
+        # uvicorn finishes the requests in flight, then ends by the signal it was sent
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        log = proc.stdout.read()
+        assert "Shutting down" in log and "Finished server process" in log and "Traceback" not in log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_refuses_a_bad_model_or_setting_in_one_line(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    for args, words in ((["nothing.onnx"], "not found"), ([str(tmp_path / "bad.onnx")], "not a readable"),
+                        ([str(tmp_path / "bad.onnx"), "--queue", "-1"], "--queue -1"),
+                        ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "nan"], "--max-upload-mb")):
+        done = subprocess.run(runtime_cli("serve", *args), capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == "", args
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr, (args, done.stderr)
