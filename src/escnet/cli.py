@@ -460,6 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     except EscnetError as err:
         print(f"escnet: error: {_flag_hint(str(err))}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # torch's out-of-memory errors are RuntimeErrors
+        if not isinstance(err, MemoryError) and not any(
+                words in str(err) for words in ("can't allocate memory", "out of memory")):
+            raise
+        resume = " (resume with --resume RUNDIR)" if args.command == "train" else ""
+        print(f"escnet: error: out of memory: lower train.batch_size, the model's size or the "
+              f"features (n_mels, clip_seconds){resume}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = " (continue with --resume RUNDIR)" if args.command == "train" else ""
         print(f"\nescnet: interrupted{hint}", file=sys.stderr)

@@ -103,14 +103,17 @@ class DataConfig(Section):
     folds: list[int] = field(default_factory=list, metadata=_rules(ge=1))
     """Held-out folds to run under ``protocol=folds``; empty means every fold of the dataset."""
     train_ratio: float = _check(0.9, gt=0, lt=1)
-    sample_rate: int = _check(44_100, gt=0)
+    sample_rate: int = _check(44_100, ge=1000, le=384_000)
     """Hz. Audio is resampled to this rate once, when the waveform cache is built."""
-    clip_seconds: float = _check(5.0, gt=0)
+    clip_seconds: float = _check(5.0, gt=0, le=600)
     """Every clip is padded or cropped to this duration (s)."""
     cache_dir: str = ""
     """Where decoded waveforms are cached; empty means ``$ESCNET_CACHE`` or ``~/.cache/escnet``."""
     skip_bad: bool = False
     """Leave unreadable audio files out (and say how many) instead of stopping."""
+    allow_uneven_folds: bool = False
+    """Accept a fold under a quarter the size of the others (with a warning) instead of
+    refusing the dataset: such a fold is usually a stray fold number."""
     balanced_sampling: bool = False
     """Draw training examples with inverse class-frequency weights (the report's sampler)."""
 
@@ -124,10 +127,12 @@ class FeatureConfig(Section):
     """The log-mel spectrogram every model reads (:class:`escnet.transforms.Featurizer`)."""
 
     section = "features"
-    n_fft: int = _check(1024, gt=0)
+    n_fft: int = _check(1024, gt=0, le=65_536)
     win_length: int = _check(1024, gt=0)
     hop_length: int = _check(256, gt=0)
+    """Samples between frames; at most ``n_fft`` (frames overlap or touch)."""
     n_mels: int = _check(64, gt=0)
+    """At most ``n_fft // 2 + 1``, the FFT's bins (more bands than bins leaves some empty)."""
     f_min: float = _check(0.0, ge=0)
     """Hz."""
     f_max: float | None = _check(None, gt=0)
@@ -138,6 +143,10 @@ class FeatureConfig(Section):
     def rules(self) -> None:
         if self.win_length > self.n_fft:
             self.fail("win_length", f"must be <= n_fft ({self.n_fft})")
+        if self.hop_length > self.n_fft:
+            self.fail("hop_length", f"must be <= n_fft ({self.n_fft}): frames would skip audio")
+        if self.n_mels > self.n_fft // 2 + 1:
+            self.fail("n_mels", f"must be <= n_fft // 2 + 1 = {self.n_fft // 2 + 1}, the FFT's bins")
 
 
 @dataclass
@@ -175,7 +184,7 @@ class AugmentConfig(Section):
     (the report's policy, without its off-by-one); ``each``: every transform with ``p``."""
     p: float = _check(0.5, ge=0, le=1)
     """Probability of each transform under ``policy=each``."""
-    copies: int = _check(0, ge=0)
+    copies: int = _check(0, ge=0, le=1000)
     """0: transform every example afresh each epoch, in the DataLoader workers. K > 0: draw K
     augmented copies of every clip once (cached on disk) and train each epoch on one of them,
     picked at random, so an epoch costs no more than without augmentation."""
@@ -241,10 +250,10 @@ class TrainConfig(Section):
     """The optimisation, and where and how fast it runs."""
 
     section = "train"
-    batch_size: int = _check(128, gt=0)
-    learning_rate: float = _check(3e-4, gt=0)
-    weight_decay: float = _check(1e-5, ge=0)
-    num_epochs: int = _check(20, gt=0)
+    batch_size: int = _check(128, gt=0, le=65_536)
+    learning_rate: float = _check(3e-4, gt=0, le=10)
+    weight_decay: float = _check(1e-5, ge=0, le=10)
+    num_epochs: int = _check(20, gt=0, le=100_000)
     optimizer: str = _check("adam", choices=("adam", "adamw"))
     scheduler: str = _check("none", choices=("none", "cosine", "onecycle"))
     label_smoothing: float = _check(0.0, ge=0, lt=1)
@@ -253,7 +262,7 @@ class TrainConfig(Section):
     BatchNorm statistics), updated after every optimiser step with this decay (0.998 averages
     over about 500 steps); 0 turns it off."""
     seed: int = 0
-    num_workers: int = _check(0, ge=0)
+    num_workers: int = _check(0, ge=0, le=256)
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
@@ -269,8 +278,27 @@ class TrainConfig(Section):
     """Also log per-epoch scalars of every fold to ``RUNDIR/tensorboard`` (needs ``tensorboard``)."""
 
     def rules(self) -> None:
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             self.fail("device", "must be auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(device: str, what: str = "--device") -> str:
+    """``auto`` → ``cuda`` when present, else ``cpu``; ``cpu``, ``cuda`` or ``cuda:N`` as given,
+    or a :class:`ConfigError` naming ``what`` when it is not one of those or not on this machine."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{what}={device}: must be auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) >= count:
+        have = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+        raise ConfigError(f"{what}={device}: this machine has {have}; use cpu or auto")
+    return device
 
 
 SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureConfig,
@@ -325,11 +353,8 @@ class TaskConfig:
         return (bool(a.waveform) and a.copies == 0) or (a.mixup_alpha > 0 and a.mixup_mode == "waveform")
 
     def resolved_device(self) -> str:
-        import torch
-
-        if self.train.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.train.device
+        """``train.device`` with ``auto`` decided (:func:`resolve_device`)."""
+        return resolve_device(self.train.device, "setting train.device")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""

@@ -30,8 +30,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError) as err:
+        # a read-only or vanished folder, or a folder where the file should go: the user's to fix
+        raise EscnetError(f"{path}: cannot write it ({err.strerror}); check the folder's "
+                          "permissions, or copy the run somewhere writable") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from escnet.config import TaskConfig, from_dict, read_config_file
+from escnet.config import RESULT_FREE, TaskConfig, from_dict, read_config_file
 from escnet.errors import CheckpointError, ConfigError, EscnetError
 from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
 from escnet.reports.metrics import classification_metrics, major_category
@@ -144,7 +144,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
             raise CheckpointError(f"{path}: not a trusted escnet checkpoint (it holds Python objects "
                                   "beyond weights and plain values); escnet does not load it") from None
         raise CheckpointError(f"{path}: not an escnet checkpoint (not a PyTorch file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError):
+    except Exception:  # torch.load on arbitrary bytes raises anything (an audio file: IndexError)
         raise CheckpointError(f"{path}: not an escnet checkpoint, or a damaged or cut-off one") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not an escnet checkpoint (no format version or weights)")
@@ -169,9 +169,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """A :class:`~escnet.models.SoundClassifier` in eval mode from a checkpoint, with the
     checkpoint dict (its ``config`` a :class:`TaskConfig`)."""
+    return _model_of(load_checkpoint(path, device), path, device)
+
+
+def _model_of(ckpt: dict[str, Any], path: str | Path, device: str | torch.device):
     from escnet.models import SoundClassifier
 
-    ckpt = load_checkpoint(path, device)
     model = SoundClassifier.from_config(ckpt["config"], pretrained=False).to(device)
     try:
         model.load_state_dict(ckpt["model"])
@@ -239,25 +242,56 @@ class RunDir:
     def config(self) -> TaskConfig:
         return self.read_config()
 
+    def check_startable(self, resume: bool = False) -> None:
+        """Raise unless a new run may start here (a new or empty folder), or, with ``resume``,
+        this is a run; called before any slow work, and again by :meth:`create`."""
+        if resume:
+            self.read_config()
+        elif (self.path / self.CONFIG).exists():
+            raise EscnetError(f"{self.path}: already holds a run; resume it or choose another "
+                              "output folder")
+        elif self.path.exists() and not self.path.is_dir():
+            raise EscnetError(f"{self.path}: exists and is not a folder; choose another output folder")
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise EscnetError(f"{self.path}: a folder that is not empty and not an escnet run; "
+                              "choose a new or empty output folder")
+
     def create(self, config: TaskConfig, resume: bool = False,
                result_free: tuple[str, ...] = ()) -> None:
         """Start a run here (the folder must be new or empty), or, with ``resume``, check that
         ``config`` is this run's own (settings in ``result_free`` may differ); then save it."""
+        self.check_startable(resume)
         if resume:
             old, new = self.read_config().flat(), config.flat()
             changed = [k for k, v in new.items() if old.get(k) != v and k not in result_free]
             if changed:
                 raise EscnetError(f"{self.path}: cannot resume with different settings "
                                   f"({', '.join(changed)}); drop those changes or start a new run")
-        elif (self.path / self.CONFIG).exists():
-            raise EscnetError(f"{self.path}: already holds a run; resume it or choose another "
-                              "output folder")
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            raise EscnetError(f"{self.path}: a folder that is not empty and not an escnet run; "
-                              "choose a new or empty output folder")
+            for stale in self.path.rglob(".*.tmp*"):  # a write cut short by a kill
+                stale.unlink(missing_ok=True)
         make_output_dir(self.path)
         config.save(self.path / self.CONFIG)
         self.__dict__["config"] = config
+
+    # checkpoints of this run
+    def load_checkpoint(self, fold: str, which: str = "last", device: str | torch.device = "cpu"
+                        ) -> dict[str, Any]:
+        """A fold's checkpoint, refused unless it was trained here: for this fold, with this
+        run's settings (those in ``RESULT_FREE`` apart)."""
+        path = self.checkpoint(fold, which)
+        ckpt = load_checkpoint(path, device)
+        theirs, ours = ckpt["config"].flat(), self.config.flat()
+        differ = [k for k in sorted(set(theirs) | set(ours))
+                  if theirs.get(k) != ours.get(k) and k not in RESULT_FREE]
+        if differ or str(ckpt.get("fold", fold)) != fold:
+            why = f"its {', '.join(differ[:3])} differ" if differ else f"it is fold {ckpt['fold']}'s"
+            raise CheckpointError(f"{path}: not this run's checkpoint ({why}; {self.path / self.CONFIG} "
+                                  "says otherwise); it was copied from another run")
+        return ckpt
+
+    def load_model(self, fold: str, which: str = "last", device: str | torch.device = "cpu"):
+        """:func:`load_model` of a fold's checkpoint, checked by :meth:`load_checkpoint`."""
+        return _model_of(self.load_checkpoint(fold, which, device), self.checkpoint(fold, which), device)
 
     # per-epoch history
     def write_history(self, fold: str, history: list[dict]) -> None:

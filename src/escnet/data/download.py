@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from escnet.data.tables import read_esc50
 from escnet.errors import DataError, EscnetError
+from escnet.files import make_output_dir
 
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
 ESC50_CLIPS = 2000
@@ -45,7 +46,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
     """
     if dest.exists() and (sha256 is None or sha256_of(dest).startswith(sha256.lower())):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(dest.parent)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "escnet", **({"Range": f"bytes={have}-"} if have else {})}
@@ -66,6 +67,9 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
         if err.code != 416:  # 416: nothing left to send, the partial file is complete
             raise EscnetError(f"{url}: server answered {err.code} {err.reason}") from None
         total = have
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as err:
+        raise EscnetError(f"{part}: cannot write it ({err.strerror}); choose a folder you can "
+                          "write to") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         kept = part.stat().st_size if part.exists() else 0
@@ -98,12 +102,14 @@ def extract_dataset(archive: Path, target: Path, keep: tuple[str, ...] = ("audio
                 if len(parts) < 3 or parts[1] not in keep or info.is_dir() or ".." in parts:
                     continue  # skips the repository's other files, and unsafe paths
                 out = staging.joinpath(*parts[1:])
-                out.parent.mkdir(parents=True, exist_ok=True)
+                make_output_dir(out.parent)
                 with zf.open(info) as src, out.open("wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
     except zipfile.BadZipFile:
         archive.unlink()
         raise DataError(f"{archive}: not a valid zip archive; deleted it, download again") from None
+    except OSError as err:  # a read-only or full target
+        raise DataError(f"{target.parent}: cannot extract the archive there ({err.strerror})") from None
     if not staging.exists():
         raise DataError(f"{archive}: holds no {' or '.join(keep)} folder")
     shutil.rmtree(target, ignore_errors=True)
@@ -119,7 +125,7 @@ def download_esc50(root: str | Path, url: str = ESC50_URL, sha256: str | None = 
 
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_output_dir(root)
     target = root / "esc50"
     if not (target / "meta" / "esc50.csv").is_file():
         archive = download(url, root / "ESC-50-master.zip", sha256, progress)

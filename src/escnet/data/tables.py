@@ -30,6 +30,7 @@ from escnet.errors import ConfigError, DataError
 
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 _ESC50_NAME = re.compile(r"^(\d+)-([^-]+)-([^-]+)-(\d+)$")
+_FOLD_FOLDER = re.compile(r"^fold[-_ ]?\d+$", re.IGNORECASE)
 CACHE_VERSION = 1
 
 
@@ -94,21 +95,40 @@ def read_esc50(root: Path, subset: str = "all", skip_missing: bool = False) -> C
     by_stem = _audio_by_stem(audio_dir)
     if subset == "esc10":
         rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
-    names: dict[int, str] = {}
-    paths, targets, folds, absent = [], [], [], []
+    paths, targets, folds, fold_lines, absent = [], [], [], [], []
+    lines: dict[str, list[int]] = {}  # filename → its rows
+    categories: dict[int, dict[str, list[int]]] = {}  # target → category → rows
     for line, row in enumerate(rows, start=2):
         try:
             target, fold = int(row["target"]), int(row["fold"])
-        except ValueError:
-            raise DataError(f"{meta}: row {line}: fold and target must be integers") from None
+        except (TypeError, ValueError):
+            raise DataError(f"{meta}: row {line}: fold and target must be integers (got fold "
+                            f"{row['fold']!r}, target {row['target']!r})") from None
+        lines.setdefault(row["filename"], []).append(line)
+        categories.setdefault(target, {}).setdefault(row["category"], []).append(line)
         path = by_stem.get(Path(row["filename"]).stem)
         if path is None:
             absent.append(row["filename"])
             continue
-        names[target] = row["category"]
         paths.append(path)
         targets.append(target)
         folds.append(fold)
+        fold_lines.append(line)
+    _refuse_duplicates(meta, lines)
+    _refuse_bad_folds(meta, folds, fold_lines)
+    names: dict[int, str] = {}
+    for target, named in categories.items():
+        if len(named) > 1:
+            both = "; ".join(f"{name!r} in row(s) {_rows(r)}" for name, r in named.items())
+            raise DataError(f"{meta}: target {target} has two category names ({both}); one target, "
+                            "one name: fix the rows")
+        names[target] = next(iter(named))
+    for name in {n for named in categories.values() for n in named}:
+        shared = [t for t, named in categories.items() if name in named]
+        if len(shared) > 1:
+            raise DataError(f"{meta}: category {name!r} has targets {', '.join(map(str, shared))} "
+                            f"(rows {_rows(categories[shared[0]][name])} and "
+                            f"{_rows(categories[shared[1]][name])}); one name, one target: fix the rows")
     notes = []
     if absent:
         if not skip_missing:
@@ -121,6 +141,28 @@ def read_esc50(root: Path, subset: str = "all", skip_missing: bool = False) -> C
                      [names[t] for t in order], f"esc50:{root}", notes)
 
 
+def _rows(lines: list[int], most: int = 5) -> str:
+    more = f" and {len(lines) - most} more" if len(lines) > most else ""
+    return ", ".join(map(str, lines[:most])) + more
+
+
+def _refuse_duplicates(table: Path, lines: dict[str, list[int]]) -> None:
+    """A clip listed twice would count twice (in training, or in a fold's accuracy)."""
+    twice = {name: rows for name, rows in lines.items() if len(rows) > 1}
+    if twice:
+        name, rows = next(iter(twice.items()))
+        raise DataError(f"{table}: {len(twice)} clip(s) listed more than once, e.g. {name} in rows "
+                        f"{_rows(rows)}; remove the repeated rows")
+
+
+def _refuse_bad_folds(table: Path, folds: list[int], lines: list[int]) -> None:
+    """Folds are numbered from 1; a 0 or a negative number is a mistake, never "no folds"."""
+    bad = [(line, fold) for line, fold in zip(lines, folds, strict=True) if fold < 1]
+    if bad:
+        raise DataError(f"{table}: {len(bad)} row(s) with a fold below 1 (row {bad[0][0]}: fold "
+                        f"{bad[0][1]}); folds are numbered from 1: fix the rows")
+
+
 def read_glob(root: Path, keyword: str) -> ClipTable:
     """Files matching ``keyword`` below ``root``; fold and target parsed from the file names."""
     parsed = [(p, parse_esc50_name(p.name)) for p in sorted(root.rglob(keyword))
@@ -128,6 +170,10 @@ def read_glob(root: Path, keyword: str) -> ClipTable:
     parsed = [(p, ft) for p, ft in parsed if ft is not None]
     if not parsed:
         raise DataError(f"{root}: no audio files named like FOLD-CLIPID-TAKE-TARGET match '{keyword}'")
+    zero = [p for p, (f, _) in parsed if f < 1]
+    if zero:
+        raise DataError(f"{zero[0]}: fold {parse_esc50_name(zero[0].name)[0]} in its name; folds are "
+                        f"numbered from 1 ({len(zero)} file(s) like it)")
     targets = sorted({t for _, (_, t) in parsed})
     index = {t: i for i, t in enumerate(targets)}
     return ClipTable([p for p, _ in parsed], np.array([index[t] for _, (_, t) in parsed]),
@@ -162,12 +208,21 @@ def read_csv_table(path: Path) -> ClipTable:
     if not rows:
         raise DataError(f"{path}: has no rows")
     has_fold = "fold" in (reader.fieldnames or [])
+    folds, lines = [], {}
+    for line, r in enumerate(rows, start=2):
+        if not (r["label"] or "").strip():
+            raise DataError(f"{path}: row {line}: empty label")
+        lines.setdefault(str((path.parent / r["path"]).resolve()), []).append(line)
+        try:
+            folds.append(int(r["fold"]) if has_fold else 0)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: row {line}: fold {r['fold']!r} is not an integer (folds are "
+                            "numbered from 1; or drop the fold column to let escnet assign folds)") from None
+    _refuse_duplicates(path, lines)
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
-    try:
-        folds = [int(r["fold"]) if has_fold else 0 for r in rows]
-    except ValueError:
-        raise DataError(f"{path}: column fold must hold integers >= 1") from None
+    if has_fold:
+        _refuse_bad_folds(path, folds, list(range(2, len(rows) + 2)))
     return ClipTable([(path.parent / r["path"]).resolve() for r in rows],
                      np.array([index[r["label"]] for r in rows]), np.array(folds), classes,
                      f"csv:{path}")
@@ -202,20 +257,63 @@ def load_table(config: TaskConfig) -> ClipTable:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: a dataset file must be a CSV with columns path,label[,fold]")
-        table = read_csv_table(root)
+        table, layout = read_csv_table(root), "a path,label[,fold] CSV"
     elif (root / "meta" / "esc50.csv").is_file():
-        table = read_esc50(root, data.subset, data.skip_bad)
+        table, layout = read_esc50(root, data.subset, data.skip_bad), "an ESC-50 folder (meta/esc50.csv)"
+    elif _class_folders(root):  # class folders win over file names that happen to parse
+        table, layout = read_class_folders(root), "one subfolder per class"
     elif any(parse_esc50_name(p.name) for p in root.rglob(data.keyword)):
-        table = read_glob(root, data.keyword)
+        table, layout = read_glob(root, data.keyword), f"files named FOLD-CLIPID-TAKE-TARGET ({data.keyword})"
     else:
-        table = read_class_folders(root)
+        table, layout = read_class_folders(root), "one subfolder per class"
     if data.subset != "all" and not table.source.startswith("esc50"):
         raise ConfigError(f"setting data.subset={data.subset}: needs an ESC-50 folder with meta/esc50.csv")
-    if (table.folds == 0).any():
+    if (table.folds == 0).all():  # the layout has no folds (class folders, a CSV without them)
         n = 5 if np.bincount(table.labels).min() >= 5 else 2
         table.folds = stratified_folds(table.labels, n, config.train.seed)
         table.notes.append(f"no folds in {root}: assigned {n} stratified folds (seed {config.train.seed})")
+    else:
+        _check_fold_sizes(table, root, data.allow_uneven_folds)
+    counts = np.bincount(table.labels, minlength=len(table.classes))
+    lonely = [table.classes[i] for i in np.flatnonzero(counts == 1)]
+    if lonely:
+        table.notes.append(f"warning: {len(lonely)} class(es) with a single clip in the whole dataset "
+                           f"({', '.join(lonely[:5])}): never both trained on and tested, so their "
+                           "accuracy means little")
+    table.notes.insert(0, f"dataset {root}: {layout}; {len(table)} clips, {len(table.classes)} "
+                       f"classes, folds {', '.join(map(str, table.fold_ids))}")
     return table
+
+
+def _class_folders(root: Path) -> bool:
+    """Whether ``root`` holds two or more subfolders with audio in them that are not named
+    like fold folders (``fold1``...)."""
+    found = 0
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and not _FOLD_FOLDER.match(d.name) and any(
+                p.suffix.lower() in AUDIO_EXTENSIONS for p in d.rglob("*")):
+            found += 1
+            if found == 2:
+                return True
+    return False
+
+
+def _check_fold_sizes(table: ClipTable, root: Path, allow_uneven: bool) -> None:
+    """A fold far smaller than the others (a stray row with fold 7) would enter the mean ± std
+    as if it were one; ESC-50's folds are 1 to 5."""
+    ids, sizes = np.unique(table.folds, return_counts=True)
+    if table.source.startswith("esc50") and not set(ids) <= {1, 2, 3, 4, 5}:
+        stray = ", ".join(str(f) for f in ids if not 1 <= f <= 5)
+        raise DataError(f"{root}: meta/esc50.csv names fold(s) {stray}; ESC-50's folds are 1 to 5: "
+                        "fix those rows")
+    for fold, size in zip(ids, sizes, strict=True):
+        others = np.median(sizes[ids != fold]) if len(ids) > 1 else size
+        if size < others / 4:
+            message = (f"{root}: fold {fold} holds {size} clip(s), the others about {others:.0f}: a "
+                       "stray fold number? Its accuracy would enter the mean as a fold's")
+            if not allow_uneven:
+                raise DataError(message + "; fix the rows or set data.allow_uneven_folds=true")
+            table.notes.append("warning: " + message)
 
 
 def make_splits(table: ClipTable, config: TaskConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:

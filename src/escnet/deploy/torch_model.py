@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 import escnet
+from escnet.config import resolve_device
 from escnet.deploy.onnx_model import ModelInfo
 from escnet.errors import CheckpointError
 from escnet.runs import RunDir, load_model
@@ -29,7 +30,7 @@ class TorchModel:
     def __init__(self, checkpoints: list[Path], device: str = "cpu") -> None:
         if not checkpoints:
             raise CheckpointError("no checkpoints given")
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         loaded = [load_model(p, self.device) for p in checkpoints]
         self.models = [m for m, _ in loaded]
         first = loaded[0][1]

@@ -14,7 +14,7 @@ from escnet.data.tables import load_table, make_splits
 from escnet.engine.data import eval_loader
 from escnet.errors import DataError, EscnetError
 from escnet.models import SoundClassifier
-from escnet.runs import Predictions, RunDir, load_model, mean_std
+from escnet.runs import Predictions, RunDir, mean_std
 
 
 @torch.inference_mode()
@@ -68,16 +68,16 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
     config = run.read_config()
     if data_dir:
         config = config.replace({"data.data_dir": data_dir})
+    device = torch.device(config.resolved_device())
     recorded = run.summary.get("folds", {})
     table = load_table(config)
     waves, table = build_waveform_cache(table, config, progress)
-    device = torch.device(config.resolved_device())
     folds: dict[str, dict] = {}
     for name, _, test_idx in make_splits(table, config):
         path = run.checkpoint(name, checkpoint)
         if not path.exists():
             continue
-        model, ckpt = load_model(path, device)
+        model, ckpt = run.load_model(name, checkpoint, device)
         if ckpt["classes"] != table.classes:
             raise DataError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
                             "was trained on")

@@ -31,7 +31,7 @@ from escnet.engine.evaluate import predict_loader, score
 from escnet.engine.runtime import keep_freed_memory, machine_description
 from escnet.errors import EscnetError
 from escnet.models import SoundClassifier, count_parameters, resolve_args
-from escnet.runs import Predictions, RunDir, load_checkpoint, mean_std, save_checkpoint
+from escnet.runs import Predictions, RunDir, mean_std, save_checkpoint
 from escnet.transforms.batch import BatchAugment
 
 EpochCallback = Callable[[dict], None]
@@ -150,7 +150,7 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
     scored = model if ema is None else ema.module  # the weights evaluated, saved and predicted with
     history: list[dict] = []
     if run.checkpoint(name).exists():
-        state = load_checkpoint(run.checkpoint(name), device)
+        state = run.load_checkpoint(name, "last", device)
         scored.load_state_dict(state["model"])
         if ema is not None:
             model.load_state_dict(state["trained"])
@@ -230,14 +230,24 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     run = RunDir(out_dir)
     started = time.perf_counter()
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in (runtime.py)
-    SoundClassifier.from_config(config)  # fail on a bad model setting before any slow work
-    if resume:
-        run.read_config()  # fail on a folder that is not a run before any slow work
+    # fail on a bad model setting or device before any slow work (and before the run folder)
+    SoundClassifier.check(config)
+    SoundClassifier.from_config(config)
+    config.resolved_device()
+    run.check_startable(resume)  # a taken output folder, or one that is not a run to resume
+    if resume:  # a damaged or foreign checkpoint fails now, not after the folds before it
+        for fold in run.fold_names():
+            if run.checkpoint(fold).exists():
+                run.load_checkpoint(fold)
     table = load_table(config)
+    make_splits(table, config)  # a fold setting the dataset cannot meet fails before the cache
+    for note in table.notes:  # the layout found, folds assigned, warnings
+        log.info(note)
+    said = len(table.notes)
     tick = time.perf_counter()
     waves, table = build_waveform_cache(table, config, progress)
     cache_seconds = time.perf_counter() - tick
-    for note in table.notes:
+    for note in table.notes[said:]:  # files left out
         log.info(note)
     config = resolve_model(config, len(table.classes))
     splits = make_splits(table, config)

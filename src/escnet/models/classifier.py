@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from escnet.config import TaskConfig, cache_root
+from escnet.errors import ConfigError
 from escnet.models.pretrained import load_pretrained
-from escnet.models.registry import create_model
+from escnet.models.registry import count_parameters, create_model
 from escnet.transforms.features import Featurizer
 
 
@@ -22,6 +25,30 @@ class SoundClassifier(nn.Module):
         super().__init__()
         self.featurizer = featurizer
         self.backbone = backbone
+
+    @staticmethod
+    def check(config: TaskConfig) -> None:
+        """Fail with a :class:`ConfigError` on model settings that cannot train, before any
+        memory is spent: the backbone is built and run on PyTorch's ``meta`` device (shapes
+        only), so log-mels too small for its layers and weights larger than this machine's
+        memory are found in milliseconds instead of as a traceback or the OOM killer."""
+        m, mels, frames = config.model, config.features.n_mels, config.length
+        with torch.device("meta"):
+            backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
+                                    **m.args)
+            try:
+                backbone(torch.zeros(2, mels, frames), None)
+            except (RuntimeError, ValueError) as err:
+                raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
+                                  f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
+                                  f"{str(err).splitlines()[0]}") from None
+        params = count_parameters(backbone)
+        # weights, gradients and two Adam moments: 16 bytes a parameter
+        need, have = 16 * params, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise ConfigError(f"model {m.name} with args {m.args or '{}'} has {params / 1e9:.1f} G "
+                              f"parameters: training needs about {need / 2**30:.0f} GB, this machine "
+                              f"has {have / 2**30:.0f} GB (model.args)")
 
     @classmethod
     def from_config(cls, config: TaskConfig, pretrained: bool = True) -> SoundClassifier:

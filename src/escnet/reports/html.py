@@ -67,11 +67,11 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``RUNDIR/report.html`` (figures embedded; the PNGs also in ``RUNDIR/report/``)."""
     run = RunDir(run_dir)
     run.require_finished()
+    data = run.summary.get("data", run.config.data.data_dir)  # a damaged summary fails before any write
     figures = make_output_dir(run.path / "report")
     model = run.config.model.name
     title = f"{model} — {run.name}"
     save_curves(run.histories, figures / "curves.png", model)
-    data = run.summary.get("data", run.config.data.data_dir)
     parts = [f"<p>{html.escape(run.status)}; data {html.escape(data)}; "
              f"machine {html.escape(run.summary.get('machine', 'not recorded'))}</p>"]
     mean, std = run.mean_std()

@@ -1,0 +1,288 @@
+"""Reliability: a bad dataset never yields a wrong number, no traceback reaches a user, nothing
+is overwritten or lost (a run killed at any moment resumes to the same numbers and files)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone, write_esc50_like
+
+from escnet.cli import main
+from escnet.config import TaskConfig
+from escnet.data.tables import load_table
+from escnet.errors import DataError
+
+SMALL = ["--model", "cnn10", "--set", "model.args.width=4", "--set", "data.sample_rate=8000",
+         "--set", "data.clip_seconds=1", "--set", "features.n_fft=256", "--set", "features.win_length=256",
+         "--set", "features.hop_length=64", "--set", "features.n_mels=32", "--set", "train.batch_size=4",
+         "--quiet"]
+
+
+def _esc50(root: Path) -> Path:
+    clips = [(f"{f}-{10 * t + i}-A-{t}.wav", f, t, ".wav") for f in (1, 2) for t in (0, 1, 2) for i in range(3)]
+    return write_esc50_like(root, clips, sr=8000)
+
+
+def _edit_meta(root: Path, edit) -> Path:
+    meta = root / "meta" / "esc50.csv"
+    rows = list(csv.reader(meta.open()))
+    rows = edit(rows) or rows
+    with meta.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return root
+
+
+def _table(path: Path, **settings) -> object:
+    return load_table(TaskConfig().replace({"data.data_dir": str(path), **settings}))
+
+
+# --- datasets: refused naming the rows, never re-split or renamed silently -----------------
+
+def test_dataset_mistakes_are_refused_naming_rows(tmp_path):
+    cases = {
+        "fold 0": (lambda rows: rows[3].__setitem__(1, "0"), "row 4: fold 0"),
+        "fold 7": (lambda rows: rows[3].__setitem__(1, "7"), "fold(s) 7; ESC-50's folds are 1 to 5"),
+        "fold x": (lambda rows: rows[3].__setitem__(1, "x"), "row 4: fold and target must be integers"),
+        "renamed": (lambda rows: rows[3].__setitem__(3, "rooster"), "target 0 has two category names"),
+        "two targets": (lambda rows: rows[3].__setitem__(2, "9"), "category 'class0' has targets 0, 9"),
+        "repeated": (lambda rows: rows.append(rows[5]), "listed more than once, e.g. 1-11-A-1.wav in rows 6, 20"),
+    }
+    for name, (edit, words) in cases.items():
+        root = _edit_meta(_esc50(tmp_path / name.replace(" ", "_")), edit)
+        with pytest.raises(DataError, match=None) as err:
+            _table(root)
+        assert words in str(err.value), (name, str(err.value))
+
+
+def test_csv_folds_labels_and_tiny_folds(tmp_path):
+    root = _esc50(tmp_path / "d")
+    rows = [(f"d/audio/{p.name}", f"c{p.stem[-1]}", p.name[0]) for p in sorted((root / "audio").iterdir())]
+
+    def write(name, body):
+        path = tmp_path / name
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "label", "fold"), *body])
+        return path
+
+    assert len(_table(write("ok.csv", rows))) == 18
+    for name, body, words in [
+        ("zero.csv", [*rows[:-1], (*rows[-1][:2], "0")], "row 19: fold 0"),
+        ("blank.csv", [*rows[:-1], (*rows[-1][:2], "")], "row 19: fold '' is not an integer"),
+        ("dup.csv", [*rows, rows[0]], "listed more than once"),
+        ("nolabel.csv", [*rows[:-1], (rows[-1][0], "", "2")], "row 19: empty label"),
+    ]:
+        with pytest.raises(DataError) as err:
+            _table(write(name, body))
+        assert words in str(err.value), (name, str(err.value))
+    # a stray fold: refused, or with the setting kept with a warning (never a one-clip "fold")
+    stray = write("stray.csv", [*rows[:-1], (*rows[-1][:2], "3")])
+    with pytest.raises(DataError, match="fold 3 holds 1 clip"):
+        _table(stray)
+    table = _table(stray, **{"data.allow_uneven_folds": True})
+    assert table.fold_ids == [1, 2, 3] and any("warning: " in n and "fold 3" in n for n in table.notes)
+    # a class with one clip in the whole set is trained with a warning that says so
+    sf.write(root / "parrot.wav", tone(900, 8000, 1.0), 8000)
+    lonely = write("lonely.csv", [*rows, ("d/parrot.wav", "parrot", "1")])
+    assert any("single clip" in n and "parrot" in n for n in _table(lonely).notes)
+
+
+def test_class_folders_win_over_a_file_that_parses_as_an_esc50_name(tmp_path):
+    for name in ("bird", "car", "dog"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(5):
+            sf.write(tmp_path / "tree" / name / f"{name}{i}.wav", tone(300 + 50 * i, 8000, 0.3), 8000)
+    sf.write(tmp_path / "tree" / "dog" / "1-100-A-0.wav", tone(300, 8000, 0.3), 8000)
+    table = _table(tmp_path / "tree")
+    assert table.classes == ["bird", "car", "dog"] and len(table) == 16
+    assert table.notes[0].startswith(f"dataset {tmp_path / 'tree'}: one subfolder per class; 16 clips")
+
+
+# --- the CLI corpus: one line, exit 2, nothing changed outside the run ---------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A finished tiny run, another model's run, and files of the wrong kind."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = _esc50(root / "data")
+    for out, model in (("run", SMALL[:4]), ("other", ["--model", "crnn"])):
+        assert main(["train", "--data", str(data), "--out", str(root / out), *model, *SMALL[4:],
+                     "--epochs", "1"]) == 0
+    (root / "empty.pt").write_bytes(b"")
+    torch.save({"hello": 1}, root / "keyless.pt")
+    sf.write(root / "audio.pt", tone(300, 8000, 0.5), 8000, format="WAV")
+    (root / "text.onnx").write_text("not a model")
+    (root / "bad.yaml").write_bytes(b"\xff\xfe\x00garbage: [")
+    (root / "binary.toml").write_bytes(bytes(range(256)))
+    (root / "absurd.yaml").write_text("train:\n  batch_size: 99999999999\n")
+    (root / "afile").write_text("a file, not a folder")
+    (root / "mine").mkdir()
+    (root / "mine" / "metrics.json").write_text('{"mine": true}')
+    (root / "adopt" / "fold-1").mkdir(parents=True)  # a checkpoint but no config.yaml
+    shutil.copy(root / "run" / "fold-1" / "last.pt", root / "adopt" / "fold-1" / "last.pt")
+    for name, change in {
+        "swapped": lambda r: shutil.copy(root / "other" / "fold-1" / "last.pt", r / "fold-1" / "last.pt"),
+        "fold-swapped": lambda r: shutil.copy(r / "fold-2" / "last.pt", r / "fold-1" / "last.pt"),
+        "bad-summary": lambda r: (r / "summary.json").write_text('{"folds": '),
+        "list-summary": lambda r: (r / "summary.json").write_text("[1, 2]"),
+        "cut-checkpoint": lambda r: ((r / "fold-2" / "last.pt").write_bytes((r / "fold-2" / "last.pt").read_bytes()[:3000]),
+                                     (r / "fold-2" / "predictions.csv").unlink(), (r / "summary.json").unlink()),
+    }.items():
+        shutil.copytree(root / "run", root / name)
+        change(root / name)
+    return root, data
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_every_bad_input_is_one_line_and_exit_2_with_nothing_changed(corpus, capsys):
+    root, data = corpus
+    clip = str(next((data / "audio").iterdir()))
+    train = ["train", "--data", str(data), *SMALL, "--epochs", "1", "--out"]
+    cases = [
+        ([*train, str(root / "n1"), "--config", str(root / "bad.yaml")], "bad.yaml: not valid YAML"),
+        ([*train, str(root / "n2"), "--config", str(root / "binary.toml")], "binary.toml: not valid TOML"),
+        ([*train, str(root / "n3"), "--config", str(root / "absurd.yaml")], "train.batch_size=99999999999"),
+        ([*train, str(root / "n4"), "--device", "cuda:3"], "train.device=cuda:3: this machine has"),
+        ([*train, str(root / "n5"), "--set", "model.args.width=1000000"], "training needs about"),
+        ([*train, str(root / "n6"), "--set", "features.hop_length=256", "--set", "data.clip_seconds=0.1"],
+         "cannot take log-mels"),
+        ([*train, str(root / "n7"), "--lr", "inf"], "train.learning_rate"),
+        ([*train, str(root / "mine")], "not empty and not an escnet run"),
+        ([*train, str(root / "afile")], "exists and is not a folder"),
+        ([*train, str(root / "run")], "already holds a run"),
+        (["train", "--resume", str(root / "adopt")], "not an escnet run (no config.yaml)"),
+        (["train", "--resume", str(root / "cut-checkpoint")], "cut-checkpoint/fold-2/last.pt: not an escnet checkpoint"),
+        (["evaluate", str(root / "swapped")], "not this run's checkpoint (its model"),
+        (["evaluate", str(root / "fold-swapped")], "not this run's checkpoint (it is fold 2's"),
+        (["evaluate", str(root / "bad-summary")], "bad-summary/summary.json: damaged"),
+        (["report", str(root / "list-summary")], "list-summary/summary.json: damaged"),
+        (["compare", str(root / "run"), str(root / "bad-summary"), "--out", str(root / "cmp")],
+         "bad-summary/summary.json: damaged"),
+        (["predict", "--model", str(root / "empty.pt"), clip], "empty.pt: not an escnet checkpoint"),
+        (["predict", "--model", str(root / "keyless.pt"), clip], "keyless.pt: not an escnet checkpoint"),
+        (["predict", "--model", str(root / "audio.pt"), clip], "audio.pt: not an escnet checkpoint"),
+        (["predict", "--model", str(root / "text.onnx"), clip], "text.onnx: not a readable ONNX model"),
+        (["predict", "--model", str(root / "data"), clip], "no fold-*/last.pt checkpoints"),
+        (["predict", "--model", str(root / "run"), "--device", "cuda", clip], "--device=cuda: this machine has"),
+        (["download", "esc50", "--root", str(root / "afile"), "--url", "http://127.0.0.1:9/x.zip"],
+         "afile: exists and is not a folder"),
+    ]
+    before = _snapshot(root)
+    for args, words in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("escnet: error:")]
+        assert code == 2 and len(errors) == 1 and words in errors[0], (args, err)
+        assert "Traceback" not in err
+    assert _snapshot(root) == before  # no file changed, added or removed anywhere
+    assert not any((root / f"n{i}").exists() for i in range(1, 8))  # no run folder left behind
+
+
+# --- kill at any moment, resume, same numbers and every file ------------------------------
+
+KILLER = """
+import os, signal, sys
+import escnet.engine.train as train
+import escnet.runs as runs
+from escnet.cli import main
+
+point, count = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hit():
+    calls[0] += 1
+    return calls[0] == count
+
+
+if point == "epoch":  # after an epoch's log and checkpoints are saved
+    real_save = train._save_epoch
+
+    def save_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if hit():
+            die()
+    train._save_epoch = save_epoch
+elif point == "metrics":  # a fold's predictions.csv is written, its metrics files not yet
+    real_metrics = runs.write_metrics
+
+    def write_metrics(folder, preds):
+        if folder.name.startswith("fold-") and hit():
+            die()
+        return real_metrics(folder, preds)
+    runs.write_metrics = write_metrics
+else:  # in the middle of writing a file: its temporary file is full, not yet renamed
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(f".{point}.tmp") and hit():
+            die()
+        real_fsync(fd)
+    os.fsync = fsync
+sys.exit(main(sys.argv[3:]))
+"""
+
+DERIVED = ("metrics.json", "per_class.csv", "confusion.csv")
+
+
+def _results(run: Path) -> dict[str, object]:
+    """Everything a run's numbers are: per-fold predictions and metrics, the pooled metrics, the
+    summary's accuracies, each epoch's losses and accuracies (not their timings)."""
+    out: dict[str, object] = {}
+    for folder in (run, *sorted(run.glob("fold-*"))):
+        where = "." if folder == run else folder.name
+        for name in (*DERIVED, "predictions.csv"):
+            if folder != run or name != "predictions.csv":
+                out[f"{where}/{name}"] = (folder / name).read_text()
+        if folder != run:
+            out[f"{folder.name}/epochs"] = [{k: v for k, v in json.loads(line).items()
+                                             if not k.endswith("seconds")}
+                                            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    out["summary"] = (summary["status"], summary["folds"], summary["accuracy_mean"])
+    assert not list(run.rglob(".*.tmp*")), "a temporary file was left in the run"
+    return out
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers_and_files(tmp_path):
+    data = _esc50(tmp_path / "data")
+    args = ["train", "--data", str(data), *SMALL, "--epochs", "3", "--lr", "0.01"]
+    env_cmd = [sys.executable, "-c", KILLER]
+    reference = tmp_path / "reference"
+    assert main([*args, "--out", str(reference)]) == 0
+    expected = _results(reference)
+    moments = [("epoch", 2),  # fold 1, mid-training
+               ("last.pt", 3),  # writing fold 1's last checkpoint
+               ("metrics", 1),  # between fold 1's predictions and its metrics files
+               ("summary.json", 1),  # writing the summary after fold 1
+               ("predictions.csv", 2),  # writing fold 2's predictions
+               ("epoch", 5),  # fold 2, mid-training
+               ("metrics.json", 4)]  # writing the pooled metrics at the very end
+    for point, count in moments:
+        run = tmp_path / f"{point}-{count}"
+        killed = subprocess.run([*env_cmd, point, str(count), *args, "--out", str(run)],
+                                capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -9, (point, count, killed.stderr[-2000:])
+        resumed = subprocess.run([*env_cmd, "none", "0", "train", "--resume", str(run), "--quiet"],
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, (point, count, resumed.stderr[-2000:])
+        assert _results(run) == expected, (point, count)
+        assert np.isclose(json.loads((run / "summary.json").read_text())["accuracy_mean"],
+                          expected["summary"][2])
