@@ -37,9 +37,15 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
 # Libraries of the extras ([train], [export]); a command that needs a missing one says which.
 SERVE_LIBRARIES = {"fastapi", "uvicorn", "starlette", "python_multipart", "multipart"}
 OPTIONAL_LIBRARIES = {"torch", "librosa", "tqdm", "audiomentations", "matplotlib", "sklearn", "onnx",
-                      "onnxscript", "onnxruntime", "tensorboard", *SERVE_LIBRARIES}
+                      "onnxscript", "onnxruntime", "tensorboard", "optuna", *SERVE_LIBRARIES}
 SWITCHES = {"skip_bad": "data.skip_bad", "balanced": "data.balanced_sampling",
             "tensorboard": "train.tensorboard"}
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: redirected to a file (nohup, Slurm, CI) their
+    carriage-return frames would fill it; the one line per epoch is printed either way."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -47,6 +53,14 @@ def _train(args: argparse.Namespace) -> int:
 
     from escnet.engine.train import format_epoch, format_summary, train
     from escnet.runs import RunDir
+
+    if args.fold_worker:
+        from escnet.engine.parallel import fold_worker
+
+        fold_worker(args.resume, args.fold_worker)
+        return 0
+    if args.parallel_folds < 1:
+        raise EscnetError(f"--parallel-folds {args.parallel_folds}: must be 1 or more")
 
     overrides: dict[str, Any] = {}
     for flag, (key, _, _) in TRAIN_FLAGS.items():
@@ -69,8 +83,10 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     epochs = config.train.num_epochs
     callbacks = [] if args.quiet else [lambda entry: tqdm.write(format_epoch(entry, epochs))]
-    summary = train(config, run_dir, resume=bool(args.resume), progress=not args.quiet,
-                    callbacks=callbacks)
+    summary = train(config, run_dir, resume=bool(args.resume), progress=_bars(args),
+                    callbacks=callbacks, parallel_folds=args.parallel_folds)
+    if not summary:  # a process of a torchrun group other than rank 0
+        return 0
     print(format_summary(summary))
     print(f"run saved in {run_dir} (summary.json, config.yaml, fold-*/)")
     return 0
@@ -79,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from escnet.engine.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.data, args.checkpoint, progress=not args.quiet, tta=args.tta)
+    result = evaluate_run(args.run, args.data, args.checkpoint, progress=_bars(args), tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -184,10 +200,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from escnet.engine.sweep import load_space, open_study, run_sweep, write_trials
+
+    if args.trials < 0:
+        raise EscnetError(f"--trials {args.trials}: must be 0 or more")
+    overrides = parse_overrides(args.set or [])
+    if args.data:
+        overrides["data.data_dir"] = args.data
+    if args.folds:
+        overrides["data.folds"] = args.folds
+    if args.epochs:
+        overrides["train.num_epochs"] = args.epochs
+    base = load_config(args.config, overrides, preset=args.preset)
+    space = load_space(args.space, base)
+    study = open_study(args.storage, args.study, args.prune_after, args.pruner)
+    out = args.out or f"sweeps/{args.study}"
+    run_sweep(base, space, study, args.trials, out, progress=_bars(args),
+              announce=lambda line: print(f"escnet sweep: {line}", file=sys.stderr, flush=True))
+    rows, path = write_trials(study, out)
+    done = [r for r in rows if r["accuracy"]]
+    best = max(done, key=lambda r: float(r["accuracy"])) if done else None
+    for r in rows:
+        print(f"trial {r['trial']:>3} {r['state']:<9} {r['accuracy'] or '-':>7}  {r['run']}")
+    if best:
+        print(f"best: trial {best['trial']}, {100 * float(best['accuracy']):.1f} % ({best['run']})")
+    print(f"wrote {path} (and trials.png)")
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from escnet.data.download import ESC50_URL, download_esc50
 
-    folder = download_esc50(args.root, args.url or ESC50_URL, args.sha256, progress=not args.quiet)
+    folder = download_esc50(args.root, args.url or ESC50_URL, args.sha256, progress=_bars(args))
     print(f"ESC-50 ready in {folder}; train with: escnet train --data {folder}")
     return 0
 
@@ -226,7 +271,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.folds is not None:
         overrides["data.folds"] = args.folds
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = benchmark(models, args.data, args.out, overrides, progress=not args.quiet,
+    rows = benchmark(models, args.data, args.out, overrides, progress=_bars(args),
                      on_summary=lambda summary: print(format_summary(summary)))
     _print_compare(rows, args.out)
     return 0
@@ -282,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
     p.add_argument("--tensorboard", action="store_true", help="log per-epoch scalars to RUNDIR/tensorboard")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--parallel-folds", type=int, default=1, metavar="K",
+                   help="train K folds at once, each in its own process (cores or GPUs shared out)")
+    p.add_argument("--fold-worker", help=argparse.SUPPRESS)  # one process of --parallel-folds
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="recompute held-out accuracy of a run's checkpoints")
@@ -344,6 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest audio accepted (default 600)")
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sweep", help="search settings with Optuna (pip install 'escnet[sweep]')")
+    p.add_argument("--space", required=True, help="YAML: setting → {low, high[, log, step]} or {choices}")
+    p.add_argument("--storage", required=True, help="Optuna storage shared by the workers: "
+                   "sqlite:///sweep.db on one machine, postgresql://user:pass@host/db across several")
+    p.add_argument("--study", default="escnet", help="study name (workers of one search share it)")
+    p.add_argument("--trials", type=int, default=10, help="trials this worker runs")
+    p.add_argument("--data", help="dataset (or data.data_dir in --config/--set)")
+    p.add_argument("--folds", help="folds each trial trains, e.g. 1 or 1,2")
+    p.add_argument("--epochs", type=int, help="epochs per fold")
+    p.add_argument("--preset", help="a shipped recipe to search around")
+    p.add_argument("--config", help="YAML or TOML file of settings")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", help="folder of the trial runs (default sweeps/STUDY)")
+    p.add_argument("--pruner", choices=["median", "none"], default="median",
+                   help="stop trials whose held-out accuracy falls below the median of earlier "
+                   "trials at the same epoch")
+    p.add_argument("--prune-after", type=int, default=3, metavar="N",
+                   help="finished trials before pruning starts (default 3)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser("download", help="download and verify a dataset")
     p.add_argument("dataset", choices=["esc50"])
@@ -450,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         if err.name is None or err.name.split(".")[0] not in OPTIONAL_LIBRARIES:
             raise
         name = err.name.split(".")[0]
-        extra = "serve" if name in SERVE_LIBRARIES else "export" if args.command == "export" \
-            else "train"
+        extra = "serve" if name in SERVE_LIBRARIES else "sweep" if name == "optuna" else \
+            "export" if args.command == "export" else "train"
         why = "" if args.command in ("predict", "serve") else \
             " (the runtime install only classifies with .onnx models)"
         print(f"escnet: error: escnet {args.command} needs {name}, which is not installed: "

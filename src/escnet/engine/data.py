@@ -59,11 +59,13 @@ def prepare_data(waves, table: ClipTable, config: TaskConfig, progress: bool = T
 
 
 def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config: TaskConfig,
-                 generator: torch.Generator) -> DataLoader:
+                 generator: torch.Generator, rank: int = 0, world: int = 1) -> DataLoader:
     """Shuffled (or class-balanced) loader over ``indices`` of the training clips.
 
     The order, the copy of each clip and the augmentation seeds all come from ``generator``
-    here, before any worker starts, so they do not depend on ``num_workers``.
+    here, before any worker starts, so they do not depend on ``num_workers``. Under DDP
+    (``world`` > 1) every rank draws the same global order and takes its ``1/world`` of each
+    global batch of ``train.batch_size``, so all ranks take the same number of steps.
     """
     source = data.clips
     if data.copies:
@@ -76,11 +78,15 @@ def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config:
         order = np.array(list(class_balanced_sampler(table.labels[indices], generator)))
     else:
         order = torch.randperm(len(indices), generator=generator).numpy()
-    dataset = clip_dataset(source, table.labels, indices[order], data.augment,
-                           generator.initial_seed())
     t = config.train
-    return DataLoader(dataset, batch_size=t.batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=t.num_workers, drop_last=len(indices) > t.batch_size)
+    sequence, batch, drop_last = indices[order], t.batch_size, len(indices) > t.batch_size
+    if world > 1:
+        whole = len(sequence) // batch * batch if drop_last else len(sequence)
+        sequence = np.concatenate([sequence[b : b + batch][rank::world] for b in range(0, whole, batch)])
+        batch, drop_last = (batch // world if drop_last else -(-whole // world)), False
+    dataset = clip_dataset(source, table.labels, sequence, data.augment, generator.initial_seed())
+    return DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=collate,
+                      num_workers=t.num_workers, drop_last=drop_last)
 
 
 def eval_loader(source, labels: np.ndarray, indices: np.ndarray, config: TaskConfig) -> DataLoader:

@@ -26,10 +26,12 @@ from tqdm.auto import tqdm
 from escnet.config import RESULT_FREE, TaskConfig
 from escnet.data.cache import build_waveform_cache
 from escnet.data.tables import ClipTable, load_table, make_splits
+from escnet.engine import distributed
 from escnet.engine.data import TrainData, eval_loader, prepare_data, train_loader
+from escnet.engine.distributed import ALONE, Ranks
 from escnet.engine.evaluate import predict_loader, score
 from escnet.engine.runtime import keep_freed_memory, machine_description
-from escnet.errors import EscnetError
+from escnet.errors import ConfigError, EscnetError
 from escnet.models import SoundClassifier, count_parameters, resolve_args
 from escnet.runs import Predictions, RunDir, mean_std, save_checkpoint
 from escnet.transforms.batch import BatchAugment
@@ -89,13 +91,17 @@ def make_ema(model: torch.nn.Module, config: TaskConfig) -> AveragedModel | None
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: str,
-                    progress: bool, ema: AveragedModel | None = None) -> dict:
+                    progress: bool, ema: AveragedModel | None = None, backbone=None,
+                    ranks: Ranks = ALONE) -> dict:
     """One pass over ``loader``. Returns loss, accuracy, and seconds spent waiting for data.
 
     Batch augmentation (mixing, SpecAugment) happens here, on ``device``; the loss takes the
     mixed class probabilities, and accuracy counts the unmixed labels. ``ema``, when given,
-    is updated after every step.
+    is updated after every step. Under DDP, ``backbone`` is ``model.backbone`` wrapped in
+    :class:`~torch.nn.parallel.DistributedDataParallel` (the featurizer has no weights), and
+    loss and accuracy are those of all ranks' examples.
     """
+    backbone = backbone or model.backbone
     model.train()
     augment = BatchAugment(config)
     total_loss, correct, seen, data_wait = 0.0, 0, 0, 0.0
@@ -116,7 +122,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
         if frames is not None:  # a random crop leaves at most its own length valid
             frames = frames.clamp(max=feats.shape[-1])
         with autocast:
-            logits = model.backbone(feats, frames)
+            logits = backbone(feats, frames)
             loss = F.cross_entropy(logits.float(), targets,
                                    label_smoothing=config.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -131,20 +137,27 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
         seen += len(label)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         tick = time.perf_counter()
+    total_loss, correct, seen = ranks.total(total_loss, correct, seen)
     return {"train_loss": total_loss / seen, "train_accuracy": correct / seen,
             "data_seconds": data_wait}
 
 
 def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                train_idx: np.ndarray, test_idx: np.ndarray, run: RunDir, progress: bool = True,
-               callbacks: Sequence[EpochCallback] = ()) -> dict:
-    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``."""
+               callbacks: Sequence[EpochCallback] = (), ranks: Ranks = ALONE) -> dict:
+    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``.
+    Under DDP every rank runs this; only rank 0 writes."""
     fold_index = int(name) if name.isdigit() else 0  # same seeds whichever folds are run
     device = torch.device(config.resolved_device())
     _seed(config, fold_index, 0)
     model = SoundClassifier.from_config(config).to(device)
+    backbone = None
+    if ranks.active:  # the same initial weights on every rank (same seed), gradients averaged
+        backbone = torch.nn.parallel.DistributedDataParallel(
+            model.backbone, device_ids=[device.index or 0] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(train_loader(data, table, train_idx, config, torch.Generator()))
+    steps_per_epoch = len(train_loader(data, table, train_idx, config, torch.Generator(),
+                                       ranks.rank, ranks.world))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.train.num_epochs)
     ema = make_ema(model, config)
     scored = model if ema is None else ema.module  # the weights evaluated, saved and predicted with
@@ -159,16 +172,17 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
-    tests = eval_loader(data.clips, table.labels, test_idx, config)
+    tests = eval_loader(data.clips, table.labels, ranks.shard(test_idx), config)
     epochs = config.train.num_epochs
     held_out = None  # the latest epoch's (logits, labels) on the test fold
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
-        loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch))
+        loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch),
+                              ranks.rank, ranks.world)
         entry = {"fold": name, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         entry |= train_one_epoch(model, loader, optimizer, scheduler, device, config,
-                                 f"fold {name} epoch {epoch}/{epochs}", progress, ema)
-        held_out = predict_loader(scored, tests, device)
+                                 f"fold {name} epoch {epoch}/{epochs}", progress, ema, backbone, ranks)
+        held_out = _held_out(scored, tests, device, ranks)
         entry |= {f"test_{k}": v for k, v in score(*held_out).items()}
         bad = [k for k in ("train_loss", "test_loss") if not math.isfinite(entry[k])]
         if bad:  # before anything of this epoch is saved
@@ -177,18 +191,42 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                                 "the data; the run keeps its last good epoch and resumes from it")
         entry["seconds"] = time.perf_counter() - start
         history.append(entry)
-        _save_epoch(run, name, model, ema, optimizer, scheduler, config, table, history)
+        if ranks.main:
+            _save_epoch(run, name, model, ema, optimizer, scheduler, config, table, history)
         for callback in callbacks:
             callback(entry)
-    if not run.predictions_path(name).exists():  # the last epoch's, for metrics and reports
-        logits, labels = held_out or predict_loader(scored, tests, device)
+    if ranks.main and not run.predictions_path(name).exists():  # the last epoch's, for reports
+        logits, labels = held_out or _held_out(scored, tests, device, ranks)
         run.save_predictions(name, Predictions.from_logits(
             logits, labels, [str(table.paths[i]) for i in test_idx], table.classes))
-    run.complete_fold_files(name)
+    if ranks.main:
+        run.complete_fold_files(name)
+    ranks.barrier()  # the fold's files are written before any rank goes on
+    return fold_result(history, count_parameters(model))
+
+
+def _held_out(model, tests, device: torch.device, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of the whole held-out fold: each rank scores its share (every
+    ``world``-th clip from its rank), put back in the fold's order."""
+    logits, labels = predict_loader(model, tests, device)
+    if not ranks.active:
+        return logits, labels
+    parts = ranks.gather((logits, labels))
+    n = sum(len(p[1]) for p in parts)
+    order = np.concatenate([np.arange(n)[r :: ranks.world] for r in range(ranks.world)])
+    whole_logits = np.empty((len(order), logits.shape[1]), logits.dtype)
+    whole_labels = np.empty(len(order), labels.dtype)
+    whole_logits[order] = np.concatenate([p[0] for p in parts])
+    whole_labels[order] = np.concatenate([p[1] for p in parts])
+    return whole_logits, whole_labels
+
+
+def fold_result(history: list[dict], parameters: int) -> dict:
+    """What the summary keeps of a fold: its last epoch's accuracy, its best epoch, timings."""
     best = max(history, key=lambda h: h["test_accuracy"])
     return {"accuracy": history[-1]["test_accuracy"], "best_epoch": best["epoch"],
             "best_epoch_accuracy": best["test_accuracy"], "epochs": len(history),
-            "epoch_seconds": [h["seconds"] for h in history], "parameters": count_parameters(model)}
+            "epoch_seconds": [h["seconds"] for h in history], "parameters": parameters}
 
 
 def _save_epoch(run: RunDir, fold: str, model, ema: AveragedModel | None, optimizer, scheduler,
@@ -218,11 +256,15 @@ def resolve_model(config: TaskConfig, num_classes: int) -> TaskConfig:
 
 
 def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          callbacks: Sequence[EpochCallback] = ()) -> dict:
+          callbacks: Sequence[EpochCallback] = (), parallel_folds: int = 1,
+          only_fold: str | None = None) -> dict:
     """Train ``config.model`` under ``data.protocol``; write the run to ``out_dir``.
 
     With ``resume``, ``out_dir`` must hold a run made with the same config: finished folds are
     kept, an unfinished one continues from its ``last.pt``. ``callbacks`` get each epoch's log.
+    ``parallel_folds`` > 1 trains that many folds at once, each in its own process
+    (:mod:`escnet.engine.parallel`); ``only_fold`` is what such a process trains. Under
+    ``torchrun`` every process calls this and trains each fold together (:mod:`.distributed`).
 
     Returns:
         The summary also written to ``out_dir/summary.json``.
@@ -234,6 +276,19 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     SoundClassifier.check(config)
     SoundClassifier.from_config(config)
     config.resolved_device()
+    ranks = distributed.setup(config)
+    try:
+        return _train(config, run, resume, progress and ranks.main, callbacks if ranks.main else (),
+                      parallel_folds, only_fold, ranks, started)
+    finally:
+        ranks.close()
+
+
+def _train(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
+           callbacks: Sequence[EpochCallback], parallel_folds: int, only_fold: str | None,
+           ranks: Ranks, started: float) -> dict:
+    if parallel_folds > 1 and ranks.active:
+        raise ConfigError("--parallel-folds: not under torchrun (each fold already uses every process)")
     run.check_startable(resume)  # a taken output folder, or one that is not a run to resume
     if resume:  # a damaged or foreign checkpoint fails now, not after the folds before it
         for fold in run.fold_names():
@@ -241,29 +296,61 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
                 run.load_checkpoint(fold)
     table = load_table(config)
     make_splits(table, config)  # a fold setting the dataset cannot meet fails before the cache
-    for note in table.notes:  # the layout found, folds assigned, warnings
+    talk = ranks.main and only_fold is None  # not each DDP rank or parallel fold again
+    for note in table.notes if talk else ():  # the layout found, folds assigned, warnings
         log.info(note)
     said = len(table.notes)
     tick = time.perf_counter()
+    if not ranks.main:  # rank 0 decodes, the others then read its cache
+        ranks.barrier()
     waves, table = build_waveform_cache(table, config, progress)
+    if ranks.main:
+        ranks.barrier()
     cache_seconds = time.perf_counter() - tick
-    for note in table.notes[said:]:  # files left out
+    for note in table.notes[said:] if talk else ():  # files left out
         log.info(note)
     config = resolve_model(config, len(table.classes))
     splits = make_splits(table, config)
-    run.create(config, resume, RESULT_FREE)
+    if parallel_folds > 1:
+        left = [name for name, _, _ in splits if name not in (run.finished if resume else [])]
+        if parallel_folds > len(left):
+            raise ConfigError(f"--parallel-folds {parallel_folds}: only {len(left)} fold(s) left to "
+                              "train")
+    if talk:
+        run.create(config, resume, RESULT_FREE)
+    ranks.barrier()
+    if parallel_folds > 1:
+        from escnet.engine.parallel import train_folds_in_parallel
+
+        train_folds_in_parallel(run, left, parallel_folds, callbacks)
+        parameters = count_parameters(SoundClassifier.from_config(config, pretrained=False))
+        folds = {name: fold_result(run.read_history(name), parameters) for name, _, _ in splits}
+        return _write_summary(run, config, table, folds, len(splits), cache_seconds, 0.0, 0.0, started)
     data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
-    if config.train.tensorboard:
+    if config.train.tensorboard and ranks.main:
         callbacks = [*callbacks, tensorboard_logger(run.tensorboard_dir)]
     folds: dict[str, dict] = {}
+    summary: dict = {}
     for name, train_idx, test_idx in splits:
+        if only_fold is not None and name != only_fold:
+            continue
         folds[name] = train_fold(config, data, table, name, train_idx, test_idx, run, progress,
-                                 callbacks)
-        pooled = run.write_pooled_metrics(list(folds), table.classes)
-        summary = _summary(config, table, folds, len(splits), cache_seconds + augment_seconds,
-                           feature_seconds, time.perf_counter() - started)
-        summary["macro_f1_pooled"] = pooled["macro_f1"]
-        run.write_summary(summary)
+                                 callbacks, ranks)
+        if talk:
+            summary = _write_summary(run, config, table, folds, len(splits), cache_seconds,
+                                     augment_seconds, feature_seconds, started)
+    return summary
+
+
+def _write_summary(run: RunDir, config: TaskConfig, table: ClipTable, folds: dict[str, dict],
+                   planned: int, cache_seconds: float, augment_seconds: float,
+                   feature_seconds: float, started: float) -> dict:
+    """The pooled metrics of the folds done so far, and the summary."""
+    pooled = run.write_pooled_metrics(list(folds), table.classes)
+    summary = _summary(config, table, folds, planned, cache_seconds + augment_seconds,
+                       feature_seconds, time.perf_counter() - started)
+    summary["macro_f1_pooled"] = pooled["macro_f1"]
+    run.write_summary(summary)
     return summary
 
 

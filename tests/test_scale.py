@@ -1,0 +1,169 @@
+"""Beyond one process: DDP under torchrun (gloo on CPU), folds in parallel, Optuna sweeps, and
+logs that suit a file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_esc50_like
+
+from escnet.cli import main
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+TINY_ESC10 = ["--subset", "esc10", "--folds", "1", "--set", "model.name=cnn10", "--set", "model.args.width=8",
+              "--set", "data.sample_rate=16000", "--set", "features.n_fft=512", "--set", "features.win_length=512",
+              "--set", "features.hop_length=256", "--set", "features.n_mels=40", "--set", "train.batch_size=32",
+              "--lr", "0.003", "--quiet"]
+TONES = ["--set", "model.name=crnn", "--set", "data.sample_rate=8000", "--set", "data.clip_seconds=1",
+         "--set", "features.n_fft=256", "--set", "features.win_length=256", "--set", "features.hop_length=64",
+         "--set", "features.n_mels=32", "--set", "train.batch_size=6", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    """Three classes of tones, six clips per class and fold: learnable in an epoch."""
+    clips = [(f"{f}-{10 * t + i}-A-{t}.wav", f, t, ".wav") for f in (1, 2) for t in (0, 1, 2) for i in range(6)]
+    return write_esc50_like(tmp_path_factory.mktemp("tones") / "d", clips, sr=8000, seconds=1.0)
+
+
+def _env(threads: int = 1) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
+KILL_AFTER_FIRST_EPOCH = """
+import os, signal, sys
+import escnet.engine.train as train
+real = train._save_epoch
+def save(*args, **kwargs):
+    real(*args, **kwargs)
+    if os.environ.get("RANK") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+train._save_epoch = save
+from escnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ddp_on_cpu_rank_zero_writes_the_whole_fold_and_a_killed_run_resumes(esc50, tmp_path):
+    args = ["train", "--data", str(esc50), *TINY_ESC10, "--epochs", "2"]
+    whole = tmp_path / "whole"
+    done = subprocess.run([*TORCHRUN, "-m", "escnet", *args, "--out", str(whole)], capture_output=True,
+                          text=True, timeout=600, env=_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    # rank 0 alone talks and writes: one summary, each epoch once
+    assert done.stdout.count("run saved in") == 1 and done.stderr.count("escnet: dataset ") == 1
+    rows = list(csv.DictReader((whole / "fold-1" / "predictions.csv").open()))
+    assert len(rows) == 80  # ESC-10's fold 1: the whole fold, gathered from both ranks
+    assert len({r["path"] for r in rows}) == 80
+    history = [json.loads(line) for line in (whole / "fold-1" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["folds"]["1"] == history[-1]["test_accuracy"]
+    assert summary["folds"]["1"] > 0.2  # ten classes: above chance after two epochs
+
+    # rank 0 dies after its first epoch: torchrun ends the other rank, the run resumes
+    killed = tmp_path / "killed"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AFTER_FIRST_EPOCH)
+    crash = subprocess.run([*TORCHRUN, str(script), *args, "--out", str(killed)], capture_output=True,
+                           text=True, timeout=600, env=_env())
+    assert crash.returncode != 0
+    assert len((killed / "fold-1" / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = subprocess.run([*TORCHRUN, "-m", "escnet", "train", "--resume", str(killed), "--quiet"],
+                             capture_output=True, text=True, timeout=600, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (killed / "fold-1" / "predictions.csv").read_text() == (whole / "fold-1" / "predictions.csv").read_text()
+    assert json.loads((killed / "summary.json").read_text())["folds"] == summary["folds"]
+
+
+def test_parallel_folds_equal_sequential_folds(tones, tmp_path):
+    args = ["-m", "escnet", "train", "--data", str(tones), *TONES[:-1], "--quiet", "--epochs", "2"]
+    sequential = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "seq")], capture_output=True,
+                                text=True, timeout=300, env=_env(1))
+    assert sequential.returncode == 0, sequential.stderr
+    parallel = subprocess.run([sys.executable, *args[:-3], "--epochs", "2", "--out", str(tmp_path / "par"),
+                               "--parallel-folds", "2"],
+                              capture_output=True, text=True, timeout=300, env=_env(2))
+    assert parallel.returncode == 0, parallel.stderr
+    epochs = [ln for ln in parallel.stdout.splitlines() if " epoch " in ln]
+    assert sorted(ln.split(":")[0] for ln in epochs) == ["fold 1 epoch   1/2", "fold 1 epoch   2/2",
+                                                          "fold 2 epoch   1/2", "fold 2 epoch   2/2"]
+    for name in ("fold-1/predictions.csv", "fold-2/predictions.csv", "metrics.json", "confusion.csv"):
+        assert (tmp_path / "par" / name).read_text() == (tmp_path / "seq" / name).read_text(), name
+    seq, par = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("seq", "par"))
+    assert par["folds"] == seq["folds"] and par["status"] == "complete"
+    # an interrupted parallel run resumes every unfinished fold
+    shutil.copytree(tmp_path / "par", tmp_path / "cut")
+    for fold in ("fold-1", "fold-2"):
+        (tmp_path / "cut" / fold / "predictions.csv").unlink()
+    (tmp_path / "cut" / "summary.json").unlink()
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--parallel-folds", "2", "--quiet"]) == 0
+    assert (tmp_path / "cut" / "fold-2" / "predictions.csv").read_text() == \
+        (tmp_path / "seq" / "fold-2" / "predictions.csv").read_text()
+
+
+def test_a_sweep_shared_by_two_workers_prunes_a_trial_that_falls_behind(tones, tmp_path):
+    (tmp_path / "good.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.011, log: true}\n")
+    (tmp_path / "bad.yaml").write_text("train.learning_rate: {low: 1.0e-8, high: 2.0e-8, log: true}\n")
+    common = ["-m", "escnet", "sweep", "--data", str(tones), *TONES, "--folds", "1", "--epochs", "3",
+              "--storage", f"sqlite:///{tmp_path / 'sweep.db'}", "--out", str(tmp_path / "sw"),
+              "--prune-after", "2", "--trials", "1"]
+    workers = [subprocess.Popen([sys.executable, *common, "--space", str(tmp_path / "good.yaml")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(1))
+               for _ in range(2)]  # two workers of one search, at once
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    third = subprocess.run([sys.executable, *common, "--space", str(tmp_path / "bad.yaml")],
+                           capture_output=True, text=True, timeout=300, env=_env(2))
+    assert third.returncode == 0, third.stderr
+    trials = list(csv.DictReader((tmp_path / "sw" / "trials.csv").open()))
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
+    assert int(trials[2]["epochs"]) < 3 and float(trials[2]["train.learning_rate"]) < 1e-7
+    for t in trials:  # every trial is a normal run directory
+        assert (Path(t["run"]) / "config.yaml").is_file()
+    assert (Path(trials[0]["run"]) / "summary.json").is_file()
+    assert (tmp_path / "sw" / "trials.png").stat().st_size > 5000
+    assert "best: trial " in third.stdout
+
+
+def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.001}\n")
+    (tmp_path / "unknown.yaml").write_text("train.warp_speed: {low: 1, high: 9}\n")
+    (tmp_path / "ok.yaml").write_text("train.learning_rate: {low: 0.001, high: 0.01}\n")
+    sweep = ["sweep", "--data", str(tones), *TONES, "--out", str(tmp_path / "sw"), "--trials", "1"]
+    cases = [
+        (["train", "--data", str(tones), *TONES, "--out", str(tmp_path / "r"), "--parallel-folds", "3"],
+         "--parallel-folds 3: only 2 fold(s) left to train"),
+        ([*sweep, "--space", str(tmp_path / "space.yaml"), "--storage", "sqlite:///x.db"],
+         "empty range (low 0.01 is not below high 0.001)"),
+        ([*sweep, "--space", str(tmp_path / "unknown.yaml"), "--storage", "sqlite:///x.db"],
+         "train.warp_speed"),
+        ([*sweep, "--space", str(tmp_path / "ok.yaml"), "--storage", "sqlite:////no/such/dir/x.db"],
+         "--storage sqlite:////no/such/dir/x.db: cannot open it"),
+        ([*sweep, "--space", str(tmp_path / "ok.yaml"), "--storage", "nosuchdb://x"], "cannot open it"),
+    ]
+    for args, words in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        errors = [ln for ln in err.splitlines() if ln.startswith("escnet: error:")]
+        assert len(errors) == 1 and words in errors[0] and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "sw").exists()
+
+
+def test_a_run_logged_to_a_file_has_plain_lines_not_progress_bars(tones, tmp_path):
+    log = tmp_path / "train.log"
+    with log.open("w") as out:  # as under nohup or Slurm: stdout and stderr to a file
+        done = subprocess.run([sys.executable, "-m", "escnet", "train", "--data", str(tones), *TONES[:-1],
+                               "--epochs", "3", "--out", str(tmp_path / "r")], stdout=out, stderr=out,
+                              timeout=300, env=_env(2))
+    text = log.read_text()
+    assert done.returncode == 0 and "\r" not in text
+    assert sum(" epoch " in ln for ln in text.splitlines()) == 6  # one line per epoch and fold
