@@ -253,3 +253,18 @@ def test_crop_seconds_sets_the_training_window_in_frames():
     assert TaskConfig().replace({"augment.crop_seconds": 5.0}).crop_frames == 0  # not shorter than the clip: whole clip
     with pytest.raises(ConfigError, match="crop_seconds"):
         TaskConfig().replace({"augment.crop_seconds": -1})
+
+
+def test_band_limit_codec_and_reverb_augmentations_do_what_they_say():
+    white = np.random.default_rng(0).standard_normal(SR).astype(np.float32) * 0.1
+    limited = apply("band_limit", white, band_limit_hz=(8000.0, 8000.0))
+    spectrum = np.abs(np.fft.rfft(limited)) ** 2
+    freqs = np.fft.rfftfreq(len(limited), 1 / SR)
+    assert spectrum[freqs > 4200].sum() < 1e-4 * spectrum.sum()  # nothing above 4 kHz is left
+    coded = apply("codec", sine(440), codec_kbps=(32.0, 32.0))
+    assert len(coded) == 2 * SR and not np.array_equal(coded, sine(440))  # lossy (and delayed a little)
+    assert dominant_hz(coded) == pytest.approx(440, abs=2)  # the same tone
+    echoes = [apply("reverb", sine(440), seed=s) for s in range(6)]
+    assert len({round(float(e[SR // 2]), 6) for e in echoes}) > 1  # rooms drawn per example
+    for wet in echoes:
+        assert np.mean(wet.astype(np.float64) ** 2) == pytest.approx(np.mean(sine(440).astype(np.float64) ** 2), rel=1e-3)

@@ -35,7 +35,7 @@ FAST = ["--model", "crnn", "--set", "data.sample_rate=8000", "--set", "features.
     (["--set", "model.args.kernal_size=3,3"], "model crnn takes no argument 'kernal_size'; it accepts cnn_out_channels, kernel_size"),
     (["--set", "features.nmels=3"], "unknown setting 'features.nmels' (did you mean features.n_mels"),
     (["--subset", "esc20"], "data.subset='esc20': must be one of all, esc10 (flag --subset)"),
-    (["--set", "augment.waveform=gain,reverb"], "augment.waveform=['gain', 'reverb']: must be one of"),
+    (["--set", "augment.waveform=gain,flanger"], "augment.waveform=['gain', 'flanger']: must be one of"),
     (["--set", "augment.snr_db=30,3"], "snr_db=(30.0, 3.0): must be a range low,high"),
     (["--set", "augment.mixup_alpha=-1"], "mixup_alpha=-1.0: must be >= 0"),
     (["--preset", "fastest"], "preset 'fastest': unknown preset; choose from best, fast"),

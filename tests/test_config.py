@@ -87,7 +87,7 @@ def test_overrides_win_over_file(tmp_path):
     ({"data": {"length_wav": 1000}}, "unknown setting"),
     ({"augment": {"noise_dir": "/no/such/folder"}}, "augment.noise_dir"),
     ({"augment": {"waveform": ["gain", "gain"]}}, "names a transform twice"),
-    ({"augment": {"waveform": ["gain", "reverb"]}}, "augment.waveform.*must be one of"),
+    ({"augment": {"waveform": ["gain", "flanger"]}}, "augment.waveform.*must be one of"),
     ({"augment": {"time_stretch_rate": [0.0, 1.2]}}, "time_stretch_rate"),
     ({"augment": {"noise_colors": ["purple"]}}, "noise_colors"),
     ({"augment": {"policy": "two"}}, "augment.policy"),

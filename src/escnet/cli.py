@@ -54,10 +54,10 @@ def _train(args: argparse.Namespace) -> int:
     from escnet.engine.train import format_epoch, format_summary, train
     from escnet.runs import RunDir
 
-    if args.fold_worker:
-        from escnet.engine.parallel import fold_worker
-
-        fold_worker(args.resume, args.fold_worker)
+    if args.fold_worker:  # one process of --parallel-folds: one fold, epoch logs as JSON lines
+        run = RunDir(args.resume)
+        train(run.read_config(), run.path, resume=True, progress=False, only_fold=args.fold_worker,
+              callbacks=[lambda entry: print(json.dumps(entry), flush=True)])
         return 0
     if args.parallel_folds < 1:
         raise EscnetError(f"--parallel-folds {args.parallel_folds}: must be 1 or more")
@@ -197,6 +197,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
               "has no authentication, so put it behind a proxy that has", file=sys.stderr)
     serve(settings)
+    return 0
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    from escnet.engine.robustness import robustness
+
+    result = robustness(args.run, args.data, args.corruptions, args.noise_dir, args.out, args.seed,
+                        progress=_bars(args))
+    clean = result["clean"]
+    print(f"{'corruption':<20} {'accuracy':>9} {'drop':>7}")
+    for name, row in result["corruptions"].items():
+        print(f"{name:<20} {100 * row['accuracy']:>8.1f}% {100 * (row['accuracy'] - clean):>+6.1f}")
+    print(f"mean over corruptions: {100 * result['mean_corrupted']:.1f} % (clean {100 * clean:.1f} %, "
+          f"{len(result['folds'])} fold(s), {result['clips']} clips)")
+    print(f"wrote robustness.json, robustness.csv, robustness.png in {args.out or args.run}")
     return 0
 
 
@@ -392,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest audio accepted (default 600)")
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("robustness", help="accuracy under corruptions (16/8 kHz, codecs, noise, "
+                       "level, reverb, short input) on each fold's held-out clips")
+    p.add_argument("run", metavar="RUNDIR")
+    p.add_argument("--data", help="the run's dataset, if it moved")
+    p.add_argument("--corruptions", metavar="LIST", help="families or family:severity, comma-"
+                   "separated (default all): band_limit, mp3, vorbis, white_noise, pink_noise, "
+                   "background, level, reverb, truncate")
+    p.add_argument("--noise-dir", help="background recordings for the background corruption")
+    p.add_argument("--out", help="write the results here instead of the run folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_robustness)
 
     p = sub.add_parser("sweep", help="search settings with Optuna (pip install 'escnet[sweep]')")
     p.add_argument("--space", required=True, help="YAML: setting → {low, high[, log, step]} or {choices}")

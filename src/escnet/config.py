@@ -32,7 +32,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 WAVEFORM_TRANSFORMS = ("gaussian_noise", "time_stretch", "pitch_shift", "gain", "background_noise",
-                       "time_shift")
+                       "time_shift", "band_limit", "codec", "reverb")
 """Names of the waveform transforms (built by :mod:`escnet.transforms.waveform`)."""
 NOISE_COLORS = ("white", "pink", "brown")
 
@@ -208,6 +208,16 @@ class AugmentConfig(Section):
     """time_shift: largest shift as a fraction of the clip, either way."""
     shift_mode: str = _check("circular", choices=("circular", "pad"))
     """time_shift: ``circular`` (what leaves the end comes back at the start) or ``pad`` (zeros)."""
+    band_limit_hz: tuple[float, float] = _check((4000.0, 16000.0), ge=1000)
+    """band_limit: the audio passes through a sample rate drawn from this range (Hz) and back,
+    losing the band above half of it (phones, telephony, voice pipelines)."""
+    codec_kbps: tuple[float, float] = _check((32.0, 128.0), ge=8, le=320)
+    """codec: MP3 encoding and decoding (libsndfile) at a bit rate drawn from this range,
+    kbit/s (libsndfile's level for that rate at 44.1 kHz; at other rates LAME takes the
+    nearest it has)."""
+    reverb_rt60: tuple[float, float] = _check((0.2, 1.2), gt=0, le=5)
+    """reverb: one of eight rooms (seeded random shoebox rooms, 3 to 23 m) with reverberation
+    times spread over this range, seconds. ``escnet robustness``'s two rooms are not among them."""
     spec_augment: bool = _check(False, stage="batch")
     """SpecAugment masks on each training batch of log-mels, on the device."""
     freq_masks: int = _check(2, ge=0, stage="batch")
@@ -237,7 +247,8 @@ class AugmentConfig(Section):
             self.fail("waveform", "names a transform twice")
         if not self.noise_colors:
             self.fail("noise_colors", f"must be some of {', '.join(NOISE_COLORS)}")
-        for key in ("time_stretch_rate", "pitch_shift_semitones", "gain_db", "snr_db"):
+        for key in ("time_stretch_rate", "pitch_shift_semitones", "gain_db", "snr_db", "band_limit_hz",
+                    "codec_kbps", "reverb_rt60"):
             lo, hi = getattr(self, key)
             if lo > hi:
                 self.fail(key, "must be a range low,high with low <= high")

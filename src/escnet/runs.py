@@ -190,6 +190,7 @@ class RunDir:
     """A run directory at ``path``: its layout, and everything read from or written to it."""
 
     CONFIG, SUMMARY, EVALUATION = "config.yaml", "summary.json", "evaluation.json"
+    ROBUSTNESS = "robustness.json"  # escnet robustness: accuracy under corruptions
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -351,6 +352,10 @@ class RunDir:
 
     def read_evaluation(self) -> dict:
         return self._read_json(self.EVALUATION)
+
+    def read_robustness(self) -> dict:
+        """``robustness.json`` (:mod:`escnet.engine.robustness`), or ``{}``."""
+        return self._read_json(self.ROBUSTNESS)
 
     def _read_json(self, name: str) -> dict:
         path = self.path / name

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -91,16 +90,3 @@ def train_folds_in_parallel(run: RunDir, folds: list[str], k: int,
             proc.terminate()
         for proc, _ in running.values():
             proc.wait()
-
-
-def fold_worker(run_dir: str | Path, fold: str) -> None:
-    """What ``escnet train --resume RUNDIR --fold-worker FOLD`` runs: one fold, each epoch's log
-    as a JSON line on stdout for the parent."""
-    from escnet.engine.train import train
-
-    run = RunDir(run_dir)
-
-    def report(entry: dict) -> None:
-        print(json.dumps(entry), flush=True)
-
-    train(run.read_config(), run.path, resume=True, progress=False, callbacks=[report], only_fold=fold)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import yaml
 from escnet.config import TaskConfig
 from escnet.errors import ConfigError, EscnetError
 from escnet.files import atomic_write_text, make_output_dir
+from escnet.models.registry import resolve_args
 
 try:
     import optuna
@@ -107,7 +109,9 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
             values = [low, high]
         for value in values:  # each end, or each choice, must be a valid setting
             try:
-                base.replace({key: value})
+                config = base.replace({key: value})
+                if key.startswith("model.args."):  # the model's own arguments, by its signature
+                    resolve_args(config.model.name, config.model.args)
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from None
         space.append(dim)
@@ -121,12 +125,19 @@ def open_study(storage: str, name: str, prune_after: int, pruner: str = "median"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = (optuna.pruners.MedianPruner(n_startup_trials=prune_after, n_warmup_steps=0)
               if pruner == "median" else optuna.pruners.NopPruner())
-    try:
-        return optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                   pruner=chosen, load_if_exists=True)
-    except Exception as err:  # bad URL, unreachable server, missing driver: all the user's to fix
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise EscnetError(f"--storage {storage}: cannot open it ({reason[:200]})") from None
+    for attempt in range(5):
+        try:
+            return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                       pruner=chosen, load_if_exists=True)
+        except Exception as err:  # bad URL, unreachable server, missing driver: the user's to fix
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            # two workers creating one new SQLite storage at once: the second finds the tables
+            # half made; it is only a race, so look again
+            racing = ("already exists", "UNIQUE constraint failed", "database is locked")
+            if any(words in reason for words in racing) and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise EscnetError(f"--storage {storage}: cannot open it ({reason[:200]})") from None
 
 
 def check_space(study, space: list[Dimension]) -> None:

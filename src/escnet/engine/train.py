@@ -153,6 +153,8 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
     model = SoundClassifier.from_config(config).to(device)
     backbone = None
     if ranks.active:  # the same initial weights on every rank (same seed), gradients averaged
+        if device.type == "cuda":  # BatchNorm over the global batch (PyTorch has it on GPUs only)
+            model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
         backbone = torch.nn.parallel.DistributedDataParallel(
             model.backbone, device_ids=[device.index or 0] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, config)

@@ -92,7 +92,16 @@ def _compare_row(parts: list[RunDir]) -> dict:
             "macro_f1": f1,
             "epoch_seconds": float(np.median([h["seconds"] for run in parts
                                               for hist in run.histories.values() for h in hist])),
-            "status": status}
+            "robustness": _robustness(parts), "status": status}
+
+
+def _robustness(parts: list[RunDir]) -> float | None:
+    """Mean accuracy over corruptions (``escnet robustness``) of the experiment's finished
+    folds, weighted by clips; ``None`` unless every part has one covering its finished folds."""
+    results = [run.read_robustness() for run in parts]
+    if not all(r and set(r["folds"]) == set(run.finished) for r, run in zip(results, parts, strict=True)):
+        return None
+    return sum(r["mean_corrupted"] * r["clips"] for r in results) / sum(r["clips"] for r in results)
 
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
@@ -136,12 +145,14 @@ def write_comparison(rows: list[dict], out_dir: str | Path) -> None:
     header, cells = _table_cells(rows)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in cells]
-    atomic_write_text(out / "compare.md", "Accuracy and macro-F1 in %.\n\n" + "\n".join(md) + "\n")
+    atomic_write_text(out / "compare.md", "Accuracy, macro-F1 and robustness (mean accuracy over "
+                      "corruptions, escnet robustness) in %.\n\n" + "\n".join(md) + "\n")
     atomic_write_text(out / "compare.csv", _csv(rows))
     save_comparison([f"{r['run']} ({r['model']})" for r in rows], [r["mean"] for r in rows],
                     [r["std"] for r in rows], out / "compare.png")
     body = ("<p>Held-out accuracy (last epoch of each fold) and macro-F1 in %; ± is the std over "
-            "folds.</p>" + table(header, cells) + img(out / "compare.png", "mean accuracy per run"))
+            "folds; robustness is the mean accuracy over corruptions (escnet robustness).</p>"
+            + table(header, cells) + img(out / "compare.png", "mean accuracy per run"))
     atomic_write_text(out / "compare.html", page("escnet comparison", body))
 
 
@@ -149,10 +160,11 @@ def _table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and cells (%, formatted) of the comparison table."""
     folds = _fold_names(rows)
     header = [*COMPARE_COLUMNS, *[f"fold {f}" for f in folds], "mean ± std", "macro-F1 (pooled)",
-              "s / epoch", "status"]
+              "robustness", "s / epoch", "status"]
     cells = [[r["run"], r["model"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}", str(r["epochs"]),
               *[pct(r["folds"].get(f)) for f in folds], format_accuracy(r),
-              pct(r["macro_f1"]), f"{r['epoch_seconds']:.1f}", r["status"]] for r in rows]
+              pct(r["macro_f1"]), pct(r["robustness"]), f"{r['epoch_seconds']:.1f}", r["status"]]
+             for r in rows]
     return header, cells
 
 
@@ -163,11 +175,12 @@ def _csv(rows: list[dict]) -> str:
     writer = csv.writer(out)
     writer.writerow(["run", "model", "parameters", "gmacs_per_clip", "epochs",
                      *[f"fold_{x}" for x in folds], "accuracy_mean", "accuracy_std", "macro_f1",
-                     "epoch_seconds", "status"])
+                     "robustness", "epoch_seconds", "status"])
     for r in rows:
         writer.writerow([r["run"], r["model"], r["parameters"], f"{r['gmacs']:.4f}", r["epochs"],
                          *[("" if f not in r["folds"] else f"{r['folds'][f]:.4f}") for f in folds],
                          f"{r['mean']:.4f}", f"{r['std']:.4f}",
                          "" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}",
+                         "" if r["robustness"] is None else f"{r['robustness']:.4f}",
                          f"{r['epoch_seconds']:.2f}", r["status"]])
     return out.getvalue()

@@ -105,6 +105,16 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<h2>Most confused pairs</h2>" + table(
             ["true", "predicted as", "clips", "examples"],
             [[p["true"], p["predicted"], str(p["count"]), ", ".join(p["files"])] for p in pairs]))
+    robust = run.read_robustness()
+    if robust:
+        rows = [[name, pct(r["accuracy"]), f"{100 * (r['accuracy'] - robust['clean']):+.1f}"]
+                for name, r in robust["corruptions"].items()]
+        parts.append(f"<h2>Robustness</h2><p>Held-out accuracy of folds {', '.join(robust['folds'])} "
+                     f"under corruptions (escnet robustness, seed {robust['seed']}): mean over "
+                     f"corruptions {pct(robust['mean_corrupted'])} %, clean {pct(robust['clean'])} %.</p>"
+                     + table(["corruption", "accuracy (%)", "change (points)"], rows))
+        if (run.path / "robustness.png").exists():
+            parts.append(img(run.path / "robustness.png", "accuracy under corruptions"))
     ev = run.read_evaluation()
     if ev.get("tta", 0) > 1:
         parts.append(f"<p>With test-time averaging over {ev['tta']} shifts (escnet evaluate --tta): "

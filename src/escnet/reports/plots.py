@@ -101,3 +101,32 @@ def save_comparison(names: list[str], means: list[float], stds: list[float], pat
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_robustness(result: dict, path: str | Path) -> None:
+    """Heat map of held-out accuracy (%) by corruption (rows) and severity (columns, mildest
+    first), with the clean accuracy in the title; from :func:`escnet.engine.robustness.robustness`."""
+    rows = [r for name, r in result["corruptions"].items() if name != "clean"]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    width = max(sum(r["family"] == f for r in rows) for f in families)
+    grid = np.full((len(families), width), np.nan)
+    labels = [["" for _ in range(width)] for _ in families]
+    for i, family in enumerate(families):
+        for j, r in enumerate(r for r in rows if r["family"] == family):
+            grid[i, j] = 100 * r["accuracy"]
+            labels[i][j] = f"{r['severity']}\n{100 * r['accuracy']:.1f}"
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * width, 0.9 + 0.55 * len(families)), dpi=100)
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(families)):
+        for j in range(width):
+            if labels[i][j]:
+                ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=8)
+    ax.set_yticks(range(len(families)), families)
+    ax.set_xticks(range(width), [f"severity {k + 1}" for k in range(width)])
+    ax.set_title(f"{result['model']}: held-out accuracy (%) under corruption; clean "
+                 f"{100 * result['clean']:.1f} %, mean corrupted {100 * result['mean_corrupted']:.1f} %",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, label="accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

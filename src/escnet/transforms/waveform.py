@@ -19,6 +19,7 @@ import numpy as np
 
 from escnet.config import AugmentConfig
 from escnet.errors import ConfigError
+from escnet.transforms.corruptions import band_limit, codec, convolve, mp3_level, room_impulse_response
 
 Transform = Callable[[np.ndarray, int], np.ndarray]  # (samples,) float32, sample rate → same
 # Spectral slope of coloured noise, dB per octave (audiomentations' f_decay).
@@ -48,6 +49,55 @@ def _noise(a: AugmentConfig) -> Transform:
                                       p=1.0) for c in a.noise_colors])
 
 
+class _BandLimit:
+    """Down to a sample rate drawn from ``band_limit_hz`` and back up (soxr)."""
+
+    def __init__(self, a: AugmentConfig) -> None:
+        self.low, self.high = a.band_limit_hz
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        return band_limit(samples, sample_rate, int(np.random.uniform(self.low, self.high)))
+
+
+class _Codec:
+    """MP3 at a bit rate drawn from ``codec_kbps``, encoded and decoded by libsndfile."""
+
+    def __init__(self, a: AugmentConfig) -> None:
+        self.low, self.high = a.codec_kbps
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        return codec(samples, sample_rate, "MP3", mp3_level(int(np.random.uniform(self.low, self.high))))
+
+
+class _Reverb:
+    """Eight shoebox rooms, seeded, with reverberation times spread over ``reverb_rt60``: one
+    drawn per example. The shorter the reverberation, the smaller the room (a large room with
+    little reverberation would need walls that absorb more than all sound). Their impulse
+    responses are computed once per sample rate."""
+
+    ROOMS = 8
+
+    def __init__(self, a: AugmentConfig) -> None:
+        import pyroomacoustics as pra
+
+        rng = np.random.default_rng(20_240_611)
+        self.rooms = []
+        for rt60 in np.linspace(*a.reverb_rt60, self.ROOMS):
+            side = 3.0 + 20.0 * rng.uniform(0.5, 1.0) * min(rt60, 1.5) / 1.5  # 3 to 23 m
+            dims = (side, side * rng.uniform(0.6, 1.0), min(side, rng.uniform(2.5, 8.0)))
+            while True:  # shrink until the walls can give that reverberation time
+                try:
+                    pra.inverse_sabine(float(rt60), list(dims))
+                    break
+                except ValueError:
+                    dims = tuple(0.8 * d for d in dims)
+            self.rooms.append((tuple(float(d) for d in dims), float(rt60)))
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        dims, rt60 = self.rooms[np.random.randint(len(self.rooms))]
+        return convolve(samples, room_impulse_response(dims, rt60, sample_rate))
+
+
 BUILDERS: dict[str, Callable[[AugmentConfig], Transform]] = {
     "gaussian_noise": lambda a: _Clipped(am.AddGaussianNoise(a.noise_std, a.noise_std, p=1.0)),
     "time_stretch": lambda a: am.TimeStretch(*a.time_stretch_rate, leave_length_unchanged=True, p=1.0),
@@ -56,6 +106,9 @@ BUILDERS: dict[str, Callable[[AugmentConfig], Transform]] = {
     "time_shift": lambda a: am.Shift(-a.shift_max, a.shift_max, shift_unit="fraction",
                                      rollover=a.shift_mode == "circular", p=1.0),
     "background_noise": _noise,
+    "band_limit": _BandLimit,
+    "codec": _Codec,
+    "reverb": _Reverb,
 }
 """Each name of :data:`escnet.config.WAVEFORM_TRANSFORMS` → its transform (always applied, its
 ranges from the ``augment`` section). Every transform keeps the number of samples. To add one:

@@ -1,0 +1,160 @@
+"""``escnet robustness RUN``: each finished fold's model on its own held-out clips under graded
+corruptions (:mod:`escnet.transforms.corruptions`).
+
+A clip takes the path real input takes: decoded at its own rate, corrupted there, resampled
+to the model's rate (soxr, as :func:`escnet.data.audio.load_audio`) and padded or cropped to a
+clip; the clean row takes the same path, so it equals ``escnet evaluate``. The log-mels of
+every corrupted clip are cached (``robust-<key>.npy`` next to the waveform cache; the key covers
+the clips, the corruption, the seed and the features), so a second call costs only inference.
+
+Writes ``robustness.json``, ``robustness.csv`` and ``robustness.png`` (a heat map of accuracy
+by corruption and severity) into the run (or ``out``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from escnet.config import TaskConfig, cache_root
+from escnet.data.audio import AudioFile, fix_length
+from escnet.data.cache import cache_key
+from escnet.data.tables import ClipTable, load_table, make_splits
+from escnet.engine.data import eval_loader
+from escnet.engine.evaluate import predict_loader
+from escnet.errors import EscnetError
+from escnet.files import atomic_memmap, atomic_write_json, atomic_write_text, make_output_dir
+from escnet.runs import RunDir, mean_std
+from escnet.transforms.corruptions import Corruption, NoiseBank, corrupt, parse_corruptions
+from escnet.transforms.features import Featurizer
+
+CLEAN = Corruption("clean", "")
+VERSION = 1
+"""Part of the cache key: bump it when a corruption changes."""
+
+
+class _Corrupted(Dataset):
+    """Clip ``clips[i]`` decoded, corrupted with seed ``(seed, i)``, resampled and fixed to a
+    clip: run by DataLoader workers, one per core."""
+
+    def __init__(self, paths: list[Path], corruption: Corruption, seed: int, config: TaskConfig,
+                 noise: NoiseBank | None) -> None:
+        self.paths, self.corruption, self.seed = paths, corruption, seed
+        self.config, self.noise = config, noise
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        import soxr
+
+        with AudioFile(self.paths[i]) as audio:
+            wav, sr = audio.read(), audio.sample_rate
+        if self.corruption != CLEAN:
+            wav = corrupt(wav, sr, self.corruption, self.seed * 1_000_003 + i, self.noise)
+        rate = self.config.data.sample_rate
+        if sr != rate:
+            wav = soxr.resample(wav, sr, rate, quality="HQ").astype(np.float32, copy=False)
+        return fix_length(wav, self.config.length_wav)
+
+
+def _features(table: ClipTable, indices: np.ndarray, corruption: Corruption, config: TaskConfig,
+              seed: int, noise: NoiseBank | None, noise_key: str, progress: bool) -> np.ndarray:
+    """Log-mels ``(len(indices), n_mels, frames)`` of the corrupted clips, from the cache or made."""
+    text = json.dumps({"v": VERSION, "clips": cache_key(table.select(np.isin(np.arange(len(table)), indices)),
+                                                         config.data.sample_rate, config.length_wav),
+                       "corruption": corruption.name, "seed": seed, "noise": noise_key,
+                       "features": config.features.__dict__, "rate": config.data.sample_rate},
+                      sort_keys=True, default=str)
+    path = cache_root(config) / f"robust-{hashlib.sha256(text.encode()).hexdigest()[:20]}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    featurizer = Featurizer.from_config(config)
+    shape = (len(indices), config.features.n_mels, config.length)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, 8)
+    loader = DataLoader(_Corrupted([table.paths[i] for i in indices], corruption, seed, config, noise),
+                        batch_size=16, num_workers=workers, collate_fn=np.stack)
+    with atomic_memmap(path, shape) as array, torch.inference_mode():
+        row = 0
+        for batch in tqdm(loader, desc=f"corrupting: {corruption.name or 'clean'} (once)",
+                          disable=not progress, unit="batch"):
+            array[row : row + len(batch)] = featurizer(torch.from_numpy(batch))[0].numpy()
+            row += len(batch)
+    return np.load(path, mmap_mode="r")
+
+
+def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: str | None = None,
+               noise_dir: str | None = None, out: str | Path | None = None, seed: int = 0,
+               progress: bool = True) -> dict:
+    """Accuracy of every finished fold's model on its held-out clips, clean and under each
+    corruption; the summary number is the mean accuracy over all corruptions. Returns what it
+    writes to ``robustness.json``."""
+    run = RunDir(run_dir)
+    config = run.read_config()
+    if data_dir:
+        config = config.replace({"data.data_dir": data_dir})
+    chosen = parse_corruptions(corruptions, noise_dir)
+    folds = run.require_finished()
+    noise, noise_key = None, ""
+    if any(c.family == "background" for c in chosen):
+        noise = NoiseBank(noise_dir, config.data.clip_seconds)
+        noise_key = json.dumps([(str(p), p.stat().st_size) for p in noise.paths])
+    out_dir = make_output_dir(out) if out else run.path
+    device = torch.device(config.resolved_device())
+    table = load_table(config)
+    splits = {name: test for name, _, test in make_splits(table, config) if name in folds}
+    if set(splits) != set(folds):
+        raise EscnetError(f"{config.data.data_dir}: its folds differ from those run {run.path} was "
+                          "trained on")
+    indices = np.concatenate(list(splits.values()))
+    models = {}
+    for name in splits:
+        model, ckpt = run.load_model(name, "last", device)
+        if ckpt["classes"] != table.classes:
+            raise EscnetError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
+                              "was trained on")
+        models[name] = model
+    labels = table.labels[indices]
+    position = {clip: k for k, clip in enumerate(indices)}
+    rows: dict[str, dict] = {}
+    for corruption in [CLEAN, *chosen]:
+        feats = torch.from_numpy(np.array(  # a copy in memory: the cache is read-only
+            _features(table, indices, corruption, config, seed, noise, noise_key, progress)))
+        per_fold = {}
+        for name, test in splits.items():
+            local = np.array([position[i] for i in test])
+            logits, truth = predict_loader(models[name], eval_loader(feats, labels, local, config), device)
+            per_fold[name] = float((logits.argmax(1) == truth).mean())
+        mean, std = mean_std(list(per_fold.values()))
+        rows[corruption.name if corruption != CLEAN else "clean"] = {
+            "family": corruption.family, "severity": corruption.severity, "accuracy": mean,
+            "std": std, "folds": per_fold}
+    clean = rows["clean"]["accuracy"]
+    for row in rows.values():
+        row["drop"] = clean - row["accuracy"]
+    corrupted = [r["accuracy"] for name, r in rows.items() if name != "clean"]
+    result = {"run": str(run.path), "model": config.model.name, "folds": list(splits), "seed": seed,
+              "clips": len(indices), "clean": clean, "mean_corrupted": float(np.mean(corrupted)),
+              "corruptions": rows}
+    atomic_write_json(out_dir / RunDir.ROBUSTNESS, result, indent=2)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["corruption", "family", "severity", "accuracy", "drop", "std_over_folds"])
+    for name, r in rows.items():
+        writer.writerow([name, r["family"], r["severity"], f"{r['accuracy']:.4f}", f"{r['drop']:.4f}",
+                         f"{r['std']:.4f}"])
+    atomic_write_text(out_dir / "robustness.csv", buffer.getvalue())
+    from escnet.reports.plots import save_robustness
+
+    save_robustness(result, out_dir / "robustness.png")
+    return result
