@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_esc50_like
 
 from escnet.cli import main
@@ -168,3 +169,45 @@ def test_a_run_logged_to_a_file_has_plain_lines_not_progress_bars(tones, tmp_pat
     text = log.read_text()
     assert done.returncode == 0 and "\r" not in text
     assert sum(" epoch " in ln for ln in text.splitlines()) == 6  # one line per epoch and fold
+
+
+def _group_norm_rank(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from escnet.engine.distributed import GroupBatchNorm
+
+    batch, weights = torch.load(f"{folder}/inputs.pt")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    norm = GroupBatchNorm(3)
+    x = batch[rank::2].clone().requires_grad_(True)
+    y = norm(x)
+    (y * weights[rank::2]).sum().backward()
+    torch.save((y.detach(), x.grad, norm.weight.grad, norm.running_mean, norm.running_var),
+               f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_group_batch_norm_on_two_processes_is_batch_norm_over_the_whole_batch(tmp_path):
+    """What DDP on CPU normalises with: the moments of the global batch, gradients included."""
+    import socket
+
+    generator = torch.Generator().manual_seed(1)
+    batch = torch.randn(8, 3, 5, 4, generator=generator) * 3 + 1
+    weights = torch.randn(8, 3, 5, 4, generator=generator)
+    torch.save((batch, weights), tmp_path / "inputs.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_group_norm_rank, args=(port, str(tmp_path)), nprocs=2)
+    reference = torch.nn.BatchNorm2d(3)
+    x = batch.clone().requires_grad_(True)
+    y = reference(x)
+    (y * weights).sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for rank, (got_y, got_grad, _, mean, var) in enumerate(ranks):
+        assert torch.allclose(got_y, y.detach()[rank::2], atol=1e-5)
+        assert torch.allclose(got_grad, x.grad[rank::2], atol=1e-4)
+        assert torch.allclose(mean, reference.running_mean, atol=1e-6)
+        assert torch.allclose(var, reference.running_var, atol=1e-5)
+    # each rank's weight gradient is its share: DDP adds them (and averages over ranks)
+    assert torch.allclose(ranks[0][2] + ranks[1][2], reference.weight.grad, atol=1e-4)

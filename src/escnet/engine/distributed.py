@@ -70,6 +70,60 @@ class Ranks:
             dist.destroy_process_group()
 
 
+class GroupBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the whole global batch on CPU, where PyTorch's ``SyncBatchNorm`` does not
+    run: each process sums its share's per-channel ``x`` and ``x²`` (in float64), one
+    differentiable all-reduce adds them up, and every process normalises with the global
+    moments, so gradients flow through the moments of every rank's examples, as in a
+    one-process run over the whole batch. Same parameters and buffers as the BatchNorm it
+    replaces (:func:`group_batch_norm`), so checkpoints load into a plain model."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        wide = x.double()
+        local = torch.cat([wide.sum(dims), (wide * wide).sum(dims),
+                           wide.new_tensor([x.numel() / x.shape[1]])])
+        total = all_reduce(local)
+        channels = x.shape[1]
+        count = total[-1]
+        mean = total[:channels] / count
+        var = (total[channels : 2 * channels] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        # the moments in float64 (a difference of large sums), the activations in their own type
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def group_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm replaced by a :class:`GroupBatchNorm` holding the same
+    weights and statistics."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GroupBatchNorm):
+        out = GroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        return out.to(next(module.buffers()).device)
+    for name, child in module.named_children():
+        setattr(module, name, group_batch_norm(child))
+    return module
+
+
 ALONE = Ranks()
 """One process: no group."""
 

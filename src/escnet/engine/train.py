@@ -153,8 +153,9 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
     model = SoundClassifier.from_config(config).to(device)
     backbone = None
     if ranks.active:  # the same initial weights on every rank (same seed), gradients averaged
-        if device.type == "cuda":  # BatchNorm over the global batch (PyTorch has it on GPUs only)
-            model.backbone = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+        # BatchNorm over the global batch: PyTorch's SyncBatchNorm on GPUs, escnet's on CPU
+        model.backbone = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+                          if device.type == "cuda" else distributed.group_batch_norm(model.backbone))
         backbone = torch.nn.parallel.DistributedDataParallel(
             model.backbone, device_ids=[device.index or 0] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, config)
