@@ -89,9 +89,8 @@ class GroupBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        wide = x.double()
-        local = torch.cat([wide.sum(dims), (wide * wide).sum(dims),
-                           wide.new_tensor([x.numel() / x.shape[1]])])
+        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
+                           torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)])
         total = all_reduce(local)
         channels = x.shape[1]
         count = total[-1]
