@@ -86,7 +86,7 @@ def _features(table: ClipTable, indices: np.ndarray, corruption: Corruption, con
                         batch_size=16, num_workers=workers, collate_fn=np.stack)
     with atomic_memmap(path, shape) as array, torch.inference_mode():
         row = 0
-        for batch in tqdm(loader, desc=f"corrupting: {corruption.name or 'clean'} (once)",
+        for batch in tqdm(loader, desc=f"corrupting: {corruption.name} (once)",
                           disable=not progress, unit="batch"):
             array[row : row + len(batch)] = featurizer(torch.from_numpy(batch))[0].numpy()
             row += len(batch)
@@ -116,7 +116,7 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     if set(splits) != set(folds):
         raise EscnetError(f"{config.data.data_dir}: its folds differ from those run {run.path} was "
                           "trained on")
-    indices = np.concatenate(list(splits.values()))
+    indices = np.sort(np.concatenate(list(splits.values())))  # one order for one set: the cache key
     models = {}
     for name in splits:
         model, ckpt = run.load_model(name, "last", device)
@@ -136,7 +136,7 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
             logits, truth = predict_loader(models[name], eval_loader(feats, labels, local, config), device)
             per_fold[name] = float((logits.argmax(1) == truth).mean())
         mean, std = mean_std(list(per_fold.values()))
-        rows[corruption.name if corruption != CLEAN else "clean"] = {
+        rows[corruption.name] = {
             "family": corruption.family, "severity": corruption.severity, "accuracy": mean,
             "std": std, "folds": per_fold}
     clean = rows["clean"]["accuracy"]

@@ -163,7 +163,7 @@ async def _audio_bytes(request: Request, limit: int) -> bytes:
 def _logmel_image(model: Model, window: np.ndarray) -> dict | None:
     """The model's log-mel of a window as an 8-bit image (row 0 is the lowest mel band),
     base64 of ``(n_mels, frames)`` bytes, with the dB range it spans."""
-    features = model.logmel(window) if hasattr(model, "logmel") else None
+    features = model.logmel(window)
     if features is None:
         return None
     db = 10 * features / math.log(10)  # natural log of power → dB
@@ -200,9 +200,10 @@ class Service:
         if prediction.timeline is not None:
             out["timeline"] = prediction.timeline.rows()
         if logmel:
-            with AudioFile(data, UPLOAD_NAME) as audio:  # the first window again: cheap
-                first = next(stream_windows(audio.blocks(self.model.info.sample_rate),
-                                            self.model.info.clip_samples))[1]
+            info = self.model.info
+            with AudioFile(data, UPLOAD_NAME) as audio:  # the first window again: about a clip decoded
+                blocks = audio.blocks(info.sample_rate, block_seconds=info.clip_seconds)
+                first = next(stream_windows(blocks, info.clip_samples))[1]
             out["logmel"] = _logmel_image(self.model, first)
         out["elapsed_ms"] = round(1e3 * (time.perf_counter() - tick), 2)
         return out

@@ -41,7 +41,7 @@ class Corruption:
 
     @property
     def name(self) -> str:
-        return f"{self.family}:{self.severity}"
+        return f"{self.family}:{self.severity}" if self.severity else self.family
 
 
 CORRUPTIONS: dict[str, tuple[str, ...]] = {
