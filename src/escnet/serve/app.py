@@ -66,13 +66,17 @@ class ServeSettings:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        checks = {"port": 0 <= self.port <= 65535, "workers": self.workers >= 1,
-                  "threads": self.threads >= 0, "queue": self.queue >= 0,
-                  "max_upload_mb": math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0,
-                  "max_seconds": math.isfinite(self.max_seconds) and self.max_seconds > 0}
-        for name, ok in checks.items():
+        checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
+                  "workers": (self.workers >= 1, "must be 1 or more"),
+                  "threads": (self.threads >= 0, "must be 0 (one per core) or more"),
+                  "queue": (self.queue >= 0, "must be 0 or more"),
+                  "max_upload_mb": (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0,
+                                    "must be a positive number of MB"),
+                  "max_seconds": (math.isfinite(self.max_seconds) and self.max_seconds > 0,
+                                  "must be a positive number of seconds")}
+        for name, (ok, why) in checks.items():
             if not ok:
-                raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: out of range")
+                raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
         self.threads = self.threads or (len(os.sched_getaffinity(0))
                                         if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
