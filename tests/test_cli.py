@@ -38,7 +38,7 @@ FAST = ["--model", "crnn", "--set", "data.sample_rate=8000", "--set", "features.
     (["--set", "augment.waveform=gain,flanger"], "augment.waveform=['gain', 'flanger']: must be one of"),
     (["--set", "augment.snr_db=30,3"], "snr_db=(30.0, 3.0): must be a range low,high"),
     (["--set", "augment.mixup_alpha=-1"], "mixup_alpha=-1.0: must be >= 0"),
-    (["--preset", "fastest"], "preset 'fastest': unknown preset; choose from best, fast"),
+    (["--preset", "fastest"], "preset 'fastest': unknown preset; choose from best, fast, fast-robust"),
 ])
 def test_bad_settings(tiny, tmp_path, capsys, extra, needle):
     code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, *extra], capsys)

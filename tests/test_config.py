@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from escnet.config import (
 )
 from escnet.errors import ConfigError
 from escnet.models import SoundClassifier, create_model, model_arguments, resolve_args
+from escnet.transforms.waveform import WaveformAugment
 
 
 def test_defaults_are_the_reports():
@@ -182,6 +184,13 @@ def test_every_preset_builds_its_model_for_its_training_windows_and_whole_clips(
     model = create_model(m.name, n_mels=n_mels, frames=config.length, num_classes=m.num_classes, **m.args)
     for frames in (config.crop_frames or config.length, config.length):
         assert model(torch.randn(2, n_mels, frames)).shape == (2, m.num_classes)
+    # Each of its waveform transforms runs at its sample rate (LAME, soxr and the rooms take
+    # 16 kHz as well as 44.1 kHz) and keeps the clip's length.
+    clip = np.random.default_rng(0).normal(0, 0.1, config.data.sample_rate).astype(np.float32)
+    always = config.replace({"augment.policy": "each", "augment.p": 1.0}).augment
+    for transform in config.augment.waveform:
+        y = WaveformAugment(always, config.data.sample_rate, [transform])(clip, 0)
+        assert y.shape == clip.shape and np.isfinite(y).all() and not np.array_equal(y, clip), transform
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
