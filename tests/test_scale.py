@@ -184,6 +184,7 @@ def _group_norm_rank(rank: int, port: int, folder: str) -> None:
     (y * weights[rank::2]).sum().backward()
     torch.save((y.detach(), x.grad, norm.weight.grad, norm.running_mean, norm.running_var),
                f"{folder}/rank{rank}.pt")
+    dist.barrier()  # as train() does: no rank tears the group down while the other uses it
     dist.destroy_process_group()
 
 

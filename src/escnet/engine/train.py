@@ -281,8 +281,10 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     config.resolved_device()
     ranks = distributed.setup(config)
     try:
-        return _train(config, run, resume, progress and ranks.main, callbacks if ranks.main else (),
-                      parallel_folds, only_fold, ranks, started)
+        result = _train(config, run, resume, progress and ranks.main, callbacks if ranks.main else (),
+                        parallel_folds, only_fold, ranks, started)
+        ranks.barrier()  # gloo aborts a rank whose peer tears the group down under it
+        return result
     finally:
         ranks.close()
 
