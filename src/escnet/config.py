@@ -294,6 +294,12 @@ class TrainConfig(Section):
             self.fail("device", "must be auto, cpu, cuda or cuda:N")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset``
+    narrow), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(device: str, what: str = "--device") -> str:
     """``auto`` → ``cuda`` when present, else ``cpu``; ``cpu``, ``cuda`` or ``cuda:N`` as given,
     or a :class:`ConfigError` naming ``what`` when it is not one of those or not on this machine."""

@@ -108,7 +108,7 @@ class AudioFile:
         rate = self.sample_rate
         frames = max(1, int(block_seconds * rate))
         if self.handle.frames <= frames:  # one block: the one-shot path, without a stream to set up
-            yield _resample(self._nonempty(self.read()), rate, sample_rate)
+            yield resample(self._nonempty(self.read()), rate, sample_rate)
             return
         resampler = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
                      if rate != sample_rate else None)
@@ -143,7 +143,9 @@ def _reason(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def _resample(mono: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+def resample(mono: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """``(n,)`` float32 at ``rate`` Hz → ``(m,)`` float32 at ``sample_rate`` Hz (soxr HQ), the
+    resampling every decoded file takes."""
     if rate == sample_rate:
         return mono
     return soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
@@ -162,7 +164,7 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
         AudioError: the file is missing, not audio, empty, truncated or holds NaN/inf.
     """
     with AudioFile(path) as audio:
-        mono = _resample(audio._nonempty(audio.read()), audio.sample_rate, sample_rate)
+        mono = resample(audio._nonempty(audio.read()), audio.sample_rate, sample_rate)
     return fix_length(mono, num_samples) if num_samples is not None else mono
 
 

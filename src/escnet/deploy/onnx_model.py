@@ -7,13 +7,13 @@ rate and clip length into its metadata, and the log-mel is part of the graph.
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from escnet.config import available_cores
 from escnet.errors import CheckpointError, EscnetError
 
 FORMAT = "1"
@@ -109,8 +109,7 @@ class OnnxModel:
         self.path = Path(path)
         if self.path.is_dir() or not self.path.exists():
             raise CheckpointError(f"{self.path}: model file not found")
-        self.threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                   else os.cpu_count() or 1)
+        self.threads = threads or available_cores()
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         options = ort.SessionOptions()
         options.inter_op_num_threads = options.intra_op_num_threads = 1

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from escnet.config import TaskConfig
+from escnet.config import TaskConfig, available_cores
 from escnet.errors import ConfigError
 
 
@@ -150,8 +150,7 @@ def setup(config: TaskConfig) -> Ranks:
         backend = "nccl"
     else:
         # the node's cores shared out: oversubscribed threads spin and slow every process
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // local_world))
+        torch.set_num_threads(max(1, available_cores() // local_world))
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(minutes=10))

@@ -22,19 +22,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from escnet.config import available_cores
 from escnet.errors import EscnetError
 from escnet.runs import RunDir
 
 WORKER_FLAG = "--fold-worker"
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _environment(slot: int, k: int) -> dict[str, str]:
     env = dict(os.environ)
-    threads = str(max(1, _cores() // k))
+    threads = str(max(1, available_cores() // k))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from escnet.config import TaskConfig, cache_root
-from escnet.data.audio import AudioFile, fix_length
+from escnet.config import TaskConfig, available_cores, cache_root
+from escnet.data.audio import AudioFile, fix_length, resample
 from escnet.data.cache import cache_key
 from escnet.data.tables import ClipTable, load_table, make_splits
 from escnet.engine.data import eval_loader
@@ -55,16 +54,11 @@ class _Corrupted(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        import soxr
-
         with AudioFile(self.paths[i]) as audio:
             wav, sr = audio.read(), audio.sample_rate
         if self.corruption != CLEAN:
             wav = corrupt(wav, sr, self.corruption, self.seed * 1_000_003 + i, self.noise)
-        rate = self.config.data.sample_rate
-        if sr != rate:
-            wav = soxr.resample(wav, sr, rate, quality="HQ").astype(np.float32, copy=False)
-        return fix_length(wav, self.config.length_wav)
+        return fix_length(resample(wav, sr, self.config.data.sample_rate), self.config.length_wav)
 
 
 def _features(table: ClipTable, indices: np.ndarray, corruption: Corruption, config: TaskConfig,
@@ -80,10 +74,8 @@ def _features(table: ClipTable, indices: np.ndarray, corruption: Corruption, con
         return np.load(path, mmap_mode="r")
     featurizer = Featurizer.from_config(config)
     shape = (len(indices), config.features.n_mels, config.length)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(cores, 8)
     loader = DataLoader(_Corrupted([table.paths[i] for i in indices], corruption, seed, config, noise),
-                        batch_size=16, num_workers=workers, collate_fn=np.stack)
+                        batch_size=16, num_workers=min(available_cores(), 8), collate_fn=np.stack)
     with atomic_memmap(path, shape) as array, torch.inference_mode():
         row = 0
         for batch in tqdm(loader, desc=f"corrupting: {corruption.name} (once)",

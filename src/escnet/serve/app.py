@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import escnet
+from escnet.config import available_cores
 from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
@@ -77,8 +78,7 @@ class ServeSettings:
         for name, (ok, why) in checks.items():
             if not ok:
                 raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
-        self.threads = self.threads or (len(os.sched_getaffinity(0))
-                                        if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        self.threads = self.threads or available_cores()
 
     @property
     def max_bytes(self) -> int:
