@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
+from escnet.data.audio import AUDIO_EXTENSIONS, AudioFile, load_audio, resample
 from escnet.errors import ConfigError
 
 
@@ -114,10 +114,10 @@ def pink(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def band_limit(wav: np.ndarray, sr: int, rate: int) -> np.ndarray:
-    """Down to ``rate`` Hz and back to ``sr`` (soxr, as escnet's own resampling)."""
+    """Down to ``rate`` Hz and back to ``sr``, resampled as every decoded file is."""
     if rate >= sr:
         return wav.copy()
-    back = soxr.resample(soxr.resample(wav, sr, rate, quality="HQ"), rate, sr, quality="HQ")
+    back = resample(resample(wav, sr, rate), rate, sr)
     return np.pad(back, (0, max(0, len(wav) - len(back))))[: len(wav)].astype(np.float32)  # rounding
 
 
@@ -178,8 +178,6 @@ class NoiseBank:
     headers), decoded at the rate asked for when first needed."""
 
     def __init__(self, folder: str | Path | None, seconds: float) -> None:
-        from escnet.data.audio import AUDIO_EXTENSIONS, AudioFile
-
         folder = Path(folder or "")
         if not folder.is_dir():
             raise ConfigError(f"--noise-dir {folder}: not a folder")
@@ -194,8 +192,6 @@ class NoiseBank:
 
     @lru_cache(maxsize=64)  # noqa: B019  (a few recordings, kept for the bank's life)
     def decoded(self, index: int, sr: int) -> np.ndarray:
-        from escnet.data.audio import load_audio
-
         return load_audio(self.paths[index], sr)
 
     def excerpt(self, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
