@@ -28,7 +28,7 @@ from common import bench_config, bench_parser, timed_epoch
 from escnet.data.cache import build_waveform_cache
 from escnet.data.tables import load_table
 from escnet.engine.data import prepare_data, train_loader
-from escnet.engine.runtime import machine_description
+from escnet.machine import machine_description
 from escnet.transforms.waveform import WaveformAugment
 
 

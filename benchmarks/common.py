@@ -8,8 +8,8 @@ import time
 import torch
 
 from escnet.config import TaskConfig, load_config, parse_overrides
-from escnet.engine.runtime import keep_freed_memory
 from escnet.engine.train import make_optimizer, train_one_epoch
+from escnet.machine import keep_freed_memory
 from escnet.models import SoundClassifier
 
 
@@ -42,7 +42,7 @@ def bench_parser(doc: str, clips: int) -> argparse.ArgumentParser:
 def bench_config(args: argparse.Namespace, **settings) -> TaskConfig:
     """Defaults, then ``--preset``, ``--config``, ``--set``, then ``settings`` and ``--data``.
 
-    Also sets malloc up as ``escnet train`` does (:func:`escnet.engine.runtime.keep_freed_memory`), so
+    Also sets malloc up as ``escnet train`` does (:func:`escnet.machine.keep_freed_memory`), so
     the timings are those of a training run."""
     keep_freed_memory()
     overrides = {**parse_overrides(args.set), **settings, "data.data_dir": args.data}

@@ -22,7 +22,7 @@ from common import bench_config, bench_parser
 
 from escnet.data.cache import build_waveform_cache
 from escnet.data.tables import load_table
-from escnet.engine.runtime import machine_description
+from escnet.machine import machine_description
 from escnet.transforms.features import Featurizer
 
 

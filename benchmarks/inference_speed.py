@@ -56,7 +56,7 @@ def _load(kind: str, path: str, threads: int):
         import torch
 
         from escnet.deploy.torch_model import TorchModel
-        from escnet.engine.runtime import keep_freed_memory
+        from escnet.machine import keep_freed_memory
 
         keep_freed_memory()  # as escnet train and predict run
         torch.set_num_threads(threads)
@@ -136,7 +136,7 @@ def main() -> None:
     from escnet.data.tables import load_table
     from escnet.deploy.export import export
     from escnet.deploy.predict import Predictor
-    from escnet.engine.runtime import machine_description
+    from escnet.machine import machine_description
     from escnet.runs import RunDir
 
     tmp = Path(tempfile.mkdtemp(prefix="escnet-bench-"))

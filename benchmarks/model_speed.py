@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from escnet.config import TaskConfig, load_config, parse_overrides
-from escnet.engine.runtime import machine_description
+from escnet.machine import machine_description
 from escnet.models import count_macs, create_model, list_models
 
 

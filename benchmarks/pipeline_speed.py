@@ -31,7 +31,7 @@ from escnet.data.cache import build_waveform_cache
 from escnet.data.datasets import clip_dataset, collate
 from escnet.data.tables import load_table
 from escnet.engine.data import prepare_data
-from escnet.engine.runtime import machine_description
+from escnet.machine import machine_description
 
 
 class DecodeEveryItem(Dataset):

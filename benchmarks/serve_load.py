@@ -139,7 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     clips = _clips(args.data)
     levels = [int(x) for x in args.levels.split(",")]
-    from escnet.engine.runtime import machine_description
+    from escnet.machine import machine_description
 
     print(f"machine: {machine_description()}")
     print(f"model: {args.model}; {len(clips)} clips of 5 s, 44.1 kHz 16-bit WAV "

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from escnet.config import load_config, parse_overrides
-from escnet.engine.runtime import keep_freed_memory, machine_description
+from escnet.machine import keep_freed_memory, machine_description
 from escnet.models import create_model
 
 

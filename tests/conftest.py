@@ -29,6 +29,23 @@ def esc50() -> Path:
     return ESC50
 
 
+# The smallest settings a model trains with in a test: 1 s clips at 8 kHz, 32 mels (126 frames).
+TINY = {"data.sample_rate": 8000, "data.clip_seconds": 1.0, "features.n_fft": 256,
+        "features.win_length": 256, "features.hop_length": 64, "features.n_mels": 32}
+
+
+def tiny_config(**changes):
+    """A :class:`TaskConfig` with :data:`TINY`, then ``changes`` (``**{"section.key": value}``)."""
+    from escnet.config import TaskConfig
+
+    return TaskConfig().replace({**TINY, **changes})
+
+
+def tiny_flags(*extra: str) -> list[str]:
+    """:data:`TINY` as ``--set`` flags of an escnet command, then ``extra``."""
+    return [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")] + list(extra)
+
+
 def tone(freq: float, sr: int, seconds: float, channels: int = 1, amp: float = 0.5) -> np.ndarray:
     """A sine, ``(samples,)`` or ``(samples, channels)`` float32."""
     t = np.arange(int(sr * seconds)) / sr

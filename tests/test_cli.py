@@ -5,9 +5,10 @@ import sys
 
 import pytest
 import soundfile as sf
-from conftest import tone, write_esc50_like
+from conftest import tiny_flags, tone, write_esc50_like
 
 from escnet.cli import main
+from escnet.config import load_config
 
 
 @pytest.fixture
@@ -22,8 +23,7 @@ def run_cli(args, capsys):
     return code, err
 
 
-FAST = ["--model", "crnn", "--set", "data.sample_rate=8000", "--set", "features.n_fft=256", "--set", "features.win_length=256",
-        "--set", "features.hop_length=64", "--quiet"]
+FAST = tiny_flags("--model", "crnn", "--quiet")
 
 
 @pytest.mark.parametrize(("extra", "needle"), [
@@ -141,3 +141,16 @@ def test_console_script_has_no_traceback(tmp_path):
 def test_unknown_flag_points_to_the_setting(capsys, args, needle):
     code, err = run_cli(args, capsys)
     assert code == 2 and needle in err and err.count("\n") == 1 and err.startswith("escnet: error:")
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "--space", "s.yaml", "--storage", "sqlite:///x.db"],
+                                     ["benchmark", "--models", "crnn,lstm"], ["augment-preview", "a.wav", "--out", "o"]])
+def test_every_command_that_builds_a_config_takes_the_same_config_flags(command):
+    from escnet.cli import build_parser, config_of
+
+    args = build_parser().parse_args([*command, "--preset", "fast", "--epochs", "7", "--skip-bad",
+                                      "--set", "train.seed=3", "--set", "train.num_epochs=9"])
+    config, fast = config_of(args), load_config(preset="fast")
+    assert config.train.seed == 3 and config.data.skip_bad
+    assert config.train.num_epochs == 9  # --set comes last and wins over the flag
+    assert config.features == fast.features and config.train.learning_rate == fast.train.learning_rate

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tone, write_esc50_like
+from conftest import tiny_config, tone, write_esc50_like
 
 from escnet.config import TaskConfig
 from escnet.data.cache import build_waveform_cache
@@ -96,7 +96,7 @@ def test_splits_and_unknown_fold(tmp_path):
 
 def test_cache_built_once_and_rebuilt_on_change(tmp_path):
     root = write_esc50_like(tmp_path / "d", [("1-1-A-0.wav", 1, 0, ".ogg"), ("2-1-A-1.wav", 2, 1, ".flac")])
-    config = TaskConfig().replace({"data.data_dir": str(root), "data.sample_rate": 8000, "data.clip_seconds": 1.5, "data.cache_dir": str(tmp_path / "c"), "features.n_fft": 256, "features.win_length": 256, "features.hop_length": 64})
+    config = tiny_config(**{"data.data_dir": str(root), "data.clip_seconds": 1.5, "data.cache_dir": str(tmp_path / "c")})
     waves, _ = build_waveform_cache(load_table(config), config, progress=False)
     assert waves.shape == (2, 12000) and isinstance(waves, np.memmap)
     assert np.abs(waves[0, :8000]).max() > 0.1 and np.all(waves[0, 8000:] == 0)  # 1 s clip padded
@@ -114,7 +114,7 @@ def test_cache_built_once_and_rebuilt_on_change(tmp_path):
 def test_bad_file_reported_up_front_or_skipped(tmp_path):
     root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-0.wav", f, 0, ".wav") for f in (1, 2) for i in (1, 2)])
     (root / "audio" / "2-2-A-0.wav").write_text("not audio")
-    config = TaskConfig().replace({"data.data_dir": str(root), "data.sample_rate": 8000, "data.clip_seconds": 1.0, "features.n_fft": 256, "features.win_length": 256, "features.hop_length": 64, "data.cache_dir": str(tmp_path / "c")})
+    config = tiny_config(**{"data.data_dir": str(root), "data.cache_dir": str(tmp_path / "c")})
     with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-0\.wav.*data.skip_bad=true"):
         build_waveform_cache(load_table(config), config, progress=False)
     waves, table = build_waveform_cache(load_table(config), config.replace({"data.skip_bad": True}), progress=False)

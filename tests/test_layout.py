@@ -67,16 +67,49 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+# The layers, lowest first (README, "Layout"): a module may import only its own layer and those
+# before it. Every module of the package belongs to one.
+LAYERS = ["escnet.errors", "escnet.files", "escnet.machine", "escnet.config", "escnet.data",
+          "escnet.transforms", "escnet.models", "escnet.runs", "escnet.reports", "escnet.engine",
+          "escnet.deploy", "escnet.serve", "escnet.cli", "escnet.__main__"]
+
+
+def layer_of(module: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + ".")),
+                None)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(module))
+
+
 def test_the_folders_follow_the_data_path():
     stages = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
-    assert {"data", "transforms", "models", "engine", "reports", "deploy", "serve"} <= stages
-    # The lower stages never reach up into the ones built on them.
+    assert {"data", "transforms", "models", "runs", "engine", "reports", "deploy", "serve"} <= stages
+
+
+def test_every_module_has_a_layer_and_imports_only_down():
     graph = import_graph()
-    order = ["escnet.errors", "escnet.config", "escnet.data", "escnet.transforms", "escnet.models",
-             "escnet.runs", "escnet.engine", "escnet.deploy", "escnet.serve", "escnet.cli"]
-    rank = {m: max(i for i, stage in enumerate(order) if m == stage or m.startswith(stage + "."))
-            for m in graph if any(m == s or m.startswith(s + ".") for s in order)}
-    for module, targets in graph.items():
-        for target in targets:
-            if module in rank and target in rank:
-                assert rank[target] <= rank[module], f"{module} imports {target}, a later stage"
+    unplaced = sorted(m for m in graph if m != "escnet" and layer_of(m) is None)
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"escnet.runs.rundir": {"escnet.reports.metrics", "escnet.config"},
+                           "escnet.config": set()}) == ["escnet.runs.rundir imports escnet.reports.metrics"]
+
+
+def test_no_module_but_the_cli_prints():
+    """The library raises and logs; cli.py talks."""
+    allowed = {"escnet.cli"}
+    printing = []
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        if calls and module not in allowed:
+            printing.append(module)
+    assert printing == []

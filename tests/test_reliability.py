@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tone, write_esc50_like
+from conftest import tiny_flags, tone, write_esc50_like
 
 from escnet.cli import main
 from escnet.config import TaskConfig
 from escnet.data.tables import load_table
 from escnet.errors import DataError
 
-SMALL = ["--model", "cnn10", "--set", "model.args.width=4", "--set", "data.sample_rate=8000",
-         "--set", "data.clip_seconds=1", "--set", "features.n_fft=256", "--set", "features.win_length=256",
-         "--set", "features.hop_length=64", "--set", "features.n_mels=32", "--set", "train.batch_size=4",
-         "--quiet"]
+CNN10 = ["--model", "cnn10", "--set", "model.args.width=4"]
+SMALL = [*CNN10, *tiny_flags("--set", "train.batch_size=4", "--quiet")]
 
 
 def _esc50(root: Path) -> Path:
@@ -114,8 +112,8 @@ def corpus(tmp_path_factory):
     """A finished tiny run, another model's run, and files of the wrong kind."""
     root = tmp_path_factory.mktemp("corpus")
     data = _esc50(root / "data")
-    for out, model in (("run", SMALL[:4]), ("other", ["--model", "crnn"])):
-        assert main(["train", "--data", str(data), "--out", str(root / out), *model, *SMALL[4:],
+    for out, model in (("run", CNN10), ("other", ["--model", "crnn"])):
+        assert main(["train", "--data", str(data), "--out", str(root / out), *model, *SMALL[len(CNN10):],
                      "--epochs", "1"]) == 0
     (root / "empty.pt").write_bytes(b"")
     torch.save({"hello": 1}, root / "keyless.pt")
@@ -195,8 +193,7 @@ def test_every_bad_input_is_one_line_and_exit_2_with_nothing_changed(corpus, cap
 
 KILLER = """
 import os, signal, sys
-import escnet.engine.train as train
-import escnet.runs as runs
+import escnet.runs.rundir as runs
 from escnet.cli import main
 
 point, count = sys.argv[1], int(sys.argv[2])
@@ -213,13 +210,13 @@ def hit():
 
 
 if point == "epoch":  # after an epoch's log and checkpoints are saved
-    real_save = train._save_epoch
+    real_save = runs.RunDir.save_epoch
 
     def save_epoch(*args, **kwargs):
         real_save(*args, **kwargs)
         if hit():
             die()
-    train._save_epoch = save_epoch
+    runs.RunDir.save_epoch = save_epoch
 elif point == "metrics":  # a fold's predictions.csv is written, its metrics files not yet
     real_metrics = runs.write_metrics
 

@@ -11,9 +11,9 @@ from escnet.cli import main
 from escnet.config import TaskConfig
 from escnet.errors import EscnetError
 from escnet.reports.compare import compare, joined_name
-from escnet.reports.metrics import classification_metrics, confused_pairs, major_category
 from escnet.reports.plots import save_comparison
 from escnet.runs import Predictions, RunDir
+from escnet.runs.metrics import classification_metrics, confused_pairs, major_category
 
 
 def test_metrics_on_hand_made_predictions_with_a_class_never_predicted():

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_esc50_like
+from conftest import tiny_flags, write_esc50_like
 
 from escnet.cli import main
 from escnet.transforms.corruptions import (
@@ -126,10 +126,8 @@ def tone_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
     clips = [(f"{f}-{10 * t + i}-A-{t}.wav", f, t, ".wav") for f in (1, 2) for t in (0, 1, 2) for i in range(4)]
     data = write_esc50_like(root / "d", clips, sr=16000, seconds=1.0)
-    args = ["train", "--data", str(data), "--set", "model.name=crnn", "--set", "data.sample_rate=8000",
-            "--set", "data.clip_seconds=1", "--set", "features.n_fft=256", "--set", "features.win_length=256",
-            "--set", "features.hop_length=64", "--set", "features.n_mels=32", "--set", "train.batch_size=6",
-            "--epochs", "3", "--quiet", "--out", str(root / "run")]
+    args = ["train", "--data", str(data), *tiny_flags("--set", "model.name=crnn", "--set", "train.batch_size=6",
+                                                      "--epochs", "3", "--quiet", "--out", str(root / "run"))]
     assert main(args) == 0
     return root / "run"
 

@@ -2,15 +2,14 @@
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from escnet.config import TaskConfig
 from escnet.errors import CheckpointError, EscnetError
 from escnet.files import atomic_write_json, atomic_write_text
 from escnet.models import SoundClassifier
 from escnet.runs import CHECKPOINT_FORMAT, RunDir, load_checkpoint, load_model, mean_std, save_checkpoint
 
-CONFIG = TaskConfig().replace({"model.name": "lstm", "model.num_classes": 3, "data.sample_rate": 8000,
-                               "features.n_fft": 256, "features.win_length": 256, "features.hop_length": 64})
+CONFIG = tiny_config(**{"model.name": "lstm", "model.num_classes": 3})
 
 
 def checkpoint(path, **changes):

@@ -10,7 +10,7 @@ import pytest
 ROUNDS = """
 import resource, sys, torch
 import escnet.models
-from escnet.engine.runtime import keep_freed_memory
+from escnet.machine import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 def step():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_esc50_like
+from conftest import tiny_flags, write_esc50_like
 
 from escnet.cli import main
 
@@ -22,9 +22,7 @@ TINY_ESC10 = ["--subset", "esc10", "--folds", "1", "--set", "model.name=cnn10", 
               "--set", "data.sample_rate=16000", "--set", "features.n_fft=512", "--set", "features.win_length=512",
               "--set", "features.hop_length=256", "--set", "features.n_mels=40", "--set", "train.batch_size=32",
               "--lr", "0.003", "--quiet"]
-TONES = ["--set", "model.name=crnn", "--set", "data.sample_rate=8000", "--set", "data.clip_seconds=1",
-         "--set", "features.n_fft=256", "--set", "features.win_length=256", "--set", "features.hop_length=64",
-         "--set", "features.n_mels=32", "--set", "train.batch_size=6", "--quiet"]
+TONES = tiny_flags("--set", "model.name=crnn", "--set", "train.batch_size=6", "--quiet")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +38,13 @@ def _env(threads: int = 1) -> dict[str, str]:
 
 KILL_AFTER_FIRST_EPOCH = """
 import os, signal, sys
-import escnet.engine.train as train
-real = train._save_epoch
+from escnet.runs import RunDir
+real = RunDir.save_epoch
 def save(*args, **kwargs):
     real(*args, **kwargs)
     if os.environ.get("RANK") == "0":
         os.kill(os.getpid(), signal.SIGKILL)
-train._save_epoch = save
+RunDir.save_epoch = save
 from escnet.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -108,6 +106,22 @@ def test_parallel_folds_equal_sequential_folds(tones, tmp_path):
     assert main(["train", "--resume", str(tmp_path / "cut"), "--parallel-folds", "2", "--quiet"]) == 0
     assert (tmp_path / "cut" / "fold-2" / "predictions.csv").read_text() == \
         (tmp_path / "seq" / "fold-2" / "predictions.csv").read_text()
+
+
+def test_a_fold_worker_reports_in_json_lines_epochs_then_its_result_or_an_error(tones, tmp_path, capsys):
+    from escnet.engine import fold_worker
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tones), *TONES, "--epochs", "1", "--folds", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    (run / "fold-1" / "predictions.csv").unlink()  # the worker finishes the fold's files again
+    assert fold_worker.main([str(run), "1"]) == 0
+    messages = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert list(messages[-1]) == ["done"] and messages[-1]["done"]["epochs"] == 1
+    assert (run / "fold-1" / "predictions.csv").exists()
+    assert fold_worker.main([str(run), "7"]) == 2
+    (message,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert message == {"error": f"fold 7: not a fold of {run}"}
 
 
 def test_a_sweep_shared_by_two_workers_prunes_a_trial_that_falls_behind(tones, tmp_path):

@@ -18,8 +18,8 @@ from typing import Any
 from escnet.config import list_presets, load_config, parse_overrides, similar_settings
 from escnet.errors import AudioError, EscnetError
 
-# Explicit flags of `escnet train` and the config setting each one sets.
-TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+# Flags of every command that builds a config, and the setting each one sets.
+CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
     "model": ("model.name", str, "model name (see `escnet models`)"),
     "data": ("data.data_dir", str, "ESC-50 folder, class-folder tree, or path,label[,fold] CSV"),
     "subset": ("data.subset", str, "all or esc10"),
@@ -33,13 +33,52 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "cache_dir": ("data.cache_dir", str, "folder for the decoded-waveform cache"),
     "pretrained": ("model.pretrained", str, "weights to start from: a path, a URL, or a known name "
                    "(vgg19: imagenet)"),
+    "split": ("data.protocol", str, "protocol: folds (official k-fold CV) or random (the report's "
+              "train_ratio split)"),
 }
 # Libraries of the extras ([train], [export]); a command that needs a missing one says which.
 SERVE_LIBRARIES = {"fastapi", "uvicorn", "starlette", "python_multipart", "multipart"}
 OPTIONAL_LIBRARIES = {"torch", "librosa", "tqdm", "audiomentations", "matplotlib", "sklearn", "onnx",
                       "onnxscript", "onnxruntime", "tensorboard", "optuna", *SERVE_LIBRARIES}
-SWITCHES = {"skip_bad": "data.skip_bad", "balanced": "data.balanced_sampling",
-            "tensorboard": "train.tensorboard"}
+# On/off flags of the same commands: (setting, help).
+SWITCHES = {"skip_bad": ("data.skip_bad", "leave unreadable audio files out"),
+            "balanced": ("data.balanced_sampling", "class-balanced sampling"),
+            "tensorboard": ("train.tensorboard", "log per-epoch scalars to RUNDIR/tensorboard")}
+
+
+def add_config_flags(p: argparse.ArgumentParser, leave_out: tuple[str, ...] = ()) -> None:
+    """The flags of every command that builds a config: ``--preset --config --set``, then a
+    flag for each of the common settings (:data:`CONFIG_FLAGS`, :data:`SWITCHES`) but those in
+    ``leave_out``. :func:`config_overrides` reads them back."""
+    p.add_argument("--preset", help=f"a shipped recipe to start from: {', '.join(list_presets())} "
+                   "(docs/RESULTS.md); --config, the flags and --set apply on top")
+    p.add_argument("--config", help="YAML or TOML file of settings")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any setting, e.g. train.learning_rate=1e-3 or model.args.width=64")
+    group = p.add_argument_group("common settings (each is also a --set)")
+    for flag, (_, kind, text) in CONFIG_FLAGS.items():
+        if flag not in leave_out:
+            group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    for flag, (_, text) in SWITCHES.items():
+        if flag not in leave_out:
+            group.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action="store_true", help=text)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"section.key": value}`` of the config flags given (:func:`add_config_flags`), then
+    ``--set``'s, which come last and so win."""
+    overrides: dict[str, Any] = {}
+    for flag, (key, _, _) in CONFIG_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    overrides |= {key: True for flag, (key, _) in SWITCHES.items() if getattr(args, flag, False)}
+    return overrides | parse_overrides(args.set or [])
+
+
+def config_of(args: argparse.Namespace, **overrides: Any):
+    """The config the command line describes: ``--preset``, ``--config``, flags, ``--set``, and
+    ``overrides`` (a command's own, last)."""
+    return load_config(args.config, config_overrides(args) | overrides, preset=args.preset)
 
 
 def _bars(args: argparse.Namespace) -> bool:
@@ -54,22 +93,6 @@ def _train(args: argparse.Namespace) -> int:
     from escnet.engine.train import format_epoch, format_summary, train
     from escnet.runs import RunDir
 
-    if args.fold_worker:  # one process of --parallel-folds: one fold, epoch logs as JSON lines
-        run = RunDir(args.resume)
-        train(run.read_config(), run.path, resume=True, progress=False, only_fold=args.fold_worker,
-              callbacks=[lambda entry: print(json.dumps(entry), flush=True)])
-        return 0
-    if args.parallel_folds < 1:
-        raise EscnetError(f"--parallel-folds {args.parallel_folds}: must be 1 or more")
-
-    overrides: dict[str, Any] = {}
-    for flag, (key, _, _) in TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    if args.split is not None:
-        overrides["data.protocol"] = args.split
-    overrides |= {key: True for flag, key in SWITCHES.items() if getattr(args, flag)}
-    overrides |= parse_overrides(args.set or [])
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -77,9 +100,9 @@ def _train(args: argparse.Namespace) -> int:
         # The run's own settings; anything given again must agree with them (train checks).
         if args.preset:
             raise EscnetError("--preset: a resumed run keeps its own settings; drop --preset")
-        config = load_config(args.config, overrides, base=RunDir(run_dir).read_config())
+        config = load_config(args.config, config_overrides(args), base=RunDir(run_dir).read_config())
     else:
-        config = load_config(args.config, overrides, preset=args.preset)
+        config = config_of(args)
         run_dir = Path(args.out or f"runs/{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     epochs = config.train.num_epochs
     callbacks = [] if args.quiet else [lambda entry: tqdm.write(format_epoch(entry, epochs))]
@@ -220,14 +243,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     if args.trials < 0:
         raise EscnetError(f"--trials {args.trials}: must be 0 or more")
-    overrides = parse_overrides(args.set or [])
-    if args.data:
-        overrides["data.data_dir"] = args.data
-    if args.folds:
-        overrides["data.folds"] = args.folds
-    if args.epochs:
-        overrides["train.num_epochs"] = args.epochs
-    base = load_config(args.config, overrides, preset=args.preset)
+    base = config_of(args)
     space = load_space(args.space, base)
     study = open_study(args.storage, args.study, args.prune_after, args.pruner)
     out = args.out or f"sweeps/{args.study}"
@@ -253,8 +269,11 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from escnet.engine.evaluate import ensure_predictions
     from escnet.reports.html import write_report
+    from escnet.runs import RunDir
 
+    ensure_predictions(RunDir(args.run))
     print(f"wrote {write_report(args.run)}")
     return 0
 
@@ -270,8 +289,13 @@ def _print_compare(rows: list[dict], out: str) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from escnet.engine.evaluate import ensure_predictions
     from escnet.reports.compare import compare
+    from escnet.runs import RunDir
 
+    for run in args.runs:
+        if RunDir(run).exists:
+            ensure_predictions(RunDir(run))
     _print_compare(compare(args.runs, args.out), args.out)
     return 0
 
@@ -280,13 +304,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from escnet.engine.benchmark import benchmark
     from escnet.engine.train import format_summary
 
-    overrides = parse_overrides(args.set or [])
-    if args.epochs is not None:
-        overrides["train.num_epochs"] = args.epochs
-    if args.folds is not None:
-        overrides["data.folds"] = args.folds
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = benchmark(models, args.data, args.out, overrides, progress=_bars(args),
+    rows = benchmark(models, config_of(args), args.out, progress=_bars(args),
                      on_summary=lambda summary: print(format_summary(summary)))
     _print_compare(rows, args.out)
     return 0
@@ -295,8 +314,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 def _augment_preview(args: argparse.Namespace) -> int:
     from escnet.reports.preview import preview
 
-    config = load_config(args.config, parse_overrides(args.set or []))
-    written = preview(args.file, args.out, config)
+    written = preview(args.file, args.out, config_of(args))
     print(f"wrote {len(written)} files to {args.out}: the original and each transform as .wav "
           "and log-mel .png")
     return 0
@@ -320,33 +338,18 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="escnet", description=(
-        "Environmental sound classification: train, evaluate and compare models on ESC-50 "
-        "and your own recordings."))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (5-fold cross-validation by default)")
-    for flag, (_, kind, text) in TRAIN_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
-    p.add_argument("--split", choices=["folds", "random"], help="protocol: folds (official "
-                   "k-fold CV) or random (the report's train_ratio split)")
-    p.add_argument("--preset", help=f"a shipped recipe to start from: {', '.join(list_presets())} "
-                   "(docs/RESULTS.md); --config and --set apply on top")
-    p.add_argument("--config", help="YAML or TOML file of settings")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override any setting, e.g. train.learning_rate=1e-3 or model.args.width=64")
+    add_config_flags(p)
     p.add_argument("--out", help="run directory, new or empty (default runs/MODEL-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUNDIR", help="continue an interrupted run")
-    p.add_argument("--skip-bad", action="store_true", help="leave unreadable audio files out")
-    p.add_argument("--balanced", action="store_true", help="class-balanced sampling")
-    p.add_argument("--tensorboard", action="store_true", help="log per-epoch scalars to RUNDIR/tensorboard")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--parallel-folds", type=int, default=1, metavar="K",
                    help="train K folds at once, each in its own process (cores or GPUs shared out)")
-    p.add_argument("--fold-worker", help=argparse.SUPPRESS)  # one process of --parallel-folds
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="recompute held-out accuracy of a run's checkpoints")
     p.add_argument("run", metavar="RUNDIR")
     p.add_argument("--data", help="dataset folder, if it moved since training")
@@ -357,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_evaluate)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify audio files (whole, or as a timeline)")
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="an exported .onnx file (ONNX Runtime, no PyTorch needed), a run folder "
@@ -378,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
     p.set_defaults(func=_predict)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trained model to ONNX (waveform in, "
                        "probabilities out)")
     p.add_argument("source", metavar="RUNDIR_OR_CHECKPOINT")
@@ -390,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-clips", type=int, default=200, metavar="N")
     p.set_defaults(func=_export)
 
+
+def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for a model (pip install "
                        "'escnet[serve]')")
     p.add_argument("model", metavar="MODEL", help="an exported .onnx file (fastest), a run folder "
@@ -408,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
     p.set_defaults(func=_serve)
 
+
+def _add_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="accuracy under corruptions (16/8 kHz, codecs, noise, "
                        "level, reverb, short input) on each fold's held-out clips")
     p.add_argument("run", metavar="RUNDIR")
@@ -421,18 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_robustness)
 
+
+def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="search settings with Optuna (pip install 'escnet[sweep]')")
     p.add_argument("--space", required=True, help="YAML: setting → {low, high[, log, step]} or {choices}")
     p.add_argument("--storage", required=True, help="Optuna storage shared by the workers: "
                    "sqlite:///sweep.db on one machine, postgresql://user:pass@host/db across several")
     p.add_argument("--study", default="escnet", help="study name (workers of one search share it)")
     p.add_argument("--trials", type=int, default=10, help="trials this worker runs")
-    p.add_argument("--data", help="dataset (or data.data_dir in --config/--set)")
-    p.add_argument("--folds", help="folds each trial trains, e.g. 1 or 1,2")
-    p.add_argument("--epochs", type=int, help="epochs per fold")
-    p.add_argument("--preset", help="a shipped recipe to search around")
-    p.add_argument("--config", help="YAML or TOML file of settings")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    add_config_flags(p)
     p.add_argument("--out", help="folder of the trial runs (default sweeps/STUDY)")
     p.add_argument("--pruner", choices=["median", "none"], default="median",
                    help="stop trials whose held-out accuracy falls below the median of earlier "
@@ -442,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_sweep)
 
+
+def _add_download(sub) -> None:
     p = sub.add_parser("download", help="download and verify a dataset")
     p.add_argument("dataset", choices=["esc50"])
     p.add_argument("--root", required=True, help="folder to put the dataset in")
@@ -450,37 +460,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_download)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write RUNDIR/report.html: curves, confusion matrix, "
                        "per-class accuracy, most confused pairs")
     p.add_argument("run", metavar="RUNDIR")
     p.set_defaults(func=_report)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare runs: Markdown/CSV table, bar chart, HTML")
     p.add_argument("runs", nargs="+", metavar="RUNDIR")
     p.add_argument("--out", default="compare", metavar="DIR")
     p.set_defaults(func=_compare)
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="train several models on one protocol, then compare them")
     p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--data", required=True)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--folds", help="held-out folds, e.g. 1,2 (default: all)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="a setting for every model")
+    add_config_flags(p, leave_out=("model",))
     p.add_argument("--out", default="runs/benchmark", metavar="DIR")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_benchmark)
 
+
+def _add_augment_preview(sub) -> None:
     p = sub.add_parser("augment-preview", help="write a clip under each augmentation "
                        "(audio and log-mel PNG)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--config", help="YAML or TOML file of settings (transform ranges)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any setting")
+    add_config_flags(p)
     p.set_defaults(func=_augment_preview)
 
+
+def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered models and their arguments")
     p.set_defaults(func=_models)
+
+
+COMMANDS = (_add_train, _add_evaluate, _add_predict, _add_export, _add_serve, _add_robustness,
+            _add_sweep, _add_download, _add_report, _add_compare, _add_benchmark,
+            _add_augment_preview, _add_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escnet", description=(
+        "Environmental sound classification: train, evaluate and compare models on ESC-50 "
+        "and your own recordings."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -505,8 +534,8 @@ def _unknown_flag_error(extras: list[str], has_set: bool) -> str:
 def _flag_hint(message: str) -> str:
     """``message`` with the command-line flag of the first setting it names, if it has one
     (``data.skip_bad`` → ``--skip-bad``): the library speaks in settings, users type flags."""
-    flags = {key: f"--{flag.replace('_', '-')}" for flag, (key, _, _) in TRAIN_FLAGS.items()}
-    flags |= {key: f"--{flag.replace('_', '-')}" for flag, key in SWITCHES.items()}
+    flags = {key: f"--{flag.replace('_', '-')}" for flag, (key, _, _) in CONFIG_FLAGS.items()}
+    flags |= {key: f"--{flag.replace('_', '-')}" for flag, (key, _) in SWITCHES.items()}
     for key, flag in flags.items():
         if f"setting {key}=" in message or f"setting {key}:" in message or f"set {key}=" in message:
             return f"{message} (flag {flag})"

@@ -7,14 +7,15 @@ resolved config is saved as ``config.yaml`` in every run directory, section by s
 
 A model's own settings live with the model (``model.args``, checked against the model's
 signature by :func:`escnet.models.create_model`), so each model sees only its own knobs.
-This module imports nothing else of escnet but its errors: everything else reads configs.
+This module imports only :mod:`escnet.errors`, :mod:`escnet.files` and :mod:`escnet.machine`:
+everything else reads configs. Facts about the machine (cores, devices) are not settings and
+live in :mod:`escnet.machine`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import types
 import typing
@@ -25,6 +26,8 @@ from typing import Any
 import yaml
 
 from escnet.errors import ConfigError
+from escnet.files import atomic_write_text
+from escnet.machine import resolve_device
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,8 +180,7 @@ class AugmentConfig(Section):
 
     section = "augment"
     waveform: list[str] = field(default_factory=list, metadata=_rules(choices=WAVEFORM_TRANSFORMS))
-    """Waveform transforms, from ``gaussian_noise, time_stretch, pitch_shift, gain,
-    background_noise, time_shift``; empty: none."""
+    """Waveform transforms, from :data:`WAVEFORM_TRANSFORMS`; empty: none."""
     policy: str = _check("one", choices=("one", "each"))
     """``one``: one transform per example, drawn uniformly from ``waveform`` plus the identity
     (the report's policy, without its off-by-one); ``each``: every transform with ``p``."""
@@ -294,30 +296,6 @@ class TrainConfig(Section):
             self.fail("device", "must be auto, cpu, cuda or cuda:N")
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and ``taskset``
-    narrow), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def resolve_device(device: str, what: str = "--device") -> str:
-    """``auto`` → ``cuda`` when present, else ``cpu``; ``cpu``, ``cuda`` or ``cuda:N`` as given,
-    or a :class:`ConfigError` naming ``what`` when it is not one of those or not on this machine."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"{what}={device}: must be auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if int(device.partition(":")[2] or 0) >= count:
-        have = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
-        raise ConfigError(f"{what}={device}: this machine has {have}; use cpu or auto")
-    return device
-
-
 SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureConfig,
                                       "model": ModelConfig, "augment": AugmentConfig,
                                       "train": TrainConfig}
@@ -330,7 +308,8 @@ RESULT_FREE = ("data.data_dir", "data.cache_dir", "train.num_workers", "train.te
 
 @dataclass
 class TaskConfig:
-    """All settings of a run, in sections. Defaults are the study report's (see ``SPEC.md``).
+    """All settings of a run, in sections. Defaults are the study report's (README,
+    "Background").
 
     ``length_wav`` (samples per clip) and ``length`` (frames per clip) of the report are derived
     from ``data.clip_seconds``, ``data.sample_rate`` and ``features.hop_length`` rather than
@@ -370,7 +349,7 @@ class TaskConfig:
         return (bool(a.waveform) and a.copies == 0) or (a.mixup_alpha > 0 and a.mixup_mode == "waveform")
 
     def resolved_device(self) -> str:
-        """``train.device`` with ``auto`` decided (:func:`resolve_device`)."""
+        """``train.device`` with ``auto`` decided (:func:`escnet.machine.resolve_device`)."""
         return resolve_device(self.train.device, "setting train.device")
 
     def validate(self) -> None:
@@ -399,8 +378,6 @@ class TaskConfig:
         return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
 
     def save(self, path: str | Path) -> None:
-        from escnet.files import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, changes: dict[str, Any]) -> TaskConfig:
@@ -415,13 +392,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def cache_root(config: TaskConfig) -> Path:
-    """The cache folder: ``data.cache_dir``, else ``$ESCNET_CACHE``, else ``~/.cache/escnet``."""
-    if config.data.cache_dir:
-        return Path(config.data.cache_dir)
-    return Path(os.environ.get("ESCNET_CACHE") or Path.home() / ".cache" / "escnet")
 
 
 # --- building configs from mappings, files and the command line ---------------------------

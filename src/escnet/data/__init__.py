@@ -8,7 +8,6 @@ from typing import Any
 
 _LAZY = {
     "load_audio": "escnet.data.audio",
-    "stream_audio": "escnet.data.audio",
     "build_waveform_cache": "escnet.data.cache",
     "collate": "escnet.data.datasets",
     "ClipTable": "escnet.data.tables",

@@ -168,13 +168,6 @@ def load_audio(path: str | Path, sample_rate: int, num_samples: int | None = Non
     return fix_length(mono, num_samples) if num_samples is not None else mono
 
 
-def stream_audio(path: str | Path, sample_rate: int, block_seconds: float = 60.0
-                 ) -> Iterator[np.ndarray]:
-    """:meth:`AudioFile.blocks` of the file at ``path``."""
-    with AudioFile(path) as audio:
-        yield from audio.blocks(sample_rate, block_seconds)
-
-
 def fix_length(wav: np.ndarray, num_samples: int) -> np.ndarray:
     """Zero-pad at the end or crop the end so that ``wav`` has exactly ``num_samples`` samples."""
     if wav.shape[0] >= num_samples:
@@ -195,7 +188,7 @@ def windows(wav: np.ndarray, num_samples: int, hop: int | None = None) -> np.nda
 def stream_windows(blocks: Iterable[np.ndarray], num_samples: int, hop: int | None = None
                    ) -> Iterator[tuple[int, np.ndarray, int]]:
     """Windows of ``num_samples`` over audio arriving in ``blocks`` (e.g. from
-    :func:`stream_audio`), holding at most one block and one window in memory.
+    :meth:`AudioFile.blocks`), holding at most one block and one window in memory.
 
     Windows start every ``hop`` samples (default half a window); the last one is aligned with
     the end so that nothing is dropped, unless the audio after the last regular window is

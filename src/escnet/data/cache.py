@@ -14,13 +14,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from escnet.config import TaskConfig, cache_root
+from escnet.config import TaskConfig
 from escnet.data.audio import load_audio
 from escnet.data.tables import ClipTable
 from escnet.errors import AudioError, ConfigError
 from escnet.files import atomic_memmap, atomic_write_json
 
 CACHE_VERSION = 1
+
+
+def cache_root(config: TaskConfig) -> Path:
+    """The cache folder: ``data.cache_dir``, else ``$ESCNET_CACHE``, else ``~/.cache/escnet``."""
+    if config.data.cache_dir:
+        return Path(config.data.cache_dir)
+    return Path(os.environ.get("ESCNET_CACHE") or Path.home() / ".cache" / "escnet")
 
 
 def cache_key(table: ClipTable, sample_rate: int, num_samples: int) -> str:

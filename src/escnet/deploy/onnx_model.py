@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.config import available_cores
 from escnet.errors import CheckpointError, EscnetError
+from escnet.machine import available_cores
 
 FORMAT = "1"
 """Version of the metadata layout below; a runtime refuses files of a newer one."""

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 import escnet
-from escnet.config import resolve_device
 from escnet.deploy.onnx_model import ModelInfo
 from escnet.errors import CheckpointError
+from escnet.machine import resolve_device
 from escnet.runs import RunDir, load_model
 
 
@@ -34,18 +34,16 @@ class TorchModel:
         loaded = [load_model(p, self.device) for p in checkpoints]
         self.models = [m for m, _ in loaded]
         first = loaded[0][1]
-        self.config = first["config"]
-        for path, (_, ckpt) in zip(checkpoints, loaded, strict=True):
-            config = ckpt["config"]
-            if ckpt["classes"] != first["classes"] or config.features != self.config.features \
-                    or config.data.sample_rate != self.config.data.sample_rate \
-                    or config.length_wav != self.config.length_wav:
+        featurizer = self.models[0].featurizer
+        for path, (model, ckpt) in zip(checkpoints, loaded, strict=True):
+            if ckpt["classes"] != first["classes"] or model.featurizer.settings != featurizer.settings:
                 raise CheckpointError(f"{path}: its classes or audio settings differ from "
                                       f"{checkpoints[0]}")
         single = len(loaded) == 1 and "test_accuracy" in first
+        self.config = first["config"]
         self.info = ModelInfo(
-            classes=list(first["classes"]), sample_rate=self.config.data.sample_rate,
-            clip_samples=self.config.length_wav, model=self.config.model.name, precision="float32",
+            classes=list(first["classes"]), sample_rate=featurizer.sample_rate,
+            clip_samples=featurizer.clip_samples, model=self.config.model.name, precision="float32",
             held_out_accuracy=float(first["test_accuracy"]) if single else None,
             folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
             escnet_version=escnet.__version__)

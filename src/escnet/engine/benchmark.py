@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from escnet.config import load_config
+from escnet.config import TaskConfig
 from escnet.engine.train import train
 from escnet.errors import ConfigError
 from escnet.models import list_models
@@ -13,9 +13,9 @@ from escnet.reports.compare import compare
 from escnet.runs import RunDir
 
 
-def benchmark(models: list[str], data_dir: str, out_dir: str | Path, overrides: dict,
-              progress: bool = True, on_summary: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train each of ``models`` with the same settings into ``out_dir/MODEL``, then
+def benchmark(models: list[str], base: TaskConfig, out_dir: str | Path, progress: bool = True,
+              on_summary: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train each of ``models`` with the settings of ``base`` into ``out_dir/MODEL``, then
     :func:`~escnet.reports.compare.compare` them into ``out_dir``. A run already there is
     resumed (a finished one only re-reads its data), so an interrupted benchmark continues where
     it stopped. ``on_summary`` gets each model's summary as it finishes."""
@@ -29,7 +29,7 @@ def benchmark(models: list[str], data_dir: str, out_dir: str | Path, overrides: 
     out = Path(out_dir)
     dirs = []
     for name in models:
-        config = load_config(None, {**overrides, "model.name": name, "data.data_dir": data_dir})
+        config = base.replace({"model.name": name})
         run_dir = out / name
         summary = train(config, run_dir, resume=RunDir(run_dir).exists, progress=progress)
         if on_summary is not None:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from escnet.config import TaskConfig, cache_root
-from escnet.data.cache import cache_key
+from escnet.config import TaskConfig
+from escnet.data.cache import cache_key, cache_root
 from escnet.data.datasets import PickCopies, class_balanced_sampler, clip_dataset, collate
 from escnet.data.tables import ClipTable
 from escnet.files import atomic_memmap

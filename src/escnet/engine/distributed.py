@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from escnet.config import TaskConfig, available_cores
+from escnet.config import TaskConfig
 from escnet.errors import ConfigError
+from escnet.machine import available_cores
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from escnet.engine.data import eval_loader
 from escnet.errors import DataError, EscnetError
 from escnet.models import SoundClassifier
 from escnet.runs import Predictions, RunDir, mean_std
+
+log = logging.getLogger("escnet")
 
 
 @torch.inference_mode()
@@ -49,6 +52,17 @@ def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Mean cross-entropy and accuracy (fraction) of ``logits`` against integer ``labels``."""
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {"loss": loss, "accuracy": float((logits.argmax(1) == labels).mean())}
+
+
+def ensure_predictions(run: RunDir) -> None:
+    """Write the held-out predictions of a run made before escnet saved them, from each
+    finished fold's ``last.pt`` (needs the data); when that cannot be done (the data is not on
+    this machine) the run is left as it is, with a warning, and reports go without them."""
+    if run.predictions() is None and run.finished and all(run.checkpoint(f).exists() for f in run.finished):
+        try:
+            evaluate_run(run.path, progress=False)
+        except EscnetError as err:
+            log.warning("%s: no held-out predictions (%s)", run.path, err)
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: str = "last",

@@ -1,11 +1,12 @@
-"""Folds in parallel: ``escnet train ... --parallel-folds K`` trains K folds at once, each in its
-own process.
+"""Folds in parallel: ``train(..., parallel_folds=K)`` trains K folds at once, each in its own
+process.
 
-Each process is ``escnet train --resume RUNDIR --fold-worker FOLD``: the same code as a
-sequential run, resuming the same run directory and training one fold, so a parallel run has the
-same files, the same numbers per fold and the same summary as a sequential one, and an
-interrupted one resumes every unfinished fold. The parent starts the processes, relays each
-epoch's line, and writes the summary when all are done. The CPU's cores are shared out (each
+Each process is a worker, ``python -m escnet.engine.fold_worker RUNDIR FOLD``, which calls
+:func:`escnet.engine.train.train_fold_of_run`: the same code as a sequential run, resuming the
+same run directory and training one fold, so a parallel run has the same files, the same numbers
+per fold and the same summary as a sequential one, and an interrupted one resumes every
+unfinished fold. Workers report in JSON lines (:mod:`escnet.engine.fold_worker`); the parent
+relays each epoch and writes the summary when all are done. The CPU's cores are shared out (each
 process gets ``cores // K`` threads: oversubscribed threads spin and slow every process); with
 several GPUs the processes take them in turn.
 """
@@ -20,16 +21,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-import torch
-
-from escnet.config import available_cores
 from escnet.errors import EscnetError
+from escnet.machine import available_cores
 from escnet.runs import RunDir
 
-WORKER_FLAG = "--fold-worker"
+WORKER = "escnet.engine.fold_worker"
 
 
 def _environment(slot: int, k: int) -> dict[str, str]:
+    import torch
+
     env = dict(os.environ)
     threads = str(max(1, available_cores() // k))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
@@ -40,50 +41,58 @@ def _environment(slot: int, k: int) -> dict[str, str]:
 
 
 def train_folds_in_parallel(run: RunDir, folds: list[str], k: int,
-                            callbacks: Sequence[Callable[[dict], None]] = ()) -> None:
+                            callbacks: Sequence[Callable[[dict], None]] = ()) -> dict[str, dict]:
     """Train ``folds`` of the run at ``run.path`` (created, config saved), ``k`` at a time.
 
+    Returns:
+        ``{fold: what the summary keeps of it}`` for every fold trained.
+
     Raises:
-        EscnetError: a fold's process failed (the others are stopped; ``--resume`` continues).
+        EscnetError: a fold's process failed (the others are stopped; resuming continues).
     """
-    lines: queue.Queue = queue.Queue()
-    waiting, running = list(folds), {}
-    errors: dict[str, list[str]] = {}
+    messages: queue.Queue = queue.Queue()
+    waiting, running, results = list(folds), {}, {}
+    stderr: dict[str, list[str]] = {}
 
     def relay(fold: str, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            lines.put((fold, line))
-        errors[fold] = proc.stderr.read().splitlines()
-        lines.put((fold, None))
+            messages.put((fold, json.loads(line)))
+        stderr[fold] = proc.stderr.read().splitlines()
+        messages.put((fold, None))
 
     def start(slot: int) -> None:
         fold = waiting.pop(0)
-        proc = subprocess.Popen([sys.executable, "-m", "escnet", "train", "--resume", str(run.path),
-                                 WORKER_FLAG, fold], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_environment(slot, k))
+        proc = subprocess.Popen([sys.executable, "-m", WORKER, str(run.path), fold],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_environment(slot, k))
         running[fold] = (proc, slot)
         threading.Thread(target=relay, args=(fold, proc), daemon=True).start()
+
+    def stopped(fold: str, why: str) -> EscnetError:
+        return EscnetError(f"fold {fold} stopped: {why}; the other folds were stopped too "
+                           f"(continue with escnet train --resume {run.path})")
 
     try:
         for slot in range(min(k, len(waiting))):
             start(slot)
         while running:
-            fold, line = lines.get()
-            if line is not None:
+            fold, message = messages.get()
+            if message is None:  # the worker's output has ended
+                proc, slot = running.pop(fold)
+                if proc.wait() != 0 or fold not in results:
+                    raise stopped(fold, (stderr.get(fold) or [f"exit status {proc.returncode}"])[-1])
+                if waiting:
+                    start(slot)
+            elif "epoch" in message:
                 for callback in callbacks:
-                    callback(json.loads(line))
-                continue
-            proc, slot = running.pop(fold)
-            if proc.wait() != 0:
-                said = [ln for ln in errors.get(fold, []) if ln.startswith("escnet: error:")]
-                why = said[-1].removeprefix("escnet: error: ") if said else \
-                    (errors.get(fold) or [f"exit status {proc.returncode}"])[-1]
-                raise EscnetError(f"fold {fold} stopped: {why}; the other folds were stopped too "
-                                  f"(continue with escnet train --resume {run.path})")
-            if waiting:
-                start(slot)
+                    callback(message["epoch"])
+            elif "done" in message:
+                results[fold] = message["done"]
+            else:
+                raise stopped(fold, message["error"])
     finally:
         for proc, _ in running.values():
             proc.terminate()
         for proc, _ in running.values():
             proc.wait()
+    return results

@@ -13,9 +13,7 @@ by corruption and severity) into the run (or ``out``).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -24,14 +22,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from escnet.config import TaskConfig, available_cores, cache_root
+from escnet.config import TaskConfig
 from escnet.data.audio import AudioFile, fix_length, resample
-from escnet.data.cache import cache_key
+from escnet.data.cache import cache_key, cache_root
 from escnet.data.tables import ClipTable, load_table, make_splits
 from escnet.engine.data import eval_loader
 from escnet.engine.evaluate import predict_loader
 from escnet.errors import EscnetError
-from escnet.files import atomic_memmap, atomic_write_json, atomic_write_text, make_output_dir
+from escnet.files import atomic_memmap, make_output_dir
+from escnet.machine import available_cores
+from escnet.reports.plots import save_robustness
 from escnet.runs import RunDir, mean_std
 from escnet.transforms.corruptions import Corruption, NoiseBank, corrupt, parse_corruptions
 from escnet.transforms.features import Featurizer
@@ -101,7 +101,8 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     if any(c.family == "background" for c in chosen):
         noise = NoiseBank(noise_dir, config.data.clip_seconds)
         noise_key = json.dumps([(str(p), p.stat().st_size) for p in noise.paths])
-    out_dir = make_output_dir(out) if out else run.path
+    target = RunDir(out) if out else run  # where the results go, made now: a bad --out fails first
+    make_output_dir(target.path)
     device = torch.device(config.resolved_device())
     table = load_table(config)
     splits = {name: test for name, _, test in make_splits(table, config) if name in folds}
@@ -138,15 +139,6 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     result = {"run": str(run.path), "model": config.model.name, "folds": list(splits), "seed": seed,
               "clips": len(indices), "clean": clean, "mean_corrupted": float(np.mean(corrupted)),
               "corruptions": rows}
-    atomic_write_json(out_dir / RunDir.ROBUSTNESS, result, indent=2)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["corruption", "family", "severity", "accuracy", "drop", "std_over_folds"])
-    for name, r in rows.items():
-        writer.writerow([name, r["family"], r["severity"], f"{r['accuracy']:.4f}", f"{r['drop']:.4f}",
-                         f"{r['std']:.4f}"])
-    atomic_write_text(out_dir / "robustness.csv", buffer.getvalue())
-    from escnet.reports.plots import save_robustness
-
-    save_robustness(result, out_dir / "robustness.png")
+    target.write_robustness(result)
+    save_robustness(result, target.robustness_path(".png"))
     return result

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ from escnet.engine import distributed
 from escnet.engine.data import TrainData, eval_loader, prepare_data, train_loader
 from escnet.engine.distributed import ALONE, Ranks
 from escnet.engine.evaluate import predict_loader, score
-from escnet.engine.runtime import keep_freed_memory, machine_description
 from escnet.errors import ConfigError, EscnetError
+from escnet.machine import keep_freed_memory, machine_description
 from escnet.models import SoundClassifier, count_parameters, resolve_args
-from escnet.runs import Predictions, RunDir, mean_std, save_checkpoint
+from escnet.runs import Predictions, RunDir, mean_std
 from escnet.transforms.batch import BatchAugment
 
 EpochCallback = Callable[[dict], None]
@@ -194,8 +195,12 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                                 "the data; the run keeps its last good epoch and resumes from it")
         entry["seconds"] = time.perf_counter() - start
         history.append(entry)
-        if ranks.main:
-            _save_epoch(run, name, model, ema, optimizer, scheduler, config, table, history)
+        if ranks.main:  # with EMA, the average is scored and saved; resuming needs the trained weights
+            training = {"optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None}
+            if ema is not None:
+                training |= {"trained": model.state_dict(), "ema_updates": int(ema.n_averaged)}
+            run.save_epoch(name, history, scored.state_dict(), table.classes, training)
         for callback in callbacks:
             callback(entry)
     if ranks.main and not run.predictions_path(name).exists():  # the last epoch's, for reports
@@ -232,26 +237,6 @@ def fold_result(history: list[dict], parameters: int) -> dict:
             "epoch_seconds": [h["seconds"] for h in history], "parameters": parameters}
 
 
-def _save_epoch(run: RunDir, fold: str, model, ema: AveragedModel | None, optimizer, scheduler,
-                config: TaskConfig, table: ClipTable, history: list[dict]) -> None:
-    """Write the epoch log and checkpoints, each atomically, so a kill loses one epoch at most.
-
-    ``model`` in a checkpoint is always the weights that were scored (the average, with EMA);
-    with EMA, ``last.pt`` also keeps the trained weights and the update count to resume from.
-    """
-    scored = model if ema is None else ema.module
-    weights = {"model": scored.state_dict(), "config": config.to_dict(), "classes": table.classes,
-               "fold": fold, "epoch": history[-1]["epoch"], "test_accuracy": history[-1]["test_accuracy"]}
-    run.write_history(fold, history)
-    if history[-1]["test_accuracy"] >= max(h["test_accuracy"] for h in history):
-        save_checkpoint(run.checkpoint(fold, "best"), weights)
-    resume = {} if ema is None else {"trained": model.state_dict(),
-                                     "ema_updates": int(ema.n_averaged)}
-    save_checkpoint(run.checkpoint(fold, "last"), {
-        **weights, **resume, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": history})
-
-
 def resolve_model(config: TaskConfig, num_classes: int) -> TaskConfig:
     """``config`` with the dataset's class count and every model argument written out."""
     return config.replace({"model.num_classes": num_classes,
@@ -259,41 +244,74 @@ def resolve_model(config: TaskConfig, num_classes: int) -> TaskConfig:
 
 
 def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          callbacks: Sequence[EpochCallback] = (), parallel_folds: int = 1,
-          only_fold: str | None = None) -> dict:
+          callbacks: Sequence[EpochCallback] = (), parallel_folds: int = 1) -> dict:
     """Train ``config.model`` under ``data.protocol``; write the run to ``out_dir``.
 
     With ``resume``, ``out_dir`` must hold a run made with the same config: finished folds are
     kept, an unfinished one continues from its ``last.pt``. ``callbacks`` get each epoch's log.
     ``parallel_folds`` > 1 trains that many folds at once, each in its own process
-    (:mod:`escnet.engine.parallel`); ``only_fold`` is what such a process trains. Under
-    ``torchrun`` every process calls this and trains each fold together (:mod:`.distributed`).
+    (:mod:`escnet.engine.parallel`). Under ``torchrun`` every process calls this and trains each
+    fold together (:mod:`.distributed`).
 
     Returns:
-        The summary also written to ``out_dir/summary.json``.
+        The summary also written to ``out_dir/summary.json`` (``{}`` on ranks other than 0).
     """
+    if parallel_folds < 1:
+        raise ConfigError(f"--parallel-folds {parallel_folds}: must be 1 or more")
     run = RunDir(out_dir)
     started = time.perf_counter()
-    keep_freed_memory()  # reuse freed activations instead of page-faulting them in (runtime.py)
-    # fail on a bad model setting or device before any slow work (and before the run folder)
-    SoundClassifier.check(config)
-    SoundClassifier.from_config(config)
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in (machine.py)
+    # fail on a bad model setting, weights or device before any slow work (and before the run folder)
+    parameters = SoundClassifier.check(config)
     config.resolved_device()
     ranks = distributed.setup(config)
     try:
-        result = _train(config, run, resume, progress and ranks.main, callbacks if ranks.main else (),
-                        parallel_folds, only_fold, ranks, started)
+        if parallel_folds > 1 and ranks.active:
+            raise ConfigError("--parallel-folds: not under torchrun (each fold already uses every process)")
+        prepared = _prepare(config, run, resume, progress and ranks.main, ranks, ranks.main,
+                            parallel_folds)
+        if parallel_folds > 1:
+            result = _train_parallel(prepared, run, resume, parallel_folds, parameters, callbacks, started)
+        else:
+            result = _train_folds(prepared, run, progress and ranks.main,
+                                  callbacks if ranks.main else (), ranks, started)
         ranks.barrier()  # gloo aborts a rank whose peer tears the group down under it
         return result
     finally:
         ranks.close()
 
 
-def _train(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
-           callbacks: Sequence[EpochCallback], parallel_folds: int, only_fold: str | None,
-           ranks: Ranks, started: float) -> dict:
-    if parallel_folds > 1 and ranks.active:
-        raise ConfigError("--parallel-folds: not under torchrun (each fold already uses every process)")
+def train_fold_of_run(run_dir: str | Path, fold: str,
+                      callbacks: Sequence[EpochCallback] = ()) -> dict:
+    """Train (or finish) one fold of the run at ``run_dir``, with its saved settings: one
+    process of :func:`escnet.engine.parallel.train_folds_in_parallel`. The data, seeds and files
+    are those of a sequential run. Returns what the summary keeps of the fold."""
+    run = RunDir(run_dir)
+    keep_freed_memory()
+    prepared = _prepare(run.read_config(), run, True, False, ALONE, talk=False)
+    split = next((s for s in prepared.splits if s[0] == fold), None)
+    if split is None:
+        raise ConfigError(f"fold {fold}: not a fold of {run.path}")
+    data, _, _ = prepare_data(prepared.waves, prepared.table, prepared.config, False)
+    return train_fold(prepared.config, data, prepared.table, *split, run, False, callbacks)
+
+
+@dataclass
+class _Prepared:
+    """What every fold of a run starts from: the resolved config, the table and its cached
+    waveforms, the splits, and the seconds the cache took."""
+
+    config: TaskConfig
+    table: ClipTable
+    waves: np.ndarray
+    splits: list[tuple[str, np.ndarray, np.ndarray]]
+    cache_seconds: float
+
+
+def _prepare(config: TaskConfig, run: RunDir, resume: bool, progress: bool, ranks: Ranks,
+             talk: bool, parallel_folds: int = 1) -> _Prepared:
+    """Check the run folder, read the dataset, build the waveform cache and (with ``talk``,
+    the process that owns the run) save the resolved config."""
     run.check_startable(resume)  # a taken output folder, or one that is not a run to resume
     if resume:  # a damaged or foreign checkpoint fails now, not after the folds before it
         for fold in run.fold_names():
@@ -301,7 +319,6 @@ def _train(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
                 run.load_checkpoint(fold)
     table = load_table(config)
     make_splits(table, config)  # a fold setting the dataset cannot meet fails before the cache
-    talk = ranks.main and only_fold is None  # not each DDP rank or parallel fold again
     for note in table.notes if talk else ():  # the layout found, folds assigned, warnings
         log.info(note)
     said = len(table.notes)
@@ -316,35 +333,43 @@ def _train(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
         log.info(note)
     config = resolve_model(config, len(table.classes))
     splits = make_splits(table, config)
-    if parallel_folds > 1:
-        left = [name for name, _, _ in splits if name not in (run.finished if resume else [])]
-        if parallel_folds > len(left):
-            raise ConfigError(f"--parallel-folds {parallel_folds}: only {len(left)} fold(s) left to "
-                              "train")
+    left = [name for name, _, _ in splits if name not in (run.finished if resume else [])]
+    if parallel_folds > 1 and parallel_folds > len(left):  # before the run folder is made
+        raise ConfigError(f"--parallel-folds {parallel_folds}: only {len(left)} fold(s) left to train")
     if talk:
         run.create(config, resume, RESULT_FREE)
     ranks.barrier()
-    if parallel_folds > 1:
-        from escnet.engine.parallel import train_folds_in_parallel
+    return _Prepared(config, table, waves, splits, cache_seconds)
 
-        train_folds_in_parallel(run, left, parallel_folds, callbacks)
-        parameters = count_parameters(SoundClassifier.from_config(config, pretrained=False))
-        folds = {name: fold_result(run.read_history(name), parameters) for name, _, _ in splits}
-        return _write_summary(run, config, table, folds, len(splits), cache_seconds, 0.0, 0.0, started)
-    data, augment_seconds, feature_seconds = prepare_data(waves, table, config, progress)
-    if config.train.tensorboard and ranks.main:
+
+def _train_folds(p: _Prepared, run: RunDir, progress: bool, callbacks: Sequence[EpochCallback],
+                 ranks: Ranks, started: float) -> dict:
+    """Every fold in turn, in this process (and, under torchrun, its peers)."""
+    data, augment_seconds, feature_seconds = prepare_data(p.waves, p.table, p.config, progress)
+    if p.config.train.tensorboard and ranks.main:
         callbacks = [*callbacks, tensorboard_logger(run.tensorboard_dir)]
     folds: dict[str, dict] = {}
     summary: dict = {}
-    for name, train_idx, test_idx in splits:
-        if only_fold is not None and name != only_fold:
-            continue
-        folds[name] = train_fold(config, data, table, name, train_idx, test_idx, run, progress,
+    for name, train_idx, test_idx in p.splits:
+        folds[name] = train_fold(p.config, data, p.table, name, train_idx, test_idx, run, progress,
                                  callbacks, ranks)
-        if talk:
-            summary = _write_summary(run, config, table, folds, len(splits), cache_seconds,
+        if ranks.main:
+            summary = _write_summary(run, p.config, p.table, folds, len(p.splits), p.cache_seconds,
                                      augment_seconds, feature_seconds, started)
     return summary
+
+
+def _train_parallel(p: _Prepared, run: RunDir, resume: bool, k: int, parameters: int,
+                    callbacks: Sequence[EpochCallback], started: float) -> dict:
+    """The unfinished folds, ``k`` processes at a time; then the summary of them all."""
+    from escnet.engine.parallel import train_folds_in_parallel
+
+    left = [name for name, _, _ in p.splits if name not in (run.finished if resume else [])]
+    trained = train_folds_in_parallel(run, left, k, callbacks)
+    folds = {name: trained.get(name) or fold_result(run.read_history(name), parameters)
+             for name, _, _ in p.splits}
+    return _write_summary(run, p.config, p.table, folds, len(p.splits), p.cache_seconds, 0.0, 0.0,
+                          started)
 
 
 def _write_summary(run: RunDir, config: TaskConfig, table: ClipTable, folds: dict[str, dict],

@@ -7,7 +7,8 @@ import os
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig, cache_root
+from escnet.config import TaskConfig
+from escnet.data.cache import cache_root
 from escnet.errors import ConfigError
 from escnet.models.pretrained import load_pretrained
 from escnet.models.registry import count_parameters, create_model
@@ -27,11 +28,13 @@ class SoundClassifier(nn.Module):
         self.backbone = backbone
 
     @staticmethod
-    def check(config: TaskConfig) -> None:
+    def check(config: TaskConfig) -> int:
         """Fail with a :class:`ConfigError` on model settings that cannot train, before any
         memory is spent: the backbone is built and run on PyTorch's ``meta`` device (shapes
         only), so log-mels too small for its layers and weights larger than this machine's
-        memory are found in milliseconds instead of as a traceback or the OOM killer."""
+        memory are found in milliseconds instead of as a traceback or the OOM killer.
+        ``model.pretrained`` weights are fetched, verified and loaded into a backbone built for
+        them. Returns the backbone's parameter count."""
         m, mels, frames = config.model, config.features.n_mels, config.length
         with torch.device("meta"):
             backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
@@ -49,6 +52,11 @@ class SoundClassifier(nn.Module):
             raise ConfigError(f"model {m.name} with args {m.args or '{}'} has {params / 1e9:.1f} G "
                               f"parameters: training needs about {need / 2**30:.0f} GB, this machine "
                               f"has {have / 2**30:.0f} GB (model.args)")
+        if m.pretrained:
+            backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
+                                    **m.args)
+            load_pretrained(backbone, m.pretrained, m.pretrained_sha256, cache_root(config))
+        return params
 
     @classmethod
     def from_config(cls, config: TaskConfig, pretrained: bool = True) -> SoundClassifier:

@@ -13,10 +13,10 @@ from escnet.config import RESULT_FREE
 from escnet.errors import DataError, EscnetError
 from escnet.files import atomic_write_text, make_output_dir
 from escnet.models import SoundClassifier, count_macs, count_parameters
-from escnet.reports.html import ensure_predictions, img, page, pct, table
-from escnet.reports.metrics import classification_metrics
+from escnet.reports.html import held_out_predictions, img, page, pct, table
 from escnet.reports.plots import save_comparison
 from escnet.runs import Predictions, RunDir, mean_std
+from escnet.runs.metrics import classification_metrics
 
 COMPARE_COLUMNS = ["run", "model", "parameters", "GMACs/clip", "epochs"]
 
@@ -74,7 +74,7 @@ def _compare_row(parts: list[RunDir]) -> dict:
     backbone = SoundClassifier.from_config(config, pretrained=False).backbone
     folds = {f: run.accuracy(f) for run in parts for f in run.finished}
     mean, std = mean_std(list(folds.values()))
-    preds = [ensure_predictions(run) for run in parts]
+    preds = [held_out_predictions(run) for run in parts]
     f1 = None
     if all(p is not None for p in preds):
         pooled = Predictions.concat(preds)

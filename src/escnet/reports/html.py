@@ -12,28 +12,21 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from escnet.errors import EscnetError
-from escnet.files import atomic_write_text, make_output_dir
-from escnet.reports.metrics import classification_metrics, confused_pairs, major_category
+from escnet.files import atomic_write_text
 from escnet.reports.plots import save_confusion, save_curves, save_per_class
 from escnet.runs import Predictions, RunDir
+from escnet.runs.metrics import classification_metrics, confused_pairs, major_category
 
 log = logging.getLogger("escnet")
 
 
-def ensure_predictions(run: RunDir) -> Predictions | None:
-    """Pooled predictions of the finished folds; computed from ``last.pt`` (needs the data) for
-    runs made before escnet saved them, ``None`` (with a warning) when that cannot be done."""
+def held_out_predictions(run: RunDir) -> Predictions | None:
+    """Pooled predictions of the finished folds, or ``None`` (with a warning) for a run made
+    before escnet saved them: ``escnet evaluate RUNDIR`` writes them (``escnet report`` and
+    ``escnet compare`` do that first, through :func:`escnet.engine.evaluate.ensure_predictions`)."""
     preds = run.predictions()
-    if preds is None and all(run.checkpoint(f).exists() for f in run.finished):
-        from escnet.engine.evaluate import evaluate_run
-
-        try:
-            evaluate_run(run.path, progress=False)
-        except EscnetError as err:  # e.g. the data is not on this machine: report without them
-            log.warning("%s: no held-out predictions (%s)", run.path, err)
-            return None
-        preds = run.predictions()
+    if preds is None:
+        log.warning("%s: no held-out predictions; `escnet evaluate %s` writes them", run.path, run.path)
     return preds
 
 
@@ -64,11 +57,12 @@ def pct(x: float | None) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUNDIR/report.html`` (figures embedded; the PNGs also in ``RUNDIR/report/``)."""
+    """Write ``RUNDIR/report.html`` (figures embedded; the PNGs also in ``RUNDIR/report/``)
+    from the run directory alone."""
     run = RunDir(run_dir)
     run.require_finished()
     data = run.summary.get("data", run.config.data.data_dir)  # a damaged summary fails before any write
-    figures = make_output_dir(run.path / "report")
+    figures = run.figures_dir()
     model = run.config.model.name
     title = f"{model} — {run.name}"
     save_curves(run.histories, figures / "curves.png", model)
@@ -90,7 +84,7 @@ def write_report(run_dir: str | Path) -> Path:
     parts.append(f"<p><b>Mean over {len(run.finished)} finished folds: {100 * mean:.1f} % ± "
                  f"{100 * std:.1f}</b> (population std over folds; last epoch of each fold).</p>")
     parts.append("<h2>Training curves</h2>" + img(figures / "curves.png", "training curves"))
-    preds = ensure_predictions(run)
+    preds = held_out_predictions(run)
     if preds is not None:
         pooled = classification_metrics(preds.labels, preds.predicted, preds.classes)
         parts.append(f"<h2>Pooled over the finished folds ({pooled['clips']} clips)</h2>"
@@ -113,14 +107,14 @@ def write_report(run_dir: str | Path) -> Path:
                      f"under corruptions (escnet robustness, seed {robust['seed']}): mean over "
                      f"corruptions {pct(robust['mean_corrupted'])} %, clean {pct(robust['clean'])} %.</p>"
                      + table(["corruption", "accuracy (%)", "change (points)"], rows))
-        if (run.path / "robustness.png").exists():
-            parts.append(img(run.path / "robustness.png", "accuracy under corruptions"))
+        if run.robustness_path(".png").exists():
+            parts.append(img(run.robustness_path(".png"), "accuracy under corruptions"))
     ev = run.read_evaluation()
     if ev.get("tta", 0) > 1:
         parts.append(f"<p>With test-time averaging over {ev['tta']} shifts (escnet evaluate --tta): "
                      f"{pct(ev['accuracy_tta_mean'])} % ± {pct(ev['accuracy_tta_std'])}</p>")
     parts.append("<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
                  + "</pre>")
-    return atomic_write_text(run.path / "report.html", page(title, "".join(parts)))
+    return atomic_write_text(run.report_path, page(title, "".join(parts)))
 
 

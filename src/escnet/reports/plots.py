@@ -67,7 +67,7 @@ def save_confusion(confusion: np.ndarray, classes: list[str], path: str | Path, 
 def save_per_class(accuracy: dict[str, float | None], categories: dict[str, str | None],
                    path: str | Path, title: str) -> None:
     """Per-class accuracy bars sorted from worst to best, coloured by major category."""
-    from escnet.reports.metrics import ESC50_CATEGORIES
+    from escnet.runs.metrics import ESC50_CATEGORIES
 
     items = sorted(((a, c) for c, a in accuracy.items() if a is not None))
     colors = [CATEGORY_COLORS[ESC50_CATEGORIES.index(categories[c])] if categories.get(c) else "gray"

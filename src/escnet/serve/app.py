@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 import os
 import threading
@@ -37,13 +38,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 import escnet
-from escnet.config import available_cores
 from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
+from escnet.machine import available_cores
 
 UPLOAD_NAME = "uploaded audio"
 """What error messages call an upload: the client's file name is never used."""
+
+log = logging.getLogger("escnet")
 
 
 @dataclass
@@ -227,7 +230,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
             service["ready"] = Service(settings, model)
         except EscnetError as err:
             failure.append(str(err))
-            print(f"escnet serve: error: {err}", flush=True)
+            log.error("escnet serve: error: %s", err)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

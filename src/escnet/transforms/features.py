@@ -19,20 +19,29 @@ class Featurizer(nn.Module):
     zero-padded, periodic-Hann STFT, power 2 and Slaney mel filters. The filterbank comes from
     ``librosa.filters.mel`` so both agree by construction.
 
+    It carries the audio settings of the model it feeds (``sample_rate``, ``clip_samples``):
+    deployment reads them from the model, not from a config.
+
     Args:
-        sample_rate: Hz.
+        sample_rate: Hz the waveforms must have.
+        clip_samples: samples of the clips the model was trained on (windows of new audio).
         n_fft, win_length, hop_length: STFT sizes in samples.
         n_mels: mel bands.
         f_min, f_max: band edges in Hz (``f_max=None`` is ``sample_rate / 2``).
         log_floor: power floor before the natural log (1e-5 → -11.5).
     """
 
-    def __init__(self, sample_rate: int = 44_100, n_fft: int = 1024, win_length: int = 1024,
-                 hop_length: int = 256, n_mels: int = 64, f_min: float = 0.0,
-                 f_max: float | None = None, log_floor: float = 1e-5) -> None:
+    def __init__(self, sample_rate: int = 44_100, clip_samples: int = 220_500, n_fft: int = 1024,
+                 win_length: int = 1024, hop_length: int = 256, n_mels: int = 64,
+                 f_min: float = 0.0, f_max: float | None = None, log_floor: float = 1e-5) -> None:
         super().__init__()
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
         self.log_floor = log_floor
+        self.settings = {"sample_rate": sample_rate, "clip_samples": clip_samples, "n_fft": n_fft,
+                         "win_length": win_length, "hop_length": hop_length, "n_mels": n_mels,
+                         "f_min": f_min, "f_max": f_max, "log_floor": log_floor}
+        """Every argument: two featurizers with equal settings compute the same log-mels."""
         mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
                                   fmax=f_max)
         # Buffers, so .to(device) moves them and checkpoints carry them.
@@ -43,8 +52,8 @@ class Featurizer(nn.Module):
     @classmethod
     def from_config(cls, config: TaskConfig) -> Featurizer:
         f = config.features
-        return cls(config.data.sample_rate, f.n_fft, f.win_length, f.hop_length, f.n_mels, f.f_min,
-                   f.f_max, f.log_floor)
+        return cls(config.data.sample_rate, config.length_wav, f.n_fft, f.win_length, f.hop_length,
+                   f.n_mels, f.f_min, f.f_max, f.log_floor)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frame count of a centred STFT for waveforms of ``lengths`` samples: ``len // hop + 1``."""

@@ -14,7 +14,14 @@
                              confidence), and fold-K/metrics.json, per_class.csv, confusion.csv
       metrics.json, per_class.csv, confusion.csv   the same pooled over the finished folds
       evaluation.json        written by ``escnet evaluate``; report.html, report/ by ``escnet report``
+      robustness.json, robustness.csv, robustness.png   written by ``escnet robustness``
       tensorboard/           per-epoch scalars, with ``train.tensorboard``
+
+A checkpoint (``fold-K/last.pt``, ``fold-K/best.pt``) holds ``format``, ``model`` (the weights
+that were scored: the moving average with EMA), ``config`` (sections), ``classes``, ``fold``,
+``epoch`` and ``test_accuracy``; ``last.pt`` also holds what resuming needs: ``history``,
+``optimizer``, ``scheduler`` and, with EMA, ``trained`` (the trained weights) and
+``ema_updates``. :meth:`RunDir.save_epoch` is the one place that writes them.
 
 Training, evaluation, reports, comparison and prediction all go through :class:`RunDir`, and
 checkpoints through :func:`save_checkpoint` / :func:`load_checkpoint` (``weights_only=True``, a
@@ -39,7 +46,7 @@ import torch
 from escnet.config import RESULT_FREE, TaskConfig, from_dict, read_config_file
 from escnet.errors import CheckpointError, ConfigError, EscnetError
 from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
-from escnet.reports.metrics import classification_metrics, major_category
+from escnet.runs.metrics import classification_metrics, major_category
 
 CHECKPOINT_FORMAT = 2
 """Version of the checkpoint layout: 2 holds the config in sections (1: flat, before 0.2)."""
@@ -190,7 +197,8 @@ class RunDir:
     """A run directory at ``path``: its layout, and everything read from or written to it."""
 
     CONFIG, SUMMARY, EVALUATION = "config.yaml", "summary.json", "evaluation.json"
-    ROBUSTNESS = "robustness.json"  # escnet robustness: accuracy under corruptions
+    REPORT, FIGURES = "report.html", "report"
+    ROBUSTNESS = "robustness"  # .json, .csv, .png: escnet robustness, accuracy under corruptions
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -223,6 +231,18 @@ class RunDir:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
+
+    def figures_dir(self) -> Path:
+        """``report/``, created: the report's figures as PNG files."""
+        return make_output_dir(self.path / self.FIGURES)
+
+    def robustness_path(self, suffix: str) -> Path:
+        """``robustness.json``, ``.csv`` or ``.png``."""
+        return self.path / f"{self.ROBUSTNESS}{suffix}"
 
     def fold_names(self) -> list[str]:
         """Folds with a folder, in numeric order (``random`` last)."""
@@ -294,6 +314,22 @@ class RunDir:
         """:func:`load_model` of a fold's checkpoint, checked by :meth:`load_checkpoint`."""
         return _model_of(self.load_checkpoint(fold, which, device), self.checkpoint(fold, which), device)
 
+    def save_epoch(self, fold: str, history: list[dict], weights: dict[str, torch.Tensor],
+                   classes: list[str], training: dict[str, Any]) -> None:
+        """After an epoch of ``fold``: its log, ``best.pt`` when this epoch scored best so far,
+        and ``last.pt``, each written atomically (a kill loses one epoch at most).
+
+        ``weights`` are the scored weights; ``training`` what resuming needs beyond them
+        (``optimizer``, ``scheduler``, and with EMA ``trained`` and ``ema_updates``).
+        """
+        latest = history[-1]
+        state = {"model": weights, "config": self.config.to_dict(), "classes": classes, "fold": fold,
+                 "epoch": latest["epoch"], "test_accuracy": latest["test_accuracy"]}
+        self.write_history(fold, history)
+        if latest["test_accuracy"] >= max(h["test_accuracy"] for h in history):
+            save_checkpoint(self.checkpoint(fold, "best"), state)
+        save_checkpoint(self.checkpoint(fold, "last"), {**state, **training, "history": history})
+
     # per-epoch history
     def write_history(self, fold: str, history: list[dict]) -> None:
         make_output_dir(self.fold_dir(fold))
@@ -353,9 +389,23 @@ class RunDir:
     def read_evaluation(self) -> dict:
         return self._read_json(self.EVALUATION)
 
+    def write_robustness(self, result: dict) -> None:
+        """``robustness.json`` and ``robustness.csv`` (a row per corruption) of
+        :func:`escnet.engine.robustness.robustness`'s ``result``; the folder need not be a run
+        (``escnet robustness --out DIR``)."""
+        make_output_dir(self.path)
+        atomic_write_json(self.robustness_path(".json"), result, indent=2)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["corruption", "family", "severity", "accuracy", "drop", "std_over_folds"])
+        for name, r in result["corruptions"].items():
+            writer.writerow([name, r["family"], r["severity"], f"{r['accuracy']:.4f}",
+                             f"{r['drop']:.4f}", f"{r['std']:.4f}"])
+        atomic_write_text(self.robustness_path(".csv"), buffer.getvalue())
+
     def read_robustness(self) -> dict:
         """``robustness.json`` (:mod:`escnet.engine.robustness`), or ``{}``."""
-        return self._read_json(self.ROBUSTNESS)
+        return self._read_json(self.robustness_path(".json").name)
 
     def _read_json(self, name: str) -> dict:
         path = self.path / name

@@ -1,17 +1,47 @@
-"""Process-level CPU settings for long training runs."""
+"""The machine a process runs on: its cores, its devices, and malloc settings for long runs.
+
+Not settings (those are :mod:`escnet.config`): facts about this machine that several stages
+need. Importing this module imports no PyTorch (the ONNX runtime path uses
+:func:`available_cores`); the functions that need it import it when called.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import platform
 import sys
 from pathlib import Path
 
-import torch
+from escnet.errors import ConfigError
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and ``taskset``
+    narrow), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_device(device: str, what: str = "--device") -> str:
+    """``auto`` → ``cuda`` when present, else ``cpu``; ``cpu``, ``cuda`` or ``cuda:N`` as given,
+    or a :class:`ConfigError` naming ``what`` when it is not one of those or not on this machine."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{what}={device}: must be auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(device.partition(":")[2] or 0) >= count:
+        have = f"{count} CUDA device(s)" if count else f"no CUDA device (torch {torch.__version__})"
+        raise ConfigError(f"{what}={device}: this machine has {have}; use cpu or auto")
+    return device
 
 
 def keep_freed_memory() -> bool:
@@ -38,6 +68,8 @@ def keep_freed_memory() -> bool:
 
 def machine_description() -> str:
     """CPU model, thread count and torch version, recorded with every result."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
