@@ -1,3 +1,4 @@
+import math
 import random
 
 import numpy as np
@@ -268,3 +269,21 @@ def test_band_limit_codec_and_reverb_augmentations_do_what_they_say():
     assert len({round(float(e[SR // 2]), 6) for e in echoes}) > 1  # rooms drawn per example
     for wet in echoes:
         assert np.mean(wet.astype(np.float64) ** 2) == pytest.approx(np.mean(sine(440).astype(np.float64) ** 2), rel=1e-3)
+
+
+def test_band_limit_mels_silences_the_bands_above_each_cutoff():
+    from escnet.transforms.batch import BatchAugment, band_limit_mels
+
+    centers = torch.tensor([100.0, 1000.0, 5000.0, 9000.0])
+    feats = torch.zeros(2, 4, 3)
+    out = band_limit_mels(feats, centers, -7.0, torch.tensor([4000.0, float("inf")]))
+    assert out[0, :2].eq(0).all() and out[0, 2:].eq(-7.0).all()  # above 4 kHz: silence's level
+    assert out[1].eq(0).all()  # an infinite cutoff keeps the example
+    # through the config: 16 kHz audio loses the bands above 8 kHz, at the front-end's silence level
+    config = TaskConfig().replace({"augment.band_limit_mels": 1.0, "augment.band_limit_hz": (16000.0, 16000.0)})
+    augment = BatchAugment(config)
+    feats, _ = augment.features(torch.zeros(3, 64, 20), torch.zeros(3, 2))
+    silenced = (feats == augment.floor).all(dim=(0, 2))
+    assert silenced.any() and not silenced.all()
+    assert (augment.centers[silenced] > 8000).all() and (augment.centers[~silenced] <= 8000).all()
+    assert augment.floor == pytest.approx(math.log(config.features.log_floor))

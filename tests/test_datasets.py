@@ -138,3 +138,20 @@ def test_balanced_sampler_weights_and_draws():
     assert sampler.weights[0].item() == pytest.approx(1 / 90) and sampler.weights[-1].item() == pytest.approx(0.1)
     drawn = labels[list(sampler)]
     assert len(drawn) == 100 and 0.35 < drawn.mean() < 0.65  # ~half minority class, not 10 %
+
+
+def test_few_clips_per_class_are_drawn_by_the_seed_and_leave_the_test_fold_whole(tmp_path):
+    from escnet.data.tables import few_per_class
+
+    labels = np.repeat(np.arange(4), 10)
+    picked = few_per_class(labels, np.arange(40), 3, 0, "1")
+    assert np.bincount(labels[picked]).tolist() == [3, 3, 3, 3] and list(picked) == sorted(picked)
+    assert list(few_per_class(labels, np.arange(40), 3, 0, "1")) == list(picked)
+    assert list(few_per_class(labels, np.arange(40), 3, 1, "1")) != list(picked)
+    assert len(few_per_class(labels, np.arange(40), 50, 0, "1")) == 40  # more than a class has: all
+    root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2) for t in (0, 1) for i in range(4)])
+    config = tiny_config(**{"data.data_dir": str(root), "data.train_per_class": 2})
+    table = load_table(config)
+    (_, train, test), _ = make_splits(table, config)
+    assert len(train) == 4 and len(test) == 8

@@ -11,7 +11,7 @@ from test_download import Server
 from escnet.config import TaskConfig
 from escnet.data.audio import load_audio
 from escnet.errors import ConfigError
-from escnet.models import SoundClassifier, count_macs, create_model, list_models
+from escnet.models import SoundClassifier, count_macs, count_parameters, create_model, list_models
 from escnet.transforms.features import Featurizer
 
 # 16 kHz, hop 128: 2 s clips are 251 frames, enough for the report's 5×20 kernels in 3 blocks.
@@ -81,7 +81,12 @@ def real_clips(esc50):
     return wav, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
 
-@pytest.mark.parametrize("name", list_models())
+# One member of each family learns (the others share its code; test_pretrained builds every
+# mn width and checks the PANNs layouts).
+LEARNERS = [n for n in list_models() if n not in ("cnn6", "cnn14") and not (n.startswith("mn") and n != "mn04")]
+
+
+@pytest.mark.parametrize("name", LEARNERS)
 def test_can_learn_a_tiny_batch_of_real_clips(name, real_clips):
     wav, labels = real_clips
     steps, lr, args, n_mels = LEARN.get(name, (30, 1e-2, {}, 64))
@@ -157,7 +162,7 @@ def test_cnn10_loads_panns_weights_downloaded_with_checksum(tmp_path):
         torch.testing.assert_close(model.state_dict()["conv_block3.conv2.weight"],
                                    ckpt["model"]["conv_block3.conv2.weight"])
         assert (tmp_path / "cache" / "weights" / "archive.zip").is_file()
-        with pytest.raises(ConfigError, match="need a checksum"):
+        with pytest.raises(ConfigError, match=r"no digest is published.*set model\.pretrained_sha256"):
             classifier(config.replace({"model.pretrained_sha256": ""}), "cnn10", width=64)
     finally:
         server.close()
@@ -190,3 +195,42 @@ def test_cnn10_dropout_comes_from_its_arguments():
     torch.testing.assert_close(model(x), model(x))
     noisy = build("cnn10", dropout=0.5, head_dropout=0.5).train()
     assert not torch.allclose(noisy(x), noisy(x))
+
+
+def _panns_layout(channels: list[int], kernel: int) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of PANNs' Cnn6/Cnn14 ``state_dict`` (audioset_tagging_cnn's
+    models.py), written out from its definition, with its AudioSet head and feature extractor."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def bn(name, n):
+        shapes.update({f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),
+                       f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()})
+
+    bn("bn0", 64)
+    for i, (cin, cout) in enumerate(zip([1, *channels[:-1]], channels, strict=True), start=1):
+        shapes[f"conv_block{i}.conv1.weight"] = (cout, cin, kernel, kernel)
+        bn(f"conv_block{i}.bn1", cout)
+        if kernel == 3:
+            shapes[f"conv_block{i}.conv2.weight"] = (cout, cout, 3, 3)
+            bn(f"conv_block{i}.bn2", cout)
+    last = channels[-1]
+    shapes |= {"fc1.weight": (last, last), "fc1.bias": (last,), "fc_audioset.weight": (527, last),
+               "fc_audioset.bias": (527,), "spectrogram_extractor.stft.conv_real.weight": (513, 1, 1024),
+               "logmel_extractor.melW": (513, 64)}
+    return shapes
+
+
+@pytest.mark.parametrize(("name", "channels", "kernel", "millions"), [
+    ("cnn6", [64, 128, 256, 512], 5, 4.8), ("cnn14", [64, 128, 256, 512, 1024, 2048], 3, 80.8)])
+def test_panns_cnn6_and_cnn14_take_panns_checkpoints_by_name_and_shape(name, channels, kernel, millions):
+    model = create_model(name, n_mels=64, frames=101, num_classes=527)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.05)  # PANNs' table
+    torch.manual_seed(0)
+    state = {k: torch.randn(shape) if shape else torch.tensor(7) for k, shape in _panns_layout(channels, kernel).items()}
+    model.load_pretrained(state, f"{name}.pth")
+    own = model.state_dict()
+    assert all(torch.equal(own[k], state[k]) for k in own if not k.startswith("classifier."))
+    state[f"conv_block{len(channels)}.conv1.weight"] = torch.randn(1, 1, 3, 3)
+    with pytest.raises(ConfigError, match="layout does not match"):
+        model.load_pretrained(state, f"{name}.pth")
+    assert model.known_weights()["audioset"].name == f"{name.capitalize()}_mAP={dict(cnn6='0.343', cnn14='0.431')[name]}.pth"

@@ -211,6 +211,31 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from escnet.deploy.embed import Embedder, concat, write_embeddings
+
+    if Path(args.out).exists():  # before any work
+        raise EscnetError(f"--out {args.out}: already exists; choose another name (escnet does not "
+                          "overwrite it)")
+    embedder = Embedder.from_path(args.model, args.fold, args.device)
+    parts, unreadable = [], 0
+    for path in args.files:  # one bad file among many costs only its own line
+        try:
+            parts.append(embedder.embed_file(path, args.per_window, args.hop))
+        except AudioError as err:
+            print(f"escnet: error: {err}", file=sys.stderr)
+            unreadable += 1
+    if parts:
+        result = concat(parts)
+        written = write_embeddings(result, args.out, args.per_window)
+        print(f"wrote {written}: {len(result.files)} row(s) of {embedder.dim} numbers "
+              f"({'one per window' if args.per_window else 'one per file'})")
+    if unreadable:
+        print(f"escnet: {unreadable} of {len(args.files)} files could not be read (listed above)",
+              file=sys.stderr)
+    return 2 if unreadable else 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from escnet.serve.app import ServeSettings, serve
 
@@ -398,6 +423,23 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_export)
 
 
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="pooled embeddings (the features before the head) of audio "
+                       "files, for your own pipelines")
+    p.add_argument("--model", required=True, metavar="MODEL", help="a pretrained name (mn04_as, "
+                   "...), a run folder or a .pt checkpoint")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help=".npy (a row per file), .npz or "
+                   ".parquet (rows with file, start, end)")
+    p.add_argument("--per-window", action="store_true", help="a row per clip-length window, not "
+                   "per file")
+    p.add_argument("--hop", type=float, metavar="SECONDS", help="--per-window: seconds between "
+                   "window starts (default half a clip)")
+    p.add_argument("--fold", help="the fold model of a run of several")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=_embed)
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for a model (pip install "
                        "'escnet[serve]')")
@@ -498,7 +540,7 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_models)
 
 
-COMMANDS = (_add_train, _add_evaluate, _add_predict, _add_export, _add_serve, _add_robustness,
+COMMANDS = (_add_train, _add_evaluate, _add_predict, _add_embed, _add_export, _add_serve, _add_robustness,
             _add_sweep, _add_download, _add_report, _add_compare, _add_benchmark,
             _add_augment_preview, _add_models)
 

@@ -106,6 +106,9 @@ class DataConfig(Section):
     folds: list[int] = field(default_factory=list, metadata=_rules(ge=1))
     """Held-out folds to run under ``protocol=folds``; empty means every fold of the dataset."""
     train_ratio: float = _check(0.9, gt=0, lt=1)
+    train_per_class: int = _check(0, ge=0)
+    """Train on at most this many clips per class of each split's training clips, drawn by the
+    seed (the same clips for every model: few-shot curves); 0: all. The held-out clips stay whole."""
     sample_rate: int = _check(44_100, ge=1000, le=384_000)
     """Hz. Audio is resampled to this rate once, when the waveform cache is built."""
     clip_seconds: float = _check(5.0, gt=0, le=600)
@@ -141,7 +144,13 @@ class FeatureConfig(Section):
     f_max: float | None = _check(None, gt=0)
     """Hz; ``None`` means ``sample_rate / 2``."""
     log_floor: float = _check(1e-5, gt=0)
-    """Mel power is clamped at this value before the natural log."""
+    """Mel power is clamped at this value (``logmel``), or offset by it (``efficientat``), before
+    the natural log."""
+    frontend: str = _check("logmel", choices=("logmel", "efficientat", "panns"))
+    """``logmel``: escnet's log-mel; ``efficientat``: the front-end of EfficientAT's pretrained
+    models (with their settings: 32 kHz, n_fft 1024, win_length 800, hop_length 320, 128 mels,
+    f_max 15000); ``panns``: PANNs' (32 kHz, n_fft 1024, hop 320, 64 mels, 50-14000 Hz,
+    log_floor 1e-10). :class:`escnet.transforms.features.Featurizer` has the details."""
 
     def rules(self) -> None:
         if self.win_length > self.n_fft:
@@ -220,6 +229,10 @@ class AugmentConfig(Section):
     reverb_rt60: tuple[float, float] = _check((0.2, 1.2), gt=0, le=5)
     """reverb: one of eight rooms (seeded random shoebox rooms, 3 to 23 m) with reverberation
     times spread over this range, seconds. ``escnet robustness``'s two rooms are not among them."""
+    band_limit_mels: float = _check(0.0, ge=0, le=1, stage="batch")
+    """Probability per training example of band-limiting its log-mel: the bands above half a
+    sample rate drawn from ``band_limit_hz`` set to silence's level. The cheap, cacheable form of
+    ``band_limit`` (no resampling: it works on the feature cache and on crops)."""
     spec_augment: bool = _check(False, stage="batch")
     """SpecAugment masks on each training batch of log-mels, on the device."""
     freq_masks: int = _check(2, ge=0, stage="batch")
@@ -274,6 +287,12 @@ class TrainConfig(Section):
     """Evaluate, save and predict with an exponential moving average of the weights (and
     BatchNorm statistics), updated after every optimiser step with this decay (0.998 averages
     over about 500 steps); 0 turns it off."""
+    probe_epochs: int = _check(0, ge=0, le=100_000)
+    """Before training the whole model, train only its head for this many epochs on the
+    pretrained trunk's embeddings, computed once (linear probing, then fine-tuning: LP-FT); 0:
+    no probing. Needs a model with an embedding (``mn*``) and pretrained weights to be useful."""
+    probe_learning_rate: float = _check(1e-3, gt=0, le=10)
+    """Learning rate of the probing epochs (AdamW, cosine schedule)."""
     seed: int = 0
     num_workers: int = _check(0, ge=0, le=256)
     device: str = "auto"

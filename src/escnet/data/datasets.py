@@ -35,7 +35,8 @@ class WaveformDataset(Dataset):
 
 
 class FeatureDataset(Dataset):
-    """Items ``{"features": (n_mels, frames) tensor, "label": int}`` from precomputed log-mels."""
+    """Items ``{"features": tensor, "label": int}`` from precomputed log-mels ``(n_mels,
+    frames)`` or embeddings ``(dim,)``."""
 
     def __init__(self, features, labels: np.ndarray, indices: Sequence[int]) -> None:
         self.features, self.labels, self.indices = features, labels, list(indices)
@@ -68,9 +69,12 @@ class PickCopies:
 
 def clip_dataset(source, labels: np.ndarray, indices: Sequence[int], augment=None,
                  seed: int = 0) -> Dataset:
-    """A dataset over ``indices`` of cached waveforms ``(clips, samples)`` (optionally augmented,
-    see :class:`WaveformDataset`) or of precomputed log-mels ``(clips, n_mels, frames)``."""
-    if len(source.shape) == 3:
+    """A dataset over ``indices`` of cached waveforms ``(clips, samples)``, a NumPy array
+    (optionally augmented, see :class:`WaveformDataset`), or of what a model computes from them
+    once per run, a tensor: log-mels ``(clips, n_mels, frames)`` or a frozen trunk's embeddings
+    ``(clips, dim)``."""
+    first = source.copies[0] if isinstance(source, PickCopies) else source
+    if isinstance(first, torch.Tensor):
         return FeatureDataset(source, labels, indices)
     return WaveformDataset(source, labels, indices, augment, seed)
 

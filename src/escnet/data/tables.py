@@ -317,7 +317,23 @@ def _check_fold_sizes(table: ClipTable, root: Path, allow_uneven: bool) -> None:
 
 
 def make_splits(table: ClipTable, config: TaskConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, train_indices, test_indices)`` for each held-out fold, or the one random split."""
+    """``(name, train_indices, test_indices)`` for each held-out fold, or the one random split;
+    with ``data.train_per_class`` the training clips of each split are thinned
+    (:func:`few_per_class`)."""
+    k = config.data.train_per_class
+    return [(name, few_per_class(table.labels, train, k, config.train.seed, name) if k else train, test)
+            for name, train, test in _splits(table, config)]
+
+
+def few_per_class(labels: np.ndarray, indices: np.ndarray, k: int, seed: int, split: str) -> np.ndarray:
+    """At most ``k`` of ``indices`` per class, drawn by ``(seed, split)``: the same clips whatever
+    the model, so few-shot curves compare models on the same examples. Sorted."""
+    rng = np.random.default_rng([seed, int(split) if split.isdigit() else 0, k])
+    keep = [rng.permutation(indices[labels[indices] == c])[:k] for c in np.unique(labels[indices])]
+    return np.sort(np.concatenate(keep))
+
+
+def _splits(table: ClipTable, config: TaskConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if config.data.protocol == "random":
         rng, test = np.random.default_rng(config.train.seed), []
         # stratified, unlike the report's random_split

@@ -20,6 +20,7 @@ from escnet.data.cache import cache_key, cache_root
 from escnet.data.datasets import PickCopies, class_balanced_sampler, clip_dataset, collate
 from escnet.data.tables import ClipTable
 from escnet.files import atomic_memmap
+from escnet.models import SoundClassifier
 from escnet.transforms.features import Featurizer, compute_features
 from escnet.transforms.waveform import WaveformAugment
 
@@ -52,10 +53,48 @@ def prepare_data(waves, table: ClipTable, config: TaskConfig, progress: bool = T
                    else None)
         return TrainData(waves, copies, augment), augment_seconds, 0.0
     tick = time.perf_counter()
-    featurizer, device = Featurizer.from_config(config), torch.device(config.resolved_device())
-    data = TrainData(compute_features(featurizer, waves, device),
-                     [compute_features(featurizer, c, device) for c in copies])
+    device = torch.device(config.resolved_device())
+    if embeddings_suffice(config):
+        model = SoundClassifier.from_config(config)
+        data = TrainData(frozen_embeddings(model, waves, table, config, device, progress),
+                         [frozen_embeddings(model, c, table, config, device, progress, k)
+                          for k, c in enumerate(copies)])
+    else:
+        featurizer = Featurizer.from_config(config)
+        data = TrainData(compute_features(featurizer, waves, device),
+                         [compute_features(featurizer, c, device) for c in copies])
     return data, augment_seconds, time.perf_counter() - tick
+
+
+def embeddings_suffice(config: TaskConfig) -> bool:
+    """Whether training can start from each clip's embedding, computed once: the model's trunk
+    is frozen (``model.args.freeze``: the backbone then has ``embed``) and no batch transform
+    needs log-mels (SpecAugment, crops). Mixup then mixes embeddings."""
+    return (bool(config.model.args.get("freeze")) and not config.augment.spec_augment
+            and config.crop_frames == 0)
+
+
+def frozen_embeddings(model: SoundClassifier, waves, table: ClipTable, config: TaskConfig,
+                      device: torch.device, progress: bool, copy: int | None = None) -> torch.Tensor:
+    """The frozen trunk's embedding of every clip ``(clips, dim)``, cached on disk
+    (``emb-<key>.npy`` next to the waveform cache) under the waveforms, the featurizer, the model
+    and its pretrained weights (or augmented ``copy``), so later runs and folds reuse it."""
+    text = json.dumps({"features": model.featurizer.settings, "model": config.model.name,
+                       "args": config.model.args, "pretrained": config.model.pretrained,
+                       "sha256": config.model.pretrained_sha256, "copy": copy,
+                       "augment": config.augment.waveform_settings() if copy is not None else None},
+                      sort_keys=True, default=str)
+    base = cache_key(table, config.data.sample_rate, config.length_wav)
+    path = cache_root(config) / f"emb-{hashlib.sha256(f'{base}:{text}'.encode()).hexdigest()[:20]}.npy"
+    if not path.exists():
+        model = model.to(device).eval()
+        dim = model.backbone.embed_dim
+        with atomic_memmap(path, (len(waves), dim)) as array, torch.inference_mode():
+            for start in tqdm(range(0, len(waves), 32), desc="embeddings (once)", disable=not progress,
+                              unit="batch"):
+                rows = torch.from_numpy(np.array(waves[start : start + 32], dtype=np.float32)).to(device)
+                array[start : start + len(rows)] = model.backbone.embed(model.features(rows)[0]).cpu().numpy()
+    return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
 
 
 def train_loader(data: TrainData, table: ClipTable, indices: np.ndarray, config: TaskConfig,

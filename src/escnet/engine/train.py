@@ -166,6 +166,8 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
     ema = make_ema(model, config)
     scored = model if ema is None else ema.module  # the weights evaluated, saved and predicted with
     history: list[dict] = []
+    if config.train.probe_epochs and not run.checkpoint(name).exists():
+        probe_head(model, data, table, train_idx, config, device)  # (EMA copies it at its first update)
     if run.checkpoint(name).exists():
         state = run.load_checkpoint(name, "last", device)
         scored.load_state_dict(state["model"])
@@ -211,6 +213,42 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
         run.complete_fold_files(name)
     ranks.barrier()  # the fold's files are written before any rank goes on
     return fold_result(history, count_parameters(model))
+
+
+def probe_head(model: SoundClassifier, data: TrainData, table: ClipTable, train_idx: np.ndarray,
+               config: TaskConfig, device: torch.device) -> None:
+    """Linear probing before fine-tuning (LP-FT; Kumar et al., ICLR 2022): train only the
+    model's head, ``train.probe_epochs`` epochs on the training clips' embeddings under the
+    pretrained trunk (computed once, BatchNorm in eval mode), so that fine-tuning starts from a
+    head that already fits instead of sending a random head's gradients into the trunk.
+
+    AdamW at ``train.probe_learning_rate`` on a cosine schedule, ``train.batch_size``,
+    ``train.weight_decay`` and ``train.label_smoothing``; no augmentation. Seeded by the fold's
+    epoch-0 seed, like the initial weights.
+    """
+    backbone = model.backbone
+    if not hasattr(backbone, "embed"):
+        raise ConfigError(f"setting train.probe_epochs={config.train.probe_epochs}: model "
+                          f"{config.model.name} has no embedding to probe (the mn models have one)")
+    model.eval()
+    with torch.inference_mode():
+        parts = [backbone.embed(batch["features"].to(device)) if "features" in batch else
+                 backbone.embed(model.features(batch["wav"].to(device))[0])
+                 for batch in eval_loader(data.clips, table.labels, train_idx, config)]
+    embeddings = torch.cat(parts).clone()  # out of inference mode, so autograd may use it
+    labels = torch.from_numpy(table.labels[train_idx]).to(device)
+    head, t = backbone.head, config.train
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=t.probe_learning_rate, weight_decay=t.weight_decay)
+    batches = torch.arange(len(labels)).split(t.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, len(batches) * t.probe_epochs)
+    for _ in range(t.probe_epochs):
+        for batch in torch.randperm(len(labels)).split(t.batch_size):
+            loss = F.cross_entropy(head(embeddings[batch]), labels[batch], label_smoothing=t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
 
 
 def _held_out(model, tests, device: torch.device, ranks: Ranks) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Models: the registry (``create_model``), every backbone, and the :class:`SoundClassifier`."""
 
 # Importing a model's module registers it.
-from escnet.models import ast, cnn, crnn, kumar, lstm, report_cnns, vgg  # noqa: F401
+from escnet.models import ast, cnn, crnn, kumar, lstm, mobilenet, report_cnns, vgg  # noqa: F401
 from escnet.models.classifier import SoundClassifier
 from escnet.models.registry import (
     count_macs,

@@ -40,7 +40,7 @@ class SoundClassifier(nn.Module):
             backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
                                     **m.args)
             try:
-                backbone(torch.zeros(2, mels, frames), None)
+                backbone.eval()(torch.zeros(2, mels, frames), None)  # shapes only: no statistics
             except (RuntimeError, ValueError) as err:
                 raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
                                   f"frames (features.n_mels, features.hop_length, data.clip_seconds): "

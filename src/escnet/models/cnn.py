@@ -1,4 +1,9 @@
-"""A PANNs-style CNN (Kong et al., 2020): escnet's strong, efficient default model."""
+"""PANNs' CNNs (Kong et al., "PANNs: Large-Scale Pretrained Audio Neural Networks for Audio
+Pattern Recognition", 2020): CNN10, escnet's strong, efficient default model, and CNN6 and CNN14,
+with PANNs' layouts and parameter names so that their AudioSet checkpoints (Zenodo record
+3987831) load. Their front-end is ``features.frontend=panns`` (32 kHz, n_fft 1024, hop 320, 64
+mels from 50 to 14000 Hz, dB); escnet has not measured these checkpoints' accuracy (their
+weights cannot be fetched here)."""
 
 from __future__ import annotations
 
@@ -7,58 +12,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from escnet.models.layers import check_args
-from escnet.models.pretrained import load_matching
+from escnet.models.pretrained import WeightsFile, load_matching
 from escnet.models.registry import register_model
 
 
 class ConvBlock(nn.Module):
-    """2 × (conv 3×3 → BatchNorm → ReLU), then 2×2 average pooling. PANNs' names and layout."""
+    """2 × (conv 3×3 → BatchNorm → ReLU) (``kernel=5``: one conv 5×5 → BatchNorm → ReLU, PANNs'
+    ``ConvBlock5x5``), then average pooling over ``pool``. PANNs' names and layout."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int = 3, pool: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        if kernel == 3:
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.avg_pool2d(x, 2)
+        if hasattr(self, "conv2"):
+            x = F.relu(self.bn2(self.conv2(x)))
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
 
-@register_model("cnn10")
-class CNN10(nn.Module):
-    """PANNs' CNN10 layout: BatchNorm over mel bins, 4 conv blocks of ``width`` × (1, 2, 4, 8)
-    channels with dropout ``dropout`` (0.2) between them, mean over frequency, max + mean over
-    time, a hidden linear layer and the classifier, each after dropout ``head_dropout`` (0.5).
+ZENODO = "https://zenodo.org/record/3987831/files/"
 
-    ``width=64`` with 64 mels is PANNs' CNN10, whose AudioSet checkpoints
-    (``Cnn10_mAP=0.380.pth``) load with ``model.pretrained=PATH_OR_URL``; a smaller width trades
-    accuracy for CPU time. Tensors are laid out ``(batch, 1, frames, mels)`` as in PANNs, so its
-    filters load unchanged.
 
-    Args:
-        width: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10.
-        dropout: after each of the first 3 conv blocks (PANNs: 0.2).
-        head_dropout: before each of the 2 linear layers (PANNs: 0.5).
+class PannsCNN(nn.Module):
+    """PANNs' CNN layout: BatchNorm over mel bins, ``len(channels)`` conv blocks (``kernel`` 3:
+    two 3×3 convs each; 5: one 5×5 conv) with dropout ``dropout`` after the first ``dropped``
+    (PANNs: all), mean over frequency, max + mean over time, a hidden linear layer and the
+    classifier, each after dropout ``head_dropout``. Tensors are laid out ``(batch, 1, frames,
+    mels)`` as in PANNs, so its filters load unchanged; ``load_pretrained`` takes PANNs'
+    checkpoints (every tensor but the class-specific layer, ``fc_audioset`` there).
     """
 
-    def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 32,
-                 dropout: float = 0.2, head_dropout: float = 0.5) -> None:
+    checkpoint = ""
+    """The file name of this layout's AudioSet checkpoint in PANNs' Zenodo record."""
+
+    def __init__(self, n_mels: int, num_classes: int, channels: list[int], kernel: int,
+                 dropout: float, head_dropout: float, last_pool: int = 2,
+                 dropped: int | None = None) -> None:
         super().__init__()
-        check_args("cnn10", width=(width, width > 0, "must be > 0"),
-                   dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"),
-                   head_dropout=(head_dropout, 0 <= head_dropout < 1, "must be in [0, 1)"))
-        w = width
         self.bn0 = nn.BatchNorm2d(n_mels)
-        self.conv_block1 = ConvBlock(1, w)
-        self.conv_block2 = ConvBlock(w, 2 * w)
-        self.conv_block3 = ConvBlock(2 * w, 4 * w)
-        self.conv_block4 = ConvBlock(4 * w, 8 * w)
-        self.fc1 = nn.Linear(8 * w, 8 * w)
-        self.classifier = nn.Linear(8 * w, num_classes)
+        self.blocks = len(channels)
+        self.dropped = self.blocks if dropped is None else dropped  # blocks followed by dropout
+        for i, (cin, cout) in enumerate(zip([1, *channels[:-1]], channels, strict=True)):
+            pool = last_pool if i == len(channels) - 1 else 2
+            setattr(self, f"conv_block{i + 1}", ConvBlock(cin, cout, kernel, pool))
+        self.fc1 = nn.Linear(channels[-1], channels[-1])
+        self.classifier = nn.Linear(channels[-1], num_classes)
         self.cnn_dropout, self.head_dropout = dropout, head_dropout
+
+    def known_weights(self) -> dict[str, WeightsFile]:
+        """``model.pretrained=audioset``: PANNs' AudioSet checkpoint of this layout (no digest is
+        published with it: give ``model.pretrained_sha256``)."""
+        return {"audioset": WeightsFile(ZENODO + self.checkpoint)} if self.checkpoint else {}
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """PANNs' checkpoints: every tensor but the class-specific classifier."""
@@ -68,11 +78,70 @@ class CNN10(nn.Module):
         """``x``: log-mel ``(batch, n_mels, frames)`` → logits ``(batch, num_classes)``."""
         x = self.bn0(x.unsqueeze(-1)).squeeze(-1)  # per-mel-bin normalisation
         x = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, frames, mels)
-        for i, block in enumerate((self.conv_block1, self.conv_block2, self.conv_block3,
-                                   self.conv_block4)):
-            x = block(x)
-            x = F.dropout(x, self.cnn_dropout, self.training) if i < 3 else x
+        for i in range(self.blocks):
+            x = getattr(self, f"conv_block{i + 1}")(x)
+            x = F.dropout(x, self.cnn_dropout, self.training) if i < self.dropped else x
         x = x.mean(dim=3)  # over frequency → (batch, channels, frames')
         x = x.amax(dim=2) + x.mean(dim=2)
         x = F.relu(self.fc1(F.dropout(x, self.head_dropout, self.training)))
         return self.classifier(F.dropout(x, self.head_dropout, self.training))
+
+
+def _check(name: str, width: int, dropout: float, head_dropout: float) -> None:
+    check_args(name, width=(width, width > 0, "must be > 0"),
+               dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"),
+               head_dropout=(head_dropout, 0 <= head_dropout < 1, "must be in [0, 1)"))
+
+
+@register_model("cnn10")
+class CNN10(PannsCNN):
+    """PANNs' CNN10: 4 blocks of two 3×3 convs, ``width`` × (1, 2, 4, 8) channels, dropout
+    ``dropout`` (0.2) after the first 3, a hidden layer and the classifier after dropout
+    ``head_dropout`` (0.5).
+
+    ``width=64`` with 64 mels is PANNs' CNN10, whose AudioSet checkpoints
+    (``Cnn10_mAP=0.380.pth``) load with ``model.pretrained=PATH_OR_URL``; a smaller width trades
+    accuracy for CPU time.
+
+    Args:
+        width: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10.
+        dropout: after each of the first 3 conv blocks (PANNs: 0.2).
+        head_dropout: before each of the 2 linear layers (PANNs: 0.5).
+    """
+
+    checkpoint = "Cnn10_mAP%3D0.380.pth"
+
+    def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 32,
+                 dropout: float = 0.2, head_dropout: float = 0.5) -> None:
+        _check("cnn10", width, dropout, head_dropout)
+        # escnet's CNN10 drops out after 3 of its 4 blocks (PANNs: all 4); kept, so its results stay
+        super().__init__(n_mels, num_classes, [width * k for k in (1, 2, 4, 8)], 3, dropout,
+                         head_dropout, dropped=3)
+
+
+@register_model("cnn6")
+class CNN6(PannsCNN):
+    """PANNs' CNN6 (4.8 M parameters at ``width=64``, AudioSet mAP 0.343): 4 blocks of one 5×5
+    conv, ``width`` × (1, 2, 4, 8) channels; ``model.pretrained`` takes ``Cnn6_mAP=0.343.pth``."""
+
+    checkpoint = "Cnn6_mAP%3D0.343.pth"
+
+    def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 64,
+                 dropout: float = 0.2, head_dropout: float = 0.5) -> None:
+        _check("cnn6", width, dropout, head_dropout)
+        super().__init__(n_mels, num_classes, [width * k for k in (1, 2, 4, 8)], 5, dropout, head_dropout)
+
+
+@register_model("cnn14")
+class CNN14(PannsCNN):
+    """PANNs' CNN14 (80.8 M parameters at ``width=64``, AudioSet mAP 0.431): 6 blocks of two
+    3×3 convs, ``width`` × (1, 2, 4, 8, 16, 32) channels, no pooling after the last;
+    ``model.pretrained`` takes ``Cnn14_mAP=0.431.pth``."""
+
+    checkpoint = "Cnn14_mAP%3D0.431.pth"
+
+    def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 64,
+                 dropout: float = 0.2, head_dropout: float = 0.5) -> None:
+        _check("cnn14", width, dropout, head_dropout)
+        super().__init__(n_mels, num_classes, [width * k for k in (1, 2, 4, 8, 16, 32)], 3, dropout,
+                         head_dropout, last_pool=1)

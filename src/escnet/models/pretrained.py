@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import torch
 from torch import nn
 
-from escnet.data.download import download
+from escnet.data.download import download, sha256_of
 from escnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """Published weights: where they are, and their SHA-256 where one is published."""
+
+    url: str
+    sha256: str = ""
+
+    @property
+    def name(self) -> str:
+        """The file's name, as its publisher gives it (``Cnn14_mAP=0.431.pth``)."""
+        return unquote(self.url.split("?")[0].rsplit("/", 1)[-1])
 
 
 def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> None:
@@ -24,26 +40,48 @@ def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> No
     model.load_pretrained(read_state_dict(path), str(path))
 
 
-def resolve_weights(spec: str, sha256: str, known: dict[str, str], cache: Path) -> Path:
-    """The local file for ``spec``: a path, a URL, or a name from ``known`` (name → URL).
-    Downloads go to ``cache/weights/`` and are verified against ``sha256``, or against the hash
-    prefix torchvision puts in its file names (``vgg19-dcbb9e9d.pth``); a URL with neither is
-    refused."""
-    url = known.get(spec, spec)
-    if not url.startswith(("http://", "https://")):
+def weights_folder() -> Path | None:
+    """``$ESCNET_WEIGHTS``: a folder of weight files under their official names, looked in before
+    any download (offline machines, CI)."""
+    folder = os.environ.get("ESCNET_WEIGHTS")
+    return Path(folder).expanduser() if folder else None
+
+
+def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache: Path) -> Path:
+    """The local file for ``spec``: a path, a URL, or a name from ``known``.
+
+    A name or URL is looked for under its file name in ``$ESCNET_WEIGHTS``, then in
+    ``cache/weights/``, then downloaded there. Every file that stands for a name or URL is
+    verified: against ``sha256`` (``model.pretrained_sha256``), else the digest published with
+    the name, else the hash prefix torchvision puts in its file names (``vgg19-dcbb9e9d.pth``);
+    with none of them it is refused, as is a file whose digest differs.
+    """
+    weights = known.get(spec) or WeightsFile(spec)
+    if not weights.url.startswith(("http://", "https://")):
         path = Path(spec).expanduser()
         if not path.is_file():
             names = f"; or one of: {', '.join(known)}" if known else ""
             raise ConfigError(f"setting model.pretrained={spec!r}: no such file (give a path or a "
                               f"URL{names})")
+        if sha256:
+            _verify(path, sha256, spec)
         return path
-    name = url.rsplit("/", 1)[-1]
-    prefix = re.search(r"-([0-9a-f]{8,})\.", name)
-    checksum = sha256 or (prefix.group(1) if prefix else "")
+    prefix = re.search(r"-([0-9a-f]{8,})\.", weights.name)
+    checksum = sha256 or weights.sha256 or (prefix.group(1) if prefix else "")
     if not checksum:
-        raise ConfigError(f"setting model.pretrained={spec!r}: downloads need a checksum; set "
-                          "model.pretrained_sha256")
-    return download(url, cache / "weights" / name, checksum)
+        raise ConfigError(f"setting model.pretrained={spec!r}: no digest is published for "
+                          f"{weights.name}; set model.pretrained_sha256 to the SHA-256 of the file")
+    folder = weights_folder()
+    if folder is not None and (folder / weights.name).is_file():
+        return _verify(folder / weights.name, checksum, spec)
+    return download(weights.url, cache / "weights" / weights.name, checksum)
+
+
+def _verify(path: Path, sha256: str, spec: str) -> Path:
+    if not sha256_of(path).startswith(sha256.lower()):
+        raise ConfigError(f"setting model.pretrained={spec!r}: {path} is not the published file "
+                          f"(its SHA-256 is not {sha256[:16]}…); delete it or fetch it again")
+    return path
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -60,6 +98,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: holds no state dict")
     return state
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...],
+                source: str) -> None:
+    """:func:`load_matching`, and also refuse tensors in ``state`` that ``model`` does not have
+    (outside ``skip``): a checkpoint of another architecture or width fails by name."""
+    own = model.state_dict()
+    extra = sorted(k for k in state if k not in own and not k.startswith(skip))
+    if extra:
+        raise ConfigError(f"{source}: its layout does not match this model ({extra[0]} is not one "
+                          f"of its tensors, {len(extra)} in all); check the model and its width")
+    load_matching(model, state, skip, source)
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], skip: tuple[str, ...],

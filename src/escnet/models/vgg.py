@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from escnet.errors import ConfigError
-from escnet.models.pretrained import load_matching
+from escnet.models.pretrained import WeightsFile, load_matching
 from escnet.models.registry import register_model
 
 LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -62,9 +62,9 @@ class VGG19(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def known_weights(self) -> dict[str, str]:
-        """Weight names ``model.pretrained`` may give, and their URLs."""
-        return {"imagenet": IMAGENET[self.batch_norm]}
+    def known_weights(self) -> dict[str, WeightsFile]:
+        """Weight names ``model.pretrained`` may give, and where they are."""
+        return {"imagenet": WeightsFile(IMAGENET[self.batch_norm])}
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """A torchvision-format state dict; every tensor but the last layer."""

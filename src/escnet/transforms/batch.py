@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from escnet.config import TaskConfig
+from escnet.transforms.features import Featurizer, log_mel
 
 
 def _band_mask(batch: int, size: int, count: int, width: int, device: torch.device) -> torch.Tensor:
@@ -22,9 +23,9 @@ def random_crop(feats: torch.Tensor, frames: int) -> torch.Tensor:
     ``(batch, n_mels, total_frames)`` → ``(batch, n_mels, frames)``; unchanged when ``frames``
     is 0 or not shorter than the input.
     """
-    batch, n_mels, total = feats.shape
-    if not 0 < frames < total:
+    if not 0 < frames < feats.shape[-1]:
         return feats
+    batch, n_mels, total = feats.shape
     offsets = torch.randint(0, total - frames + 1, (batch, 1), device=feats.device)
     index = offsets + torch.arange(frames, device=feats.device)  # (batch, frames)
     return feats.gather(2, index[:, None, :].expand(batch, n_mels, frames))
@@ -99,13 +100,27 @@ def between_class_mix(wav: torch.Tensor, targets: torch.Tensor, alpha: float
     return mixed, rt * targets + (1 - rt) * targets[perm]
 
 
+def band_limit_mels(feats: torch.Tensor, centers_hz: torch.Tensor, floor: float,
+                    cutoff_hz: torch.Tensor) -> torch.Tensor:
+    """The log-mel of audio that lost everything above ``cutoff_hz`` ``(batch,)`` (a lower
+    sample rate, a phone, a codec): bands whose centre ``centers_hz`` ``(n_mels,)`` lies above
+    the cutoff are set to ``floor``, the log-mel of silence. ``(batch, n_mels, frames)`` in and
+    out; a cutoff of ``inf`` keeps the example whole."""
+    above = centers_hz[None, :] > cutoff_hz[:, None]
+    return feats.masked_fill(above[:, :, None], floor)
+
+
 class BatchAugment:
     """The config's batch transforms, in training order: waveform mixing before the features,
-    random crop, SpecAugment then mixup after them. Targets are class probabilities
+    random crop, band limit, SpecAugment then mixup after them. Targets are class probabilities
     ``(batch, classes)``."""
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
+        if config.augment.band_limit_mels > 0:  # the bands' centre frequencies and silence's level
+            featurizer = Featurizer.from_config(config)
+            self.centers = featurizer.mel_basis.argmax(dim=1) * (config.data.sample_rate / featurizer.n_fft)
+            self.floor = float(log_mel(torch.zeros(()), featurizer.frontend, featurizer.log_floor))
 
     def waveforms(self, wav: torch.Tensor, targets: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +133,13 @@ class BatchAugment:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config.augment
         feats = random_crop(feats, self.config.crop_frames)
+        if c.band_limit_mels > 0:
+            n = len(feats)
+            low, high = c.band_limit_hz
+            cutoff = (low + (high - low) * torch.rand(n, device=feats.device)) / 2
+            keep = torch.rand(n, device=feats.device) >= c.band_limit_mels
+            cutoff = cutoff.masked_fill(keep, float("inf"))
+            feats = band_limit_mels(feats, self.centers.to(feats.device), self.floor, cutoff)
         if c.spec_augment:
             feats = spec_augment(feats, c.freq_masks, c.freq_mask_width, c.time_masks,
                                  c.time_mask_width)

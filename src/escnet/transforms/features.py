@@ -11,13 +11,47 @@ from torch import nn
 
 from escnet.config import TaskConfig
 
+FRONTENDS = ("logmel", "efficientat", "panns")
+"""``logmel``: escnet's (librosa's Slaney mel bands, periodic Hann window, zero padding,
+``log(max(mel, log_floor))``). ``efficientat``: the front-end EfficientAT's AudioSet weights were
+trained with (pre-emphasis 0.97, symmetric Hann window, reflect padding, Kaldi mel bands,
+``(log(mel + log_floor) + 4.5) / 5``). ``panns``: PANNs' (torchlibrosa's: escnet's mel bands and
+window, reflect padding, decibels ``10 log10(max(mel, log_floor))``; PANNs use ``log_floor``
+1e-10)."""
+
+
+def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> np.ndarray:
+    """Kaldi's triangular mel filterbank ``(n_mels, n_fft // 2 + 1)`` (the Nyquist bin's column zero).
+
+    On Kaldi's mel scale ``m(f) = 1127 ln(1 + f / 700)``, ``n_mels + 2`` edges are spaced
+    evenly from ``m(f_min)`` to ``m(f_max)``; band ``b`` rises from edge ``b`` to ``b + 1`` and
+    falls to ``b + 2``, as a triangle in mel (not in Hz) over the FFT bins' centre frequencies
+    ``k · sample_rate / n_fft`` for ``k < n_fft / 2``. Filters are not area-normalised.
+    (Kaldi's ``MelBanks``, as ``torchaudio.compliance.kaldi.get_mel_banks`` with no VTLN warp.)
+    """
+    def mel(f):
+        return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
+
+    lo, hi = mel(f_min), mel(f_max)
+    delta = (hi - lo) / (n_mels + 1)
+    left = lo + np.arange(n_mels)[:, None] * delta
+    center, right = left + delta, left + 2 * delta
+    bins = mel(np.arange(n_fft // 2) * sample_rate / n_fft)[None]
+    banks = np.maximum(0.0, np.minimum((bins - left) / (center - left), (right - bins) / (right - center)))
+    return np.pad(banks, ((0, 0), (0, 1))).astype(np.float32)
+
 
 class Featurizer(nn.Module):
     """Waveforms ``(batch, samples)`` → log-mel ``(batch, n_mels, frames)``.
 
-    Matches ``log(max(librosa.feature.melspectrogram(...), log_floor))`` with a centred,
-    zero-padded, periodic-Hann STFT, power 2 and Slaney mel filters. The filterbank comes from
-    ``librosa.filters.mel`` so both agree by construction.
+    ``frontend="logmel"`` matches ``log(max(librosa.feature.melspectrogram(...), log_floor))``
+    with a centred, zero-padded, periodic-Hann STFT, power 2 and Slaney mel filters (from
+    ``librosa.filters.mel``, so both agree by construction). ``frontend="efficientat"`` is the
+    front-end of EfficientAT's pretrained models: pre-emphasis ``x[t] - 0.97 x[t-1]`` (with
+    ``x[-1] = 0``, so every front-end gives ``samples // hop + 1`` frames; upstream drops the
+    first sample instead, which moves its frames by one sample), a centred, reflect-padded STFT
+    with a symmetric Hann window, power 2, Kaldi mel bands (:func:`kaldi_mel_banks`), then
+    ``(log(mel + log_floor) + 4.5) / 5``.
 
     It carries the audio settings of the model it feeds (``sample_rate``, ``clip_samples``):
     deployment reads them from the model, not from a config.
@@ -28,32 +62,40 @@ class Featurizer(nn.Module):
         n_fft, win_length, hop_length: STFT sizes in samples.
         n_mels: mel bands.
         f_min, f_max: band edges in Hz (``f_max=None`` is ``sample_rate / 2``).
-        log_floor: power floor before the natural log (1e-5 → -11.5).
+        log_floor: power floor (``logmel``) or offset (``efficientat``) before the natural log.
+        frontend: one of :data:`FRONTENDS`.
     """
 
     def __init__(self, sample_rate: int = 44_100, clip_samples: int = 220_500, n_fft: int = 1024,
                  win_length: int = 1024, hop_length: int = 256, n_mels: int = 64,
-                 f_min: float = 0.0, f_max: float | None = None, log_floor: float = 1e-5) -> None:
+                 f_min: float = 0.0, f_max: float | None = None, log_floor: float = 1e-5,
+                 frontend: str = "logmel") -> None:
         super().__init__()
+        if frontend not in FRONTENDS:
+            raise ValueError(f"frontend {frontend!r}: one of {', '.join(FRONTENDS)}")
         self.sample_rate, self.clip_samples = sample_rate, clip_samples
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
-        self.log_floor = log_floor
+        self.log_floor, self.frontend = log_floor, frontend
         self.settings = {"sample_rate": sample_rate, "clip_samples": clip_samples, "n_fft": n_fft,
                          "win_length": win_length, "hop_length": hop_length, "n_mels": n_mels,
-                         "f_min": f_min, "f_max": f_max, "log_floor": log_floor}
+                         "f_min": f_min, "f_max": f_max, "log_floor": log_floor, "frontend": frontend}
         """Every argument: two featurizers with equal settings compute the same log-mels."""
-        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
-                                  fmax=f_max)
+        kaldi = frontend == "efficientat"
+        self.preemphasis = 0.97 if kaldi else 0.0
+        self.pad_mode = "constant" if frontend == "logmel" else "reflect"
+        mel = (kaldi_mel_banks(n_mels, n_fft, sample_rate, f_min, f_max or sample_rate / 2) if kaldi
+               else librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max))
         # Buffers, so .to(device) moves them and checkpoints carry them.
         self.register_buffer("mel_basis", torch.from_numpy(mel), persistent=False)
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        self.register_buffer("window", torch.hann_window(win_length, periodic=not kaldi),
+                             persistent=False)
         self.bands = mel_bands(mel)
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> Featurizer:
         f = config.features
         return cls(config.data.sample_rate, config.length_wav, f.n_fft, f.win_length, f.hop_length,
-                   f.n_mels, f.f_min, f.f_max, f.log_floor)
+                   f.n_mels, f.f_min, f.f_max, f.log_floor, f.frontend)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frame count of a centred STFT for waveforms of ``lengths`` samples: ``len // hop + 1``."""
@@ -73,14 +115,33 @@ class Featurizer(nn.Module):
         return self._logmel(wav), frames
 
     def _logmel(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wav.float(), self.n_fft, self.hop_length, self.win_length, self.window,
-                          center=True, pad_mode="constant", return_complex=True)
+        wav = emphasise(wav.float(), self.preemphasis)
+        spec = torch.stft(wav, self.n_fft, self.hop_length, self.win_length, self.window,
+                          center=True, pad_mode=self.pad_mode, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, frames)
         mel = power.new_empty(*power.shape[:-2], len(self.mel_basis), power.shape[-1])
         for first, last, lo, hi in self.bands:  # each group of filters times the bins it covers
             torch.matmul(self.mel_basis[first:last, lo:hi], power[..., lo:hi, :],
                          out=mel[..., first:last, :])
-        return mel.clamp_min_(self.log_floor).log_()
+        return log_mel(mel, self.frontend, self.log_floor)
+
+
+def emphasise(wav: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """Pre-emphasis ``y[t] = x[t] - coefficient · x[t-1]`` (``x[-1] = 0``) of ``(batch, samples)``."""
+    if coefficient == 0:
+        return wav
+    return torch.cat([wav[:, :1], wav[:, 1:] - coefficient * wav[:, :-1]], dim=1)
+
+
+def log_mel(mel: torch.Tensor, frontend: str, log_floor: float) -> torch.Tensor:
+    """The log of mel power as ``frontend`` takes it: floored (``logmel``), in floored decibels
+    (``panns``), or offset and scaled to about zero mean and unit spread, ``(log(mel +
+    log_floor) + 4.5) / 5`` (``efficientat``)."""
+    if frontend == "logmel":
+        return mel.clamp_min(log_floor).log()
+    if frontend == "panns":
+        return 10 * mel.clamp_min(log_floor).log10()
+    return ((mel + log_floor).log() + 4.5) / 5
 
 
 class MatmulLogMel(nn.Module):
@@ -110,6 +171,8 @@ class MatmulLogMel(nn.Module):
         super().__init__()
         n, hop = featurizer.n_fft, featurizer.hop_length
         self.n_fft, self.hop_length, self.log_floor = n, hop, featurizer.log_floor
+        self.frontend, self.preemphasis = featurizer.frontend, featurizer.preemphasis
+        self.pad_mode = featurizer.pad_mode
         self.n1 = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
         self.n1, self.n2 = n // self.n1, self.n1  # n1 ≥ n2; both 1 only if n_fft is 1
         self.k2 = self.n2 // 2 + 1
@@ -141,7 +204,8 @@ class MatmulLogMel(nn.Module):
         in blocks of ``gcd(n_fft, hop)`` samples, each frame a run of consecutive blocks."""
         n, hop = self.n_fft, self.hop_length
         count = wav.shape[1] // hop + 1
-        padded = torch.nn.functional.pad(wav, (n // 2, n // 2))[:, : (count - 1) * hop + n]
+        padded = torch.nn.functional.pad(wav[:, None], (n // 2, n // 2), mode=self.pad_mode)[:, 0]
+        padded = padded[:, : (count - 1) * hop + n]
         block = math.gcd(n, hop)
         blocks = padded.reshape(wav.shape[0], -1, block)
         step, per_frame = hop // block, n // block
@@ -150,7 +214,7 @@ class MatmulLogMel(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav`` ``(batch, samples)`` → log-mel ``(batch, n_mels, frames)``."""
-        frames = self.frames(wav.float())
+        frames = self.frames(emphasise(wav.float(), self.preemphasis))
         batch, count = frames.shape[:2]
         n1, n2, k2 = self.n1, self.n2, self.k2
         x = frames.reshape(batch * count, n1, n2).permute(2, 0, 1)  # [j2, frame, j1]
@@ -160,7 +224,7 @@ class MatmulLogMel(nn.Module):
         power = y[:k2] + y[k2:]  # [k2, (frame, k1)]
         power = power.reshape(k2, batch * count, n1).transpose(0, 1).reshape(batch * count, k2 * n1)
         mel = torch.matmul(power, self.mel_rows).reshape(batch, count, -1)
-        return mel.transpose(1, 2).clamp_min(self.log_floor).log()
+        return log_mel(mel.transpose(1, 2), self.frontend, self.log_floor)
 
 
 def mel_bands(mel: np.ndarray, group: int = 4) -> list[tuple[int, int, int, int]]:

@@ -1,0 +1,236 @@
+"""AudioSet-pretrained EfficientAT models: the front-end, the layout, named and verified weights,
+the frozen-trunk probe and probing before fine-tuning."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, esc50_subset_csv, tiny_config
+from test_download import Server
+
+from escnet.config import load_config
+from escnet.data.audio import load_audio
+from escnet.data.tables import read_esc50
+from escnet.errors import ConfigError, EscnetError
+from escnet.models import count_parameters, create_model
+from escnet.models.mobilenet import AUDIOSET, WIDTHS
+from escnet.models.pretrained import WeightsFile, read_state_dict, resolve_weights
+from escnet.transforms.features import Featurizer, MatmulLogMel, kaldi_mel_banks
+
+WEIGHTS = Path(os.environ.get("ESCNET_WEIGHTS") or REPO.parent / "shared" / "weights")
+MN04 = "mn04_as_mAP_432.pt"
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    if not (WEIGHTS / MN04).is_file():
+        pytest.skip(f"EfficientAT weights not found at {WEIGHTS} (set ESCNET_WEIGHTS to a folder "
+                    f"holding {MN04})")
+    return WEIGHTS
+
+
+@pytest.fixture
+def offline_weights(weights_dir, monkeypatch):
+    """The weights folder as a user without internet names it."""
+    monkeypatch.setenv("ESCNET_WEIGHTS", str(weights_dir))
+    return weights_dir
+
+
+def test_kaldi_mel_banks_match_hand_computed_values():
+    # 8 kHz, n_fft 16: bins every 500 Hz; 2 bands from 0 to 4000 Hz, so 4 edges evenly spaced in
+    # m(f) = 1127 ln(1 + f/700) between m(0) = 0 and m(4000).
+    banks = kaldi_mel_banks(2, 16, 8000, 0.0, 4000.0)
+    assert banks.shape == (2, 9) and np.all(banks[:, 8] == 0)  # the Nyquist column is zero
+    m = lambda f: 1127 * math.log(1 + f / 700)  # noqa: E731
+    delta = m(4000) / 3
+    # bin 2 (1000 Hz) lies on band 0's rising edge (edges 0, delta, 2 delta)...
+    assert m(1000) < delta
+    assert banks[0, 2] == pytest.approx(m(1000) / delta, rel=1e-5)
+    # ...and bin 5 (2500 Hz) on band 1's rising edge (delta to 2 delta) and band 0's falling one.
+    assert delta < m(2500) < 2 * delta
+    assert banks[1, 5] == pytest.approx((m(2500) - delta) / delta, rel=1e-5)
+    assert banks[0, 5] == pytest.approx((2 * delta - m(2500)) / delta, rel=1e-5)
+    assert banks[0, 0] == 0 and banks[1, 1] == 0  # DC is band 0's left edge; bin 1 below band 1
+
+
+def _reference_logmel(wav: np.ndarray) -> np.ndarray:
+    """EfficientAT's front-end written out in NumPy from its definition (upstream's
+    ``AugmentMelSTFT`` in eval mode, with the first sample kept)."""
+    y = np.concatenate([wav[:1], wav[1:] - 0.97 * wav[:-1]]).astype(np.float64)
+    padded = np.pad(y, 512, mode="reflect")
+    window = np.zeros(1024)
+    window[112:912] = np.hanning(800)  # symmetric
+    frames = np.stack([padded[i * 320 : i * 320 + 1024] * window for i in range(len(y) // 320 + 1)])
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    mel = kaldi_mel_banks(128, 1024, 32000, 0.0, 15000.0).astype(np.float64) @ power.T
+    return (np.log(mel + 1e-5) + 4.5) / 5
+
+
+def test_efficientat_frontend_and_its_onnx_form_match_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    wav = (rng.standard_normal(32000) * 0.1).astype(np.float32)
+    featurizer = Featurizer(32000, 32000, 1024, 800, 320, 128, 0.0, 15000.0, 1e-5, "efficientat")
+    expected = _reference_logmel(wav)
+    got = featurizer(torch.from_numpy(wav)[None])[0][0].double().numpy()
+    assert got.shape == expected.shape == (128, 101)
+    assert np.abs(got - expected).max() < 1e-4
+    matmul = MatmulLogMel(featurizer)(torch.from_numpy(wav)[None])[0].double().numpy()
+    assert np.abs(matmul - expected).max() < 1e-4
+
+
+def test_every_official_width_builds_and_mn04_has_its_published_size():
+    sizes = {}
+    for name in WIDTHS:
+        model = create_model(name, n_mels=128, frames=101, num_classes=527)
+        sizes[name] = count_parameters(model)
+        assert model(torch.randn(1, 128, 101)).shape == (1, 527)
+    assert sizes["mn04"] == 983_599  # "0.98 M parameters" (EfficientAT's table)
+    assert list(sizes.values()) == sorted(sizes.values())
+
+
+def test_the_official_checkpoint_loads_strictly_and_another_width_is_refused(weights_dir):
+    state = read_state_dict(weights_dir / MN04)
+    model = create_model("mn04", n_mels=128, frames=501, num_classes=527)
+    model.load_pretrained(state, MN04)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    fresh = create_model("mn04", n_mels=128, frames=501, num_classes=50)
+    fresh.load_pretrained(state, MN04)  # all but the 527-class layer
+    assert torch.equal(fresh.state_dict()["classifier.2.weight"], state["classifier.2.weight"])
+    with pytest.raises(ConfigError, match="layout does not match"):
+        create_model("mn05", n_mels=128, frames=501, num_classes=50).load_pretrained(state, MN04)
+    extra = {**state, "features.99.weight": torch.zeros(1)}
+    with pytest.raises(ConfigError, match=r"features\.99\.weight is not one of its tensors"):
+        fresh.load_pretrained(extra, MN04)
+
+
+def test_audioset_head_tags_esc50_clips_as_audioset_would(weights_dir, esc50):
+    names = [row["display_name"] for row in csv.DictReader(
+        (weights_dir / "audioset_class_labels_indices.csv").open())]
+    model = create_model("mn04", n_mels=128, frames=501, num_classes=527).eval()
+    model.load_pretrained(read_state_dict(weights_dir / MN04), MN04)
+    featurizer = Featurizer(32000, 160000, 1024, 800, 320, 128, 0.0, 15000.0, 1e-5, "efficientat")
+    table = read_esc50(esc50)
+    expect = {"dog": {"Dog", "Bark"}, "rain": {"Rain", "Rain on surface", "Raindrop"},
+              "keyboard_typing": {"Typing", "Computer keyboard"}}
+    for category, tags in expect.items():
+        clip = table.paths[list(table.labels).index(table.classes.index(category))]
+        wav = torch.from_numpy(load_audio(clip, 32000, 160000))[None]
+        with torch.no_grad():
+            top = model(featurizer(wav)[0])[0].topk(3).indices
+        assert tags & {names[i] for i in top}, (category, [names[i] for i in top])
+
+
+def test_named_weights_come_from_escnet_weights_verified_by_digest(weights_dir, tmp_path, monkeypatch):
+    known = create_model("mn04", n_mels=128, frames=101, num_classes=50).known_weights()
+    assert set(known) == {"mn04_as"} and known["mn04_as"].url.endswith(MN04)
+    monkeypatch.setenv("ESCNET_WEIGHTS", str(weights_dir))
+    assert resolve_weights("mn04_as", "", known, tmp_path) == weights_dir / MN04
+    # a file under the official name whose bytes differ is refused, however it got there
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / MN04).write_bytes((weights_dir / MN04).read_bytes()[:-1] + b"\0")
+    monkeypatch.setenv("ESCNET_WEIGHTS", str(fake))
+    with pytest.raises(ConfigError, match="is not the published file"):
+        resolve_weights("mn04_as", "", known, tmp_path)
+    # a name with no published digest needs model.pretrained_sha256
+    mn10 = create_model("mn10", n_mels=128, frames=101, num_classes=50).known_weights()
+    assert AUDIOSET["mn10_as"][1] == ""
+    with pytest.raises(ConfigError, match=r"set model\.pretrained_sha256"):
+        resolve_weights("mn10_as", "", mn10, tmp_path)
+
+
+def test_named_weights_are_downloaded_once_into_the_cache_and_checked(weights_dir, tmp_path, monkeypatch):
+    payload = (weights_dir / MN04).read_bytes()
+    monkeypatch.delenv("ESCNET_WEIGHTS", raising=False)
+    server = Server(payload)
+    try:
+        known = {"mn04_as": WeightsFile(server.url, hashlib.sha256(payload).hexdigest())}
+        path = resolve_weights("mn04_as", "", known, tmp_path)
+        assert path == tmp_path / "weights" / "archive.zip" and path.read_bytes() == payload
+        server.close()  # the second time, from the cache: the server is gone
+        assert resolve_weights("mn04_as", "", known, tmp_path) == path
+        bad = {"mn04_as": WeightsFile(server.url, "0" * 64)}  # a digest the file does not have
+        with pytest.raises(EscnetError, match="checksum mismatch"):
+            resolve_weights("mn04_as", "", bad, tmp_path / "other")
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def five_classes(esc50, tmp_path_factory):
+    return esc50_subset_csv(esc50, tmp_path_factory.mktemp("five") / "five.csv", [0, 10, 20, 38, 46],
+                            [1, 2, 3, 4, 5])
+
+
+def test_the_probe_preset_learns_five_classes_from_cached_embeddings(offline_weights, five_classes, tmp_path):
+    from escnet.engine.train import train
+
+    config = load_config(None, {"data.data_dir": str(five_classes), "data.folds": [1],
+                                "train.num_epochs": 20}, preset="pretrained-probe")
+    cache = Path(os.environ["ESCNET_CACHE"])
+    before = set(cache.glob("emb-*.npy"))
+    summary = train(config, tmp_path / "probe", progress=False)
+    made = set(cache.glob("emb-*.npy")) - before
+    assert len(made) == 1 and np.load(next(iter(made))).shape == (200, 384)
+    assert summary["folds"]["1"] >= 0.9  # 40 held-out clips of 5 well-separated classes
+    again = train(config, tmp_path / "again", progress=False)  # from the cached embeddings
+    assert set(cache.glob("emb-*.npy")) - before == made and again["folds"] == summary["folds"]
+    # the saved model is whole (waveform in): scored on waveforms it gives the run's accuracy
+    from escnet.deploy.embed import Embedder
+    from escnet.engine.evaluate import evaluate_run
+
+    assert evaluate_run(tmp_path / "probe", progress=False)["folds"]["1"]["accuracy"] == summary["folds"]["1"]
+    # the trunk stayed frozen: the run embeds a clip as the pretrained model does
+    clip = next(csv.DictReader(five_classes.open()))["path"]
+    np.testing.assert_allclose(Embedder.from_path(tmp_path / "probe").embed_file(clip).vectors,
+                               Embedder.from_path("mn04_as").embed_file(clip).vectors, atol=1e-5)
+
+
+def test_probing_first_trains_the_head_on_frozen_embeddings(offline_weights, five_classes, tmp_path):
+    from escnet.engine.train import train
+
+    config = load_config(None, {"data.data_dir": str(five_classes), "data.folds": [1],
+                                "model.args.freeze": False, "model.args.head": "mlp",
+                                "augment.crop_seconds": 2.0, "train.num_epochs": 1,
+                                "train.probe_epochs": 20, "train.learning_rate": 1e-5},
+                         preset="pretrained-probe")
+    summary = train(config, tmp_path / "lpft", progress=False)
+    # one epoch at a tiny learning rate: the accuracy is the probed head's
+    assert summary["folds"]["1"] >= 0.9
+    with pytest.raises(ConfigError, match="has no embedding to probe"):
+        train(tiny_config(**{"data.data_dir": str(five_classes), "model.name": "lstm",
+                             "train.probe_epochs": 2}), tmp_path / "lstm", progress=False)
+
+
+def test_embed_gives_the_frozen_trunks_features_per_file_or_per_window(offline_weights, esc50, tmp_path, capsys):
+    from escnet.cli import main
+    from escnet.deploy.embed import Embedder
+
+    table = read_esc50(esc50)
+    clips = [str(table.paths[i]) for i in (0, 1)]
+    pretrained = Embedder.from_path("mn04_as")
+    one = pretrained.embed_file(clips[0])
+    assert one.vectors.shape == (1, 384) and one.ends[0] == pytest.approx(5.0, abs=0.01)
+    windows = pretrained.embed_file(clips[0], per_window=True, hop_seconds=2.5)
+    assert windows.vectors.shape == (1, 384)  # a 5 s clip is one 5 s window
+    np.testing.assert_allclose(windows.vectors, one.vectors, rtol=1e-5)
+    assert main(["embed", "--model", "mn04_as", *clips, "--out", str(tmp_path / "e.npy")]) == 0
+    saved = np.load(tmp_path / "e.npy")
+    assert saved.shape == (2, 384) and np.allclose(saved[0], one.vectors[0], atol=1e-5)
+    assert not np.allclose(saved[0], saved[1])  # two different sounds
+    assert main(["embed", "--model", "mn04_as", clips[0], "--out", str(tmp_path / "e.npy")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["embed", "--model", "mn04_as", clips[0], "--per-window", "--out", str(tmp_path / "w.npy")]) == 2
+    assert "write .npz or .parquet" in capsys.readouterr().err
+    assert main(["embed", "--model", "mn04_as", clips[0], "--per-window", "--out", str(tmp_path / "w.npz")]) == 0
+    with np.load(tmp_path / "w.npz") as z:
+        assert z["embeddings"].shape == (1, 384) and list(z["files"]) == [clips[0]]
+    assert main(["embed", "--model", "nope_as", clips[0], "--out", str(tmp_path / "x.npy")]) == 2
+    assert "not a run folder, a checkpoint or a pretrained name" in capsys.readouterr().err
