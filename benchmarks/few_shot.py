@@ -8,7 +8,7 @@ whole. Prints a table (mean ± std over folds, wall time), writes ``few_shot.csv
 already in ``--out`` are reused (an interrupted script resumes).
 
     ESCNET_WEIGHTS=../shared/weights python benchmarks/few_shot.py --data ../shared/data/esc50 \\
-        --presets pretrained-probe,pretrained,fast --shots 1,5,10,20,0 --out runs/few-shot
+        --grid pretrained-probe=1,5,10,20,0 --grid pretrained=1,5 --grid fast=5 --out runs/few-shot
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--presets", default="pretrained-probe,pretrained,fast")
-    parser.add_argument("--shots", default="1,5,10,20,0", help="clips per class; 0: all (32 per fold)")
+    parser.add_argument("--grid", action="append", metavar="PRESET=SHOTS",
+                        help="a preset and its clips per class, e.g. fast=1,5,10 (0: all, 32 a fold); "
+                        "repeat for several presets (default pretrained-probe=1,5,10,20,0)")
     parser.add_argument("--folds", default="1,2,3,4,5")
     parser.add_argument("--out", default="runs/few-shot")
     args = parser.parse_args()
@@ -39,8 +40,9 @@ def main() -> None:
     out = Path(args.out)
     folds = [int(f) for f in args.folds.split(",")]
     rows = []
-    for preset in args.presets.split(","):
-        for shots in (int(s) for s in args.shots.split(",")):
+    for entry in args.grid or ["pretrained-probe=1,5,10,20,0"]:
+        preset, _, shot_list = entry.partition("=")
+        for shots in (int(s) for s in shot_list.split(",")):
             run = out / f"{preset}-{shots or 'all'}"
             config = load_config(None, {"data.data_dir": args.data, "data.folds": folds,
                                         "data.train_per_class": shots}, preset=preset)

@@ -134,7 +134,7 @@ def test_console_script_has_no_traceback(tmp_path):
     (["train", "--ema", "0.99"], "--set train.ema_decay=0.99"),
     (["train", "--label-smoothing=0.1"], "--set train.label_smoothing=0.1"),
     (["train", "--mixup", "0.2"], "--set augment.mixup_alpha=0.2; similar: augment.mixup_mode"),
-    (["train", "--frobnicate"], "other settings go through --set SECTION.KEY=VALUE"),
+    (["train", "--quux"], "other settings go through --set SECTION.KEY=VALUE"),
     (["train", "--lr-warmup", "3"], "other settings go through"),
     (["models", "--ema"], "unrecognized arguments: --ema\n"),
 ])

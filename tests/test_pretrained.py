@@ -44,20 +44,21 @@ def offline_weights(weights_dir, monkeypatch):
 
 
 def test_kaldi_mel_banks_match_hand_computed_values():
-    # 8 kHz, n_fft 16: bins every 500 Hz; 2 bands from 0 to 4000 Hz, so 4 edges evenly spaced in
-    # m(f) = 1127 ln(1 + f/700) between m(0) = 0 and m(4000).
+    # 8 kHz, n_fft 16: bins every 500 Hz; 2 bands from 0 to 4000 Hz: 4 edges evenly spaced in
+    # m(f) = 1127 ln(1 + f/700) from m(0) = 0 to m(4000) = 2146.0, delta = 715.3 apart.
     banks = kaldi_mel_banks(2, 16, 8000, 0.0, 4000.0)
     assert banks.shape == (2, 9) and np.all(banks[:, 8] == 0)  # the Nyquist column is zero
     m = lambda f: 1127 * math.log(1 + f / 700)  # noqa: E731
     delta = m(4000) / 3
-    # bin 2 (1000 Hz) lies on band 0's rising edge (edges 0, delta, 2 delta)...
-    assert m(1000) < delta
-    assert banks[0, 2] == pytest.approx(m(1000) / delta, rel=1e-5)
-    # ...and bin 5 (2500 Hz) on band 1's rising edge (delta to 2 delta) and band 0's falling one.
-    assert delta < m(2500) < 2 * delta
-    assert banks[1, 5] == pytest.approx((m(2500) - delta) / delta, rel=1e-5)
-    assert banks[0, 5] == pytest.approx((2 * delta - m(2500)) / delta, rel=1e-5)
-    assert banks[0, 0] == 0 and banks[1, 1] == 0  # DC is band 0's left edge; bin 1 below band 1
+    assert delta == pytest.approx(715.3, abs=0.1)
+    # 500 Hz (m = 607.5) on band 0's rise; 1000 Hz (m = 1000.0) on band 0's fall and band 1's rise
+    assert banks[0, 1] == pytest.approx(m(500) / delta, rel=1e-5) == pytest.approx(0.849, abs=1e-3)
+    assert banks[1, 1] == 0
+    assert banks[0, 2] == pytest.approx((2 * delta - m(1000)) / delta, rel=1e-5)
+    assert banks[1, 2] == pytest.approx((m(1000) - delta) / delta, rel=1e-5)
+    # 2500 Hz (m = 1712.8): past band 0, on band 1's fall; DC is band 0's left edge
+    assert banks[0, 5] == 0 and banks[1, 5] == pytest.approx((3 * delta - m(2500)) / delta, rel=1e-5)
+    assert banks[0, 0] == 0
 
 
 def _reference_logmel(wav: np.ndarray) -> np.ndarray:
@@ -135,7 +136,9 @@ def test_named_weights_come_from_escnet_weights_verified_by_digest(weights_dir, 
     # a file under the official name whose bytes differ is refused, however it got there
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / MN04).write_bytes((weights_dir / MN04).read_bytes()[:-1] + b"\0")
+    data = bytearray((weights_dir / MN04).read_bytes())
+    data[-1] ^= 0xFF  # one byte changed
+    (fake / MN04).write_bytes(bytes(data))
     monkeypatch.setenv("ESCNET_WEIGHTS", str(fake))
     with pytest.raises(ConfigError, match="is not the published file"):
         resolve_weights("mn04_as", "", known, tmp_path)
@@ -152,13 +155,13 @@ def test_named_weights_are_downloaded_once_into_the_cache_and_checked(weights_di
     server = Server(payload)
     try:
         known = {"mn04_as": WeightsFile(server.url, hashlib.sha256(payload).hexdigest())}
+        bad = {"mn04_as": WeightsFile(server.url, "0" * 64)}  # a digest the file does not have
+        with pytest.raises(EscnetError, match="checksum mismatch"):
+            resolve_weights("mn04_as", "", bad, tmp_path / "other")
         path = resolve_weights("mn04_as", "", known, tmp_path)
         assert path == tmp_path / "weights" / "archive.zip" and path.read_bytes() == payload
         server.close()  # the second time, from the cache: the server is gone
         assert resolve_weights("mn04_as", "", known, tmp_path) == path
-        bad = {"mn04_as": WeightsFile(server.url, "0" * 64)}  # a digest the file does not have
-        with pytest.raises(EscnetError, match="checksum mismatch"):
-            resolve_weights("mn04_as", "", bad, tmp_path / "other")
     finally:
         server.close()
 
