@@ -89,7 +89,7 @@ class Embedder:
     @torch.inference_mode()
     def _embed(self, windows: list[np.ndarray]) -> np.ndarray:
         wav = torch.from_numpy(np.stack(windows)).to(self.device)
-        return self.model.backbone.embed(self.model.features(wav)[0]).float().cpu().numpy()
+        return self.model.embed(wav).float().cpu().numpy()
 
     def embed_file(self, path: str | Path, per_window: bool = False,
                    hop_seconds: float | None = None) -> Embeddings:

@@ -93,7 +93,7 @@ def frozen_embeddings(model: SoundClassifier, waves, table: ClipTable, config: T
             for start in tqdm(range(0, len(waves), 32), desc="embeddings (once)", disable=not progress,
                               unit="batch"):
                 rows = torch.from_numpy(np.array(waves[start : start + 32], dtype=np.float32)).to(device)
-                array[start : start + len(rows)] = model.backbone.embed(model.features(rows)[0]).cpu().numpy()
+                array[start : start + len(rows)] = model.embed(rows).cpu().numpy()
     return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
 
 

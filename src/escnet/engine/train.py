@@ -233,15 +233,15 @@ def probe_head(model: SoundClassifier, data: TrainData, table: ClipTable, train_
     model.eval()
     with torch.inference_mode():
         parts = [backbone.embed(batch["features"].to(device)) if "features" in batch else
-                 backbone.embed(model.features(batch["wav"].to(device))[0])
+                 model.embed(batch["wav"].to(device))
                  for batch in eval_loader(data.clips, table.labels, train_idx, config)]
     embeddings = torch.cat(parts).clone()  # out of inference mode, so autograd may use it
     labels = torch.from_numpy(table.labels[train_idx]).to(device)
     head, t = backbone.head, config.train
     head.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=t.probe_learning_rate, weight_decay=t.weight_decay)
-    batches = torch.arange(len(labels)).split(t.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, len(batches) * t.probe_epochs)
+    steps = math.ceil(len(labels) / t.batch_size) * t.probe_epochs
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in range(t.probe_epochs):
         for batch in torch.randperm(len(labels)).split(t.batch_size):
             loss = F.cross_entropy(head(embeddings[batch]), labels[batch], label_smoothing=t.label_smoothing)

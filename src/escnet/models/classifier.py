@@ -77,6 +77,11 @@ class SoundClassifier(nn.Module):
         with torch.autocast(wav.device.type, enabled=False):
             return self.featurizer(wav, lengths)
 
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """Waveforms ``(batch, samples)`` → the backbone's pooled embedding ``(batch, dim)``
+        (backbones with an ``embed``: the ``mn`` models)."""
+        return self.backbone.embed(self.features(wav)[0])
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.backbone(*self.features(wav, lengths))
 
