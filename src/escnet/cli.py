@@ -212,11 +212,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from escnet.deploy.embed import Embedder, concat, write_embeddings
+    from escnet.deploy.embed import Embedder, check_output, concat, write_embeddings
 
-    if Path(args.out).exists():  # before any work
-        raise EscnetError(f"--out {args.out}: already exists; choose another name (escnet does not "
-                          "overwrite it)")
+    check_output(args.out, args.per_window)  # before any work
     embedder = Embedder.from_path(args.model, args.fold, args.device)
     parts, unreadable = [], 0
     for path in args.files:  # one bad file among many costs only its own line

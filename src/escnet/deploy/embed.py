@@ -121,19 +121,26 @@ def concat(parts: list[Embeddings]) -> Embeddings:
                       np.concatenate([p.ends for p in parts]), np.concatenate([p.vectors for p in parts]))
 
 
-def write_embeddings(result: Embeddings, out: str | Path, per_window: bool) -> Path:
-    """Write ``result`` to ``out`` (by its suffix, :data:`FORMATS`); never over an existing file."""
+def check_output(out: str | Path, per_window: bool) -> Path:
+    """``out`` as a place embeddings can go (a format of :data:`FORMATS`, holding the rows asked
+    for, not an existing file), or an :class:`EscnetError` saying why not: checked before any work."""
     out = Path(out)
     if out.suffix not in FORMATS:
         raise EscnetError(f"--out {out}: must end in {', '.join(FORMATS)}")
     if out.exists():
         raise EscnetError(f"--out {out}: already exists; choose another name (escnet does not "
                           "overwrite it)")
+    if out.suffix == ".npy" and per_window:
+        raise EscnetError(f"--out {out}: a .npy file holds one row per file; per-window "
+                          "embeddings need their times: write .npz or .parquet")
+    return out
+
+
+def write_embeddings(result: Embeddings, out: str | Path, per_window: bool) -> Path:
+    """Write ``result`` to ``out`` (by its suffix, :data:`FORMATS`); never over an existing file."""
+    out = check_output(out, per_window)
     vectors = result.vectors.astype(np.float32)
     if out.suffix == ".npy":
-        if per_window:
-            raise EscnetError(f"--out {out}: a .npy file holds one row per file; per-window "
-                              "embeddings need their times: write .npz or .parquet")
         return atomic_write(out, lambda f: np.save(f, vectors))
     if out.suffix == ".npz":
         return atomic_write(out, lambda f: np.savez(f, embeddings=vectors, files=np.array(result.files),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from escnet.data.download import download, sha256_of
-from escnet.errors import ConfigError
+from escnet.errors import ConfigError, EscnetError
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,11 @@ def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache
     folder = weights_folder()
     if folder is not None and (folder / weights.name).is_file():
         return _verify(folder / weights.name, checksum, spec)
-    return download(weights.url, cache / "weights" / weights.name, checksum)
+    try:
+        return download(weights.url, cache / "weights" / weights.name, checksum)
+    except EscnetError as err:  # offline: say where escnet would have found the file
+        raise EscnetError(f"{err} (offline, put {weights.name} in a folder and set ESCNET_WEIGHTS to "
+                          "it)") from None
 
 
 def _verify(path: Path, sha256: str, spec: str) -> Path:
