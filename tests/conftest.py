@@ -14,6 +14,8 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 ESC50 = Path(os.environ.get("ESCNET_ESC50") or REPO.parent / "shared" / "data" / "esc50")
+WEIGHTS = Path(os.environ.get("ESCNET_WEIGHTS") or REPO.parent / "shared" / "weights")
+MN04 = "mn04_as_mAP_432.pt"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -152,3 +154,21 @@ def five_class_exports(five_class_run, tmp_path_factory):
     return (export(five_class_run, out / "fold1.onnx", fold="1", quantize="int8",
                    calibration_clips=60),
             export(five_class_run, out / "all.onnx", ensemble=True))
+
+
+@pytest.fixture(scope="session")
+def probe_open_run(esc50, tmp_path_factory):
+    """The pretrained-probe preset on eight real ESC-50 classes, cat and church bells left out."""
+    from escnet.cli import main
+
+    if not (WEIGHTS / MN04).is_file():
+        pytest.skip(f"EfficientAT weights not found at {WEIGHTS} (set ESCNET_WEIGHTS to a folder "
+                    f"holding {MN04})")
+    targets = [0, 5, 10, 20, 26, 38, 41, 46]  # dog, cat, rain, crying baby, laughing, clock tick, chainsaw, bells
+    data = esc50_subset_csv(esc50, tmp_path_factory.mktemp("data") / "eight.csv", targets, [1, 2, 3, 4, 5])
+    out = tmp_path_factory.mktemp("runs") / "probe"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ESCNET_WEIGHTS", str(WEIGHTS))
+        assert main(["train", "--preset", "pretrained-probe", "--data", str(data), "--folds", "1",
+                     "--unknown-classes", "cat,church_bells", "--out", str(out), "--quiet"]) == 0
+    return out, data

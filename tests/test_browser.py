@@ -42,6 +42,16 @@ def browser():
     driver.quit()
 
 
+def _open_and_upload(browser, url: str, model: str, clip: str) -> WebDriverWait:
+    """Open the page, wait until it shows model ``model``, upload ``clip``, wait for the result."""
+    browser.get(url)
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), f"Model {model}"))
+    browser.find_element(By.ID, "file").send_keys(str(Path(clip).resolve()))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done"))
+    return wait
+
+
 def _console_errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -57,12 +67,8 @@ def test_page_classifies_an_uploaded_clip_and_a_recording(browser, five_class_ru
     expected = predictor.predict_file(clip, top_k=5)
     proc, url = start_server(model, "--threads", "1")
     try:
-        browser.get(url)
-        wait = WebDriverWait(browser, 30)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "Model cnn10"))
+        wait = _open_and_upload(browser, url, "cnn10", clip)  # a real ESC-50 .ogg
         assert "5 classes" in browser.find_element(By.ID, "model-info").text
-        browser.find_element(By.ID, "file").send_keys(str(Path(clip).resolve()))  # a real ESC-50 .ogg
-        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done"))
         bars = browser.find_elements(By.CSS_SELECTOR, "#bars li.bar")
         assert [b.get_attribute("data-label") for b in bars] == [label for label, _ in expected.top]
         assert bars[0].find_element(By.CLASS_NAME, "prob").text == f"{100 * expected.top[0][1]:.1f} %"
@@ -87,6 +93,38 @@ def test_page_classifies_an_uploaded_clip_and_a_recording(browser, five_class_ru
         summary = browser.find_element(By.ID, "summary").text
         assert "1 channel(s)" in summary and float(summary.split(" s at ")[0]) > 1.5
         assert len(browser.find_elements(By.CSS_SELECTOR, "#bars li.bar")) == 5
+        assert _console_errors(browser) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_page_says_unknown_and_what_audioset_hears(browser, probe_open_run, tmp_path):
+    """A cat, left out of the model's training, is answered "unknown" with AudioSet's tags."""
+    from escnet.deploy.export import export
+
+    out, data = probe_open_run
+    model = export(out, tmp_path / "probe.onnx", fold="1").path
+    predictor = Predictor.from_path(model)
+    rows = [ln.split(",") for ln in data.read_text().splitlines()[1:]]
+    cat = next(p for p, label, fold in rows if label == "cat" and fold == "1"
+               and predictor.predict_file(p).label == "unknown")
+    expected = predictor.predict_file(cat)
+    proc, url = start_server(model, "--threads", "1")
+    try:
+        _open_and_upload(browser, url, "mn04", cat)
+        assert 'Answers "unknown"' in browser.find_element(By.ID, "model-info").text
+        answer = browser.find_element(By.ID, "answer")
+        assert answer.get_attribute("class") == "unknown"
+        assert answer.text.startswith("Unknown: none of the model's classes — sounds like")
+        assert f"“{expected.sounds_like[0][0]}”" in answer.text
+        bars = browser.find_elements(By.CSS_SELECTOR, "#bars li.bar")
+        assert [b.get_attribute("data-label") for b in bars] == [label for label, _ in expected.top]
+        shot = tmp_path / "serve-unknown.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ESCNET_SCREENSHOT_UNKNOWN"):
+            shutil.copy(shot, os.environ["ESCNET_SCREENSHOT_UNKNOWN"])
         assert _console_errors(browser) == []
     finally:
         proc.terminate()

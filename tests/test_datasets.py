@@ -85,13 +85,49 @@ def test_splits_and_unknown_fold(tmp_path):
                                              for f in (1, 2, 3) for t in (0, 1) for i in range(5)])
     table = load_table(TaskConfig().replace({"data.data_dir": str(root)}))
     splits = make_splits(table, TaskConfig().replace({"data.folds": [2]}))
-    (name, train, test), = splits
+    (name, train, test, validation, unknown), = splits
     assert name == "2" and set(table.folds[test]) == {2} and 2 not in set(table.folds[train])
+    assert 2 not in set(table.folds[validation]) and not set(train) & set(validation) and not len(unknown)
     with pytest.raises(ConfigError, match=r"fold 7 does not exist.*1, 2, 3"):
         make_splits(table, TaskConfig().replace({"data.folds": [7]}))
-    (_, train, test), = make_splits(table, TaskConfig().replace({"data.protocol": "random", "data.train_ratio": 0.8}))
+    (_, train, test, validation, _), = make_splits(table, TaskConfig().replace({"data.protocol": "random", "data.train_ratio": 0.8}))
     assert len(test) == 6 and sorted(np.bincount(table.labels[test]).tolist()) == [3, 3]
-    assert not set(train) & set(test) and len(train) + len(test) == len(table)
+    assert not set(train) & set(test) and len(train) + len(test) + len(validation) == len(table)
+
+
+def test_validation_keeps_recordings_whole_and_unknown_classes_stay_out(tmp_path):
+    # 3 folds × 4 classes × 5 recordings, two takes of each (A, B)
+    root = write_esc50_like(tmp_path / "d", [(f"{f}-{f}{i}{t}-{take}-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2, 3) for t in range(4) for i in range(5)
+                                             for take in "AB"])
+    config = TaskConfig().replace({"data.data_dir": str(root), "train.validation_share": 0.2})
+    table = load_table(config)
+    for split in make_splits(table, config):
+        assert not set(split.validation) & (set(split.train) | set(split.test))
+        # 20 % of each class's 20 training clips, whole recordings: 4 clips (2 recordings) per class
+        assert np.bincount(table.labels[split.validation]).tolist() == [4, 4, 4, 4]
+        source = lambda i: table.paths[i].stem.split("-")[1]  # noqa: E731
+        assert not {source(i) for i in split.validation} & {source(i) for i in split.train}
+    again = make_splits(table, config)
+    assert [list(s.validation) for s in again] == [list(s.validation) for s in make_splits(table, config)]
+    assert list(make_splits(table, config.replace({"train.seed": 1}))[0].validation) != list(again[0].validation)
+    assert not len(make_splits(table, config.replace({"train.validation_share": 0.0}))[0].validation)
+
+    open_config = config.replace({"data.unknown_names": ["class1"]})
+    table = load_table(open_config)
+    assert table.known_classes == ["class0", "class2", "class3"] and table.classes[-1] == "class1"
+    for split in make_splits(table, open_config):
+        unknown = table.labels == 3
+        assert not unknown[split.train].any() and not unknown[split.validation].any()
+        assert not unknown[split.test].any() and unknown[split.unknown].all()
+        assert set(table.folds[split.unknown]) == {int(split.name)} and len(split.unknown) == 10
+    drawn = load_table(config.replace({"data.unknown_classes": 2}))
+    assert drawn.unknown == 2 and drawn.classes[-2:] == load_table(
+        config.replace({"data.unknown_classes": 2})).classes[-2:]
+    with pytest.raises(ConfigError, match=r"data\.unknown_names: dog is not a class"):
+        load_table(config.replace({"data.unknown_names": ["dog"]}))
+    with pytest.raises(ConfigError, match="leaves 1 of the 4 classes"):
+        load_table(config.replace({"data.unknown_classes": 3}))
 
 
 def test_cache_built_once_and_rebuilt_on_change(tmp_path):
@@ -153,5 +189,5 @@ def test_few_clips_per_class_are_drawn_by_the_seed_and_leave_the_test_fold_whole
                                              for f in (1, 2) for t in (0, 1) for i in range(4)])
     config = tiny_config(**{"data.data_dir": str(root), "data.train_per_class": 2})
     table = load_table(config)
-    (_, train, test), _ = make_splits(table, config)
-    assert len(train) == 4 and len(test) == 8
+    (_, train, test, validation, _), _ = make_splits(table, config)
+    assert len(train) == 4 and len(test) == 8 and not set(train) & set(validation)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, esc50_subset_csv, tiny_config
+from conftest import MN04, WEIGHTS, esc50_subset_csv, tiny_config
 from test_download import Server
 
 from escnet.config import load_config
@@ -23,9 +23,6 @@ from escnet.models import count_parameters, create_model
 from escnet.models.mobilenet import AUDIOSET, WIDTHS
 from escnet.models.pretrained import WeightsFile, read_state_dict, resolve_weights
 from escnet.transforms.features import Featurizer, MatmulLogMel, kaldi_mel_banks
-
-WEIGHTS = Path(os.environ.get("ESCNET_WEIGHTS") or REPO.parent / "shared" / "weights")
-MN04 = "mn04_as_mAP_432.pt"
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,10 +222,10 @@ if point == "epoch":  # after an epoch's log and checkpoints are saved
 elif point == "metrics":  # a fold's predictions.csv is written, its metrics files not yet
     real_metrics = runs.write_metrics
 
-    def write_metrics(folder, preds):
+    def write_metrics(folder, preds, *figures):
         if folder.name.startswith("fold-") and hit():
             die()
-        return real_metrics(folder, preds)
+        return real_metrics(folder, preds, *figures)
     runs.write_metrics = write_metrics
 else:  # in the middle of writing a file: its temporary file is full, not yet renamed
     real_fsync = os.fsync
@@ -283,3 +285,169 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_numbers_and_files(tmp_pa
         assert _results(run) == expected, (point, count)
         assert np.isclose(json.loads((run / "summary.json").read_text())["accuracy_mean"],
                           expected["summary"][2])
+
+
+# --- round two: no silent wrong number, no traceback, no orphan ----------------------------
+
+def test_config_files_with_repeated_keys_aliases_or_absurd_seeds_are_refused(tmp_path, capsys):
+    data = _esc50(tmp_path / "data")
+    files = {
+        "twice.yaml": ("train:\n  seed: 1\n  seed: 2\n", "line 3: key 'seed' given twice"),
+        "laughs.yaml": ('a: &a ["lol","lol"]\nb: &b [*a,*a]\ntrain: {seed: 1}\n', "aliases (*name) are not allowed"),
+        "huge.toml": ("[train]\nseed = 1e30\n", "train.seed"),
+    }
+    for name, (text, words) in files.items():
+        (tmp_path / name).write_text(text)
+        code = main(["train", "--data", str(data), *SMALL, "--config", str(tmp_path / name),
+                     "--out", str(tmp_path / name.split(".")[0])])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, (name, err)
+    for seed in ("20000000000000", "-1"):
+        code = main(["train", "--data", str(data), *SMALL, "--seed", seed, "--out", str(tmp_path / "s")])
+        err = capsys.readouterr().err
+        assert code == 2 and "setting train.seed" in err and "Traceback" not in err, err
+        assert not (tmp_path / "s").exists()  # refused before any folder is made
+
+
+def test_labels_one_sound_named_twice_and_folders_escnet_cannot_read(tmp_path):
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", tone(300 + 100 * i, 8000, 0.3), 8000)
+    (tmp_path / "t.csv").write_text("\ufeffpath,label\n0.wav,dog\n1.wav,Dog \n2.wav,cat\n", encoding="utf-8")
+    with pytest.raises(DataError, match="labels 'Dog ' and 'dog' differ only in case or spaces"):
+        _table(tmp_path / "t.csv")
+    (tmp_path / "ok.csv").write_text("\ufeffpath,label\n0.wav,dog\n2.wav,cat\n", encoding="utf-8")
+    assert _table(tmp_path / "ok.csv").classes == ["cat", "dog"]  # a byte-order mark is no column name
+    tree = tmp_path / "tree"
+    for name in ("bird", "car"):
+        (tree / name).mkdir(parents=True)
+        for i in range(3):
+            sf.write(tree / name / f"{i}.wav", tone(300 + 50 * i, 8000, 0.3), 8000)
+    (tree / "empty").mkdir()  # a folder with nothing in it is no class
+    assert _table(tree).classes == ["bird", "car"]
+    (tree / "phone").mkdir()
+    (tree / "phone" / "a.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A ")
+    with pytest.raises(DataError, match=r"phone: 1 file\(s\), none in a format escnet reads \(\.m4a"):
+        _table(tree)
+
+
+def _wav_bytes(x: np.ndarray, rate: int) -> bytearray:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    return bytearray(buf.getvalue())
+
+
+def test_predict_keeps_going_past_hostile_files(corpus, tmp_path, capsys):
+    import struct
+
+    root, _ = corpus
+    good = tone(440, 8000, 1.0)
+    streamed = _wav_bytes(good, 8000)  # a length streaming writers leave unknown: decoded
+    at = streamed.find(b"data")
+    streamed[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    streamed[4:8] = struct.pack("<I", 0xFFFFFFFF)
+    (tmp_path / "streamed.wav").write_bytes(streamed)
+    fast = _wav_bytes(good, 8000)
+    fast[24:28] = struct.pack("<I", 1_000_000_000)  # a header claiming 1 GHz
+    (tmp_path / "ghz.wav").write_bytes(fast)
+    sf.write(tmp_path / "huge.wav", (good * 2e30).astype(np.float32), 8000, subtype="FLOAT")
+    files = [str(tmp_path / n) for n in ("ghz.wav", "huge.wav", "streamed.wav")]
+    code = main(["predict", "--model", str(root / "run"), *files, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    assert "ghz.wav: its header says 1000000000 Hz" in err
+    assert "huge.wav: samples reach 1e+30, far beyond full scale" in err
+    results = json.loads(out)  # the readable file's result is printed, as valid JSON
+    assert [r["file"] for r in results] == [files[2]] and results[0]["duration"] == 1.0
+
+
+def test_unfinished_folds_are_never_shipped_or_averaged_in_silently(corpus, tmp_path, capsys, caplog):
+    root, data = corpus
+    run = tmp_path / "half"
+    shutil.copytree(root / "run", run)
+    # fold 2 back to "killed after its epoch 0": no predictions, a history of no epoch
+    (run / "fold-2" / "predictions.csv").unlink()
+    (run / "fold-2" / "metrics.jsonl").write_text("")
+    clip = str(next((data / "audio").iterdir()))
+    assert main(["export", str(run), "--fold", "2", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "fold 2 stopped at epoch 0 of 1; resume the run" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+    with caplog.at_level("WARNING", logger="escnet"):
+        assert main(["predict", "--model", str(run), clip]) == 0
+    assert any("using the finished folds 1; left out fold 2 at epoch 0/1" in r.message for r in caplog.records)
+    (run / "fold-1" / "predictions.csv").unlink()
+    assert main(["predict", "--model", str(run), clip]) == 2
+    assert "no fold has finished training" in capsys.readouterr().err
+
+
+def test_an_onnx_file_whose_graph_is_not_its_metadata_is_refused(five_class_exports, tmp_path):
+    import onnx
+
+    from escnet.deploy.onnx_model import OnnxModel
+    from escnet.errors import CheckpointError
+
+    proto = onnx.load(str(five_class_exports[0].path))
+    for prop in proto.metadata_props:
+        if prop.key == "escnet.classes":
+            prop.value = json.dumps(["a", "b", "c"])
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    with pytest.raises(CheckpointError, match="its graph's outputs do not match its metadata"):
+        OnnxModel(tmp_path / "lying.onnx")
+
+
+def test_a_cache_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A file-size limit stands in for a full disk: the cache's space is reserved before it is
+    filled, so the write fails at once with a message instead of SIGBUS halfway."""
+    data = _esc50(tmp_path / "data")
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from escnet.cli import main\n"
+        f"sys.exit(main(['train', '--data', {str(data)!r}, '--out', {str(tmp_path / 'r')!r}, "
+        f"'--set', 'data.cache_dir={tmp_path / 'cache'}', *{SMALL!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "no room for a" in done.stderr and "ESCNET_CACHE" in done.stderr
+    assert not list((tmp_path / "cache").glob("*partial*"))
+
+
+def test_one_run_folder_one_writer(corpus, tmp_path, capsys):
+    from escnet.runs import RunDir
+
+    root, _ = corpus
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    with RunDir(run).lock():
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        assert f"in use by process {os.getpid()}" in capsys.readouterr().err
+        assert main(["calibrate", str(run), "--quiet"]) == 2
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # free again once released
+
+
+def test_a_fold_worker_dies_with_its_parent(tmp_path):
+    """``kill -9`` of the process that started a fold worker: the worker is gone within seconds."""
+    parent = (
+        "import subprocess, sys, os\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, time; "
+        "from escnet.engine.fold_worker import die_with_parent; "
+        "die_with_parent(int(os.environ[\"P\"]), 0.1); time.sleep(60)'], "
+        "env={**os.environ, 'P': str(os.getpid())})\n"
+        "print(child.pid, flush=True)\n"
+        "import time; time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    time.sleep(1.0)
+    os.kill(child, 0)  # alive while its parent is
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    raise AssertionError("the worker outlived its parent by 5 s")

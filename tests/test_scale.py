@@ -128,7 +128,9 @@ def test_a_sweep_shared_by_two_workers_prunes_a_trial_that_falls_behind(tones, t
     # ranges so narrow that every trial's numbers are fixed: good ones learn, the bad one does not
     (tmp_path / "good.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.0100001, log: true}\n")
     (tmp_path / "bad.yaml").write_text("train.learning_rate: {low: 1.0e-8, high: 1.0000001e-8, log: true}\n")
-    common = ["-m", "escnet", "sweep", "--data", str(tones), *TONES, "--folds", "1", "--epochs", "3",
+    # every clip trains (no validation share): 6 clips a class, so that 2 epochs tell good from bad
+    common = ["-m", "escnet", "sweep", "--data", str(tones), *TONES, "--set", "train.validation_share=0",
+              "--folds", "1", "--epochs", "3",
               "--storage", f"sqlite:///{tmp_path / 'sweep.db'}", "--out", str(tmp_path / "sw"),
               "--prune-after", "2", "--trials", "1"]
     workers = [subprocess.Popen([sys.executable, *common, "--space", str(tmp_path / "good.yaml")],

@@ -68,7 +68,9 @@ def test_health_readiness_and_model_information(client, model_path):
     assert info["classes"] == expected.classes and info["sample_rate"] == RATE
     assert info["clip_seconds"] == 5.0 and info["model"] == "cnn10"
     assert info["held_out_accuracy"] == pytest.approx(expected.held_out_accuracy)
-    assert info["limits"] == {"max_upload_mb": 2, "max_seconds": 30}
+    assert info["limits"] == {"max_upload_mb": 2, "max_seconds": 30, "max_windows": 1000}
+    assert info["calibrated"] and info["unknown_score"] == "energy"
+    assert info["unknown_threshold"] == pytest.approx(expected.unknown_threshold)
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and "<script src=\"/static/app.js\">" in page.text
@@ -154,6 +156,9 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, dict, int, str]]:
                               "multipart/form-data; boundary=xyz"}}, 422, "multipart"),
         ("top_k 0", {"content": ok, "params": {"top_k": 0}}, 422, "top_k"),
         ("hop -1", {"content": ok, "params": {"hop": -1}}, 422, "hop"),
+        ("hop nan", {"content": ok, "params": {"hop": "nan"}}, 422, "hop nan: must be a positive, finite"),
+        ("hop of one sample", {"content": encode(tone(440, RATE, 20.0), RATE), "params": {"hop": 1e-9}},
+         422, "would score 240001 windows of this 20.0 s recording, over the limit of 1000"),
         ("timeline=maybe", {"content": ok, "params": {"timeline": "maybe"}}, 422, "timeline"),
     ]
 
@@ -225,7 +230,7 @@ def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_
     # one thread and no queue: a second request while one runs is turned away at once
     slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
     query = "?timeline=true&hop=0.02"  # 2751 windows: seconds of work
-    proc, url = start_server(model_path, "--threads", "1", "--queue", "0")
+    proc, url = start_server(model_path, "--threads", "1", "--queue", "0", "--max-windows", "3000")
     try:
         first: list = []
         running = threading.Thread(target=lambda: first.append(post(url, slow, query)))
@@ -235,16 +240,18 @@ def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_
         assert status == 503 and "busy" in body["error"] and headers["retry-after"] == "1"
         running.join()
         assert first[0][0] == 200 and len(first[0][1]["timeline"]) == 2751
-        # SIGTERM while a request is in flight: it is answered, then the server exits cleanly
+        # SIGTERM while a request is in flight: its work stops at the next batch of windows,
+        # answered 503 in JSON, and the server is gone within seconds
         second: list = []
         running = threading.Thread(target=lambda: second.append(post(url, slow, query)))
         running.start()
         time.sleep(0.8)
         proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         running.join()
-        assert second[0][0] == 200 and len(second[0][1]["timeline"]) == len(first[0][1]["timeline"])
-        # uvicorn finishes the requests in flight, then ends by the signal it was sent
-        assert proc.wait(30) in (0, -signal.SIGTERM)
+        status, body, _ = second[0]
+        assert status == 503 and "shutting down" in body["error"], (status, body)
+        assert proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - signalled < 10
         log = proc.stdout.read()
         assert "Shutting down" in log and "Finished server process" in log and "Traceback" not in log
     finally:
@@ -256,9 +263,40 @@ def test_serve_refuses_a_bad_model_or_setting_in_one_line(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     for args, words in ((["nothing.onnx"], "not found"), ([str(tmp_path / "bad.onnx")], "not a readable"),
                         ([str(tmp_path / "bad.onnx"), "--queue", "-1"], "--queue -1"),
-                        ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "nan"], "--max-upload-mb")):
+                        ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "nan"], "--max-upload-mb"),
+                        ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "1e308"], "at most 4096 MB"),
+                        ([str(tmp_path / "bad.onnx"), "--max-windows", "1"], "--max-windows 1")):
         done = subprocess.run(runtime_cli("serve", *args), capture_output=True, text=True, timeout=60,
                               cwd=tmp_path)
         assert done.returncode == 2 and done.stdout == "", args
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_slow_senders_hold_no_inference_slot_and_a_taken_port_is_one_line(model_path, held_out, tmp_path):
+    clip = encode(load_audio(held_out[0], RATE)[: 5 * RATE], RATE)
+    proc, url = start_server(model_path, "--threads", "1", "--queue", "0", "--body-seconds", "2")
+    port = int(url.rsplit(":", 1)[1])
+    trickle = []
+    try:
+        for _ in range(6):  # six uploads that never finish arriving
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + bytes(10))
+            trickle.append(s)
+        status, body, _ = post(url, clip)  # a well-behaved client meanwhile: answered, not 503
+        assert status == 200 and body["top"], body
+        reply = b""  # the slow one is told after the deadline, in JSON
+        while not reply.endswith(b"}") and (chunk := trickle[0].recv(4096)):
+            reply += chunk
+        reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 408") and "not received within 2 s" in reply
+        # the port is taken: a second server says so in one line, before loading its model
+        done = subprocess.run(runtime_cli("serve", str(model_path), "--port", str(port)),
+                              capture_output=True, text=True, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "already in use" in lines[0], done.stderr
+    finally:
+        for s in trickle:
+            s.close()
+        proc.terminate()
+        proc.wait(30)

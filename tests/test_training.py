@@ -80,7 +80,7 @@ def test_ema_run_scores_the_average_and_resumes_exactly(small_config, tmp_path):
               for run in ("full", "resumed")]
     assert losses[0] == losses[1] and resumed["folds"] == full["folds"]
     ckpt = torch.load(tmp_path / "full" / "fold-1" / "last.pt", weights_only=True)
-    assert ckpt["ema_updates"] == 4 * (160 // 32)  # one update per step: 160 training clips
+    assert ckpt["ema_updates"] == 4 * (144 // 32)  # one update per step: 160 clips, 16 held for validation
     assert any(not torch.equal(ckpt["model"][k], ckpt["trained"][k]) for k in ckpt["model"])
     # What the checkpoint calls the model is what was scored: evaluate gets the same accuracy.
     assert evaluate_run(tmp_path / "full", progress=False)["folds"]["1"]["accuracy"] == \
@@ -116,8 +116,9 @@ def test_metrics_and_report_of_a_real_run(trained):
     assert summary["macro_f1_pooled"] == pytest.approx(pooled["macro_f1"])
     assert np.asarray(pooled["confusion"]).sum() == 40
     page = Page(write_report(run).read_text())
-    assert len(page.images) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in page.images)
-    assert {i["alt"] for i in page.images} == {"training curves", "confusion matrix", "per-class accuracy"}
+    assert len(page.images) == 4 and all(i["src"].startswith("data:image/png;base64,") for i in page.images)
+    assert {i["alt"] for i in page.images} == {"training curves", "confusion matrix", "per-class accuracy",
+                                                "reliability diagram"}
     assert f"{100 * summary['folds']['1']:.1f}" in page.cells
     assert "Most confused pairs" in "".join(page.text)
     for name in ("curves", "confusion", "per_class"):
@@ -147,8 +148,10 @@ def test_predict_output_format(trained, esc50, capsys):
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     assert main(["predict", "--model", str(run / "fold-1" / "last.pt"), str(clip), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"{clip} (") and len(lines) == 3
-    assert lines[1].split()[-1] in {"dog", "rain", "crying_baby", "clock_tick", "church_bells"}
+    assert lines[0].startswith(f"{clip} (") and len(lines) == 4
+    classes = {"dog", "rain", "crying_baby", "clock_tick", "church_bells"}
+    assert lines[1].startswith("  answer: ") and lines[1].split()[1] in {*classes, "unknown"}
+    assert lines[2].split()[-1] in classes and lines[2].split()[0].endswith("%")
 
 
 def test_predict_keeps_the_readable_files_when_one_is_not(trained, esc50, tmp_path, capsys):

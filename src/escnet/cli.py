@@ -35,6 +35,9 @@ CONFIG_FLAGS: dict[str, tuple[str, type, str]] = {
                    "(vgg19: imagenet)"),
     "split": ("data.protocol", str, "protocol: folds (official k-fold CV) or random (the report's "
               "train_ratio split)"),
+    "unknown_classes": ("data.unknown_classes", str, "open-set protocol: leave K classes (drawn by "
+                        "the seed) or the named ones (dog,rain) out of training; their held-out "
+                        "clips are scored as unknown sounds"),
 }
 # Libraries of the extras ([train], [export]); a command that needs a missing one says which.
 SERVE_LIBRARIES = {"fastapi", "uvicorn", "starlette", "python_multipart", "multipart"}
@@ -71,6 +74,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, (key, _, _) in CONFIG_FLAGS.items():
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
+    unknown = overrides.pop("data.unknown_classes", None)
+    if unknown is not None:  # a count, or class names
+        if unknown.strip().isdigit():
+            overrides["data.unknown_classes"] = int(unknown)
+        else:
+            overrides["data.unknown_names"] = [n.strip() for n in unknown.split(",") if n.strip()]
     overrides |= {key: True for flag, (key, _) in SWITCHES.items() if getattr(args, flag, False)}
     return overrides | parse_overrides(args.set or [])
 
@@ -135,6 +144,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from escnet.engine.calibrate import calibrate_run
+
+    if args.keep is not None and not 0 < args.keep <= 1:
+        raise EscnetError(f"--keep {args.keep}: a share of known clips, above 0 and at most 1")
+    pooled = calibrate_run(args.run, args.data, args.keep, args.score, _bars(args))
+    cal = pooled.get("calibration", {})
+    print(f"{args.run}: held-out ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}, NLL "
+          f"{cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
+    if o := pooled.get("open_set"):
+        for name, e in o["by_score"].items():
+            mark = " (answers by)" if name == o["score"] else ""
+            print(f"  {name:11s} AUROC {e['auroc']:.3f}; known kept {100 * e['known_kept']:.1f} %, "
+                  f"unknown accepted {100 * e['false_acceptance']:.1f} %{mark}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from escnet.deploy.predict import Predictor
 
@@ -171,6 +197,12 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(f"{r.path} ({r.windows} window{'' if r.windows == 1 else 's'}):")
+            if r.label == "unknown":
+                heard = ", ".join(f"{t!r} {p:.2f}" for t, p in r.sounds_like)
+                like = f" — sounds like {heard}" if heard else ""
+                print(f"  answer: unknown (none of the model's classes){like}; best guesses:")
+            elif r.label is not None:
+                print(f"  answer: {r.label}")
             for label, prob in r.top:
                 print(f"  {prob:7.2%}  {label}")
             for note in r.notes:
@@ -238,7 +270,8 @@ def _serve(args: argparse.Namespace) -> int:
     from escnet.serve.app import ServeSettings, serve
 
     settings = ServeSettings(args.model, args.host, args.port, args.workers, args.threads,
-                             args.queue, args.max_upload_mb, args.max_seconds, args.device)
+                             args.queue, args.max_upload_mb, args.max_seconds, args.device,
+                             args.max_windows, args.body_seconds)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
               "has no authentication, so put it behind a proxy that has", file=sys.stderr)
@@ -384,6 +417,19 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a finished run's temperatures and unknown thresholds "
+                       "again on its validation clips (e.g. with another --keep)")
+    p.add_argument("run", metavar="RUNDIR")
+    p.add_argument("--data", help="dataset folder, if it moved since training")
+    p.add_argument("--keep", type=float, help="share of known clips the unknown threshold keeps "
+                   "(train.unknown_keep; default: the run's)")
+    p.add_argument("--score", choices=["auto", "msp", "energy", "max_logit", "knn", "energy+knn"],
+                   help="the unknown score to answer by (train.unknown_score; default: the run's)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_calibrate)
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify audio files (whole, or as a timeline)")
     p.add_argument("--model", required=True, metavar="MODEL",
@@ -455,6 +501,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=600.0, metavar="S",
                    help="longest audio accepted (default 600)")
     p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
+    p.add_argument("--max-windows", type=int, default=1000, metavar="N", help="most clip-length "
+                   "windows one request may cost, its length and hop together (default 1000)")
+    p.add_argument("--body-seconds", type=float, default=30.0, metavar="S", help="an upload must "
+                   "arrive within this (default 30); slow senders never hold an inference thread")
     p.set_defaults(func=_serve)
 
 
@@ -538,8 +588,8 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_models)
 
 
-COMMANDS = (_add_train, _add_evaluate, _add_predict, _add_embed, _add_export, _add_serve, _add_robustness,
-            _add_sweep, _add_download, _add_report, _add_compare, _add_benchmark,
+COMMANDS = (_add_train, _add_evaluate, _add_calibrate, _add_predict, _add_embed, _add_export,
+            _add_serve, _add_robustness, _add_sweep, _add_download, _add_report, _add_compare, _add_benchmark,
             _add_augment_preview, _add_models)
 
 

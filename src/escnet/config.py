@@ -122,10 +122,18 @@ class DataConfig(Section):
     refusing the dataset: such a fold is usually a stray fold number."""
     balanced_sampling: bool = False
     """Draw training examples with inverse class-frequency weights (the report's sampler)."""
+    unknown_classes: int = _check(0, ge=0)
+    """Open-set protocol: leave this many classes, drawn by ``train.seed``, out of training
+    entirely; their clips in each held-out fold are scored as unknown sounds (``open_set`` in
+    ``metrics.json``). 0: none (see also ``unknown_names``)."""
+    unknown_names: list[str] = field(default_factory=list)
+    """Open-set protocol: leave these classes (by name) out of training instead of drawn ones."""
 
     def rules(self) -> None:
         if len(set(self.folds)) != len(self.folds):
             self.fail("folds", "names a fold twice")
+        if self.unknown_classes and self.unknown_names:
+            self.fail("unknown_classes", "give a number of classes or unknown_names, not both")
 
 
 @dataclass
@@ -293,7 +301,21 @@ class TrainConfig(Section):
     no probing. Needs a model with an embedding (``mn*``) and pretrained weights to be useful."""
     probe_learning_rate: float = _check(1e-3, gt=0, le=10)
     """Learning rate of the probing epochs (AdamW, cosine schedule)."""
-    seed: int = 0
+    validation_share: float = _check(0.1, ge=0, lt=0.5)
+    """Share of each split's training clips held out (per class, whole source recordings
+    together where file names say which, drawn by ``seed``) to fit the model's temperature
+    (calibrated probabilities) and its unknown-sound threshold; never the test fold. 0: train
+    on every clip and leave the model uncalibrated, without an unknown threshold."""
+    unknown_keep: float = _check(0.95, gt=0, le=1)
+    """The unknown-sound threshold keeps this share of the validation clips (all of known
+    classes): a sound whose unknown score is below it is answered "unknown"."""
+    unknown_score: str = _check("auto", choices=("auto", "msp", "energy", "max_logit", "knn",
+                                                  "energy+knn"))
+    """How known a sound is (:mod:`escnet.models.unknown`): ``auto`` is ``energy+knn`` for a
+    model with an embedding (the ``mn`` models), else ``energy``; compared side by side in
+    docs/RESULTS.md, "Unknown sounds"."""
+    seed: int = _check(0, ge=0, le=2**32 - 1)
+    """Fixes data order, augmentation, initialisation, folds assigned and validation clips."""
     num_workers: int = _check(0, ge=0, le=256)
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
@@ -322,7 +344,9 @@ SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureCon
 # Settings that do not change a run's numbers: a resumed run may change them, and runs that
 # differ only in them are one experiment.
 RESULT_FREE = ("data.data_dir", "data.cache_dir", "train.num_workers", "train.tensorboard",
-               "train.device")
+               "train.device", "train.unknown_keep", "train.unknown_score")
+"""(``unknown_keep`` and ``unknown_score`` change only the calibration, which ``escnet
+calibrate`` redoes for a finished run.)"""
 
 
 @dataclass
@@ -397,7 +421,12 @@ class TaskConfig:
         return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, self.to_yaml())
+
+    def to_yaml(self) -> str:
+        """The config as YAML, sections in order, without anchors or aliases (which config
+        files refuse: :func:`read_config_file`)."""
+        return yaml.dump(self.to_dict(), Dumper=_PlainDumper, sort_keys=False)
 
     def replace(self, changes: dict[str, Any]) -> TaskConfig:
         """A copy with ``changes`` (``{"section.key": value}``) coerced and checked like any
@@ -612,6 +641,36 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by two settings twice rather than as an anchor and an alias."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a config file should be: a key given twice is refused (YAML would keep the
+    last silently), and so are aliases (``*name``), which config files do not need and which
+    let a few hundred bytes expand into gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in an "
+                                              "escnet config; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a mapping."""
     path = Path(path)
@@ -621,7 +680,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
     try:
         text = path.read_text()
-        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.load(text, _StrictLoader) or {})
+    except yaml.MarkedYAMLError as err:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise ConfigError(f"{path}: not valid YAML: {where}{err.problem}") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {err}".splitlines()[0]) from None
     except OSError as err:

@@ -34,6 +34,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         # a read-only or vanished folder, or a folder where the file should go: the user's to fix
         raise EscnetError(f"{path}: cannot write it ({err.strerror}); check the folder's "
                           "permissions, or copy the run somewhere writable") from None
+    except OSError as err:  # a full disk or quota, a read-only file system: the old file stays
+        raise EscnetError(f"{path}: cannot write it ({err.strerror or err}); free some space or "
+                          "write somewhere else; the previous version of the file is kept") from None
+    except RuntimeError as err:  # torch.save reports a failed write (a full disk) this way
+        if "writ" not in str(err):
+            raise
+        raise EscnetError(f"{path}: cannot write it (is the disk full? {str(err).splitlines()[0][:120]}); "
+                          "the previous version of the file is kept") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -54,7 +62,17 @@ def atomic_memmap(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -
     """A writable ``.npy`` memmap of ``shape`` under a temporary name, renamed to ``path`` when
     the block ends without an error: an interrupted fill never leaves a file that looks done."""
     partial = path.with_name(f".{path.name}.partial{os.getpid()}.npy")
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+    try:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        # reserve the blocks now: a sparse file on a full disk fails later as SIGBUS, mid-fill
+        with partial.open("r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, partial.stat().st_size)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        need = (np.dtype(dtype).itemsize * int(np.prod(shape))) / 2**30
+        raise EscnetError(f"{path.parent}: no room for a {need:.2f} GB cache file ({err.strerror}); "
+                          "free some space, or set ESCNET_CACHE (data.cache_dir) to a disk with "
+                          "room") from None
     try:
         yield array
         array.flush()

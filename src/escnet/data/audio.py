@@ -15,6 +15,10 @@ import soxr
 
 from escnet.errors import AudioError, AudioTooLongError, UnreadableAudioError
 
+RATES = (100, 768_000)
+"""Sample rates (Hz) a recording may have; a header outside them is damaged."""
+UNKNOWN_LENGTHS = ("4294967295", "0")
+"""WAV data sizes that mean "unknown" (streaming writers: ``arecord``, ``ffmpeg -f wav -``)."""
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
 
@@ -58,10 +62,17 @@ class AudioFile:
             reason = getattr(err, "error_string", None) or _reason(err)
             raise UnreadableAudioError(f"{self.name}: not a readable audio file ({reason})") from None
         self.sample_rate, self.channels = self.handle.samplerate, self.handle.channels
+        if not RATES[0] <= self.sample_rate <= RATES[1]:
+            self.close()
+            raise UnreadableAudioError(f"{self.name}: its header says {self.sample_rate} Hz, not a rate "
+                                       f"audio is recorded at ({RATES[0]}–{RATES[1]} Hz): a damaged "
+                                       "header")
         # libsndfile decodes what is there of a cut-off file; for WAV it notes the shortfall as
-        # "data : <declared> (should be <present>)" in its header dump.
+        # "data : <declared> (should be <present>)" in its header dump. A declared size of
+        # 0xFFFFFFFF (or 0) is how streaming writers mark a length they did not know: not a cut.
         truncated = [ln for ln in self.handle.extra_info.splitlines()
-                     if ln.startswith("data") and "(should be" in ln]
+                     if ln.startswith("data") and "(should be" in ln
+                     and ln.split(":", 1)[1].split("(")[0].strip() not in UNKNOWN_LENGTHS]
         if self.handle.frames == 0:
             self.close()
             raise AudioError(f"{self.name}: holds no audio samples (empty or header-only file)")

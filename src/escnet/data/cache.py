@@ -71,6 +71,10 @@ def build_waveform_cache(table: ClipTable, config: TaskConfig, progress: bool = 
             raise AudioError(f"{len(bad)} unreadable audio file(s), first {first_reason}; "
                              f"all listed in {bad_path}; fix them or set data.skip_bad=true")
         keep = np.array([str(p) not in bad for p in table.paths])
+        emptied = [c for i, c in enumerate(table.classes) if not (table.labels[keep] == i).any()]
+        if emptied:  # a class without clips would still be one of the model's outputs
+            raise AudioError(f"{len(bad)} unreadable audio file(s) (listed in {bad_path}) leave class(es) "
+                             f"{', '.join(emptied[:5])} with no clip at all; fix its files or remove it")
         table = table.select(keep)
         table.notes.append(f"left out {len(bad)} unreadable audio file(s) (listed in {bad_path})")
         waves = RowView(waves, np.flatnonzero(keep))

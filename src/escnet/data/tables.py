@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,19 +46,49 @@ class ClipTable:
     source: str
     notes: list[str] = field(default_factory=list)
     """What was decided while reading (folds assigned, files left out), for the user."""
+    unknown: int = 0
+    """The last ``unknown`` of ``classes`` are left out of training (the open-set protocol,
+    ``data.unknown_classes``): only :attr:`known_classes` are the model's."""
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def known_classes(self) -> list[str]:
+        """The classes a model of this table is trained on."""
+        return self.classes[: len(self.classes) - self.unknown]
 
     def select(self, mask: np.ndarray) -> ClipTable:
         """The rows where ``mask`` is true (labels and classes unchanged)."""
         keep = np.flatnonzero(mask)
         return ClipTable([self.paths[i] for i in keep], self.labels[keep], self.folds[keep],
-                         self.classes, self.source, list(self.notes))
+                         self.classes, self.source, list(self.notes), self.unknown)
+
+    def with_unknown_last(self, names: list[str]) -> ClipTable:
+        """The same clips with the classes ``names`` moved after the others (labels renumbered),
+        marked as unknown."""
+        order = [c for c in self.classes if c not in names] + [c for c in self.classes if c in names]
+        new = np.array([order.index(c) for c in self.classes])
+        return ClipTable(self.paths, new[self.labels], self.folds, order, self.source,
+                         list(self.notes), len(names))
 
     @property
     def fold_ids(self) -> list[int]:
         return sorted(int(f) for f in np.unique(self.folds))
+
+
+class Split(NamedTuple):
+    """One held-out split of a table: clip indices (sorted) of each part."""
+
+    name: str
+    """The held-out fold's number, or ``random``."""
+    train: np.ndarray
+    test: np.ndarray
+    """Held-out clips of known classes: the accuracy is theirs."""
+    validation: np.ndarray
+    """Clips held out of training to calibrate the model (``train.validation_share``)."""
+    unknown: np.ndarray
+    """Held-out clips of the classes left out of training (the open-set protocol)."""
 
 
 def parse_esc50_name(name: str) -> tuple[int, int] | None:
@@ -186,20 +217,41 @@ def read_class_folders(root: Path) -> ClipTable:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for i, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        found = [p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith(".")]
+        files = sorted(p for p in found if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if found and not files:  # else the class would be one with no clip: never trained, always an output
+            kinds = sorted({p.suffix.lower() or "(no extension)" for p in found})
+            raise DataError(f"{root / name}: {len(found)} file(s), none in a format escnet reads "
+                            f"({', '.join(kinds[:5])}; it reads {' '.join(AUDIO_EXTENSIONS)}); convert "
+                            "them (e.g. ffmpeg -i in.m4a out.wav) or move the folder out")
         paths += files
         labels += [i] * len(files)
     used = sorted(set(labels))
     if len(used) < 2:
         raise DataError(f"{root}: expected meta/esc50.csv, a CSV, or one subfolder of audio files "
                         f"per class (found {len(used)} class folder(s) with audio)")
+    classes = [c for i, c in enumerate(classes) if i in set(used)]  # empty folders are no class
+    labels = [used.index(k) for k in labels]
+    _refuse_lookalike_labels(root, classes)
     return ClipTable(paths, np.array(labels), np.zeros(len(paths), dtype=int), classes,
                      f"folders:{root}")
 
 
+def _refuse_lookalike_labels(source: Path, classes: list[str]) -> None:
+    """Labels that differ only in case or surrounding spaces (``dog``, ``Dog``, ``dog ``) are one
+    sound named twice, never two classes."""
+    seen: dict[str, str] = {}
+    for c in classes:
+        other = seen.setdefault(c.strip().casefold(), c)
+        if other != c:
+            raise DataError(f"{source}: labels {other!r} and {c!r} differ only in case or spaces; "
+                            "give each class one spelling")
+
+
 def read_csv_table(path: Path) -> ClipTable:
-    """A CSV with columns ``path,label`` and optionally ``fold`` (paths relative to the CSV)."""
-    with path.open(newline="") as f:
+    """A CSV with columns ``path,label`` and optionally ``fold`` (paths relative to the CSV).
+    A byte-order mark (as spreadsheet programs write) is ignored."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
         if missing:
@@ -220,6 +272,7 @@ def read_csv_table(path: Path) -> ClipTable:
                             "numbered from 1; or drop the fold column to let escnet assign folds)") from None
     _refuse_duplicates(path, lines)
     classes = sorted({r["label"] for r in rows})
+    _refuse_lookalike_labels(path, classes)
     index = {c: i for i, c in enumerate(classes)}
     if has_fold:
         _refuse_bad_folds(path, folds, list(range(2, len(rows) + 2)))
@@ -282,7 +335,33 @@ def load_table(config: TaskConfig) -> ClipTable:
                            "accuracy means little")
     table.notes.insert(0, f"dataset {root}: {layout}; {len(table)} clips, {len(table.classes)} "
                        f"classes, folds {', '.join(map(str, table.fold_ids))}")
+    unknown = unknown_classes(table.classes, config)
+    if unknown:
+        table = table.with_unknown_last(unknown)
+        table.notes.append(f"open set: {len(unknown)} class(es) left out of training and scored as "
+                           f"unknown sounds: {', '.join(unknown)}")
     return table
+
+
+def unknown_classes(classes: list[str], config: TaskConfig) -> list[str]:
+    """The classes the open-set protocol leaves out: ``data.unknown_names``, or
+    ``data.unknown_classes`` of them drawn by ``train.seed`` (in the table's order)."""
+    data = config.data
+    if data.unknown_names:
+        missing = [n for n in data.unknown_names if n not in classes]
+        if missing:
+            raise ConfigError(f"setting data.unknown_names: {', '.join(missing)} is not a class of "
+                              f"this dataset (classes: {', '.join(classes[:8])}...)")
+        chosen = set(data.unknown_names)
+    elif data.unknown_classes:
+        chosen = set(np.random.default_rng([config.train.seed, 11]).choice(
+            classes, size=min(data.unknown_classes, len(classes)), replace=False).tolist())
+    else:
+        return []
+    if len(classes) - len(chosen) < 2:
+        raise ConfigError(f"setting data.unknown_classes: leaves {len(classes) - len(chosen)} of the "
+                          f"{len(classes)} classes to train on; at least 2 are needed")
+    return [c for c in classes if c in chosen]
 
 
 def _class_folders(root: Path) -> bool:
@@ -316,13 +395,68 @@ def _check_fold_sizes(table: ClipTable, root: Path, allow_uneven: bool) -> None:
             table.notes.append("warning: " + message)
 
 
-def make_splits(table: ClipTable, config: TaskConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, train_indices, test_indices)`` for each held-out fold, or the one random split;
-    with ``data.train_per_class`` the training clips of each split are thinned
-    (:func:`few_per_class`)."""
-    k = config.data.train_per_class
-    return [(name, few_per_class(table.labels, train, k, config.train.seed, name) if k else train, test)
-            for name, train, test in _splits(table, config)]
+def make_splits(table: ClipTable, config: TaskConfig) -> list[Split]:
+    """A :class:`Split` for each held-out fold, or the one random split.
+
+    Clips of unknown classes (``table.unknown``) are never trained on or validated with; those
+    of the held-out fold are its ``unknown`` part. ``train.validation_share`` of the training
+    clips become the ``validation`` part (:func:`validation_split`); with
+    ``data.train_per_class`` the training clips are then thinned (:func:`few_per_class`) and
+    validation is drawn from the clips the thinning left out.
+    """
+    k, seed = config.data.train_per_class, config.train.seed
+    known = table.labels < len(table.known_classes)
+    splits = []
+    for name, train, test in _splits(table, config):
+        train = train[known[train]]
+        if k:
+            kept = few_per_class(table.labels, train, k, seed, name)
+            _, validation = validation_split(table, np.setdiff1d(train, kept), config, name)
+            train = kept
+        else:
+            train, validation = validation_split(table, train, config, name)
+        splits.append(Split(name, train, test[known[test]], validation, test[~known[test]]))
+    return splits
+
+
+def source_groups(paths: list[Path]) -> np.ndarray:
+    """A group id per clip: clips cut from one recording share it. ESC-50 names say which
+    (``FOLD-SOURCE-TAKE-TARGET``: the source id); any other clip is its own group."""
+    ids: dict[str, int] = {}
+    out = np.empty(len(paths), dtype=int)
+    for i, path in enumerate(paths):
+        match = _ESC50_NAME.match(Path(path).stem)
+        key = f"esc50:{match.group(2)}" if match else f"file:{path}"
+        out[i] = ids.setdefault(key, len(ids))
+    return out
+
+
+def validation_split(table: ClipTable, indices: np.ndarray, config: TaskConfig, split: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)``: about ``train.validation_share`` of each class's clips in
+    ``indices`` become validation clips, whole source recordings at a time (takes of one
+    recording on both sides would make validation easier than new sounds), drawn by
+    ``(seed, split)``. A class keeps at least one training clip. Both sorted."""
+    share = config.train.validation_share
+    if share == 0 or len(indices) == 0:
+        return np.sort(indices), np.zeros(0, dtype=int)
+    rng = np.random.default_rng([config.train.seed, int(split) if split.isdigit() else 0, 7])
+    groups = source_groups([table.paths[i] for i in indices])
+    labels = table.labels[indices]
+    held: list[int] = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        want = round(share * len(rows))
+        taken = 0
+        for g in rng.permutation(np.unique(groups[rows])):
+            members = rows[groups[rows] == g]
+            if taken >= want or taken + len(members) >= len(rows):
+                break
+            held.extend(members)
+            taken += len(members)
+    mask = np.zeros(len(indices), dtype=bool)
+    mask[held] = True
+    return np.sort(indices[~mask]), np.sort(indices[mask])
 
 
 def few_per_class(labels: np.ndarray, indices: np.ndarray, k: int, seed: int, split: str) -> np.ndarray:

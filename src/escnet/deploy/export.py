@@ -28,13 +28,15 @@ from escnet.deploy.onnx_model import INPUT, OUTPUTS, ModelInfo, OnnxModel, impor
 from escnet.deploy.torch_model import TorchModel
 from escnet.errors import EscnetError
 from escnet.files import atomic_write
-from escnet.models import SoundClassifier
 from escnet.runs import RunDir
 from escnet.transforms.features import MatmulLogMel
 
 OPSET = 18
 PARITY = 1e-4
 """Largest probability difference from PyTorch that an export may have (checked on every one)."""
+KNOWN_PARITY = 0.02
+"""Largest unknown-score difference (plus 0.1 % of it): a rank-based score (``energy+knn``) may
+move by one validation clip's share when a float rounds the other way."""
 
 
 class ExportError(EscnetError):
@@ -43,28 +45,29 @@ class ExportError(EscnetError):
 
 class WaveformClassifier(nn.Module):
     """The exported graph: ``waveform (batch, samples)`` → ``probabilities, logits``
-    ``(batch, classes)`` and the ``logmel`` the model sees ``(batch, n_mels, frames)`` (for
-    display; computing it is part of the graph anyway).
+    ``(batch, classes)``, the ``logmel`` the model sees ``(batch, n_mels, frames)`` (for
+    display; computing it is part of the graph anyway), the unknown score ``known (batch,)``
+    and, for models with an AudioSet head, its ``tags (batch, 527)``.
 
-    One backbone: its logits and their softmax. Several (an ensemble of fold models, sharing
-    the featurizer): the mean of their probabilities, and its log as ``logits`` (a softmax of
-    which gives the mean back).
+    The models and their calibration are :class:`~escnet.deploy.torch_model.Calibrated`, as
+    PyTorch prediction runs them.
     """
 
-    def __init__(self, models: list[SoundClassifier]) -> None:
+    def __init__(self, reference: TorchModel) -> None:
         super().__init__()
-        self.logmel = MatmulLogMel(models[0].featurizer)
+        self.logmel = MatmulLogMel(reference.models[0].featurizer)
         # NCHW weights: the exporter and ONNX Runtime pick their own layouts
-        self.backbones = nn.ModuleList(m.backbone.to(memory_format=torch.contiguous_format)
-                                       for m in models)
+        self.calibrated = reference.calibrated.to(memory_format=torch.contiguous_format).cpu()
+        self.tagging = bool(reference.info.tag_names)
 
-    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def outputs(self) -> list[str]:
+        return list(OUTPUTS if self.tagging else OUTPUTS[:4])
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.logmel(waveform)
-        if len(self.backbones) == 1:
-            logits = self.backbones[0](x, None)
-            return logits.softmax(-1), logits, x
-        probs = torch.stack([b(x, None).softmax(-1) for b in self.backbones]).mean(0)
-        return probs, probs.clamp_min(1e-30).log(), x
+        probs, logits, known, tags = self.calibrated(x)
+        return (probs, logits, x, known) + ((tags,) if self.tagging else ())
 
 
 @dataclass
@@ -98,6 +101,9 @@ def _checkpoints(source: Path, fold: str | None, ensemble: bool) -> list[Path]:
     if ensemble:
         if fold is not None:
             raise EscnetError("--fold and --ensemble: give one of them")
+        if set(have) - set(run.finished):
+            raise EscnetError(f"--ensemble: folds {', '.join(sorted(set(have) - set(run.finished)))} "
+                              f"of {source} have not finished training; resume the run first")
         return [run.checkpoint(f) for f in have]
     if fold is None:
         if len(have) > 1:
@@ -107,6 +113,11 @@ def _checkpoints(source: Path, fold: str | None, ensemble: bool) -> list[Path]:
     if fold not in have:
         raise EscnetError(f"--fold {fold}: no fold-{fold}/last.pt in {source} (folds with a "
                           f"model: {', '.join(have)})")
+    if fold not in run.finished:
+        epochs = run.config.train.num_epochs
+        raise EscnetError(f"--fold {fold}: fold {fold} stopped at epoch {len(run.histories.get(fold, []))} "
+                          f"of {epochs}; resume the run to finish it, or export "
+                          f"{run.checkpoint(fold)} itself to ship it unfinished")
     return [run.checkpoint(fold)]
 
 
@@ -154,7 +165,7 @@ def to_onnx(module: WaveformClassifier, clip_samples: int, model_name: str) -> b
         with _quiet(), tempfile.TemporaryDirectory() as tmp:
             try:
                 program = torch.onnx.export(module.eval(), (example,), input_names=[INPUT],
-                                            output_names=list(OUTPUTS), opset_version=OPSET,
+                                            output_names=module.outputs, opset_version=OPSET,
                                             dynamic_shapes=({0: dim.AUTO, 1: length},), dynamo=True,
                                             external_data=False, optimize=True, verify=False)
                 program.save(f"{tmp}/model.onnx", external_data=False)
@@ -187,7 +198,7 @@ def _held_out(config: TaskConfig, folds: list[str], data_dir: str | None
         config = config.replace({"data.data_dir": data_dir})
     table = load_table(config)
     waves, table = build_waveform_cache(table, config, progress=False)
-    splits = {name: (train, test) for name, train, test in make_splits(table, config)}
+    splits = {s.name: (s.train, s.test) for s in make_splits(table, config)}
     if len(folds) == 1 and folds[0] in splits:
         train, test = splits[folds[0]]
     else:
@@ -271,7 +282,7 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
     reference = TorchModel(_checkpoints(source, fold, ensemble))
     info = reference.info
     config = reference.config
-    module = WaveformClassifier(reference.models)
+    module = WaveformClassifier(reference)
     result_notes = []
     data = to_onnx(module, info.clip_samples, info.model)
     extra = {"escnet.source": str(source.resolve()), "escnet.config": _config_json(config)}
@@ -292,6 +303,11 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
         if diff > PARITY:
             raise ExportError(f"{out}: ONNX Runtime's probabilities differ from PyTorch's by {diff:.2g} "
                               f"(more than {PARITY:g}); the export is not used")
+        ours, theirs = onnx_model.score(check[:16]).known, reference.score(check[:16]).known
+        if ours is not None and theirs is not None and \
+                np.any(np.abs(ours - theirs) > KNOWN_PARITY + 1e-3 * np.abs(theirs)):
+            raise ExportError(f"{out}: ONNX Runtime's unknown scores differ from PyTorch's; the "
+                              "export is not used")
         result = ExportResult(out, info, diff, notes=result_notes)
         if quantize:
             result.int8_path = int8_path

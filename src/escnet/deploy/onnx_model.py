@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,9 +19,22 @@ from escnet.machine import available_cores
 
 FORMAT = "1"
 """Version of the metadata layout below; a runtime refuses files of a newer one."""
-INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel")
+INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel", "known", "tags")
 """``logmel`` (the model's input features, for display) is optional: files exported by escnet
-0.3.0 lack it."""
+0.3.0 lack it; so are ``known`` (the unknown score, :class:`Scores`) and ``tags`` (an AudioSet
+head's), which files of escnet before 0.4 lack."""
+
+
+class Scores(NamedTuple):
+    """What a model says about windows ``(n, samples)``."""
+
+    probabilities: np.ndarray
+    """``(n, classes)``, calibrated when the model is."""
+    known: np.ndarray | None
+    """``(n,)``: how much each window sounds like the model's classes (its unknown score,
+    ``ModelInfo.unknown_score``; higher: more known), or ``None`` when the model has none."""
+    tags: np.ndarray | None
+    """``(n, len(ModelInfo.tag_names))``: the AudioSet head's tag probabilities, or ``None``."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,14 @@ class ModelInfo:
     file); ``None`` when none could be measured (an ensemble of all folds)."""
     folds: list[str]
     escnet_version: str
+    calibrated: bool = False
+    """Whether the probabilities are calibrated (a temperature fitted on validation clips)."""
+    unknown_score: str = ""
+    """What :attr:`Scores.known` is (``energy``, ``msp`` or ``max_logit``), or empty."""
+    unknown_threshold: float | None = None
+    """A window or file whose mean known-score is below this is answered "unknown"."""
+    tag_names: list[str] = field(default_factory=list)
+    """Names of the AudioSet head's outputs (empty: no such head)."""
 
     @property
     def clip_seconds(self) -> float:
@@ -54,7 +76,11 @@ class ModelInfo:
                 "escnet.clip_samples": str(self.clip_samples),
                 "escnet.clip_seconds": f"{self.clip_seconds:g}", "escnet.precision": self.precision,
                 "escnet.held_out_accuracy": acc, "escnet.folds": json.dumps(self.folds),
-                **(extra or {})}
+                "escnet.calibrated": json.dumps(self.calibrated),
+                "escnet.unknown_score": self.unknown_score,
+                "escnet.unknown_threshold": "" if self.unknown_threshold is None
+                else repr(self.unknown_threshold),
+                "escnet.tag_names": json.dumps(self.tag_names), **(extra or {})}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
@@ -72,9 +98,17 @@ class ModelInfo:
                        precision=meta.get("escnet.precision", "float32"),
                        held_out_accuracy=float(acc) if acc else None,
                        folds=[str(f) for f in json.loads(meta.get("escnet.folds", "[]"))],
-                       escnet_version=meta.get("escnet.version", "?"))
+                       escnet_version=meta.get("escnet.version", "?"),
+                       calibrated=json.loads(meta.get("escnet.calibrated", "false")) is True,
+                       unknown_score=meta.get("escnet.unknown_score", ""),
+                       unknown_threshold=float(threshold) if (threshold := meta.get(
+                           "escnet.unknown_threshold", "")) else None,
+                       tag_names=[str(t) for t in json.loads(meta.get("escnet.tag_names", "[]"))])
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path}: damaged escnet metadata ({type(err).__name__}: {err})") from None
+        if info.unknown_threshold is not None and not np.isfinite(info.unknown_threshold):
+            raise CheckpointError(f"{path}: damaged escnet metadata (unknown threshold "
+                                  f"{info.unknown_threshold})")
         if not info.classes or info.sample_rate <= 0 or info.clip_samples <= 0:
             raise CheckpointError(f"{path}: damaged escnet metadata (no classes, or a rate or clip "
                                   "length that is not positive)")
@@ -128,9 +162,34 @@ class OnnxModel:
             raise CheckpointError(f"{self.path}: escnet metadata, but inputs {inputs} and outputs "
                                   f"{sorted(self.outputs)} (expected {INPUT!r} → {OUTPUTS[0]!r})")
 
-    def run(self, windows: np.ndarray) -> np.ndarray:
-        """One call of the graph on ``windows`` ``(n, samples)``, on one thread."""
-        return self.session.run([OUTPUTS[0]], {INPUT: np.ascontiguousarray(windows, np.float32)})[0]
+        # what the graph can say beyond probabilities; a file whose metadata promises more than
+        # its graph gives is refused now, not at its first window
+        self.wanted = [OUTPUTS[0]] + [o for o in OUTPUTS[3:] if o in self.outputs]
+        if (self.info.unknown_threshold is not None and OUTPUTS[3] not in self.outputs) or \
+                (self.info.tag_names and OUTPUTS[4] not in self.outputs):
+            raise CheckpointError(f"{self.path}: its metadata names an unknown threshold or tags, but "
+                                  f"its graph has no {OUTPUTS[3]!r} or {OUTPUTS[4]!r} output")
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Run the graph once on a silent window: a graph that is not the one its metadata
+        describes (another model's, edited by hand) fails here, in one line, not mid-file."""
+        try:
+            got = self.score(np.zeros((1, self.info.clip_samples), np.float32))
+        except Exception as err:  # ORT raises its own classes for a graph that cannot run
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{self.path}: its graph does not run on a {self.info.clip_seconds:g} s "
+                                  f"window as its metadata says ({reason[:160]})") from None
+        shapes = [(got.probabilities, len(self.info.classes)), (got.tags, len(self.info.tag_names))]
+        if any(a is not None and a.shape != (1, n) for a, n in shapes) or \
+                (got.known is not None and got.known.shape != (1,)):
+            raise CheckpointError(f"{self.path}: its graph's outputs do not match its metadata "
+                                  f"({len(self.info.classes)} classes); re-export the model")
+
+    def run(self, windows: np.ndarray) -> list[np.ndarray]:
+        """One call of the graph on ``windows`` ``(n, samples)``, on one thread: the outputs
+        :attr:`wanted` (probabilities first)."""
+        return self.session.run(self.wanted, {INPUT: np.ascontiguousarray(windows, np.float32)})
 
     def logmel(self, window: np.ndarray) -> np.ndarray | None:
         """The log-mel the model sees for one window ``(samples,)``: ``(n_mels, frames)``, or
@@ -139,7 +198,16 @@ class OnnxModel:
             return None
         return self.session.run([OUTPUTS[2]], {INPUT: np.ascontiguousarray(window[None], np.float32)})[0][0]
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
+    def score(self, windows: np.ndarray) -> Scores:
+        """Probabilities, unknown scores and tags of ``windows`` ``(n, samples)``."""
         if self.pool is None or len(windows) == 1:
-            return self.run(windows)
-        return np.concatenate(list(self.pool.map(self.run, np.split(windows, len(windows)))))
+            parts = self.run(windows)
+        else:
+            runs = list(self.pool.map(self.run, np.split(windows, len(windows))))
+            parts = [np.concatenate(p) for p in zip(*runs, strict=True)]
+        got = dict(zip(self.wanted, parts, strict=True))
+        return Scores(got[OUTPUTS[0]], got.get(OUTPUTS[3]), got.get(OUTPUTS[4]))
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """``(n, samples)`` → probabilities ``(n, classes)``."""
+        return self.score(windows).probabilities

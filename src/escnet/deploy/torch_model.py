@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import escnet
-from escnet.deploy.onnx_model import ModelInfo
+from escnet.deploy.onnx_model import ModelInfo, Scores
 from escnet.errors import CheckpointError
 from escnet.machine import resolve_device
+from escnet.models.classifier import outputs_of
+from escnet.models.unknown import UnknownScorer, scorer_of
 from escnet.runs import RunDir, load_model
+
+log = logging.getLogger("escnet")
 
 
 def fold_of(path: Path, ckpt: dict) -> str:
@@ -19,12 +25,65 @@ def fold_of(path: Path, ckpt: dict) -> str:
     return str(ckpt.get("fold") or path.parent.name.removeprefix("fold-"))
 
 
+class Calibrated(nn.Module):
+    """Fold models with their calibration, as prediction and the exported graph run them:
+    log-mels ``(batch, n_mels, frames)`` → probabilities ``(batch, classes)`` (each model's
+    calibrated by its temperature, then averaged), logits (one model's own; several: the log of
+    the mean, whose softmax gives the mean back), the unknown score ``score`` averaged over the
+    models ``(batch,)`` and, when every model has an AudioSet head, the mean of its tags
+    ``(batch, 527)`` (else ``None``)."""
+
+    def __init__(self, backbones: list[nn.Module], scorers: list[UnknownScorer], score: str) -> None:
+        super().__init__()
+        self.backbones, self.scorers, self.score = nn.ModuleList(backbones), nn.ModuleList(scorers), score
+        self.tagging = all(getattr(b, "audioset", None) is not None for b in backbones)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = [outputs_of(b, x) for b in self.backbones]
+        probs = [(o.logits / s.temperature).softmax(-1) for o, s in zip(outs, self.scorers, strict=True)]
+        known = torch.stack([s(o.logits, o.embedding)[self.score]
+                             for o, s in zip(outs, self.scorers, strict=True)]).mean(0)
+        tags = torch.stack([o.tags for o in outs]).mean(0) if self.tagging else None
+        if len(outs) == 1:
+            return probs[0], outs[0].logits, known, tags
+        mean = torch.stack(probs).mean(0)
+        return mean, mean.clamp_min(1e-30).log(), known, tags
+
+
+def calibration_of(paths: list[Path], checkpoints: list[dict]
+                   ) -> tuple[list[UnknownScorer], str, float | None]:
+    """Each checkpoint's scorer, the unknown score and the mean of the models' thresholds for
+    it (``None`` unless every model has one). A model trained before escnet calibrated (or with
+    ``train.validation_share=0``) has temperature 1 and no threshold, which is said once."""
+    scorers = [scorer_of(c) for c in checkpoints]
+    cals = [c.get("calibration") or {} for c in checkpoints]
+    scores = {c.get("unknown_score", "msp") for c in cals}
+    score = scores.pop() if len(scores) == 1 else "msp"
+    thresholds = [c.get("thresholds", {}).get(score) for c in cals]
+    if not all(c.get("validation_clips") for c in cals) or None in thresholds or \
+            not all(score in s.names for s in scorers):
+        log.warning("%s: uncalibrated scores (trained before escnet calibrated models, or with "
+                    "train.validation_share=0; `escnet calibrate` fixes a run that kept validation "
+                    "clips): no sound is answered \"unknown\"",
+                    paths[0] if len(paths) == 1 else paths[0].parent.parent)
+        return scorers, "msp", None
+    return scorers, score, float(np.mean(thresholds))
+
+
+def _progress(run: RunDir, folds: list[str]) -> str:
+    epochs = run.config.train.num_epochs
+    return ", ".join(f"fold {f} at epoch {len(run.histories.get(f, []))}/{epochs}" for f in folds)
+
+
 class TorchModel:
-    """One or more :class:`~escnet.models.SoundClassifier` checkpoints, their probabilities
-    averaged: ``model(windows (n, clip_samples)) → (n, classes)`` as :class:`OnnxModel`.
+    """One or more :class:`~escnet.models.SoundClassifier` checkpoints, their calibrated
+    probabilities averaged: ``model(windows (n, clip_samples)) → (n, classes)`` and
+    :meth:`score` as :class:`~escnet.deploy.onnx_model.OnnxModel`.
 
     ``TorchModel.from_path(RUNDIR)`` uses every fold's ``last.pt`` of a cross-validation run (an
-    ensemble of the fold models); ``TorchModel.from_path(FILE.pt)`` uses that one checkpoint.
+    ensemble of the fold models: unknown score and threshold are the models' means, the
+    threshold an approximation: no clip is unseen by all of them to fit one on);
+    ``TorchModel.from_path(FILE.pt)`` uses that one checkpoint.
     """
 
     def __init__(self, checkpoints: list[Path], device: str = "cpu") -> None:
@@ -40,23 +99,41 @@ class TorchModel:
                 raise CheckpointError(f"{path}: its classes or audio settings differ from "
                                       f"{checkpoints[0]}")
         single = len(loaded) == 1 and "test_accuracy" in first
+        epochs = first["config"].train.num_epochs
+        if single and first.get("epoch", epochs) < epochs:
+            log.warning("%s: stopped at epoch %s of %s (unfinished): its scores are a half-trained "
+                        "model's, with no held-out accuracy or calibration to speak for them",
+                        checkpoints[0], first["epoch"], epochs)
+            single = False
+        scorers, score, threshold = calibration_of(checkpoints, [c for _, c in loaded])
+        self.calibrated = Calibrated([m.backbone for m in self.models], scorers, score).to(self.device)
+        tagging = self.calibrated.tagging and all(m.tag_names for m in self.models)
         self.config = first["config"]
         self.info = ModelInfo(
             classes=list(first["classes"]), sample_rate=featurizer.sample_rate,
             clip_samples=featurizer.clip_samples, model=self.config.model.name, precision="float32",
             held_out_accuracy=float(first["test_accuracy"]) if single else None,
             folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
-            escnet_version=escnet.__version__)
+            escnet_version=escnet.__version__, calibrated=threshold is not None,
+            unknown_score=score if threshold is not None else "", unknown_threshold=threshold,
+            tag_names=list(self.models[0].tag_names) if tagging else [])
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchModel:
         path = Path(path)
         if path.is_dir():
             run = RunDir(path)
-            found = [run.checkpoint(f) for f in run.fold_names() if run.checkpoint(f).exists()]
+            found = [f for f in run.fold_names() if run.checkpoint(f).exists()]
             if not found:
                 raise CheckpointError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
-            return cls(found, device)
+            finished = [f for f in found if f in run.finished]
+            if not finished:  # an average of half-trained models is no model to answer with
+                raise CheckpointError(f"{path}: no fold has finished training ({_progress(run, found)}); "
+                                      "resume the run, or give a fold's last.pt to use it as it is")
+            if len(finished) < len(found):
+                log.warning("%s: using the finished folds %s; left out %s", path, ", ".join(finished),
+                            _progress(run, [f for f in found if f not in finished]))
+            return cls([run.checkpoint(f) for f in finished], device)
         return cls([path], device)
 
     @torch.inference_mode()
@@ -66,7 +143,13 @@ class TorchModel:
         return self.models[0].featurizer(batch)[0][0].cpu().numpy()
 
     @torch.inference_mode()
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
+    def score(self, windows: np.ndarray) -> Scores:
+        """Calibrated probabilities, unknown scores and AudioSet tags of ``windows`` ``(n, samples)``."""
         batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
-        probs = torch.stack([m(batch).softmax(-1) for m in self.models]).mean(0)
-        return probs.cpu().numpy()
+        probs, _, known, tags = self.calibrated(self.models[0].features(batch)[0])
+        return Scores(probs.cpu().numpy(), known.cpu().numpy() if self.info.calibrated else None,
+                      tags.cpu().numpy() if tags is not None and self.info.tag_names else None)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """``(n, samples)`` → calibrated probabilities ``(n, classes)``."""
+        return self.score(windows).probabilities

@@ -87,12 +87,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
     table = load_table(config)
     waves, table = build_waveform_cache(table, config, progress)
     folds: dict[str, dict] = {}
-    for name, _, test_idx in make_splits(table, config):
+    for name, _, test_idx, _, _ in make_splits(table, config):
         path = run.checkpoint(name, checkpoint)
         if not path.exists():
             continue
         model, ckpt = run.load_model(name, checkpoint, device)
-        if ckpt["classes"] != table.classes:
+        if ckpt["classes"] != table.known_classes:
             raise DataError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
                             "was trained on")
         logits, labels = predict_loader(model, eval_loader(waves, table.labels, test_idx,
@@ -100,7 +100,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
         folds[name] = {"recorded": recorded.get(name), **score(logits, labels), "epoch": ckpt["epoch"]}
         if checkpoint == "last" and not run.predictions_path(name).exists():
             run.save_predictions(name, Predictions.from_logits(
-                logits, labels, [str(table.paths[i]) for i in test_idx], table.classes))
+                logits, labels, [str(table.paths[i]) for i in test_idx], table.known_classes))
         if tta > 1:
             shifted = predict_shifted(model, waves, test_idx, tta, device)
             folds[name]["accuracy_tta"] = float((shifted.argmax(1) == labels).mean())

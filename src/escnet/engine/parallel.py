@@ -33,7 +33,7 @@ def _environment(slot: int, k: int) -> dict[str, str]:
 
     env = dict(os.environ)
     threads = str(max(1, available_cores() // k))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, ESCNET_PARENT_PID=str(os.getpid()))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)

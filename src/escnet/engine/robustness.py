@@ -105,7 +105,7 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     make_output_dir(target.path)
     device = torch.device(config.resolved_device())
     table = load_table(config)
-    splits = {name: test for name, _, test in make_splits(table, config) if name in folds}
+    splits = {s.name: s.test for s in make_splits(table, config) if s.name in folds}
     if set(splits) != set(folds):
         raise EscnetError(f"{config.data.data_dir}: its folds differ from those run {run.path} was "
                           "trained on")
@@ -113,7 +113,7 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     models = {}
     for name in splits:
         model, ckpt = run.load_model(name, "last", device)
-        if ckpt["classes"] != table.classes:
+        if ckpt["classes"] != table.known_classes:
             raise EscnetError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
                               "was trained on")
         models[name] = model

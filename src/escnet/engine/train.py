@@ -26,15 +26,16 @@ from tqdm.auto import tqdm
 
 from escnet.config import RESULT_FREE, TaskConfig
 from escnet.data.cache import build_waveform_cache
-from escnet.data.tables import ClipTable, load_table, make_splits
+from escnet.data.tables import ClipTable, Split, load_table, make_splits
 from escnet.engine import distributed
+from escnet.engine.calibrate import finish_fold
 from escnet.engine.data import TrainData, eval_loader, prepare_data, train_loader
 from escnet.engine.distributed import ALONE, Ranks
 from escnet.engine.evaluate import predict_loader, score
 from escnet.errors import ConfigError, EscnetError
 from escnet.machine import keep_freed_memory, machine_description
 from escnet.models import SoundClassifier, count_parameters, resolve_args
-from escnet.runs import Predictions, RunDir, mean_std
+from escnet.runs import RunDir, mean_std
 from escnet.transforms.batch import BatchAugment
 
 EpochCallback = Callable[[dict], None]
@@ -143,11 +144,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
             "data_seconds": data_wait}
 
 
-def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
-               train_idx: np.ndarray, test_idx: np.ndarray, run: RunDir, progress: bool = True,
-               callbacks: Sequence[EpochCallback] = (), ranks: Ranks = ALONE) -> dict:
-    """Train on ``train_idx``, test on ``test_idx`` after each epoch; resume from ``last.pt``.
-    Under DDP every rank runs this; only rank 0 writes."""
+def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, split: Split, run: RunDir,
+               progress: bool = True, callbacks: Sequence[EpochCallback] = (), ranks: Ranks = ALONE
+               ) -> dict:
+    """Train on ``split.train``, test on ``split.test`` after each epoch; resume from
+    ``last.pt``. Then calibrate on ``split.validation`` and keep the held-out logits (with
+    those of ``split.unknown``). Under DDP every rank runs this; only rank 0 writes."""
+    name, train_idx, test_idx = split.name, split.train, split.test
     fold_index = int(name) if name.isdigit() else 0  # same seeds whichever folds are run
     device = torch.device(config.resolved_device())
     _seed(config, fold_index, 0)
@@ -180,7 +183,6 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
         history = state["history"]
     tests = eval_loader(data.clips, table.labels, ranks.shard(test_idx), config)
     epochs = config.train.num_epochs
-    held_out = None  # the latest epoch's (logits, labels) on the test fold
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         loader = train_loader(data, table, train_idx, config, _seed(config, fold_index, epoch),
@@ -202,13 +204,12 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, name: str,
                         "scheduler": scheduler.state_dict() if scheduler is not None else None}
             if ema is not None:
                 training |= {"trained": model.state_dict(), "ema_updates": int(ema.n_averaged)}
-            run.save_epoch(name, history, scored.state_dict(), table.classes, training)
+            run.save_epoch(name, history, scored.state_dict(), table.known_classes, training,
+                           model.tag_names)
         for callback in callbacks:
             callback(entry)
     if ranks.main and not run.predictions_path(name).exists():  # the last epoch's, for reports
-        logits, labels = held_out or _held_out(scored, tests, device, ranks)
-        run.save_predictions(name, Predictions.from_logits(
-            logits, labels, [str(table.paths[i]) for i in test_idx], table.classes))
+        finish_fold(scored, data.clips, table, split, run, config, device)
     if ranks.main:
         run.complete_fold_files(name)
     ranks.barrier()  # the fold's files are written before any rank goes on
@@ -302,21 +303,31 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     # fail on a bad model setting, weights or device before any slow work (and before the run folder)
     parameters = SoundClassifier.check(config)
     config.resolved_device()
+    run.check_startable(resume)
     ranks = distributed.setup(config)
     try:
         if parallel_folds > 1 and ranks.active:
             raise ConfigError("--parallel-folds: not under torchrun (each fold already uses every process)")
-        prepared = _prepare(config, run, resume, progress and ranks.main, ranks, ranks.main,
-                            parallel_folds)
-        if parallel_folds > 1:
-            result = _train_parallel(prepared, run, resume, parallel_folds, parameters, callbacks, started)
-        else:
-            result = _train_folds(prepared, run, progress and ranks.main,
-                                  callbacks if ranks.main else (), ranks, started)
-        ranks.barrier()  # gloo aborts a rank whose peer tears the group down under it
-        return result
+        with run.lock() if ranks.main else contextlib.nullcontext():
+            return _train_locked(config, run, resume, progress, callbacks, parallel_folds, parameters,
+                                 ranks, started)
     finally:
         ranks.close()
+
+
+def _train_locked(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
+                  callbacks: Sequence[EpochCallback], parallel_folds: int, parameters: int,
+                  ranks: Ranks, started: float) -> dict:
+    """:func:`train`'s work, while this process holds the run folder."""
+    prepared = _prepare(config, run, resume, progress and ranks.main, ranks, ranks.main,
+                        parallel_folds)
+    if parallel_folds > 1:
+        result = _train_parallel(prepared, run, resume, parallel_folds, parameters, callbacks, started)
+    else:
+        result = _train_folds(prepared, run, progress and ranks.main,
+                              callbacks if ranks.main else (), ranks, started)
+    ranks.barrier()  # gloo aborts a rank whose peer tears the group down under it
+    return result
 
 
 def train_fold_of_run(run_dir: str | Path, fold: str,
@@ -327,11 +338,11 @@ def train_fold_of_run(run_dir: str | Path, fold: str,
     run = RunDir(run_dir)
     keep_freed_memory()
     prepared = _prepare(run.read_config(), run, True, False, ALONE, talk=False)
-    split = next((s for s in prepared.splits if s[0] == fold), None)
+    split = next((s for s in prepared.splits if s.name == fold), None)
     if split is None:
         raise ConfigError(f"fold {fold}: not a fold of {run.path}")
     data, _, _ = prepare_data(prepared.waves, prepared.table, prepared.config, False)
-    return train_fold(prepared.config, data, prepared.table, *split, run, False, callbacks)
+    return train_fold(prepared.config, data, prepared.table, split, run, False, callbacks)
 
 
 @dataclass
@@ -342,7 +353,7 @@ class _Prepared:
     config: TaskConfig
     table: ClipTable
     waves: np.ndarray
-    splits: list[tuple[str, np.ndarray, np.ndarray]]
+    splits: list[Split]
     cache_seconds: float
 
 
@@ -369,9 +380,9 @@ def _prepare(config: TaskConfig, run: RunDir, resume: bool, progress: bool, rank
     cache_seconds = time.perf_counter() - tick
     for note in table.notes[said:] if talk else ():  # files left out
         log.info(note)
-    config = resolve_model(config, len(table.classes))
+    config = resolve_model(config, len(table.known_classes))
     splits = make_splits(table, config)
-    left = [name for name, _, _ in splits if name not in (run.finished if resume else [])]
+    left = [s.name for s in splits if s.name not in (run.finished if resume else [])]
     if parallel_folds > 1 and parallel_folds > len(left):  # before the run folder is made
         raise ConfigError(f"--parallel-folds {parallel_folds}: only {len(left)} fold(s) left to train")
     if talk:
@@ -388,9 +399,8 @@ def _train_folds(p: _Prepared, run: RunDir, progress: bool, callbacks: Sequence[
         callbacks = [*callbacks, tensorboard_logger(run.tensorboard_dir)]
     folds: dict[str, dict] = {}
     summary: dict = {}
-    for name, train_idx, test_idx in p.splits:
-        folds[name] = train_fold(p.config, data, p.table, name, train_idx, test_idx, run, progress,
-                                 callbacks, ranks)
+    for split in p.splits:
+        folds[split.name] = train_fold(p.config, data, p.table, split, run, progress, callbacks, ranks)
         if ranks.main:
             summary = _write_summary(run, p.config, p.table, folds, len(p.splits), p.cache_seconds,
                                      augment_seconds, feature_seconds, started)
@@ -402,10 +412,10 @@ def _train_parallel(p: _Prepared, run: RunDir, resume: bool, k: int, parameters:
     """The unfinished folds, ``k`` processes at a time; then the summary of them all."""
     from escnet.engine.parallel import train_folds_in_parallel
 
-    left = [name for name, _, _ in p.splits if name not in (run.finished if resume else [])]
+    left = [s.name for s in p.splits if s.name not in (run.finished if resume else [])]
     trained = train_folds_in_parallel(run, left, k, callbacks)
-    folds = {name: trained.get(name) or fold_result(run.read_history(name), parameters)
-             for name, _, _ in p.splits}
+    folds = {s.name: trained.get(s.name) or fold_result(run.read_history(s.name), parameters)
+             for s in p.splits}
     return _write_summary(run, p.config, p.table, folds, len(p.splits), p.cache_seconds, 0.0, 0.0,
                           started)
 
@@ -414,10 +424,13 @@ def _write_summary(run: RunDir, config: TaskConfig, table: ClipTable, folds: dic
                    planned: int, cache_seconds: float, augment_seconds: float,
                    feature_seconds: float, started: float) -> dict:
     """The pooled metrics of the folds done so far, and the summary."""
-    pooled = run.write_pooled_metrics(list(folds), table.classes)
+    pooled = run.write_pooled_metrics(list(folds), table.known_classes)
     summary = _summary(config, table, folds, planned, cache_seconds + augment_seconds,
                        feature_seconds, time.perf_counter() - started)
     summary["macro_f1_pooled"] = pooled["macro_f1"]
+    for key in ("calibration", "open_set"):  # the pooled figures, for the end-of-run lines
+        if key in pooled:
+            summary[key] = pooled[key]
     run.write_summary(summary)
     return summary
 
@@ -454,7 +467,8 @@ def _summary(config: TaskConfig, table: ClipTable, folds: dict[str, dict], plann
         "best_epoch_accuracy": {name: f["best_epoch_accuracy"] for name, f in folds.items()},
         "epochs": config.train.num_epochs,
         "parameters": next(iter(folds.values()))["parameters"],
-        "classes": table.classes,
+        "classes": table.known_classes,
+        "unknown_classes": table.classes[len(table.known_classes):],
         "clips": len(table),
         "data": table.source,
         "cache_seconds": round(cache_seconds, 2),  # decode + resample + augmented copies, once
@@ -474,6 +488,13 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  fold {name}: {100 * acc:.1f} %")
     lines.append(f"  mean: {100 * summary['accuracy_mean']:.1f} % "
                  f"± {100 * summary['accuracy_std']:.1f} (std over folds)")
+    if cal := summary.get("calibration"):
+        lines.append(f"  calibration (held-out, pooled): ECE {cal['ece_before']:.3f} → "
+                     f"{cal['ece_after']:.3f}, NLL {cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
+    if (o := summary.get("open_set")) and "false_acceptance" in o:
+        lines.append(f"  unknown classes: AUROC {o['auroc']:.3f}; at the threshold "
+                     f"{100 * o['known_kept']:.1f} % of known clips kept, "
+                     f"{100 * o['false_acceptance']:.1f} % of unknown clips accepted")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -36,6 +37,9 @@ class SoundClassifier(nn.Module):
         ``model.pretrained`` weights are fetched, verified and loaded into a backbone built for
         them. Returns the backbone's parameter count."""
         m, mels, frames = config.model, config.features.n_mels, config.length
+        if m.args.get("audioset_head") and not m.pretrained:
+            raise ConfigError("setting model.args.audioset_head=true: keeps the head of AudioSet "
+                              "weights, but model.pretrained names none (e.g. mn04_as)")
         with torch.device("meta"):
             backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
                                     **m.args)
@@ -82,8 +86,23 @@ class SoundClassifier(nn.Module):
         (backbones with an ``embed``: the ``mn`` models)."""
         return self.backbone.embed(self.features(wav)[0])
 
+    @property
+    def tag_names(self) -> list[str] | None:
+        """Names of the backbone's AudioSet head outputs, when it has one (``audioset_head``)."""
+        return getattr(self.backbone, "tag_names", None)
+
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.backbone(*self.features(wav, lengths))
+
+    def outputs(self, wav: torch.Tensor) -> Outputs:
+        """Waveforms ``(batch, samples)`` → :class:`Outputs`."""
+        return outputs_of(self.backbone, self.features(wav)[0])
+
+    def outputs_batch(self, batch: dict[str, torch.Tensor], device: torch.device) -> Outputs:
+        """:class:`Outputs` for a batch from :func:`escnet.data.collate` (see :meth:`forward_batch`)."""
+        if "features" in batch:
+            return outputs_of(self.backbone, batch["features"].to(device))
+        return self.outputs(batch["wav"].to(device))
 
     def forward_batch(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Logits for a batch from :func:`escnet.data.collate`: waveforms, or log-mels
@@ -91,3 +110,25 @@ class SoundClassifier(nn.Module):
         if "features" in batch:
             return self.backbone(batch["features"].to(device), None)
         return self(batch["wav"].to(device), batch["length"].to(device))
+
+
+class Outputs(NamedTuple):
+    """What a model makes of a batch, from one pass of its trunk."""
+
+    logits: torch.Tensor
+    """``(batch, classes)``."""
+    embedding: torch.Tensor | None
+    """``(batch, dim)``: the pooled embedding the head reads, for backbones with ``embed``."""
+    tags: torch.Tensor | None
+    """``(batch, 527)``: the frozen AudioSet head's tag probabilities, for backbones with one."""
+
+
+def outputs_of(backbone: nn.Module, x: torch.Tensor) -> Outputs:
+    """:class:`Outputs` of ``backbone`` for log-mels ``(batch, n_mels, frames)`` (or, for a
+    backbone with ``embed``, embeddings ``(batch, dim)`` computed before)."""
+    if not hasattr(backbone, "embed"):
+        return Outputs(backbone(x, None), None, None)
+    embedding = x if x.dim() == 2 else backbone.embed(x)
+    audioset = getattr(backbone, "audioset", None)
+    return Outputs(backbone.head(embedding), embedding,
+                   audioset(embedding).sigmoid() if audioset is not None else None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from escnet.errors import ConfigError
 from escnet.models.layers import check_args
 from escnet.models.pretrained import WeightsFile, load_strict
 from escnet.models.registry import register_model
@@ -34,6 +35,12 @@ AUDIOSET = {  # name → (file of release v0.0.1, SHA-256 where one is published
     "mn40_as_ext": ("mn40_as_ext_mAP_487.pt", ""),
 }
 AUDIOSET_CLASSES = 527
+AUDIOSET_NAMES = WeightsFile(
+    "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv",
+    "cdd1049833c4b86127c2773ac0d14a2754b6a6d0d1798002ed5c66e699708429",
+    "audioset_class_labels_indices.csv")
+"""The 527 AudioSet class names in output order (``index,mid,display_name``; AudioSet
+ontology, Google, CC BY 4.0), fetched like weights (``$ESCNET_WEIGHTS``, cache, download)."""
 # MobileNetV3-Large's blocks: input, kernel, expanded, output channels, squeeze-excitation,
 # hardswish (else ReLU), stride.
 BLOCKS = [(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2),
@@ -127,11 +134,15 @@ class MobileNet(nn.Module):
     ``frozen_norm=True`` trains the whole trunk but keeps its BatchNorm statistics at the
     pretrained ones (the layers' scales and shifts still learn): fine-tuning on a few thousand
     cropped, masked and mixed clips then does not move the statistics evaluation uses.
+    ``audioset_head=True`` keeps a frozen copy of the pretrained 527-class AudioSet head beside
+    the new one (``audioset``: embedding → 527 logits): what AudioSet hears in a sound none of the new classes
+    fits. It needs AudioSet weights (``model.pretrained``); ``tag_names`` are then its outputs'
+    names.
     """
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: float = 0.4,
                  head: str = "mlp", dropout: float = 0.2, freeze: bool = False,
-                 frozen_norm: bool = False) -> None:
+                 frozen_norm: bool = False, audioset_head: bool = False) -> None:
         super().__init__()
         check_args("mn", head=(head, head in ("mlp", "linear"), "must be mlp or linear"),
                    dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"))
@@ -154,9 +165,16 @@ class MobileNet(nn.Module):
             self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
                                             nn.BatchNorm1d(self.embed_dim, affine=False, momentum=None),
                                             nn.Dropout(dropout), nn.Linear(self.embed_dim, num_classes))
+        self.audioset = (nn.Sequential(nn.Linear(self.embed_dim, scaled(HEAD_WIDTH, width)),
+                                       nn.Hardswish(), nn.Linear(scaled(HEAD_WIDTH, width),
+                                                                 AUDIOSET_CLASSES))
+                         if audioset_head else None)
+        self.tag_names: list[str] | None = None
         self._init_weights()
         if freeze:
             self.features.requires_grad_(False)
+        if self.audioset is not None:
+            self.audioset.requires_grad_(False)
 
     def _init_weights(self) -> None:
         for m in self.modules():  # EfficientAT's (torchvision's MobileNetV3) initialisation
@@ -189,7 +207,18 @@ class MobileNet(nn.Module):
         other classes); the new classes' layer starts fresh."""
         skip = ("classifier.",) if self.head_kind == "linear" else \
             () if self.classifier[-1].out_features == AUDIOSET_CLASSES else ("classifier.5.",)
+        if self.audioset is not None:
+            head = state.get("classifier.5.weight")
+            if head is None or head.shape[0] != AUDIOSET_CLASSES:
+                raise ConfigError(f"setting model.args.audioset_head=true: {source} has no "
+                                  f"{AUDIOSET_CLASSES}-class AudioSet head to keep")
+            state = {**state, **{f"audioset.{new}.{p}": state[f"classifier.{old}.{p}"]
+                                 for new, old in ((0, 2), (2, 5)) for p in ("weight", "bias")}}
         load_strict(self, state, skip=skip, source=source)
+
+    def tag_file(self) -> WeightsFile | None:
+        """Where the names of the AudioSet head's outputs come from, with that head."""
+        return AUDIOSET_NAMES if self.audioset is not None else None
 
     @property
     def head(self) -> nn.Sequential:
@@ -210,8 +239,9 @@ class MobileNet(nn.Module):
 
 def _register(name: str, width: float) -> None:
     def build(n_mels: int, frames: int, num_classes: int, head: str = "mlp", dropout: float = 0.2,
-              freeze: bool = False, frozen_norm: bool = False) -> MobileNet:
-        return MobileNet(n_mels, frames, num_classes, width, head, dropout, freeze, frozen_norm)
+              freeze: bool = False, frozen_norm: bool = False, audioset_head: bool = False) -> MobileNet:
+        return MobileNet(n_mels, frames, num_classes, width, head, dropout, freeze, frozen_norm,
+                         audioset_head)
 
     build.__doc__ = f"EfficientAT {name}: :class:`MobileNet` at width {width}."
     register_model(name)(build)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import re
@@ -22,11 +23,14 @@ class WeightsFile:
 
     url: str
     sha256: str = ""
+    file_name: str = ""
+    """The name escnet keeps it under, where the publisher's (the URL's last part) is too
+    generic to find in ``$ESCNET_WEIGHTS``."""
 
     @property
     def name(self) -> str:
         """The file's name, as its publisher gives it (``Cnn14_mAP=0.431.pth``)."""
-        return unquote(self.url.split("?")[0].rsplit("/", 1)[-1])
+        return self.file_name or unquote(self.url.split("?")[0].rsplit("/", 1)[-1])
 
 
 def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> None:
@@ -38,6 +42,15 @@ def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> No
     known = model.known_weights() if hasattr(model, "known_weights") else {}
     path = resolve_weights(spec, sha256, known, cache)
     model.load_pretrained(read_state_dict(path), str(path))
+    tags = model.tag_file() if hasattr(model, "tag_file") else None
+    if tags is not None:
+        model.tag_names = read_tag_names(resolve_weights(tags.url, "", {tags.url: tags}, cache))
+
+
+def read_tag_names(path: Path) -> list[str]:
+    """The ``display_name`` column of an AudioSet ``class_labels_indices.csv``."""
+    with path.open(newline="", encoding="utf-8") as f:
+        return [row["display_name"] for row in csv.DictReader(f)]
 
 
 def weights_folder() -> Path | None:

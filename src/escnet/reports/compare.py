@@ -16,7 +16,7 @@ from escnet.models import SoundClassifier, count_macs, count_parameters
 from escnet.reports.html import held_out_predictions, img, page, pct, table
 from escnet.reports.plots import save_comparison
 from escnet.runs import Predictions, RunDir, mean_std
-from escnet.runs.metrics import classification_metrics
+from escnet.runs.metrics import classification_metrics, held_out_figures
 
 COMPARE_COLUMNS = ["run", "model", "parameters", "GMACs/clip", "epochs"]
 
@@ -92,7 +92,16 @@ def _compare_row(parts: list[RunDir]) -> dict:
             "macro_f1": f1,
             "epoch_seconds": float(np.median([h["seconds"] for run in parts
                                               for hist in run.histories.values() for h in hist])),
-            "robustness": _robustness(parts), "status": status}
+            "robustness": _robustness(parts), "ece": _ece(parts), "status": status}
+
+
+def _ece(parts: list[RunDir]) -> float | None:
+    """Held-out expected calibration error after calibration, pooled over the experiment's
+    finished folds; ``None`` for runs made before escnet calibrated."""
+    scores = [run.fold_scores(run.finished) for run in parts]
+    if any(s is None for s in scores):
+        return None
+    return held_out_figures([f for s in scores for f in s])["calibration"]["ece_after"]
 
 
 def _robustness(parts: list[RunDir]) -> float | None:
@@ -146,12 +155,14 @@ def write_comparison(rows: list[dict], out_dir: str | Path) -> None:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in cells]
     atomic_write_text(out / "compare.md", "Accuracy, macro-F1 and robustness (mean accuracy over "
-                      "corruptions, escnet robustness) in %.\n\n" + "\n".join(md) + "\n")
+                      "corruptions, escnet robustness) in %; ECE: held-out expected calibration "
+                      "error after calibration (15 bins).\n\n" + "\n".join(md) + "\n")
     atomic_write_text(out / "compare.csv", _csv(rows))
     save_comparison([f"{r['run']} ({r['model']})" for r in rows], [r["mean"] for r in rows],
                     [r["std"] for r in rows], out / "compare.png")
     body = ("<p>Held-out accuracy (last epoch of each fold) and macro-F1 in %; ± is the std over "
-            "folds; robustness is the mean accuracy over corruptions (escnet robustness).</p>"
+            "folds; robustness is the mean accuracy over corruptions (escnet robustness); ECE "
+            "the held-out expected calibration error after calibration (15 bins).</p>"
             + table(header, cells) + img(out / "compare.png", "mean accuracy per run"))
     atomic_write_text(out / "compare.html", page("escnet comparison", body))
 
@@ -160,10 +171,11 @@ def _table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and cells (%, formatted) of the comparison table."""
     folds = _fold_names(rows)
     header = [*COMPARE_COLUMNS, *[f"fold {f}" for f in folds], "mean ± std", "macro-F1 (pooled)",
-              "robustness", "s / epoch", "status"]
+              "robustness", "ECE", "s / epoch", "status"]
     cells = [[r["run"], r["model"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}", str(r["epochs"]),
               *[pct(r["folds"].get(f)) for f in folds], format_accuracy(r),
-              pct(r["macro_f1"]), pct(r["robustness"]), f"{r['epoch_seconds']:.1f}", r["status"]]
+              pct(r["macro_f1"]), pct(r["robustness"]),
+              "–" if r["ece"] is None else f"{r['ece']:.3f}", f"{r['epoch_seconds']:.1f}", r["status"]]
              for r in rows]
     return header, cells
 
@@ -175,12 +187,13 @@ def _csv(rows: list[dict]) -> str:
     writer = csv.writer(out)
     writer.writerow(["run", "model", "parameters", "gmacs_per_clip", "epochs",
                      *[f"fold_{x}" for x in folds], "accuracy_mean", "accuracy_std", "macro_f1",
-                     "robustness", "epoch_seconds", "status"])
+                     "robustness", "ece", "epoch_seconds", "status"])
     for r in rows:
         writer.writerow([r["run"], r["model"], r["parameters"], f"{r['gmacs']:.4f}", r["epochs"],
                          *[("" if f not in r["folds"] else f"{r['folds'][f]:.4f}") for f in folds],
                          f"{r['mean']:.4f}", f"{r['std']:.4f}",
                          "" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}",
                          "" if r["robustness"] is None else f"{r['robustness']:.4f}",
+                         "" if r["ece"] is None else f"{r['ece']:.4f}",
                          f"{r['epoch_seconds']:.2f}", r["status"]])
     return out.getvalue()

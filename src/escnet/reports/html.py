@@ -10,12 +10,23 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from escnet.files import atomic_write_text
-from escnet.reports.plots import save_confusion, save_curves, save_per_class
+from escnet.reports.plots import (
+    save_confusion,
+    save_curves,
+    save_per_class,
+    save_reliability,
+    save_score_histograms,
+)
 from escnet.runs import Predictions, RunDir
-from escnet.runs.metrics import classification_metrics, confused_pairs, major_category
+from escnet.runs.metrics import (
+    classification_metrics,
+    confused_pairs,
+    held_out_figures,
+    major_category,
+    softmax,
+)
 
 log = logging.getLogger("escnet")
 
@@ -99,6 +110,7 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<h2>Most confused pairs</h2>" + table(
             ["true", "predicted as", "clips", "examples"],
             [[p["true"], p["predicted"], str(p["count"]), ", ".join(p["files"])] for p in pairs]))
+    parts.append(_calibration_section(run, figures))
     robust = run.read_robustness()
     if robust:
         rows = [[name, pct(r["accuracy"]), f"{100 * (r['accuracy'] - robust['clean']):+.1f}"]
@@ -113,8 +125,55 @@ def write_report(run_dir: str | Path) -> Path:
     if ev.get("tta", 0) > 1:
         parts.append(f"<p>With test-time averaging over {ev['tta']} shifts (escnet evaluate --tta): "
                      f"{pct(ev['accuracy_tta_mean'])} % ± {pct(ev['accuracy_tta_std'])}</p>")
-    parts.append("<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    parts.append("<h2>Config</h2><pre>" + html.escape(run.config.to_yaml())
                  + "</pre>")
     return atomic_write_text(run.report_path, page(title, "".join(parts)))
 
 
+
+
+def _calibration_section(run: RunDir, figures: Path) -> str:
+    """Calibration (a reliability diagram) and, for an open-set run, the unknown scores of
+    known and unknown clips; empty for a run made before escnet kept held-out logits."""
+    folds = run.fold_scores(run.finished)
+    if folds is None:
+        return ""
+    result = held_out_figures(folds, run.read_calibration(run.finished[0]).get("unknown_score"))
+    cal = result["calibration"]
+    known = [f.labels >= 0 for f in folds]
+    curves = {}
+    for name, calibrated in (("before", False), ("after", True)):
+        probs = [softmax(f.logits[k], f.temperature if calibrated else 1.0)
+                 for f, k in zip(folds, known, strict=True)]
+        labels = np.concatenate([f.labels[k] for f, k in zip(folds, known, strict=True)])
+        conf = np.concatenate([p.max(1) for p in probs])
+        correct = np.concatenate([p.argmax(1) for p in probs]) == labels
+        curves[f"{name} calibration"] = (conf, correct)
+    save_reliability(curves, figures / "reliability.png", "reliability, held-out clips pooled")
+    temps = cal["temperature"] if isinstance(cal["temperature"], list) else [cal["temperature"]]
+    out = ("<h2>Calibration</h2>"
+           f"<p>Each fold model's temperature was fitted on its validation clips "
+           f"(train.validation_share={run.config.train.validation_share:g}, never the test fold): "
+           f"{', '.join(f'{t:.2f}' for t in temps)}. Held-out expected calibration error (15 bins) "
+           f"{cal['ece_before']:.3f} → {cal['ece_after']:.3f}, negative log-likelihood "
+           f"{cal['nll_before']:.3f} → {cal['nll_after']:.3f}.</p>"
+           + img(figures / "reliability.png", "reliability diagram"))
+    o = result.get("open_set")
+    if o is None:
+        return out
+    score = o["score"]
+    scores = [f.scores[score] for f in folds]
+    save_score_histograms(np.concatenate([s[k] for s, k in zip(scores, known, strict=True)]),
+                          np.concatenate([s[~k] for s, k in zip(scores, known, strict=True)]),
+                          [f.thresholds[score] for f in folds if score in f.thresholds],
+                          figures / "unknown_scores.png", "unknown scores, held-out clips", score)
+    rows = [[name, f"{e['auroc']:.3f}", pct(e.get("known_kept")), pct(e.get("false_acceptance")),
+             pct(e.get("known_accuracy_at_threshold"))] for name, e in o["by_score"].items()]
+    unknown_names = ", ".join(run.summary.get("unknown_classes", []))
+    return out + (f"<h2>Unknown sounds</h2><p>{o['unknown_clips']} held-out clips of classes left out "
+                  f"of training ({html.escape(unknown_names)}) against {o['known_clips']} of known "
+                  f"classes. The model answers by <b>{html.escape(score)}</b>; known-class accuracy "
+                  f"{pct(o['known_accuracy'])} %.</p>"
+                  + table(["score", "AUROC", "known clips kept (%)", "unknown clips accepted (%)",
+                           "known accuracy, rejections as errors (%)"], rows)
+                  + img(figures / "unknown_scores.png", "unknown score histograms"))

@@ -130,3 +130,45 @@ def save_robustness(result: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+                     title: str, bins: int = 15) -> None:
+    """A reliability diagram: for each named ``(confidence, correct)`` pair of ``(clips,)``
+    arrays, the accuracy of the clips in each of ``bins`` equal-width confidence bins against
+    their mean confidence (the diagonal: perfectly calibrated), with the share of clips per bin
+    below."""
+    from escnet.runs.metrics import expected_calibration_error, reliability
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), dpi=100, height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    edges = np.linspace(0, 1, bins + 1)
+    for (name, (conf, correct)), color in zip(curves.items(), ("tab:grey", "tab:blue"), strict=False):
+        mean_conf, acc, count = reliability(conf, correct, bins)
+        seen = count > 0
+        ece = expected_calibration_error(conf, correct, bins)
+        ax.plot(mean_conf[seen], acc[seen], "o-", color=color, label=f"{name} (ECE {ece:.3f})")
+        hist.stairs(count / count.sum(), edges, color=color, label=name)
+    ax.set(title=title, ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    hist.set(xlabel="confidence (top class probability)", ylabel="share of clips")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_score_histograms(known: np.ndarray, unknown: np.ndarray, thresholds: list[float],
+                          path: str | Path, title: str, score: str) -> None:
+    """Histograms of an unknown score ``(clips,)`` for clips of known and of unknown classes,
+    with the fold models' thresholds (below: answered "unknown")."""
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 40)
+    ax.hist(known, bins, alpha=0.6, density=True, label=f"known classes ({len(known)} clips)")
+    ax.hist(unknown, bins, alpha=0.6, density=True, label=f"unknown classes ({len(unknown)} clips)")
+    for i, t in enumerate(thresholds):
+        ax.axvline(t, color="black", lw=0.8, ls="--", label="thresholds (per fold)" if i == 0 else None)
+    ax.set(title=title, xlabel=f"{score} (higher: more like the training classes)", ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Classification metrics of held-out predictions (scikit-learn), per fold and pooled.
+"""Classification metrics of held-out predictions (scikit-learn), per fold and pooled; the
+calibration and open-set (unknown sounds) figures of held-out logits.
 
 Each finished fold of a run holds ``fold-K/predictions.csv`` (:class:`escnet.runs.Predictions`).
 Everything else (accuracy, macro-F1, per-class accuracy, the confusion matrix, the most confused
@@ -7,10 +8,12 @@ pairs) is computed from those files, so a report can always be rebuilt from a ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
+import scipy.special
+from sklearn.metrics import confusion_matrix, f1_score, log_loss, roc_auc_score
 
 # ESC-50's classes in target order; target // 10 is the major category.
 ESC50_CLASSES = (
@@ -71,3 +74,106 @@ def confused_pairs(labels: np.ndarray, predicted: np.ndarray, paths: list[str], 
     return [{"true": classes[t], "predicted": classes[p], "count": len(rows),
              "files": [Path(paths[i]).name for i in rows[:examples]]}
             for (t, p), rows in ranked]
+
+
+# --- calibration and unknown sounds --------------------------------------------------------
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``(clips, classes)`` logits → probabilities of ``softmax(logits / temperature)``."""
+    return scipy.special.softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE (Guo et al., 2017): clips binned by confidence into ``bins`` equal-width
+    bins of [0, 1]; the mean over clips of |accuracy − mean confidence| of their bin.
+
+    Written here (a few lines) rather than imported: scikit-learn's ``calibration_curve`` is
+    binary only, and torchmetrics would be a dependency for this one function.
+    """
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    if not len(confidence):
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(int), bins - 1)  # bin k holds (k/bins, (k+1)/bins]
+    total = 0.0
+    for k in np.unique(which):
+        inside = which == k
+        total += abs(correct[inside].mean() - confidence[inside].mean()) * inside.sum()
+    return float(total / len(confidence))
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: mean confidence, accuracy (NaN where empty) and clip count."""
+    which = np.minimum((np.asarray(confidence) * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        conf = np.bincount(which, confidence, bins) / count
+        acc = np.bincount(which, np.asarray(correct, np.float64), bins) / count
+    return conf, acc, count
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean ``-log p(true class)`` (scikit-learn's ``log_loss``, clipped at 1e-15)."""
+    return float(log_loss(labels, probabilities, labels=np.arange(probabilities.shape[1])))
+
+
+@dataclass
+class FoldScores:
+    """A fold model's held-out clips: ``logits (clips, classes)``, ``labels (clips,)`` (-1 for
+    a clip of a class left out of training) and unknown ``scores`` (``{name: (clips,)}``,
+    :mod:`escnet.models.unknown`), with the model's ``temperature`` and ``thresholds`` per
+    score (empty when it has none)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    scores: dict[str, np.ndarray]
+    temperature: float
+    thresholds: dict[str, float]
+
+
+def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> dict:
+    """Calibration and open-set figures of held-out clips, pooled over ``folds`` (each clip
+    scored by its own fold's model, temperature and threshold).
+
+    Returns ``{"calibration": {ece_before, ece_after, nll_before, nll_after, temperature}}``
+    and, when some clips are of unknown classes, ``"open_set"``: the AUROC of telling known from
+    unknown clips, and at each model's threshold: the share of known clips kept, the false
+    acceptance rate of unknown clips, the known clips' accuracy counting a rejection as an error
+    (``known_accuracy_at_threshold``) and among the kept ones, against ``known_accuracy``: at
+    the top level for the ``operating`` score, under ``by_score`` for every score all folds have.
+    """
+    known = [f.labels >= 0 for f in folds]
+    raw = np.concatenate([softmax(f.logits[k]) for f, k in zip(folds, known, strict=True)])
+    cal = np.concatenate([softmax(f.logits[k], f.temperature) for f, k in zip(folds, known, strict=True)])
+    labels = np.concatenate([f.labels[k] for f, k in zip(folds, known, strict=True)])
+    result: dict = {"calibration": {
+        "ece_before": expected_calibration_error(raw.max(1), raw.argmax(1) == labels),
+        "ece_after": expected_calibration_error(cal.max(1), cal.argmax(1) == labels),
+        "nll_before": negative_log_likelihood(raw, labels),
+        "nll_after": negative_log_likelihood(cal, labels),
+        "temperature": [f.temperature for f in folds] if len(folds) > 1 else folds[0].temperature,
+        "clips": len(labels)}}
+    if all(k.all() for k in known):
+        return result
+    is_known = np.concatenate(known)
+    right = cal.argmax(1) == labels
+    names = [n for n in folds[0].scores if all(n in f.scores for f in folds)]
+    if not names:
+        return result
+    by_score = {}
+    for name in names:
+        pooled = np.concatenate([f.scores[name] for f in folds])
+        entry: dict = {"auroc": float(roc_auc_score(is_known, pooled))}
+        if all(name in f.thresholds for f in folds):
+            accepted = np.concatenate([f.scores[name] >= f.thresholds[name] for f in folds])
+            kept = accepted[is_known]
+            entry |= {"known_kept": float(kept.mean()),
+                      "false_acceptance": float(accepted[~is_known].mean()),
+                      "known_accuracy_at_threshold": float(np.mean(right & kept)),
+                      "accuracy_of_kept": float(right[kept].mean()) if kept.any() else None}
+        by_score[name] = entry
+    operating = operating if operating in by_score else names[0]
+    result["open_set"] = {"score": operating, **by_score[operating],
+                          "known_clips": int(is_known.sum()), "unknown_clips": int((~is_known).sum()),
+                          "known_accuracy": float(right.mean()), "by_score": by_score}
+    return result

@@ -10,8 +10,13 @@
       fold-K/best.pt         the epoch with the best held-out accuracy (for inspection only:
                              the reported accuracy is the last epoch's, since picking the best
                              epoch on the test fold would be optimistic)
+      fold-K/calibration.json the temperature and unknown threshold fitted on the fold's
+                             validation clips (also in last.pt as ``calibration``)
+      fold-K/held_out.npz    the last epoch's held-out logits (``logits``, ``labels``: -1 for a
+                             class left out of training, ``paths``, ``truth``: class names)
       fold-K/predictions.csv the last epoch's held-out predictions (path, label, predicted,
-                             confidence), and fold-K/metrics.json, per_class.csv, confusion.csv
+                             calibrated confidence), and fold-K/metrics.json (with calibration
+                             and open-set figures), per_class.csv, confusion.csv
       metrics.json, per_class.csv, confusion.csv   the same pooled over the finished folds
       evaluation.json        written by ``escnet evaluate``; report.html, report/ by ``escnet report``
       robustness.json, robustness.csv, robustness.png   written by ``escnet robustness``
@@ -19,7 +24,8 @@
 
 A checkpoint (``fold-K/last.pt``, ``fold-K/best.pt``) holds ``format``, ``model`` (the weights
 that were scored: the moving average with EMA), ``config`` (sections), ``classes``, ``fold``,
-``epoch`` and ``test_accuracy``; ``last.pt`` also holds what resuming needs: ``history``,
+``epoch``, ``test_accuracy`` and, with an AudioSet head, ``tag_names``; once the fold is
+finished ``last.pt`` holds its ``calibration``; ``last.pt`` also holds what resuming needs: ``history``,
 ``optimizer``, ``scheduler`` and, with EMA, ``trained`` (the trained weights) and
 ``ema_updates``. :meth:`RunDir.save_epoch` is the one place that writes them.
 
@@ -32,9 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
+import os
 import pickle
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +56,7 @@ import torch
 from escnet.config import RESULT_FREE, TaskConfig, from_dict, read_config_file
 from escnet.errors import CheckpointError, ConfigError, EscnetError
 from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
-from escnet.runs.metrics import classification_metrics, major_category
+from escnet.runs.metrics import FoldScores, classification_metrics, held_out_figures, major_category, softmax
 
 CHECKPOINT_FORMAT = 2
 """Version of the checkpoint layout: 2 holds the config in sections (1: flat, before 0.2)."""
@@ -71,9 +81,10 @@ class Predictions:
 
     @classmethod
     def from_logits(cls, logits: np.ndarray, labels: np.ndarray, paths: list[str],
-                    classes: list[str]) -> Predictions:
-        """From logits ``(clips, classes)``: the arg-max class and its softmax probability."""
-        probs = torch.from_numpy(logits).float().softmax(dim=1).numpy()
+                    classes: list[str], temperature: float = 1.0) -> Predictions:
+        """From logits ``(clips, classes)``: the arg-max class and its probability, calibrated by
+        ``temperature``."""
+        probs = softmax(logits, temperature)
         return cls(paths, labels, probs.argmax(1), probs.max(1), classes)
 
     def save(self, path: Path) -> None:
@@ -105,9 +116,10 @@ class Predictions:
                    np.concatenate([p.confidence for p in parts]), parts[0].classes)
 
 
-def write_metrics(folder: Path, preds: Predictions) -> dict:
-    """``metrics.json``, ``per_class.csv`` and ``confusion.csv`` of ``preds`` into ``folder``."""
-    result = classification_metrics(preds.labels, preds.predicted, preds.classes)
+def write_metrics(folder: Path, preds: Predictions, figures: dict | None = None) -> dict:
+    """``metrics.json``, ``per_class.csv`` and ``confusion.csv`` of ``preds`` into ``folder``;
+    ``figures`` (:func:`~escnet.runs.metrics.held_out_figures`) join ``metrics.json``."""
+    result = classification_metrics(preds.labels, preds.predicted, preds.classes) | (figures or {})
     per_class, confusion = io.StringIO(), io.StringIO()
     writer = csv.writer(per_class)
     writer.writerow(["class", "category", "accuracy", "clips"])
@@ -188,6 +200,8 @@ def _model_of(ckpt: dict[str, Any], path: str | Path, device: str | torch.device
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path}: its weights do not fit its own model settings "
                               f"({str(err).splitlines()[0]})") from None
+    if hasattr(model.backbone, "tag_names"):
+        model.backbone.tag_names = ckpt.get("tag_names")
     return model.eval(), ckpt
 
 
@@ -199,6 +213,7 @@ class RunDir:
     CONFIG, SUMMARY, EVALUATION = "config.yaml", "summary.json", "evaluation.json"
     REPORT, FIGURES = "report.html", "report"
     ROBUSTNESS = "robustness"  # .json, .csv, .png: escnet robustness, accuracy under corruptions
+    LOCK = ".escnet.lock"  # held while a process trains or calibrates the run (:meth:`lock`)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -222,6 +237,12 @@ class RunDir:
 
     def history_path(self, fold: str) -> Path:
         return self.fold_dir(fold) / "metrics.jsonl"
+
+    def calibration_path(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "calibration.json"
+
+    def held_out_path(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "held_out.npz"
 
     @property
     def exists(self) -> bool:
@@ -273,9 +294,39 @@ class RunDir:
                               "output folder")
         elif self.path.exists() and not self.path.is_dir():
             raise EscnetError(f"{self.path}: exists and is not a folder; choose another output folder")
-        elif self.path.is_dir() and any(self.path.iterdir()):
+        elif self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
             raise EscnetError(f"{self.path}: a folder that is not empty and not an escnet run; "
                               "choose a new or empty output folder")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for this process (an advisory ``fcntl`` lock on ``.escnet.lock``,
+        released when the process ends however it ends): a second ``train --resume`` or
+        ``calibrate`` of the same run is refused, naming the holder, instead of doing the work
+        twice beside it. The folder is created; one left holding nothing else is removed."""
+        make_output_dir(self.path)
+        path = self.path / self.LOCK
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise EscnetError(f"{self.path}: in use by {holder}; wait for it to end (or stop it), "
+                              "then run this again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if [p.name for p in self.path.iterdir()] == [self.LOCK]:
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            handle.close()
 
     def create(self, config: TaskConfig, resume: bool = False,
                result_free: tuple[str, ...] = ()) -> None:
@@ -315,20 +366,83 @@ class RunDir:
         return _model_of(self.load_checkpoint(fold, which, device), self.checkpoint(fold, which), device)
 
     def save_epoch(self, fold: str, history: list[dict], weights: dict[str, torch.Tensor],
-                   classes: list[str], training: dict[str, Any]) -> None:
+                   classes: list[str], training: dict[str, Any], tag_names: list[str] | None = None
+                   ) -> None:
         """After an epoch of ``fold``: its log, ``best.pt`` when this epoch scored best so far,
         and ``last.pt``, each written atomically (a kill loses one epoch at most).
 
         ``weights`` are the scored weights; ``training`` what resuming needs beyond them
-        (``optimizer``, ``scheduler``, and with EMA ``trained`` and ``ema_updates``).
+        (``optimizer``, ``scheduler``, and with EMA ``trained`` and ``ema_updates``);
+        ``tag_names`` the names of an AudioSet head's outputs.
         """
         latest = history[-1]
         state = {"model": weights, "config": self.config.to_dict(), "classes": classes, "fold": fold,
                  "epoch": latest["epoch"], "test_accuracy": latest["test_accuracy"]}
+        if tag_names:
+            state["tag_names"] = tag_names
         self.write_history(fold, history)
         if latest["test_accuracy"] >= max(h["test_accuracy"] for h in history):
             save_checkpoint(self.checkpoint(fold, "best"), state)
         save_checkpoint(self.checkpoint(fold, "last"), {**state, **training, "history": history})
+
+    def save_calibration(self, fold: str, calibration: dict, scorer: dict[str, torch.Tensor]) -> None:
+        """A finished fold's calibration (:func:`escnet.engine.calibrate.calibrate`) and its
+        unknown scorer's tensors: into its ``last.pt`` (``calibration``, ``unknown_scorer``), so
+        that the checkpoint alone predicts calibrated, and ``calibration.json``."""
+        ckpt = torch.load(self.checkpoint(fold), map_location="cpu", weights_only=True)
+        save_checkpoint(self.checkpoint(fold), {**ckpt, "calibration": calibration,
+                                                "unknown_scorer": scorer})
+        atomic_write_json(self.calibration_path(fold), calibration, indent=2)
+
+    def read_calibration(self, fold: str) -> dict:
+        """``calibration.json`` of ``fold``, or ``{}`` (a run made before escnet calibrated)."""
+        return self._read_json(self.calibration_path(fold).relative_to(self.path).as_posix())
+
+    def save_held_out(self, fold: str, logits: np.ndarray, labels: np.ndarray, paths: list[str],
+                      truth: list[str], scores: dict[str, np.ndarray]) -> None:
+        """The held-out clips' logits ``(clips, classes)``, labels (-1: a class left out of
+        training, named in ``truth``) and unknown ``scores`` (``{name: (clips,)}``)."""
+        def write(f) -> None:
+            np.savez(f, logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int64),
+                     paths=np.array(paths, dtype=str), truth=np.array(truth, dtype=str),
+                     **{f"score:{k}": np.asarray(v, np.float32) for k, v in scores.items()})
+        atomic_write(self.held_out_path(fold), write)
+
+    def read_held_out(self, fold: str) -> dict[str, np.ndarray] | None:
+        """``held_out.npz`` of ``fold`` as arrays (scores under ``score:NAME``), or ``None`` (a
+        run made before escnet kept it)."""
+        path = self.held_out_path(fold)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                held = {k: z[k] for k in z.files}
+            if {"logits", "labels", "paths", "truth"} - set(held):
+                raise ValueError("a part is missing")
+            return held
+        except (OSError, ValueError):
+            raise EscnetError(f"{path}: damaged; delete it and the fold's predictions.csv, then "
+                              "resume the run to rewrite them") from None
+
+    def fold_scores(self, folds: list[str]) -> list[FoldScores] | None:
+        """Each fold's held-out logits with its temperature and thresholds, or ``None`` when a
+        fold lacks them (a run made before escnet kept them)."""
+        parts = []
+        for fold in folds:
+            held, cal = self.read_held_out(fold), self.read_calibration(fold)
+            if held is None:
+                return None
+            scores = {k.removeprefix("score:"): v for k, v in held.items() if k.startswith("score:")}
+            parts.append(FoldScores(held["logits"], held["labels"], scores,
+                                    cal.get("temperature", 1.0), cal.get("thresholds", {})))
+        return parts or None
+
+    def figures(self, folds: list[str]) -> dict:
+        """Calibration and open-set figures of ``folds`` pooled (:func:`held_out_figures`), or
+        ``{}`` when a fold lacks its held-out logits."""
+        parts = self.fold_scores(folds)
+        operating = self.read_calibration(folds[0]).get("unknown_score") if folds else None
+        return held_out_figures(parts, operating) if parts else {}
 
     # per-epoch history
     def write_history(self, fold: str, history: list[dict]) -> None:
@@ -442,13 +556,14 @@ class RunDir:
     def save_predictions(self, fold: str, preds: Predictions) -> None:
         """A fold's ``predictions.csv``, then its metrics files."""
         preds.save(self.predictions_path(fold))
-        write_metrics(self.fold_dir(fold), preds)
+        write_metrics(self.fold_dir(fold), preds, self.figures([fold]))
 
     def complete_fold_files(self, fold: str) -> None:
         """Rewrite the metrics files of a fold whose predictions exist but whose metrics do not
         (a kill between the two writes)."""
         if self.predictions_path(fold).exists() and not (self.fold_dir(fold) / "metrics.json").exists():
-            write_metrics(self.fold_dir(fold), Predictions.load(self.predictions_path(fold), self.classes))
+            write_metrics(self.fold_dir(fold), Predictions.load(self.predictions_path(fold), self.classes),
+                          self.figures([fold]))
 
     def predictions(self, folds: list[str] | None = None) -> Predictions | None:
         """Pooled held-out predictions of ``folds`` (default: the finished ones), or ``None``
@@ -462,7 +577,7 @@ class RunDir:
     def write_pooled_metrics(self, folds: list[str], classes: list[str]) -> dict:
         """Metrics pooled over ``folds`` into the run's top folder."""
         self.__dict__["classes"] = classes
-        return write_metrics(self.path, self.predictions(folds))
+        return write_metrics(self.path, self.predictions(folds), self.figures(folds))
 
     def fold_metrics(self, fold: str) -> dict:
         path = self.fold_dir(fold) / "metrics.json"

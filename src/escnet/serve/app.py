@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import escnet
 from escnet.data.audio import AudioFile, stream_windows
-from escnet.deploy.predict import Model, Predictor, load_model_file
+from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import available_cores
 
@@ -68,16 +69,24 @@ class ServeSettings:
     max_seconds: float = 600.0
     """Longest audio accepted, seconds."""
     device: str = "cpu"
+    max_windows: int = 1000
+    """Most clip-length windows one request may cost (its length and ``hop`` together)."""
+    body_seconds: float = 30.0
+    """An upload must arrive within this; a request waits for an inference thread only once
+    its body is in, so slow senders never hold the threads or the queue."""
 
     def __post_init__(self) -> None:
         checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
                   "workers": (self.workers >= 1, "must be 1 or more"),
                   "threads": (self.threads >= 0, "must be 0 (one per core) or more"),
                   "queue": (self.queue >= 0, "must be 0 or more"),
-                  "max_upload_mb": (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0,
-                                    "must be a positive number of MB"),
-                  "max_seconds": (math.isfinite(self.max_seconds) and self.max_seconds > 0,
-                                  "must be a positive number of seconds")}
+                  "max_upload_mb": (0 < self.max_upload_mb <= 4096, "must be above 0 and at most "
+                                    "4096 MB (an upload is held in memory)"),
+                  "max_seconds": (0 < self.max_seconds <= 86400, "must be above 0 and at most "
+                                  "86400 s (a day)"),
+                  "max_windows": (2 <= self.max_windows <= 10**6, "must be 2 to 1000000"),
+                  "body_seconds": (0 < self.body_seconds <= 3600, "must be above 0 and at most "
+                                   "3600 s")}
         for name, (ok, why) in checks.items():
             if not ok:
                 raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
@@ -97,6 +106,8 @@ class RequestError(Exception):
 
 
 def _status(err: EscnetError) -> int:
+    if isinstance(err, Stopped):
+        return 503
     if isinstance(err, AudioTooLongError):
         return 413
     if isinstance(err, UnreadableAudioError):
@@ -186,10 +197,13 @@ def _logmel_image(model: Model, window: np.ndarray) -> dict | None:
 class Service:
     """The model, its thread pool and admission control, shared by every request."""
 
-    def __init__(self, settings: ServeSettings, model: Model | None = None) -> None:
+    def __init__(self, settings: ServeSettings, model: Model | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.settings = settings
         self.model = model or load_model_file(settings.model, settings.device, threads=1)
-        self.predictor = Predictor(self.model)
+        self.predictor = Predictor(self.model, max_windows=settings.max_windows)
+        self.stopping = stopping or threading.Event()
+        """Set when the server is stopping: work in flight ends at its next batch (503)."""
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="escnet-infer")
         self.admission = Admission(settings.threads + settings.queue)
 
@@ -199,7 +213,7 @@ class Service:
         tick = time.perf_counter()
         with AudioFile(data, UPLOAD_NAME, self.settings.max_seconds) as audio:
             prediction = self.predictor.predict_file(audio, top_k, hop_seconds=hop,
-                                                     keep_timeline=timeline)
+                                                     keep_timeline=timeline, stop=self.stopping)
             out = prediction.to_dict()
             out.pop("file")
             out["sample_rate"] = audio.sample_rate
@@ -221,13 +235,16 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
-    """The application for ``settings`` (``model``: one already loaded, e.g. in tests)."""
+    """The application for ``settings`` (``model``: one already loaded, e.g. in tests).
+    ``app.state.stopping`` is the event that ends work in flight (set on SIGTERM by
+    :func:`serve`, else when the app shuts down)."""
     service: dict[str, Service] = {}
     failure: list[str] = []
+    stopping = threading.Event()
 
     def load() -> None:
         try:
-            service["ready"] = Service(settings, model)
+            service["ready"] = Service(settings, model, stopping)
         except EscnetError as err:
             failure.append(str(err))
             log.error("escnet serve: error: %s", err)
@@ -238,11 +255,14 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
         loading = asyncio.create_task(asyncio.to_thread(load))
         yield
         await loading
-        if "ready" in service:
-            service.pop("ready").pool.shutdown(wait=True)
+        if "ready" in service:  # work in flight stops at its next batch, answered 503
+            stopping = service.pop("ready")
+            stopping.stopping.set()
+            stopping.pool.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="escnet", version=escnet.__version__, lifespan=lifespan,
                   description="Environmental sound classification with a trained escnet model.")
+    app.state.stopping = stopping
 
     def ready() -> Service:
         if failure:
@@ -284,21 +304,28 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
         info = asdict(s.model.info)
         info["clip_seconds"] = s.model.info.clip_seconds
         info["limits"] = {"max_upload_mb": settings.max_upload_mb,
-                          "max_seconds": settings.max_seconds}
+                          "max_seconds": settings.max_seconds, "max_windows": settings.max_windows}
         return info
 
     @app.post("/v1/classify", summary="Classify an audio file",
               description="The file as the raw request body, or as the file field of a multipart "
-              "form (WAV, FLAC, OGG, MP3; any sample rate and channel count). Returns the top "
-              "classes averaged over clip-length windows; with `timeline=true` also each "
-              "window's top class (silent windows get none).")
+              "form (WAV, FLAC, OGG, MP3; any sample rate and channel count). Returns `label`: "
+              "the answer, a class name or `\"unknown\"` when the sound is unlike all of the "
+              "model's classes (then `sounds_like` lists what an AudioSet head hears in it, for "
+              "models that have one), and the top classes with calibrated probabilities, "
+              "averaged over clip-length windows; with `timeline=true` also each window's label "
+              "(silent windows get none).")
     async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000),
-                       timeline: bool = False, hop: float | None = Query(None, gt=0, le=3600),
+                       timeline: bool = False, hop: float | None = None,
                        logmel: bool = False) -> dict:
         s = ready()
+        try:  # the body first: a slow sender holds a connection, never an inference slot
+            data = await asyncio.wait_for(_audio_bytes(request, settings.max_bytes),
+                                          settings.body_seconds)
+        except TimeoutError:
+            raise RequestError(408, f"upload not received within {settings.body_seconds:g} s") from None
         s.admission.enter()
         try:
-            data = await _audio_bytes(request, settings.max_bytes)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(s.pool, s.classify, data, top_k, timeline, hop, logmel)
         except EscnetError as err:
@@ -316,6 +343,25 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     return app
 
 
+GRACE_SECONDS = 5
+"""After SIGTERM, requests in flight get this long to finish; work still running then stops at
+its next batch of windows (answered 503), so the process is gone within about
+``GRACE_SECONDS`` plus one batch."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line, before the model loads, when ``host:port`` cannot be listened on."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        why = "already in use (another server?)" if err.errno == errno.EADDRINUSE else err.strerror
+        raise EscnetError(f"--host {host} --port {port}: cannot listen there: {why}; choose "
+                          "another --port") from None
+
+
 def app_from_environment() -> FastAPI:
     """For uvicorn's ``--workers``: each worker process builds the app from the settings the
     parent put in ``ESCNET_SERVE``."""
@@ -331,10 +377,18 @@ def serve(settings: ServeSettings) -> None:
     import uvicorn
 
     model = load_model_file(settings.model, settings.device, threads=1)  # a bad model: fail now
+    _check_port(settings.host, settings.port)
     common = {"host": settings.host, "port": settings.port, "log_level": "info",
-              "timeout_graceful_shutdown": 30}
+              "timeout_graceful_shutdown": GRACE_SECONDS}
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, model), **common)
+        app = create_app(settings, model)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:  # SIGTERM, SIGINT: work in flight stops now
+                app.state.stopping.set()
+                super().handle_exit(sig, frame)
+
+        Server(uvicorn.Config(app, **common)).run()
         return
     os.environ["ESCNET_SERVE"] = json.dumps(asdict(settings))
     uvicorn.run("escnet.serve.app:app_from_environment", factory=True, workers=settings.workers,

@@ -17,8 +17,12 @@ async function loadModelInfo() {
     if (!response.ok) throw new Error(info.error || response.statusText);
     const accuracy = info.held_out_accuracy === null ? "" :
       `, ${(100 * info.held_out_accuracy).toFixed(1)} % on held-out clips`;
+    const unknown = info.unknown_threshold === null ?
+      " Uncalibrated: it always answers one of its classes." :
+      ` Answers "unknown" for sounds unlike all of them${info.tag_names.length ?
+        ", with what AudioSet hears in them" : ""}.`;
     $("model-info").textContent = `Model ${info.model} (${info.precision}): ${info.classes.length} ` +
-      `classes, ${info.sample_rate} Hz, ${info.clip_seconds} s clips${accuracy}.`;
+      `classes, ${info.sample_rate} Hz, ${info.clip_seconds} s clips${accuracy}.${unknown}`;
     $("limits").textContent = `up to ${info.limits.max_upload_mb} MB and ` +
       `${info.limits.max_seconds / 60} minutes`;
   } catch (err) {
@@ -52,6 +56,16 @@ async function classify(blob, name) {
 function show(result, name) {
   $("result").hidden = false;
   $("result-title").textContent = name;
+  const answer = $("answer");
+  answer.className = result.label === "unknown" ? "unknown" : "";
+  if (result.label === "unknown") {
+    const heard = (result.sounds_like || []).map(
+      ({ label, probability }) => `“${label}” ${probability.toFixed(2)}`).join(", ");
+    answer.textContent = `Unknown: none of the model's classes${heard ? ` — sounds like ${heard}` : ""}. ` +
+      "Its best guesses:";
+  } else {
+    answer.textContent = result.label === null ? "" : `Answer: ${result.label}`;
+  }
   $("summary").textContent = `${result.duration.toFixed(2)} s at ${result.sample_rate} Hz, ` +
     `${result.channels} channel(s); ${result.windows} window(s) scored, loudest ` +
     `${result.level_db.toFixed(1)} dBFS.`;
@@ -140,15 +154,18 @@ function drawTimeline(rows, duration) {
     const div = document.createElement("div");
     div.style.left = `${(100 * row.start) / duration}%`;
     div.style.width = `${(100 * (end - row.start)) / duration}%`;
-    div.style.background = row.label ? labelColour(row.label) : "#ccc";
-    div.title = row.label ? `${row.start}–${row.end} s: ${row.label} ` +
+    div.style.background = row.label === "unknown" ? "repeating-linear-gradient(45deg, #ddd 0 6px, #f4f4f4 6px 12px)"
+      : row.label ? labelColour(row.label) : "#ccc";
+    div.title = row.label === "unknown" ? `${row.start}–${row.end} s: unknown (best guess ${row.guess})`
+      : row.label ? `${row.start}–${row.end} s: ${row.label} ` +
       `${(100 * row.probability).toFixed(0)} %` : `${row.start}–${row.end} s: silence`;
     div.textContent = row.label || "";
     strip.append(div);
   });
   for (const row of rows.slice(0, TIMELINE_ROWS)) {
     const tr = document.createElement("tr");
-    for (const value of [row.start.toFixed(2), row.end.toFixed(2), row.label || "(silence)",
+    const label = row.label === "unknown" ? `unknown (best guess ${row.guess})` : row.label;
+    for (const value of [row.start.toFixed(2), row.end.toFixed(2), label || "(silence)",
                          row.label ? `${(100 * row.probability).toFixed(1)} %` : ""]) {
       const td = document.createElement("td");
       td.textContent = value;

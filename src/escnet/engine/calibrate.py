@@ -1,0 +1,200 @@
+"""Calibration of a trained fold model on its validation clips (``Split.validation``: held out of
+training, never the test fold): a temperature, the unknown-sound scorer and its thresholds.
+
+Temperature scaling (Guo et al., ICML 2017) divides the logits by one scalar ``T`` fitted to
+minimise the validation clips' negative log-likelihood: the predicted class never changes, so
+accuracy does not either, while a probability of 0.9 comes to mean nine in ten. Each unknown
+score (:mod:`escnet.models.unknown`) gets a threshold: the validation clips'
+``1 - train.unknown_keep`` quantile; a sound scored below the model's (``train.unknown_score``)
+is answered "unknown". Every score's threshold is kept, so runs compare on each.
+
+:func:`finish_fold` does this at the end of every fold's training; :func:`calibrate_run` does it
+again for a finished run (``escnet calibrate``), e.g. after a change of ``unknown_keep``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+from escnet.config import RESULT_FREE, TaskConfig
+from escnet.data.cache import build_waveform_cache
+from escnet.data.tables import ClipTable, Split, load_table, make_splits
+from escnet.engine.data import eval_loader
+from escnet.errors import ConfigError, DataError, EscnetError
+from escnet.models import SoundClassifier
+from escnet.models.unknown import NEEDS_EMBEDDING, UnknownScorer
+from escnet.runs import Predictions, RunDir
+from escnet.runs.metrics import expected_calibration_error, negative_log_likelihood, softmax
+
+log = logging.getLogger("escnet")
+
+LOG_T_RANGE = (-3.0, 3.0)
+"""``log T`` is searched in this interval: T from 0.05 to 20."""
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The ``T`` minimising the mean NLL of ``softmax(logits / T)`` for ``labels``
+    (``(clips, classes)``, ``(clips,)``); a bounded scalar search over ``log T`` (SciPy), so
+    the result is deterministic."""
+    logits = np.asarray(logits, np.float64)
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean())
+
+    found = minimize_scalar(nll, bounds=LOG_T_RANGE, method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(found.x))
+
+
+def unknown_threshold(scores: np.ndarray, keep: float) -> float:
+    """The threshold that keeps (score at or above it) a share ``keep`` of known sounds, from
+    validation ``scores`` ``(clips,)``: the split-conformal quantile (Vovk et al. 2005;
+    Angelopoulos & Bates 2021), the ``⌊(1 - keep)(n + 1)⌋``-th smallest score, so that a new
+    known sound drawn like the validation clips is kept with probability at least ``keep``
+    (the plain quantile of ``n`` clips keeps a little less)."""
+    ranked = np.sort(scores)
+    k = int(np.floor((1 - keep) * (len(ranked) + 1) + 1e-9))
+    return float(ranked[max(k - 1, 0)])
+
+
+def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Top-label expected calibration error of ``probabilities`` ``(clips, classes)``."""
+    return expected_calibration_error(probabilities.max(1), probabilities.argmax(1) == labels)
+
+
+def resolve_score(config: TaskConfig, has_embedding: bool) -> str:
+    """``train.unknown_score``, with ``auto`` resolved: ``energy+knn`` for a model with an
+    embedding, ``energy`` otherwise."""
+    score = config.train.unknown_score
+    if score == "auto":
+        return "energy+knn" if has_embedding else "energy"
+    if score in NEEDS_EMBEDDING and not has_embedding:
+        raise ConfigError(f"setting train.unknown_score={score}: model {config.model.name} has no "
+                          "embedding (the mn models have one); use energy, msp or max_logit")
+    return score
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | None,
+              bank: np.ndarray | None, config: TaskConfig) -> tuple[dict, UnknownScorer]:
+    """Fit the temperature, scorer and thresholds on validation ``logits`` ``(clips, classes)``,
+    ``labels`` and ``embeddings`` ``(clips, dim)``, with the training clips' embeddings ``bank``.
+
+    Returns what a checkpoint keeps as ``calibration`` (``temperature``, ``unknown_score``,
+    ``unknown_threshold``: that score's threshold, ``thresholds``: every score's,
+    ``unknown_keep``, ``validation_clips``, and the validation clips' ECE and NLL before and
+    after), and the :class:`UnknownScorer`. With no validation clips: temperature 1 and no
+    threshold (an uncalibrated model).
+    """
+    keep = config.train.unknown_keep
+    score = resolve_score(config, bank is not None)
+    if len(labels) == 0:
+        return ({"temperature": 1.0, "unknown_score": score, "unknown_threshold": None,
+                 "thresholds": {}, "unknown_keep": keep, "validation_clips": 0}, UnknownScorer())
+    t = fit_temperature(logits, labels)
+    unit = None if bank is None else torch.nn.functional.normalize(torch.from_numpy(bank).float(), dim=1)
+    scorer = UnknownScorer(t, unit)
+    emb = None if embeddings is None else torch.from_numpy(embeddings).float()
+    with torch.no_grad():
+        first = scorer(torch.from_numpy(logits).float(), emb)
+        if unit is not None:  # the validation clips' own ranks make the combined score
+            scorer = UnknownScorer(t, unit, {k: first[k].sort().values for k in ("energy", "knn")})
+        scores = {k: v.numpy() for k, v in scorer(torch.from_numpy(logits).float(), emb).items()}
+    thresholds = {name: unknown_threshold(values, keep) for name, values in scores.items()}
+    before, after = softmax(logits), softmax(logits, t)
+    return ({"temperature": t, "unknown_score": score, "unknown_threshold": thresholds[score],
+             "thresholds": thresholds, "unknown_keep": keep, "validation_clips": len(labels),
+             "validation": {"ece_before": ece(before, labels), "ece_after": ece(after, labels),
+                            "nll_before": negative_log_likelihood(before, labels),
+                            "nll_after": negative_log_likelihood(after, labels),
+                            "accuracy": float(np.mean(after.argmax(1) == labels))}}, scorer)
+
+
+@torch.inference_mode()
+def outputs(model: SoundClassifier, clips, labels: np.ndarray, indices: np.ndarray,
+            config: TaskConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits ``(clips, classes)`` and embeddings ``(clips, dim)`` (``None`` for a model
+    without) of the clips ``indices`` of ``clips`` (cached waveforms, log-mels or embeddings)."""
+    model.eval()
+    if len(indices) == 0:
+        dim = getattr(model.backbone, "embed_dim", None)
+        return (np.zeros((0, config.model.num_classes), np.float32),
+                None if dim is None else np.zeros((0, dim), np.float32))
+    logits, embeddings = [], []
+    for batch in eval_loader(clips, labels, indices, config):
+        out = model.outputs_batch(batch, device)
+        logits.append(out.logits.float().cpu())
+        if out.embedding is not None:
+            embeddings.append(out.embedding.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy() if embeddings else None
+
+
+def finish_fold(model: SoundClassifier, clips, table: ClipTable, split: Split, run: RunDir,
+                config: TaskConfig, device: torch.device) -> None:
+    """Calibrate a trained fold model on its validation clips, score its held-out clips (and
+    those of classes left out of training) and save it all: the calibration into the
+    checkpoint, the held-out logits and scores, then the held-out predictions, whose presence
+    marks the fold finished."""
+    val_logits, val_emb = outputs(model, clips, table.labels, split.validation, config, device)
+    bank = outputs(model, clips, table.labels, split.train, config, device)[1]
+    calibration, scorer = calibrate(val_logits, table.labels[split.validation], val_emb, bank, config)
+    held = np.concatenate([split.test, split.unknown])
+    logits, emb = outputs(model, clips, table.labels, held, config, device)
+    with torch.no_grad():
+        scores = scorer(torch.from_numpy(logits).float(),
+                        None if emb is None else torch.from_numpy(emb).float())
+    run.save_calibration(split.name, calibration, scorer.state_dict())
+    run.save_held_out(split.name, logits, np.where(np.isin(held, split.unknown), -1, table.labels[held]),
+                      [str(table.paths[i]) for i in held], [table.classes[table.labels[i]] for i in held],
+                      {k: v.numpy() for k, v in scores.items()})
+    run.save_predictions(split.name, Predictions.from_logits(
+        logits[: len(split.test)], table.labels[split.test],
+        [str(table.paths[i]) for i in split.test], table.known_classes, calibration["temperature"]))
+
+
+def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float | None = None,
+                  score: str | None = None, progress: bool = True) -> dict:
+    """Calibrate every finished fold of a run again from its ``last.pt`` (with
+    ``train.unknown_keep`` and ``train.unknown_score`` set to ``keep`` and ``score`` if given),
+    rewrite its held-out files and pooled metrics, and return the pooled ``metrics.json``.
+    Needs the run's data, and a run trained with validation clips (``train.validation_share``
+    > 0): those are what is honest to fit on."""
+    run = RunDir(run_dir)
+    folds = run.require_finished()
+    config = run.config
+    if config.train.validation_share == 0:
+        raise EscnetError(f"{run.path}: trained on every clip (train.validation_share=0): no clip is "
+                          "left to calibrate on without touching the test fold")
+    with run.lock():
+        changes = {k: v for k, v in (("train.unknown_keep", keep), ("train.unknown_score", score))
+                   if v is not None}
+        if changes:
+            config = config.replace(changes)
+            run.create(config, resume=True, result_free=RESULT_FREE)
+        if data_dir:
+            config = config.replace({"data.data_dir": data_dir})
+        return _calibrate_folds(run, folds, config, progress)
+
+
+def _calibrate_folds(run: RunDir, folds: list[str], config: TaskConfig, progress: bool) -> dict:
+    """Every fold of ``folds`` calibrated again, then the pooled metrics and summary."""
+    device = torch.device(config.resolved_device())
+    table = load_table(config)
+    waves, table = build_waveform_cache(table, config, progress)
+    splits = {s.name: s for s in make_splits(table, config)}
+    for fold in folds:
+        model, ckpt = run.load_model(fold, "last", device)
+        if ckpt["classes"] != table.known_classes or fold not in splits:
+            raise DataError(f"{config.data.data_dir}: its classes or folds differ from those run "
+                            f"{run.path} was trained on")
+        finish_fold(model, waves, table, splits[fold], run, config, device)
+        log.info("fold %s calibrated", fold)
+    pooled = run.write_pooled_metrics(folds, table.known_classes)
+    if run.summary:  # its end-of-run figures, as training would have written them
+        run.write_summary(run.summary | {k: pooled[k] for k in ("calibration", "open_set") if k in pooled})
+    return pooled

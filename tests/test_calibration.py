@@ -1,0 +1,206 @@
+"""Calibrated probabilities and "unknown" answers: the temperature, the unknown scores and their
+thresholds, the open-set protocol (``--unknown-classes``), and old models without any of it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO, tiny_flags, tone
+
+from escnet.cli import main
+from escnet.deploy.predict import UNKNOWN, Predictor
+from escnet.engine.calibrate import fit_temperature, unknown_threshold
+from escnet.models.unknown import UnknownScorer
+from escnet.runs import RunDir
+from escnet.runs.metrics import FoldScores, expected_calibration_error, held_out_figures, softmax
+
+
+def test_temperature_is_recovered_from_labels_drawn_at_it():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 10))
+    for true_t in (0.5, 2.0):
+        probs = softmax(logits, true_t)
+        labels = np.array([rng.choice(10, p=p) for p in probs])
+        fitted = fit_temperature(logits, labels)
+        assert abs(fitted / true_t - 1) < 0.08, (true_t, fitted)
+        assert fit_temperature(logits, labels) == fitted  # deterministic
+
+
+def test_threshold_keeps_the_share_asked_for():
+    scores = np.random.default_rng(1).normal(size=137)
+    for keep, below in ((0.5, 68), (0.9, 12), (0.95, 5), (1.0, 0)):  # ⌊(1 - keep)(n + 1)⌋ - 1
+        t = unknown_threshold(scores, keep)
+        assert np.sum(scores < t) == below and np.mean(scores >= t) >= keep
+    # what it promises: a new score drawn like the validation ones is kept with probability ≥ keep
+    rng = np.random.default_rng(2)
+    kept = [rng.normal() >= unknown_threshold(rng.normal(size=40), 0.9) for _ in range(20000)]
+    assert np.mean(kept) >= 0.9 - 0.005
+
+
+def test_expected_calibration_error_by_hand():
+    # bin (0.8667, 0.9333]: confidence 0.9, accuracy 0.5; bin (0.5333, 0.6]: 0.6 against 1.0
+    conf, correct = np.array([0.9, 0.9, 0.6, 0.6]), np.array([1, 0, 1, 1])
+    assert expected_calibration_error(conf, correct) == pytest.approx((2 * 0.4 + 2 * 0.4) / 4)
+    assert expected_calibration_error(np.array([0.7, 0.7]), np.array([1, 1])) == pytest.approx(0.3)
+
+
+def test_unknown_scores():
+    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.1, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    embedding = torch.tensor([[3.0, 0.0], [1.0, 1.0], [-1.0, -1.0]])
+    reference = {"energy": torch.tensor([0.0, 1.0, 2.0, 3.0]), "knn": torch.tensor([0.5, 0.8, 0.9, 1.0])}
+    scores = UnknownScorer(2.0, bank, reference)(logits, embedding)
+    assert torch.allclose(scores["energy"], logits.logsumexp(1))
+    assert torch.allclose(scores["msp"], (logits / 2).softmax(1).amax(1))
+    assert torch.allclose(scores["knn"], torch.tensor([1.0, 2 ** -0.5, -(2 ** -0.5)]))  # cosine to the nearest
+    # the smaller of the energy's rank among the validation scores and 4 × the similarity's:
+    # energy 2.13 → 3/4 (knn 1 → 4 × 4/4); energy 1.17 → 2/4 (knn 0.71 → 4 × 1/4);
+    # energy 3.1 → 4/4, but knn -0.71 is below every validation clip's → 0
+    assert torch.allclose(scores["energy+knn"], torch.tensor([0.75, 0.5, 0.0]))
+    assert set(UnknownScorer(1.0)(logits, None)) == {"msp", "energy", "max_logit"}
+
+
+def test_open_set_figures_of_separable_scores():
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [0.1, 0.0], [0.0, 0.2]])
+    labels = np.array([0, 1, -1, -1])
+    fold = FoldScores(logits, labels, {"energy": np.array([4.0, 4.0, 0.7, 0.8])}, 1.0, {"energy": 1.0})
+    o = held_out_figures([fold], "energy")["open_set"]
+    assert o["auroc"] == 1.0 and o["known_kept"] == 1.0 and o["false_acceptance"] == 0.0
+    assert o["known_clips"] == 2 and o["unknown_clips"] == 2 and o["known_accuracy"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tone_run(tmp_path_factory):
+    """A tiny model trained on four tones with a fifth class (a chirp) left out of training."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    for k, freq in enumerate((300, 700, 1300, 2100)):
+        (root / f"tone{k}").mkdir()
+        for i in range(20):
+            x = tone(freq * (1 + 0.02 * rng.standard_normal()), 8000, 1.0) + 0.01 * rng.standard_normal(8000)
+            sf.write(root / f"tone{k}" / f"{i}.wav", x.astype(np.float32), 8000)
+    (root / "chirp").mkdir()
+    t = np.arange(8000) / 8000
+    for i in range(20):
+        x = 0.5 * np.sin(2 * np.pi * (200 + 1500 * t * (1 + 0.1 * i)) * t)
+        sf.write(root / "chirp" / f"{i}.wav", x.astype(np.float32), 8000)
+    out = tmp_path_factory.mktemp("runs") / "open"
+    assert main(["train", *tiny_flags("--data", str(root), "--out", str(out), "--model", "crnn",
+                                      "--epochs", "4", "--folds", "1,2", "--unknown-classes", "chirp",
+                                      "--set", "train.validation_share=0.2", "--quiet")]) == 0
+    return out, root
+
+
+def test_open_set_run_keeps_calibration_and_scores_unknown_clips(tone_run):
+    out, _ = tone_run
+    run = RunDir(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["tone0", "tone1", "tone2", "tone3"] and summary["unknown_classes"] == ["chirp"]
+    pooled = json.loads((out / "metrics.json").read_text())
+    cal, o = pooled["calibration"], pooled["open_set"]
+    assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(cal)
+    assert o["score"] == "energy" and o["unknown_clips"] == 8 and o["known_clips"] == 32
+    assert 0 <= o["auroc"] <= 1 and set(o["by_score"]) == {"msp", "energy", "max_logit"}
+    for fold in ("1", "2"):
+        held = run.read_held_out(fold)
+        assert (held["labels"] == -1).sum() == 4 and set(held["truth"][held["labels"] == -1]) == {"chirp"}
+        ckpt = torch.load(run.checkpoint(fold), weights_only=True)
+        assert ckpt["calibration"]["validation_clips"] == 12  # 3 (20 %) of each class's 16 training clips
+        assert ckpt["classes"] == summary["classes"]
+        # the fold's accuracy is of known clips only, and calibration never changes a prediction
+        assert run.fold_metrics(fold)["clips"] == 16
+    page = (out / "report.html")
+    assert main(["report", str(out)]) == 0
+    text = page.read_text()
+    assert "reliability diagram" in text and "Unknown sounds" in text and "chirp" in text
+    assert main(["compare", str(out), "--out", str(out.parent / "cmp")]) == 0
+    row = (out.parent / "cmp" / "compare.csv").read_text().splitlines()
+    ece = row[1].split(",")[row[0].split(",").index("ece")]
+    assert float(ece) == pytest.approx(cal["ece_after"], abs=1e-4)
+
+
+def test_calibrate_again_with_another_keep(tone_run, capsys):
+    out, _ = tone_run
+    before = json.loads((out / "metrics.json").read_text())["open_set"]
+    assert main(["calibrate", str(out), "--keep", "0.5", "--quiet"]) == 0
+    after = json.loads((out / "metrics.json").read_text())["open_set"]
+    assert after["known_kept"] < before["known_kept"] and after["known_kept"] >= 0.3
+    assert "AUROC" in capsys.readouterr().out
+    assert RunDir(out).config.train.unknown_keep == 0.5
+    assert main(["calibrate", str(out), "--keep", "0.95", "--quiet"]) == 0
+    again = json.loads((out / "metrics.json").read_text())["open_set"]
+    assert again["known_kept"] == before["known_kept"] and again["auroc"] == pytest.approx(before["auroc"])
+
+
+def test_prediction_answers_unknown_below_the_threshold(tone_run, capsys):
+    out, root = tone_run
+    predictor = Predictor.from_path(out)
+    assert predictor.info.calibrated and predictor.info.unknown_score == "energy"
+    threshold = predictor.info.unknown_threshold
+    for path in [*sorted((root / "tone1").glob("*.wav"))[:3], *sorted((root / "chirp").glob("*.wav"))[:3]]:
+        p = predictor.predict_file(path)
+        assert p.label == (UNKNOWN if p.known < threshold else p.top[0][0])
+        assert p.top and abs(sum(prob for _, prob in predictor.predict_file(path, top_k=4).top) - 1) < 1e-5
+    assert main(["predict", "--model", str(out), str(root / "chirp" / "0.wav"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["label"] in (UNKNOWN, *predictor.classes) and "unknown_score" in result
+
+
+def test_old_checkpoints_predict_uncalibrated_and_say_so_once(tone_run, tmp_path, caplog):
+    out, root = tone_run
+    ckpt = torch.load(RunDir(out).checkpoint("1"), weights_only=True)
+    for key in ("calibration", "unknown_scorer"):
+        del ckpt[key]
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    with caplog.at_level(logging.WARNING, logger="escnet"):
+        predictor = Predictor.from_path(old)
+        results = [predictor.predict_file(p) for p in sorted((root / "chirp").glob("*.wav"))[:3]]
+    assert len([r for r in caplog.records if "uncalibrated" in r.message]) == 1
+    assert not predictor.info.calibrated and predictor.info.unknown_threshold is None
+    assert all(r.label == r.top[0][0] for r in results)  # never "unknown" without a threshold
+
+
+def test_pretrained_probe_says_unknown_with_what_audioset_hears(probe_open_run, tmp_path):
+    out, data = probe_open_run
+    pooled = json.loads((out / "metrics.json").read_text())
+    assert pooled["open_set"]["score"] == "energy+knn" and "knn" in pooled["open_set"]["by_score"]
+    assert pooled["open_set"]["auroc"] > 0.8 and pooled["accuracy"] > 0.85
+    rows = [ln.split(",") for ln in data.read_text().splitlines()[1:]]
+    cats = [p for p, label, fold in rows if label == "cat" and fold == "1"]
+    predictor = Predictor.from_path(out / "fold-1" / "last.pt")
+    assert len(predictor.info.tag_names) == 527
+    answers = [predictor.predict_file(p) for p in cats]
+    unknown = [a for a in answers if a.label == UNKNOWN]
+    assert len(unknown) >= len(cats) // 2, [a.label for a in answers]
+    assert any(a.sounds_like[0][0] in ("Cat", "Meow", "Animal", "Domestic animals, pets") for a in unknown)
+    # the exported graph carries the scorer, the threshold and the AudioSet head
+    assert main(["export", str(out), "--fold", "1", "--out", str(tmp_path / "m.onnx")]) == 0
+    onnx = Predictor.from_path(tmp_path / "m.onnx")
+    assert onnx.info.unknown_threshold == pytest.approx(predictor.info.unknown_threshold)
+    assert onnx.info.tag_names == predictor.info.tag_names and onnx.info.calibrated
+    for path, a in zip(cats, answers, strict=True):
+        b = onnx.predict_file(path)
+        assert b.label == a.label and abs(b.top[0][1] - a.top[0][1]) < 1e-3
+        assert [t for t, _ in b.sounds_like] == [t for t, _ in a.sounds_like]
+
+
+def test_foreign_audio_benchmark_runs(probe_open_run, tmp_path, monkeypatch):
+    """benchmarks/open_set.py builds its recordings and scores them (its figures are in docs)."""
+    import importlib.util
+
+    out, _ = probe_open_run
+    spec = importlib.util.spec_from_file_location("open_set", REPO / "benchmarks" / "open_set.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kinds, _ = bench.build(tmp_path, 0)
+    assert len(kinds["music"]) == 12 and len(kinds["noise"]) == 9 and len(kinds["silence"]) == 1
+    predictor = Predictor.from_path(out / "fold-1" / "last.pt")
+    music = [predictor.predict_file(p).label for p in kinds["music"]]
+    assert music.count(UNKNOWN) >= 9, music  # chords and melodies are none of ESC-50's sounds
+    assert predictor.predict_file(kinds["silence"][0]).label is None  # silence is refused, not labelled
