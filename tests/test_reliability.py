@@ -451,3 +451,30 @@ def test_a_fold_worker_dies_with_its_parent(tmp_path):
         time.sleep(0.1)
     os.kill(child, 9)
     raise AssertionError("the worker outlived its parent by 5 s")
+
+
+def test_audio_whose_container_misleads(tmp_path):
+    """Joined MP3 streams are refused (libsndfile would decode only the first); an MP3 with no
+    audio is called that, not "missing"; a FLAC stream of unknown length is decoded whole."""
+    from escnet.data.audio import AudioFile, load_audio
+    from escnet.errors import UnreadableAudioError
+
+    x = tone(440, 16000, 2.0)
+    sf.write(tmp_path / "a.mp3", x, 16000, format="MP3")
+    (tmp_path / "ab.mp3").write_bytes((tmp_path / "a.mp3").read_bytes() * 2)  # cat a.mp3 a.mp3
+    with AudioFile(tmp_path / "a.mp3") as one:
+        assert one.duration == 2.0
+    for source in (tmp_path / "ab.mp3", (tmp_path / "ab.mp3").read_bytes()):
+        with pytest.raises(UnreadableAudioError, match="2 MP3 streams one after another"):
+            AudioFile(source, name="ab.mp3")
+    (tmp_path / "tag.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10))
+    with pytest.raises(UnreadableAudioError, match="no audio stream libsndfile recognises"):
+        AudioFile(tmp_path / "tag.mp3")
+    sf.write(tmp_path / "f.flac", x, 16000, format="FLAC")
+    flac = bytearray((tmp_path / "f.flac").read_bytes())
+    info = int.from_bytes(flac[18:26], "big") & ~((1 << 36) - 1)  # STREAMINFO's total: "unknown"
+    flac[18:26] = info.to_bytes(8, "big")
+    (tmp_path / "stream.flac").write_bytes(flac)
+    with AudioFile(tmp_path / "stream.flac") as stream:
+        assert stream.duration is None
+    assert np.allclose(load_audio(tmp_path / "stream.flac", 16000), load_audio(tmp_path / "f.flac", 16000))

@@ -4,11 +4,13 @@ logs that suit a file."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,28 @@ def test_group_batch_norm_on_two_processes_is_batch_norm_over_the_whole_batch(tm
         assert torch.allclose(var, reference.running_var, atol=1e-5)
     # each rank's weight gradient is its share: DDP adds them (and averages over ranks)
     assert torch.allclose(ranks[0][2] + ranks[1][2], reference.weight.grad, atol=1e-4)
+
+
+def test_a_restarted_sweep_fails_and_retries_the_trial_of_a_killed_worker(tones, tmp_path, monkeypatch):
+    import optuna
+
+    from escnet.config import load_config, parse_overrides
+    from escnet.engine import sweep
+
+    monkeypatch.setattr(sweep, "GRACE_SECONDS", 1)
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    (tmp_path / "space.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.0100001, log: true}\n")
+    base = load_config(None, {"data.data_dir": str(tones), "data.folds": [1], "train.num_epochs": 1,
+                              **parse_overrides([v for k, v in itertools.pairwise(TONES) if k == "--set"])})
+    space = sweep.load_space(tmp_path / "space.yaml", base)
+    study = sweep.open_study(storage, "s", prune_after=5)
+    orphan = study.ask({d.key: d.distribution() for d in space})  # a worker starts a trial...
+    study._storage.record_heartbeat(orphan._trial_id)  # ...beats once, and is killed
+    time.sleep(3)  # past the 1 s grace, however the storage rounds its timestamps
+    said: list[str] = []
+    sweep.run_sweep(base, space, sweep.open_study(storage, "s", prune_after=5), 1, tmp_path / "sw",
+                    announce=said.append)
+    assert any("trial(s) 0: their worker stopped" in line for line in said), said
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].params == trials[0].params

@@ -18,6 +18,8 @@ from escnet.errors import AudioError, AudioTooLongError, UnreadableAudioError
 RATES = (100, 768_000)
 """Sample rates (Hz) a recording may have; a header outside them is damaged."""
 UNKNOWN_LENGTHS = ("4294967295", "0")
+UNKNOWN_FRAMES = 2**62
+"""libsndfile reports ``2**63 - 1`` frames for a FLAC stream whose header gives no length."""
 """WAV data sizes that mean "unknown" (streaming writers: ``arecord``, ``ffmpeg -f wav -``)."""
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
@@ -60,6 +62,8 @@ class AudioFile:
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
             # libsndfile's own words, without "Error opening <_io.BytesIO object at 0x...>"
             reason = getattr(err, "error_string", None) or _reason(err)
+            if "does not exist" in reason:  # what libsndfile says of a file it finds no audio in
+                reason = "no audio stream libsndfile recognises in it, e.g. an MP3 holding only its tag"
             raise UnreadableAudioError(f"{self.name}: not a readable audio file ({reason})") from None
         self.sample_rate, self.channels = self.handle.samplerate, self.handle.channels
         if not RATES[0] <= self.sample_rate <= RATES[1]:
@@ -81,12 +85,38 @@ class AudioFile:
             raise AudioError(f"{self.name}: truncated file ({truncated[0].strip()} bytes); "
                              "re-download it")
         self.decoded = 0  # samples read so far, at the file's rate
-        self._check_length(self.handle.frames)
+        # a stream written without knowing its length (FLAC from a pipe) says "2**63 - 1 frames":
+        # read it to its end without seeking, which libsndfile cannot do there
+        self.known_length = self.handle.frames < UNKNOWN_FRAMES
+        if not self.known_length:
+            self.handle.seekable = lambda: False  # soundfile then reads on without a seek
+        else:
+            self._check_length(self.handle.frames)
+        if self.handle.format == "MP3":
+            self._refuse_joined_mp3(source)
 
     @property
-    def duration(self) -> float:
-        """Seconds, by the header."""
-        return self.handle.frames / self.sample_rate
+    def duration(self) -> float | None:
+        """Seconds, by the header; ``None`` for a stream whose header does not say."""
+        return self.handle.frames / self.sample_rate if self.known_length else None
+
+    def _refuse_joined_mp3(self, source: str | Path | bytes) -> None:
+        """``cat a.mp3 b.mp3 > c.mp3`` plays in most players, but libsndfile decodes only the
+        first stream and says nothing: a second encoder header (LAME's ``Xing``/``Info`` frame)
+        at an MPEG frame start is refused instead of a wrong duration and a wrong answer."""
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        starts = 0
+        for tag in (b"Xing", b"Info"):
+            at = data.find(tag)
+            while at != -1:
+                starts += any(at >= off and data[at - off] == 0xFF and data[at - off + 1] & 0xE0 == 0xE0
+                              for off in (13, 21, 36))  # after the side information of each layout
+                at = data.find(tag, at + 1)
+        if starts > 1:
+            self.close()
+            raise UnreadableAudioError(f"{self.name}: {starts} MP3 streams one after another (files "
+                                       "joined with cat?); only the first would be decoded: split it "
+                                       "or re-encode it as one stream (ffmpeg -i in.mp3 out.wav)")
 
     def _check_length(self, frames: int) -> None:
         if self.max_seconds is not None and frames > self.max_seconds * self.sample_rate:
@@ -97,6 +127,11 @@ class AudioFile:
         """The next ``frames`` samples (all that remain with -1; fewer at the end) as mono
         float32 ``(samples,)`` at the file's rate: channels averaged (keeps the level, unlike
         a sum), checked for NaN/inf."""
+        if frames < 0 and not self.known_length:  # no length to read "all" of: block by block
+            parts = [self.read(2**16)]
+            while parts[-1].shape[0] == 2**16:
+                parts.append(self.read(2**16))
+            return np.concatenate(parts)
         try:
             if self.channels == 1:
                 mono = self.handle.read(frames, dtype="float32")

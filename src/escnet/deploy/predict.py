@@ -248,7 +248,7 @@ class Predictor:
         """Refuse, before decoding, a recording whose windows at ``hop`` samples would number
         more than :attr:`max_windows` (by its header's length): work bounded by the audio,
         never by a parameter (``hop=1e-9`` would score every sample)."""
-        if self.max_windows is None:
+        if self.max_windows is None or audio.duration is None:  # no length: counted while scored
             return
         samples = math.ceil(audio.duration * self.info.sample_rate)
         windows = 1 + max(0, math.ceil((samples - self.info.clip_samples) / hop))
@@ -284,7 +284,10 @@ class Predictor:
             pending.clear()
 
         blocks = audio.blocks(self.info.sample_rate)
-        for start, window, valid in stream_windows(blocks, self.info.clip_samples, hop):
+        for n, (start, window, valid) in enumerate(stream_windows(blocks, self.info.clip_samples, hop)):
+            if self.max_windows is not None and n >= self.max_windows:
+                raise EscnetError(f"hop {hop / self.info.sample_rate:g} s: {audio.name} needs more than "
+                                  f"{self.max_windows} windows, the limit; use a longer hop")
             audio_part = window[:valid]
             pending.append((WindowScore(start, valid, level_db(audio_part),
                                         float(max(audio_part.max(), -audio_part.min())), None),

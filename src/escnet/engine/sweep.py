@@ -17,6 +17,7 @@ A search space is a YAML mapping from a setting (``section.key``, or ``model.arg
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 import time
@@ -118,8 +119,17 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
     return space
 
 
+HEARTBEAT_SECONDS = 10
+"""Each running trial's worker records a heartbeat this often in a database storage (Optuna's
+heartbeat)."""
+GRACE_SECONDS = 60
+"""A running trial whose worker has not beaten for this long is an orphan (its worker was
+killed): the next worker to start marks it failed and runs its settings again."""
+
+
 def open_study(storage: str, name: str, prune_after: int, pruner: str = "median"):
-    """Create or load the study ``name`` in ``storage`` (shared by every worker)."""
+    """Create or load the study ``name`` in ``storage`` (shared by every worker). A database
+    storage gets heartbeats, so trials of killed workers are found (:func:`run_sweep`)."""
     if optuna is None:
         raise ModuleNotFoundError("escnet sweep needs optuna", name="optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -127,7 +137,20 @@ def open_study(storage: str, name: str, prune_after: int, pruner: str = "median"
               if pruner == "median" else optuna.pruners.NopPruner())
     for attempt in range(5):
         try:
-            return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+            where = storage
+            if storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql"):
+                # the callback's name changed in Optuna 4.9 (the old one warns from then on)
+                renamed = "heartbeat_stale_trial_callback" in inspect.signature(
+                    optuna.storages.RDBStorage).parameters
+                again = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
+                                optuna.storages.RetryFailedTrialCallback)
+                with warnings.catch_warnings():  # Optuna marks heartbeats experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    retry = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback":
+                             again(max_retry=1)}
+                    where = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                       grace_period=GRACE_SECONDS, **retry)
+            return optuna.create_study(storage=where, study_name=name, direction="maximize",
                                        pruner=chosen, load_if_exists=True)
         except Exception as err:  # bad URL, unreachable server, missing driver: the user's to fix
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -162,6 +185,15 @@ def run_sweep(base: TaskConfig, space: list[Dimension], study, trials: int, out:
 
     check_space(study, space)
     out = make_output_dir(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats (in-memory storage)
+    # a failed orphan's settings wait as a new trial, marked with the number it replaces
+    again = [t.system_attrs["failed_trial"] for t in study.get_trials(
+        deepcopy=False, states=[optuna.trial.TrialState.WAITING]) if "failed_trial" in t.system_attrs]
+    if again:
+        announce(f"trial(s) {', '.join(map(str, again))}: their worker stopped without a word (no "
+                 "heartbeat within the grace period); marked failed, their settings run again")
 
     def objective(trial) -> float:
         settings = {dim.key: dim.suggest(trial) for dim in space}
