@@ -21,6 +21,7 @@ import io
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,13 +58,17 @@ def _free_port() -> int:
 
 
 def _start(model: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """A real ``escnet serve`` once ready. Its log goes to a temporary file: a pipe nobody reads
+    fills up under load (an access-log line a request) and stalls the server."""
     port = _free_port()
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115  (open as long as the server runs)
     proc = subprocess.Popen([sys.executable, "-m", "escnet", "serve", model, "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"escnet serve exited: {proc.stderr.read()}")
+            log.seek(0)
+            sys.exit(f"escnet serve exited: {log.read()}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/readyz")
