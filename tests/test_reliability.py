@@ -371,7 +371,7 @@ def test_unfinished_folds_are_never_shipped_or_averaged_in_silently(corpus, tmp_
     (run / "fold-2" / "metrics.jsonl").write_text("")
     clip = str(next((data / "audio").iterdir()))
     assert main(["export", str(run), "--fold", "2", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "fold 2 stopped at epoch 0 of 1; resume the run" in capsys.readouterr().err
+    assert "--fold 2: fold 2 at epoch 0/1, unfinished; resume the run" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
     with caplog.at_level("WARNING", logger="escnet"):
         assert main(["predict", "--model", str(run), clip]) == 0

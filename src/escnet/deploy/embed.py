@@ -68,9 +68,7 @@ class Embedder:
         path = Path(spec)
         if path.is_dir():
             run = RunDir(path)
-            have = [f for f in run.fold_names() if run.checkpoint(f).exists()]
-            if not have:
-                raise EscnetError(f"{path}: no fold has a last.pt checkpoint (is it an escnet run?)")
+            have = run.model_folds()
             if fold is None and len(have) > 1:
                 raise EscnetError(f"{path}: folds {', '.join(have)} have models; choose one with --fold")
             if fold is not None and fold not in have:

@@ -95,9 +95,7 @@ def _checkpoints(source: Path, fold: str | None, ensemble: bool) -> list[Path]:
         return [source]
     run = RunDir(source)
     run.read_config()  # a clear error if it is not a run
-    have = [f for f in run.fold_names() if run.checkpoint(f).exists()]
-    if not have:
-        raise EscnetError(f"{source}: no fold has a last.pt checkpoint yet")
+    have = run.model_folds()
     if ensemble:
         if fold is not None:
             raise EscnetError("--fold and --ensemble: give one of them")
@@ -114,10 +112,8 @@ def _checkpoints(source: Path, fold: str | None, ensemble: bool) -> list[Path]:
         raise EscnetError(f"--fold {fold}: no fold-{fold}/last.pt in {source} (folds with a "
                           f"model: {', '.join(have)})")
     if fold not in run.finished:
-        epochs = run.config.train.num_epochs
-        raise EscnetError(f"--fold {fold}: fold {fold} stopped at epoch {len(run.histories.get(fold, []))} "
-                          f"of {epochs}; resume the run to finish it, or export "
-                          f"{run.checkpoint(fold)} itself to ship it unfinished")
+        raise EscnetError(f"--fold {fold}: {run.progress([fold])}, unfinished; resume the run to "
+                          f"finish it, or export {run.checkpoint(fold)} itself to ship it unfinished")
     return [run.checkpoint(fold)]
 
 

@@ -70,11 +70,6 @@ def calibration_of(paths: list[Path], checkpoints: list[dict]
     return scorers, score, float(np.mean(thresholds))
 
 
-def _progress(run: RunDir, folds: list[str]) -> str:
-    epochs = run.config.train.num_epochs
-    return ", ".join(f"fold {f} at epoch {len(run.histories.get(f, []))}/{epochs}" for f in folds)
-
-
 class TorchModel:
     """One or more :class:`~escnet.models.SoundClassifier` checkpoints, their calibrated
     probabilities averaged: ``model(windows (n, clip_samples)) → (n, classes)`` and
@@ -123,16 +118,14 @@ class TorchModel:
         path = Path(path)
         if path.is_dir():
             run = RunDir(path)
-            found = [f for f in run.fold_names() if run.checkpoint(f).exists()]
-            if not found:
-                raise CheckpointError(f"{path}: no fold-*/last.pt checkpoints; is it an escnet run?")
+            found = run.model_folds()
             finished = [f for f in found if f in run.finished]
             if not finished:  # an average of half-trained models is no model to answer with
-                raise CheckpointError(f"{path}: no fold has finished training ({_progress(run, found)}); "
+                raise CheckpointError(f"{path}: no fold has finished training ({run.progress(found)}); "
                                       "resume the run, or give a fold's last.pt to use it as it is")
             if len(finished) < len(found):
                 log.warning("%s: using the finished folds %s; left out %s", path, ", ".join(finished),
-                            _progress(run, [f for f in found if f not in finished]))
+                            run.progress([f for f in found if f not in finished]))
             return cls([run.checkpoint(f) for f in finished], device)
         return cls([path], device)
 

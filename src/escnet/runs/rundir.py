@@ -472,6 +472,18 @@ class RunDir:
         return [f for f, h in self.histories.items()
                 if len(h) >= epochs and self.predictions_path(f).exists()]
 
+    def model_folds(self) -> list[str]:
+        """Folds with a ``last.pt``, in order; refused when there is none."""
+        have = [f for f in self.fold_names() if self.checkpoint(f).exists()]
+        if not have:
+            raise CheckpointError(f"{self.path}: no fold-*/last.pt checkpoints; is it an escnet run?")
+        return have
+
+    def progress(self, folds: list[str]) -> str:
+        """How far ``folds`` got: ``fold 2 at epoch 3/30, ...``."""
+        epochs = self.config.train.num_epochs
+        return ", ".join(f"fold {f} at epoch {len(self.histories.get(f, []))}/{epochs}" for f in folds)
+
     def accuracy(self, fold: str) -> float:
         """The last epoch's held-out accuracy of ``fold`` (the reported one)."""
         return self.histories[fold][-1]["test_accuracy"]
@@ -482,8 +494,7 @@ class RunDir:
     def require_finished(self) -> list[str]:
         """The finished folds, or an error saying how far each fold got."""
         if not self.finished:
-            epochs = self.config.train.num_epochs
-            state = ", ".join(f"fold {f} at epoch {len(h)}/{epochs}" for f, h in self.histories.items())
+            state = self.progress(list(self.histories))
             raise EscnetError(f"{self.path}: no finished fold yet ({state or 'no epoch logged'})")
         return self.finished
 
