@@ -204,3 +204,14 @@ def test_foreign_audio_benchmark_runs(probe_open_run, tmp_path, monkeypatch):
     music = [predictor.predict_file(p).label for p in kinds["music"]]
     assert music.count(UNKNOWN) >= 9, music  # chords and melodies are none of ESC-50's sounds
     assert predictor.predict_file(kinds["silence"][0]).label is None  # silence is refused, not labelled
+
+
+def test_a_score_the_model_cannot_give_is_refused_before_training(tone_run, tmp_path, capsys):
+    out, root = tone_run
+    code = main(["train", *tiny_flags("--data", str(root), "--model", "crnn", "--set", "train.unknown_score=knn",
+                                      "--out", str(tmp_path / "r"))])
+    assert code == 2 and "train.unknown_score=knn: model crnn has no embedding" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    before = (out / "config.yaml").read_text()
+    assert main(["calibrate", str(out), "--score", "energy+knn"]) == 2
+    assert "has no embedding" in capsys.readouterr().err and (out / "config.yaml").read_text() == before

@@ -26,9 +26,9 @@ from escnet.config import RESULT_FREE, TaskConfig
 from escnet.data.cache import build_waveform_cache
 from escnet.data.tables import ClipTable, Split, load_table, make_splits
 from escnet.engine.data import eval_loader
-from escnet.errors import ConfigError, DataError, EscnetError
+from escnet.errors import DataError, EscnetError
 from escnet.models import SoundClassifier
-from escnet.models.unknown import NEEDS_EMBEDDING, UnknownScorer
+from escnet.models.unknown import UnknownScorer, resolve_score
 from escnet.runs import Predictions, RunDir
 from escnet.runs.metrics import expected_calibration_error, negative_log_likelihood, softmax
 
@@ -68,18 +68,6 @@ def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return expected_calibration_error(probabilities.max(1), probabilities.argmax(1) == labels)
 
 
-def resolve_score(config: TaskConfig, has_embedding: bool) -> str:
-    """``train.unknown_score``, with ``auto`` resolved: ``energy+knn`` for a model with an
-    embedding, ``energy`` otherwise."""
-    score = config.train.unknown_score
-    if score == "auto":
-        return "energy+knn" if has_embedding else "energy"
-    if score in NEEDS_EMBEDDING and not has_embedding:
-        raise ConfigError(f"setting train.unknown_score={score}: model {config.model.name} has no "
-                          "embedding (the mn models have one); use energy, msp or max_logit")
-    return score
-
-
 def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | None,
               bank: np.ndarray | None, config: TaskConfig) -> tuple[dict, UnknownScorer]:
     """Fit the temperature, scorer and thresholds on validation ``logits`` ``(clips, classes)``,
@@ -92,7 +80,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
     threshold (an uncalibrated model).
     """
     keep = config.train.unknown_keep
-    score = resolve_score(config, bank is not None)
+    score = resolve_score(config.train.unknown_score, bank is not None, config.model.name)
     if len(labels) == 0:
         return ({"temperature": 1.0, "unknown_score": score, "unknown_threshold": None,
                  "thresholds": {}, "unknown_keep": keep, "validation_clips": 0}, UnknownScorer())
@@ -173,6 +161,9 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
     with run.lock():
         changes = {k: v for k, v in (("train.unknown_keep", keep), ("train.unknown_score", score))
                    if v is not None}
+        if score is not None:  # a score the model cannot give: before any data is read
+            model = run.load_model(folds[0])[0]
+            resolve_score(score, hasattr(model.backbone, "embed"), config.model.name)
         if changes:
             config = config.replace(changes)
             run.create(config, resume=True, result_free=RESULT_FREE)

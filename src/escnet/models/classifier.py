@@ -13,6 +13,7 @@ from escnet.data.cache import cache_root
 from escnet.errors import ConfigError
 from escnet.models.pretrained import load_pretrained
 from escnet.models.registry import count_parameters, create_model
+from escnet.models.unknown import resolve_score
 from escnet.transforms.features import Featurizer
 
 
@@ -49,6 +50,7 @@ class SoundClassifier(nn.Module):
                 raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
                                   f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
                                   f"{str(err).splitlines()[0]}") from None
+        resolve_score(config.train.unknown_score, hasattr(backbone, "embed"), m.name)
         params = count_parameters(backbone)
         # weights, gradients and two Adam moments: 16 bytes a parameter
         need, have = 16 * params, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

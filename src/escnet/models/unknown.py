@@ -22,12 +22,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from escnet.errors import ConfigError
+
 SCORES = ("msp", "energy", "max_logit", "knn", "energy+knn")
 KNN_WEIGHT = 4.0
 """In ``energy+knn``, the similarity's rank counts this many times the energy's, so that the
 threshold's rejections of known sounds fall mostly on the energy, the better ranking of near
 misses (docs/RESULTS.md, "Unknown sounds")."""
 NEEDS_EMBEDDING = ("knn", "energy+knn")
+
+
+def resolve_score(score: str, has_embedding: bool, model: str) -> str:
+    """``train.unknown_score`` for a model (named ``model``), with ``auto`` resolved:
+    ``energy+knn`` with an embedding, ``energy`` without; a score the model cannot give is a
+    :class:`ConfigError`."""
+    if score == "auto":
+        return "energy+knn" if has_embedding else "energy"
+    if score in NEEDS_EMBEDDING and not has_embedding:
+        raise ConfigError(f"setting train.unknown_score={score}: model {model} has no embedding (the "
+                          "mn models have one); use energy, msp or max_logit")
+    return score
 
 
 class UnknownScorer(nn.Module):
