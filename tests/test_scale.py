@@ -195,7 +195,10 @@ def _group_norm_rank(rank: int, port: int, folder: str) -> None:
     from escnet.engine.distributed import GroupBatchNorm
 
     batch, weights = torch.load(f"{folder}/inputs.pt")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # the store is the parent's, as torchrun's agent hosts it: a rank that hosted it could exit
+    # while the other still talked to it (the store's thread then aborts the process)
+    store = dist.TCPStore("127.0.0.1", port, world_size=2, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     norm = GroupBatchNorm(3)
     x = batch[rank::2].clone().requires_grad_(True)
     y = norm(x)
@@ -208,16 +211,15 @@ def _group_norm_rank(rank: int, port: int, folder: str) -> None:
 
 def test_group_batch_norm_on_two_processes_is_batch_norm_over_the_whole_batch(tmp_path):
     """What DDP on CPU normalises with: the moments of the global batch, gradients included."""
-    import socket
+    import torch.distributed as dist
 
     generator = torch.Generator().manual_seed(1)
     batch = torch.randn(8, 3, 5, 4, generator=generator) * 3 + 1
     weights = torch.randn(8, 3, 5, 4, generator=generator)
     torch.save((batch, weights), tmp_path / "inputs.pt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_group_norm_rank, args=(port, str(tmp_path)), nprocs=2)
+    store = dist.TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False)
+    torch.multiprocessing.spawn(_group_norm_rank, args=(store.port, str(tmp_path)), nprocs=2)
+    del store
     reference = torch.nn.BatchNorm2d(3)
     x = batch.clone().requires_grad_(True)
     y = reference(x)
