@@ -172,3 +172,48 @@ def probe_open_run(esc50, tmp_path_factory):
         assert main(["train", "--preset", "pretrained-probe", "--data", str(data), "--folds", "1",
                      "--unknown-classes", "cat,church_bells", "--out", str(out), "--quiet"]) == 0
     return out, data
+
+
+class ToneModel:
+    """A model of two tones with a score anyone can work out by hand: a window whose spectrum
+    peaks near 500 Hz is "low", near 2000 Hz "high" (probability 0.9), anything else (noise)
+    is unknown (known score 0 against a threshold of 0.5). Event timing tests use it to know
+    exactly what the scores are; the real models are tested on real clips elsewhere."""
+
+    def __init__(self, rate: int = 8000, clip_seconds: float = 2.0) -> None:
+        from escnet.deploy.onnx_model import ModelInfo
+
+        self.info = ModelInfo(["low", "high"], rate, int(rate * clip_seconds), "tones", "float32",
+                              None, [], "test", calibrated=True, unknown_score="energy",
+                              unknown_threshold=0.5)
+
+    def score(self, windows: np.ndarray):
+        from escnet.deploy.onnx_model import Scores
+
+        spectrum = np.abs(np.fft.rfft(windows, axis=1))
+        freqs = np.fft.rfftfreq(windows.shape[1], 1 / self.info.sample_rate)
+        probabilities, known = [], []
+        for row in spectrum:
+            peak = freqs[np.argmax(row)]
+            tonal = row.max() > 20 * np.median(row[row > 0]) if (row > 0).any() else False
+            low = abs(peak - 500) < 50
+            probabilities.append([0.9, 0.1] if low else [0.1, 0.9])
+            known.append(1.0 if tonal and (low or abs(peak - 2000) < 50) else 0.0)
+        return Scores(np.array(probabilities, np.float32), np.array(known, np.float32), None)
+
+    def logmel(self, window: np.ndarray):
+        return None
+
+
+def tone_scene(rate: int = 8000) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """9 s: low tone 1.0–3.0 s, noise 4.5–5.5 s (unknown), high tone 6.5–7.5 s, quiet hiss
+    elsewhere (below the silence gate)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(9 * rate) / rate
+    wav = rng.standard_normal(t.size).astype(np.float32) * 1e-4
+    for lo, hi, freq in ((1.0, 3.0, 500), (6.5, 7.5, 2000)):
+        part = (t >= lo) & (t < hi)
+        wav[part] += 0.3 * np.sin(2 * np.pi * freq * t[part])
+    noisy = (t >= 4.5) & (t < 5.5)
+    wav[noisy] += 0.1 * rng.standard_normal(noisy.sum())
+    return wav, [("low", 1.0, 3.0), ("high", 6.5, 7.5)]

@@ -129,3 +129,60 @@ def test_page_says_unknown_and_what_audioset_hears(browser, probe_open_run, tmp_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_live_mode_follows_a_soundscape_played_as_the_microphone(tmp_path):
+    """Chromium's fake microphone plays a scene (a low tone, noise, a high tone); the page
+    streams it through its AudioWorklet to /v1/stream of a real server on 127.0.0.1 and lists
+    the events in order. The model is the two-tone one of the event tests, whose answers are
+    known, so the test is about the page and the stream, not about a model's accuracy."""
+    import socket
+    import threading
+
+    import soundfile as sf
+    import uvicorn
+    from conftest import ToneModel, tone_scene
+
+    from escnet.serve.app import ServeSettings, create_app
+
+    wav, _ = tone_scene(48000)
+    scene = tmp_path / "scene.wav"
+    sf.write(scene, wav, 48000, subtype="PCM_16")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(ServeSettings("tones", port=port, threads=1), model=ToneModel())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={scene}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "Model tones"))
+        driver.find_element(By.ID, "live").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Live: listening"))
+        ended = "#events-table tbody tr[data-state='end']"
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ended)) >= 2)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#events-table tbody tr")[::-1]  # newest first
+        assert [r.get_attribute("data-label") for r in rows][:2] == ["low", "high"]
+        assert "s:" in driver.find_element(By.ID, "live-now").text
+        shot = tmp_path / "serve-live.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ESCNET_SCREENSHOT_LIVE"):
+            shutil.copy(shot, os.environ["ESCNET_SCREENSHOT_LIVE"])
+        driver.find_element(By.ID, "live").click()  # stop: the stream ends cleanly
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "Live: follow"))
+        assert _console_errors(driver) == []
+    finally:
+        driver.quit()
+        server.should_exit = True
+        thread.join(10)

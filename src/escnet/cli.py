@@ -168,8 +168,15 @@ def _predict(args: argparse.Namespace) -> int:
         raise EscnetError(f"--top-k {args.top_k}: must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise EscnetError(f"--threads {args.threads}: must be at least 1")
-    if not args.timeline and (args.hop is not None or args.out or args.plot):
-        raise EscnetError("--hop, --out and --plot describe a timeline: add --timeline")
+    if args.timeline and args.events:
+        raise EscnetError("--timeline and --events: choose one (windows, or events with a start and end)")
+    if not (args.timeline or args.events) and (args.hop is not None or args.out or args.plot):
+        raise EscnetError("--hop, --out and --plot describe a timeline or events: add --timeline or --events")
+    if args.plot and not args.timeline:
+        raise EscnetError("--plot draws a timeline: add --timeline")
+    if not args.events and _event_flags_given(args):
+        raise EscnetError("--window, --on, --off, --smooth, --min-duration and --max-gap shape events: "
+                          "add --events")
     if args.plot and len(args.files) > 1:
         raise EscnetError(f"--plot draws one recording; {len(args.files)} files were given")
     if args.plot:
@@ -182,6 +189,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.sample_rate is not None and args.sample_rate != predictor.info.sample_rate:
         raise EscnetError(f"{args.model}: the model takes {predictor.info.sample_rate} Hz audio, not "
                           f"--sample-rate {args.sample_rate}")
+    if args.events:
+        return _predict_events(predictor, args)
     results, unreadable = [], 0
     for path in args.files:  # one bad file among many costs only its own line
         try:
@@ -211,6 +220,102 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"escnet: {unreadable} of {len(args.files)} files could not be read (listed above)",
               file=sys.stderr)
     return 2 if unreadable else 0
+
+
+EVENT_FLAGS = ("hop", "window", "smooth", "on", "off", "min_duration", "max_gap")
+
+
+def _event_flags_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, f) is not None for f in EVENT_FLAGS if f != "hop")
+
+
+def _event_settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from escnet.deploy.events import DEFAULTS
+
+    return replace(DEFAULTS, **{f: getattr(args, f) for f in EVENT_FLAGS
+                                       if getattr(args, f) is not None})
+
+
+def _add_event_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    from escnet.deploy.events import DEFAULTS as d
+
+    p.add_argument("--window", type=float, metavar="SECONDS",
+                   help=f"{prefix}seconds of audio per scored window (default {d.window:g})")
+    p.add_argument("--on", type=float, metavar="P", help=f"{prefix}an event starts when its smoothed "
+                   f"probability reaches this (default {d.on:g})")
+    p.add_argument("--off", type=float, metavar="P", help=f"{prefix}...and ends below this "
+                   f"(default {d.off:g})")
+    p.add_argument("--smooth", type=int, metavar="HOPS", help=f"{prefix}hops averaged before the "
+                   f"thresholds (default {d.smooth})")
+    p.add_argument("--min-duration", type=float, metavar="SECONDS", help=f"{prefix}shorter events "
+                   f"are dropped (default {d.min_duration:g})")
+    p.add_argument("--max-gap", type=float, metavar="SECONDS", help=f"{prefix}a dip this short "
+                   f"continues an event (default {d.max_gap:g})")
+
+
+def _predict_events(predictor, args: argparse.Namespace) -> int:
+    from escnet.deploy.events import detect_events, events_csv, write_events
+
+    settings = _event_settings(args)
+    settings.check(predictor.info.clip_seconds)
+    results, unreadable = [], 0
+    for path in args.files:
+        try:
+            results.append((path, detect_events(predictor.model, path, settings, args.silence_db)))
+        except AudioError as err:
+            print(f"escnet: error: {err}", file=sys.stderr)
+            unreadable += 1
+    if args.out:
+        print(f"wrote {write_events(results, args.out)}", file=sys.stderr)
+    elif args.json:  # one object per line and file: JSON Lines
+        for path, events in results:
+            print(json.dumps({"file": str(path), "events": [e.to_dict() for e in events]}))
+    else:
+        print(events_csv(results), end="")
+    if unreadable:
+        print(f"escnet: {unreadable} of {len(args.files)} files could not be read (listed above)",
+              file=sys.stderr)
+    return 2 if unreadable else 0
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from escnet.data.pcm import PcmFormat
+    from escnet.deploy.live import EventLog, listen, open_input, real_time
+    from escnet.deploy.predict import load_model_file
+
+    if (args.rate is None) != (args.format is None) and args.rate is None:
+        raise EscnetError("--format describes raw PCM: give --rate too")
+    raw = PcmFormat(args.rate, args.format or "s16", args.channels) if args.rate is not None else None
+    model = load_model_file(args.model, args.device, args.threads)
+    settings = _event_settings(args)
+    settings.check(model.info.clip_seconds)
+    log = EventLog(args.out) if args.out else None
+    source = open_input(args.input, raw)
+    if args.realtime:
+        source = real_time(source)
+    print(f"escnet: listening to {source.name} ({source.sample_rate} Hz); events as they start and "
+          "end; Ctrl-C stops", file=sys.stderr, flush=True)
+
+    def emit(message) -> None:
+        wall = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        print(f"{wall}  {message.decided:9.2f} s  {message.state:5s}  {message.label:<22s} "
+              f"at {message.time:8.2f} s  confidence {message.confidence:.2f}", flush=True)
+        if log is not None:
+            log.write(message, wall)
+
+    try:
+        interrupted = listen(model, source, emit, settings, args.silence_db)
+    finally:
+        if log is not None:
+            log.close()
+    if interrupted:
+        print("escnet: stopped; open events ended" + (f", {log.path} written" if log else ""),
+              file=sys.stderr)
+    return 0
 
 
 def _print_timelines(timelines: list, args: argparse.Namespace) -> None:
@@ -271,7 +376,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(args.model, args.host, args.port, args.workers, args.threads,
                              args.queue, args.max_upload_mb, args.max_seconds, args.device,
-                             args.max_windows, args.body_seconds)
+                             args.max_windows, args.body_seconds, args.max_streams,
+                             args.stream_seconds, args.idle_seconds)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
               "has no authentication, so put it behind a proxy that has", file=sys.stderr)
@@ -440,10 +546,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of text (or CSV)")
     p.add_argument("--timeline", action="store_true", help="the top class of every window over "
                    "time (CSV: file,start,end,label,probability,level_db) instead of one average")
+    p.add_argument("--events", action="store_true", help="sound events with a start and an end "
+                   "(CSV: file,label,start,end,confidence; --json: a line per file)")
     p.add_argument("--hop", type=float, metavar="SECONDS",
-                   help="timeline: seconds between window starts (default half a clip)")
-    p.add_argument("--out", metavar="FILE", help="timeline: write .csv or .json here, not stdout")
+                   help="timeline, events: seconds between windows (default half a clip; events 0.25)")
+    p.add_argument("--out", metavar="FILE", help="timeline, events: write .csv or .json here, not stdout")
     p.add_argument("--plot", metavar="PNG", help="timeline: also draw it (one input file)")
+    _add_event_flags(p, "events: ")
     p.add_argument("--silence-db", type=float, default=-60.0, metavar="DBFS",
                    help="windows quieter than this RMS level get no label (default -60)")
     p.add_argument("--sample-rate", type=int, metavar="HZ",
@@ -484,6 +593,30 @@ def _add_embed(sub) -> None:
     p.set_defaults(func=_embed)
 
 
+def _add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="sound events, live, from a microphone, a pipe, a URL or a file")
+    p.add_argument("--model", required=True, metavar="MODEL", help="an exported .onnx file, a run "
+                   "folder or a .pt checkpoint")
+    p.add_argument("--input", metavar="SOURCE", help="- (WAV or raw PCM on standard input), an "
+                   "http(s) URL of a WAV or raw PCM stream, or an audio file (default: the microphone)")
+    p.add_argument("--realtime", action="store_true", help="a file or URL: play it at real time "
+                   "(default: as fast as it decodes)")
+    p.add_argument("--rate", type=int, metavar="HZ", help="raw PCM input: its sample rate")
+    p.add_argument("--format", choices=["s16", "s32", "f32"], help="raw PCM input: little-endian "
+                   "samples (default s16)")
+    p.add_argument("--channels", type=int, default=1, help="raw PCM input: channels (default 1)")
+    p.add_argument("--out", metavar="FILE", help="also write each event start and end to this .csv "
+                   "or .jsonl as it happens")
+    p.add_argument("--hop", type=float, metavar="SECONDS", help="seconds between scored windows "
+                   "(default 0.25)")
+    _add_event_flags(p)
+    p.add_argument("--silence-db", type=float, default=-60.0, metavar="DBFS",
+                   help="windows quieter than this RMS level are not scored (default -60)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--device", default="cpu", help="PyTorch models: cpu, cuda or cuda:N")
+    p.set_defaults(func=_listen)
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for a model (pip install "
                        "'escnet[serve]')")
@@ -505,6 +638,12 @@ def _add_serve(sub) -> None:
                    "windows one request may cost, its length and hop together (default 1000)")
     p.add_argument("--body-seconds", type=float, default=30.0, metavar="S", help="an upload must "
                    "arrive within this (default 30); slow senders never hold an inference thread")
+    p.add_argument("--max-streams", type=int, default=32, metavar="N", help="live streams "
+                   "(/v1/stream) open at once (default 32; 0: none)")
+    p.add_argument("--stream-seconds", type=float, default=3600.0, metavar="S",
+                   help="longest live stream, seconds of audio (default 3600)")
+    p.add_argument("--idle-seconds", type=float, default=10.0, metavar="S",
+                   help="a live stream silent this long is closed (default 10)")
     p.set_defaults(func=_serve)
 
 
@@ -588,7 +727,7 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_models)
 
 
-COMMANDS = (_add_train, _add_evaluate, _add_calibrate, _add_predict, _add_embed, _add_export,
+COMMANDS = (_add_train, _add_evaluate, _add_calibrate, _add_predict, _add_listen, _add_embed, _add_export,
             _add_serve, _add_robustness, _add_sweep, _add_download, _add_report, _add_compare, _add_benchmark,
             _add_augment_preview, _add_models)
 

@@ -48,6 +48,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
+def new_output(path: str | Path, flag: str, suffixes: tuple[str, ...]) -> Path:
+    """``path`` checked as a new output file: one of ``suffixes`` (lower case, with the dot),
+    not there yet (escnet never replaces a user's file); ``flag`` names the option in errors."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise EscnetError(f"{flag} {path}: give a {' or '.join(suffixes)} file name")
+    if path.exists():
+        raise EscnetError(f"{flag} {path}: already exists; choose another name (escnet does not "
+                          "overwrite it)")
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -18,9 +18,9 @@ from escnet.errors import AudioError, AudioTooLongError, UnreadableAudioError
 RATES = (100, 768_000)
 """Sample rates (Hz) a recording may have; a header outside them is damaged."""
 UNKNOWN_LENGTHS = ("4294967295", "0")
+"""WAV data sizes that mean "unknown" (streaming writers: ``arecord``, ``ffmpeg -f wav -``)."""
 UNKNOWN_FRAMES = 2**62
 """libsndfile reports ``2**63 - 1`` frames for a FLAC stream whose header gives no length."""
-"""WAV data sizes that mean "unknown" (streaming writers: ``arecord``, ``ffmpeg -f wav -``)."""
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
 

@@ -65,7 +65,7 @@ def load_model_file(path: str | Path, device: str = "cpu", threads: int | None =
     return TorchModel.from_path(path, device)
 
 
-def _opened(source: Source) -> AbstractContextManager[AudioFile]:
+def opened(source: Source) -> AbstractContextManager[AudioFile]:
     """``source`` opened (and closed after use), or an :class:`AudioFile` the caller owns."""
     return nullcontext(source) if isinstance(source, AudioFile) else AudioFile(source)
 
@@ -306,7 +306,7 @@ class Predictor:
                      keep_timeline: bool = False, stop: Event | None = None) -> Prediction:
         """Class probabilities averaged over the file's non-silent windows (and with
         ``keep_timeline`` each window's, as :attr:`Prediction.timeline`)."""
-        with _opened(source) as audio:
+        with opened(source) as audio:
             return self._predict(audio, top_k, hop_seconds, keep_timeline, stop)
 
     def _predict(self, audio: AudioFile, top_k: int, hop_seconds: float | None,

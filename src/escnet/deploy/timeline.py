@@ -11,7 +11,7 @@ import numpy as np
 
 from escnet.deploy.predict import Timeline
 from escnet.errors import EscnetError
-from escnet.files import atomic_write, atomic_write_text
+from escnet.files import atomic_write, atomic_write_text, new_output
 
 COLUMNS = ("file", "start", "end", "label", "probability", "level_db")
 
@@ -37,12 +37,7 @@ def timeline_json(timelines: list[Timeline], top_k: int = 3) -> str:
 
 def write_timeline(timelines: list[Timeline], path: str | Path) -> Path:
     """Write ``.csv`` or ``.json`` (by the suffix); an existing file is never replaced."""
-    path = Path(path)
-    if path.suffix.lower() not in (".csv", ".json"):
-        raise EscnetError(f"--out {path}: give a .csv or .json file name")
-    if path.exists():
-        raise EscnetError(f"--out {path}: already exists; choose another name (escnet does not "
-                          "overwrite it)")
+    path = new_output(path, "--out", (".csv", ".json"))
     text = timeline_csv(timelines) if path.suffix.lower() == ".csv" else timeline_json(timelines)
     atomic_write_text(path, text)
     return path
@@ -51,12 +46,7 @@ def write_timeline(timelines: list[Timeline], path: str | Path) -> Path:
 def plot_timeline(timeline: Timeline, path: str | Path, classes: int = 8) -> Path:
     """A heat map of the ``classes`` most probable classes' probabilities over time, with
     silent windows shaded, as a PNG."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise EscnetError(f"--plot {path}: give a .png file name")
-    if path.exists():
-        raise EscnetError(f"--plot {path}: already exists; choose another name (escnet does not "
-                          "overwrite it)")
+    path = new_output(path, "--plot", (".png",))
     try:
         import matplotlib
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -43,6 +43,7 @@ from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import available_cores
+from escnet.serve.stream import run_stream
 
 UPLOAD_NAME = "uploaded audio"
 """What error messages call an upload: the client's file name is never used."""
@@ -74,6 +75,12 @@ class ServeSettings:
     body_seconds: float = 30.0
     """An upload must arrive within this; a request waits for an inference thread only once
     its body is in, so slow senders never hold the threads or the queue."""
+    max_streams: int = 32
+    """Live streams (``/v1/stream``) open at once; more are closed with code 1013."""
+    stream_seconds: float = 3600.0
+    """Longest live stream, seconds of audio."""
+    idle_seconds: float = 10.0
+    """A live stream that sends no audio for this long is closed."""
 
     def __post_init__(self) -> None:
         checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
@@ -86,7 +93,11 @@ class ServeSettings:
                                   "86400 s (a day)"),
                   "max_windows": (2 <= self.max_windows <= 10**6, "must be 2 to 1000000"),
                   "body_seconds": (0 < self.body_seconds <= 3600, "must be above 0 and at most "
-                                   "3600 s")}
+                                   "3600 s"),
+                  "max_streams": (0 <= self.max_streams <= 10000, "must be 0 (no live streams) to "
+                                  "10000"),
+                  "stream_seconds": (1 <= self.stream_seconds <= 7 * 86400, "must be 1 s to a week"),
+                  "idle_seconds": (0.1 <= self.idle_seconds <= 3600, "must be 0.1 to 3600 s")}
         for name, (ok, why) in checks.items():
             if not ok:
                 raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
@@ -123,12 +134,17 @@ class Admission:
         self.capacity, self.inside = capacity, 0
         self.lock = threading.Lock()
 
-    def enter(self) -> None:
+    def try_enter(self) -> bool:
         with self.lock:
             if self.inside >= self.capacity:
-                raise RequestError(503, f"busy: {self.inside} requests in progress or queued; "
-                                   "retry shortly", {"Retry-After": "1"})
+                return False
             self.inside += 1
+            return True
+
+    def enter(self) -> None:
+        if not self.try_enter():
+            raise RequestError(503, f"busy: {self.inside} requests in progress or queued; "
+                               "retry shortly", {"Retry-After": "1"})
 
     def leave(self) -> None:
         with self.lock:
@@ -206,6 +222,7 @@ class Service:
         """Set when the server is stopping: work in flight ends at its next batch (503)."""
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="escnet-infer")
         self.admission = Admission(settings.threads + settings.queue)
+        self.streams = Admission(settings.max_streams)
 
     def classify(self, data: bytes, top_k: int, timeline: bool, hop: float | None,
                  logmel: bool) -> dict:
@@ -228,6 +245,19 @@ class Service:
             out["logmel"] = _logmel_image(self.model, first)
         out["elapsed_ms"] = round(1e3 * (time.perf_counter() - tick), 2)
         return out
+
+
+DESCRIPTION = """Environmental sound classification with a trained escnet model.
+
+**Live streams** (a WebSocket, not listed below): `ws://HOST:PORT/v1/stream?sample_rate=SR&format=f32|s16`.
+Send binary frames of little-endian mono PCM at that rate (at most 2 s each); the server answers
+text frames of JSON with a `type`: `"ready"` first (classes, settings, limits), `"scores"` every hop
+(`time`, `label`, `top`), and `"event"` (`label`, `state` `"start"` or `"end"`, `time` in seconds of
+stream, `confidence`) once per event start and end. Send the text frame `"end"` to end every open
+event: the server answers `"end"` and closes (1000). Optional parameters: `hop`, `window`, `on`,
+`off`, `smooth`, `min_duration`, `max_gap`. Broken limits close the stream with a code and a reason:
+1008 (bad parameter, too long, idle), 1003 (bad frame), 1007 (NaN samples), 1009 (frame too big),
+1013 (too many streams), 1001 (server stopping)."""
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -261,7 +291,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
             stopping.pool.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="escnet", version=escnet.__version__, lifespan=lifespan,
-                  description="Environmental sound classification with a trained escnet model.")
+                  description=DESCRIPTION)
     app.state.stopping = stopping
 
     def ready() -> Service:
@@ -332,6 +362,15 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
             raise RequestError(_status(err), str(err)) from None
         finally:
             s.admission.leave()
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        if failure or "ready" not in service:
+            await ws.accept()
+            await ws.close(1013, "the model is not loaded" + (f": {failure[0][:80]}" if failure else
+                                                              " yet; retry shortly"))
+            return
+        await run_stream(ws, service["ready"])
 
     static = resources.files("escnet.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -244,6 +244,115 @@ async function toggleRecording() {
   setStatus("Recording…");
 }
 
+// Live mode: the microphone through an AudioWorklet to ws /v1/stream (float32 PCM at the
+// AudioContext's rate); per-hop scores scroll in a strip, events are listed as they start and end.
+const live = { socket: null, context: null, stream: null, scores: [], rows: new Map() };
+const STRIP_SECONDS = 20;
+const COLORS = ["#2f6fdf", "#d9822b", "#2a8a3e", "#b03a8a", "#7a5cc7", "#c23b22", "#1a8a8a"];
+
+function colorOf(label) {
+  let h = 0;
+  for (const c of label) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return COLORS[h % COLORS.length];
+}
+
+function drawStrip() {
+  const canvas = $("live-strip");
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  const last = live.scores.length ? live.scores[live.scores.length - 1].time : 0;
+  const x = (t) => canvas.width * (1 - (last - t) / STRIP_SECONDS);
+  const top = canvas.height - 14;
+  for (const s of live.scores) {  // one bar per hop: the best class's probability
+    if (!s.top.length) continue;
+    const p = s.top[0].probability;
+    g.fillStyle = s.label === "unknown" ? "#bbb" : colorOf(s.top[0].label);
+    g.fillRect(x(s.time) - 3, top - p * (top - 4), 3, p * (top - 4));
+  }
+  g.fillStyle = "#666";
+  g.font = "11px system-ui";
+  for (let t = Math.ceil(last - STRIP_SECONDS); t <= last; t += 5) {
+    if (t >= 0) g.fillText(`${t} s`, x(t) + 2, canvas.height - 2);
+  }
+}
+
+function onLiveMessage(message) {
+  if (message.type === "scores") {
+    live.scores.push(message);
+    while (live.scores.length && live.scores[0].time < message.time - STRIP_SECONDS) live.scores.shift();
+    const now = message.label === null ? "silence" : message.label === "unknown" ?
+      `unknown (best guess ${message.top[0].label})` : `${message.label} ${message.top[0].probability.toFixed(2)}`;
+    $("live-now").textContent = `${message.time.toFixed(2)} s: ${now}`;
+    drawStrip();
+  } else if (message.type === "event") {
+    const key = `${message.label}@${message.start}`;
+    let row = live.rows.get(key);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.label = message.label;
+      $("events-table").tBodies[0].prepend(row);
+      live.rows.set(key, row);
+    }
+    row.className = message.state === "start" ? "open" : "ended";
+    row.dataset.state = message.state;
+    const cells = [message.label, message.start.toFixed(2),
+                   message.state === "end" ? message.time.toFixed(2) : "…", message.confidence.toFixed(2)];
+    row.replaceChildren(...cells.map((text) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      return td;
+    }));
+  } else if (message.type === "error") {
+    setStatus(`Live stream closed (${message.code}): ${message.error}`, true);
+  }
+}
+
+async function stopLive() {
+  const { socket, context, stream } = live;
+  live.socket = live.context = live.stream = null;
+  if (stream) stream.getTracks().forEach((track) => track.stop());
+  if (context) await context.close();
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send("end"); // the server ends open events
+  $("live").classList.remove("live");
+  $("live").textContent = "◉ Live: follow the microphone";
+}
+
+async function startLive() {
+  try {
+    // the sound as it is: no echo cancelling, noise suppression or gain riding before the model
+    live.stream = await navigator.mediaDevices.getUserMedia({ audio: {
+      echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  } catch (err) {
+    setStatus(`No microphone: ${err.message}`, true);
+    return;
+  }
+  live.context = new AudioContext();
+  await live.context.audioWorklet.addModule("/static/live-worklet.js");
+  const rate = live.context.sampleRate;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/stream?sample_rate=${rate}&format=f32`);
+  socket.binaryType = "arraybuffer";
+  socket.onmessage = (event) => onLiveMessage(JSON.parse(event.data));
+  socket.onclose = (event) => {
+    if (live.socket === socket) stopLive();
+    if (event.code !== 1000 && event.code !== 1005) setStatus(`Live stream closed: ${event.reason || event.code}`, true);
+  };
+  live.socket = socket;
+  live.scores = [];
+  live.rows.clear();
+  $("events-table").tBodies[0].replaceChildren();
+  $("live-section").hidden = false;
+  $("live-caption").textContent = `(microphone at ${rate} Hz; bars: best class per hop, grey: unknown)`;
+  const node = new AudioWorkletNode(live.context, "escnet-capture");
+  node.port.onmessage = (event) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(event.data.buffer);
+  };
+  live.context.createMediaStreamSource(live.stream).connect(node);
+  $("live").classList.add("live");
+  $("live").textContent = "■ Stop live";
+  setStatus("Live: listening…");
+}
+
 function setUp() {
   const drop = $("drop");
   $("file").addEventListener("change", () => {
@@ -266,6 +375,7 @@ function setUp() {
     if (file) classify(file, file.name);
   });
   $("record").addEventListener("click", toggleRecording);
+  $("live").addEventListener("click", () => (live.socket ? stopLive() : startLive()));
   loadModelInfo();
 }
 

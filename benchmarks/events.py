@@ -1,0 +1,262 @@
+"""Sound events on held-out soundscapes: event F1, latency in real time, concurrent live streams.
+
+Builds seeded soundscapes (``escnet.data.soundscapes``: clips of the model's **held-out fold**,
+cut to their active part, one after another with gaps, over pink noise) and, for each
+``--model`` (an ``.onnx`` export or a run folder, trained without that fold):
+
+1. **Files.** ``detect_events`` on each scene: event-based F1 (onset collar 0.5 s, offset
+   collar max(0.5 s, 20 % of the event)) and segment-based F1 (1 s), micro-averaged
+   (``escnet.deploy.event_metrics``); how often one true event was reported more than once
+   ("repeats"); and the per-window accuracy inside the true events (the hops whose answer is
+   the event's class), beside the model's held-out clip accuracy.
+2. **Latency.** ``escnet serve`` is started on the model; ``--concurrency`` clients stream the
+   scenes over ``/v1/stream`` at real time in 0.1 s frames (as a microphone would). Latency is
+   the time from the moment a true event's onset was sent to the arrival of its event-start
+   message (matched: same label, start within the onset collar); the median over the scenes'
+   events. Live events are also compared with the file's (the same audio gives the same events).
+3. **Streams.** For each count in ``--streams``, that many clients stream at real time for
+   ``--stream-seconds``; a stream falls behind when a scores message arrives more than 1 s after
+   its window's audio was sent. Prints the largest count with no stream behind.
+
+    python benchmarks/events.py --model runs/fast-fold1.onnx --data ../shared/data/esc50 \\
+        --fold 1 --out runs/events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from escnet.data.soundscapes import SceneEvent, soundscape
+from escnet.data.tables import read_esc50
+from escnet.deploy.event_metrics import F1, event_f1, segment_f1
+from escnet.deploy.events import DEFAULTS, Event, stream_file
+from escnet.deploy.predict import load_model_file
+
+RATE = 32_000
+"""Scenes are written at this rate (each model resamples to its own)."""
+FRAME_SECONDS = 0.1
+BEHIND_SECONDS = 1.0
+
+
+def build_scenes(data: str, fold: int, count: int, seconds: float, seed: int, out: Path
+                 ) -> list[tuple[Path, list[SceneEvent]]]:
+    table = read_esc50(Path(data))
+    clips = [(str(p), table.classes[y])
+             for p, y, f in zip(table.paths, table.labels, table.folds, strict=True) if int(f) == fold]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(clips))
+    scenes, used = [], 0
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        take = [clips[i] for i in order[used:used + 12]]
+        wav, events = soundscape(take, RATE, seconds, rng)
+        used = (used + len(events)) % (len(clips) - 12)
+        path = out / f"scene-{k:02d}.wav"
+        sf.write(path, wav, RATE, subtype="PCM_16")
+        scenes.append((path, events))
+    (out / "truth.json").write_text(json.dumps(
+        {p.name: [e.to_dict() for e in ev] for p, ev in scenes}, indent=1))
+    return scenes
+
+
+def repeats(truth: list[SceneEvent], found: list[Event]) -> int:
+    """True events that more than one found event of their label overlaps."""
+    return sum(sum(1 for e in found if e.label == t.label and e.start < t.end and e.end > t.start) > 1
+               for t in truth)
+
+
+def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
+    model = load_model_file(model_path, threads=2)
+    event, segment, rep, hops, right = F1(0, 0, 0), F1(0, 0, 0), 0, 0, 0
+    found_by_scene = {}
+    tick = time.perf_counter()
+    for path, truth in scenes:
+        updates = list(stream_file(model, path))
+        found = sorted((Event(m.label, m.start, m.time, m.confidence) for u in updates for m in u.events
+                        if m.state == "end"), key=lambda e: (e.start, e.label))
+        found_by_scene[path.name] = found
+        event += event_f1(truth, found)
+        segment += segment_f1(truth, found, sf.info(path).duration)
+        rep += repeats(truth, found)
+        for u in updates:  # the answer of each hop whose window centre is inside a true event
+            for s in u.scores:
+                centre = s.end - DEFAULTS.window / 2
+                inside = [t for t in truth if t.start <= centre < t.end]
+                if inside:
+                    hops += 1
+                    right += s.label == inside[0].label
+    seconds = time.perf_counter() - tick
+    return {"event": event.to_dict(), "segment": segment.to_dict(), "repeats": rep,
+            "true_events": sum(len(t) for _, t in scenes),
+            "hop_accuracy_in_events": round(right / max(hops, 1), 4),
+            "held_out_clip_accuracy": model.info.held_out_accuracy,
+            "unknown_threshold": model.info.unknown_threshold is not None,
+            "seconds": round(seconds, 1)}, found_by_scene
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "escnet", "serve", model, "--port", str(port),
+                             "--max-streams", "256", "--idle-seconds", "30"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited: see {log}") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not get ready in 60 s")
+
+
+async def play(port: int, path: Path, seconds: float | None = None) -> dict:
+    """Stream ``path`` at real time (looping up to ``seconds`` if given); returns the send
+    start, and every message with its arrival time."""
+    import websockets
+
+    wav, rate = sf.read(path, dtype="float32")
+    if seconds is not None:
+        reps = int(np.ceil(seconds * rate / wav.shape[0]))
+        wav = np.tile(wav, reps)[: int(seconds * rate)]
+    frame = int(FRAME_SECONDS * rate)
+    received: list[tuple[float, dict]] = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream?sample_rate={rate}&format=f32",
+                                  max_size=2**22) as ws:
+        json.loads(await ws.recv())  # ready
+
+        async def reader() -> None:
+            async for text in ws:
+                received.append((time.monotonic(), json.loads(text)))
+
+        task = asyncio.create_task(reader())
+        start = time.monotonic()
+        for k in range(0, wav.shape[0], frame):
+            delay = start + (k + frame) / rate - time.monotonic()  # a frame leaves once recorded
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(wav[k:k + frame].tobytes())
+        await ws.send("end")
+        await task
+    return {"start": start, "messages": received}
+
+
+async def latency_run(port: int, scenes, concurrency: int) -> list[dict]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(path: Path) -> dict:
+        async with gate:
+            return await play(port, path)
+
+    return await asyncio.gather(*(one(p) for p, _ in scenes))
+
+
+def latencies(scenes, runs: list[dict]) -> tuple[list[float], int]:
+    out, missed = [], 0
+    for (_, truth), run in zip(scenes, runs, strict=True):
+        starts = [(t, m) for t, m in run["messages"] if m["type"] == "event" and m["state"] == "start"]
+        for e in truth:
+            hit = [t for t, m in starts if m["label"] == e.label and abs(m["time"] - e.start) <= 0.5]
+            if hit:
+                out.append(min(hit) - (run["start"] + e.start))
+            else:
+                missed += 1
+    return out, missed
+
+
+def live_events(run: dict) -> list[Event]:
+    return sorted((Event(m["label"], m["start"], m["time"], m["confidence"]) for _, m in run["messages"]
+                   if m["type"] == "event" and m["state"] == "end"), key=lambda e: (e.start, e.label))
+
+
+async def streams_run(port: int, scenes, count: int, seconds: float) -> dict:
+    runs = await asyncio.gather(*(play(port, scenes[k % len(scenes)][0], seconds) for k in range(count)))
+    lags = [[t - (r["start"] + m["time"]) for t, m in r["messages"] if m["type"] == "scores"] for r in runs]
+    worst = [max(x) for x in lags if x]
+    return {"streams": count, "lag_median_s": round(statistics.median(v for x in lags for v in x), 3),
+            "lag_worst_s": round(max(worst), 3), "behind": sum(w > BEHIND_SECONDS for w in worst)}
+
+
+def main() -> None:
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, help="an .onnx export or a run folder")
+    p.add_argument("--data", required=True, help="the ESC-50 folder")
+    p.add_argument("--fold", type=int, default=1, help="the models' held-out fold (default 1)")
+    p.add_argument("--scenes", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each scene")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=4, help="latency: scenes streamed at once")
+    p.add_argument("--streams", default="8,16,24,32", help="counts of concurrent streams to try")
+    p.add_argument("--stream-seconds", type=float, default=20.0)
+    p.add_argument("--skip-live", action="store_true", help="files only (no server)")
+    p.add_argument("--out", required=True, help="folder for the scenes and the results")
+    args = p.parse_args()
+    out = Path(args.out)
+    scenes = build_scenes(args.data, args.fold, args.scenes, args.seconds, args.seed, out / "scenes")
+    print(f"{len(scenes)} scenes of {args.seconds:g} s from fold {args.fold}: "
+          f"{sum(len(e) for _, e in scenes)} events; machine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; event settings {DEFAULTS}")
+    results = {}
+    for model in args.model:
+        files, found = file_mode(model, scenes)
+        row = {"files": files}
+        ev = files["event"]
+        print(f"\n{model}\n  files: event F1 {ev['f1']:.3f} (P {ev['precision']:.3f}, "
+              f"R {ev['recall']:.3f}), segment F1 {files['segment']['f1']:.3f}; "
+              f"repeats {files['repeats']} of {files['true_events']}; hop accuracy in events "
+              f"{files['hop_accuracy_in_events']:.3f} (held-out clips {files['held_out_clip_accuracy']}); "
+              f"{files['seconds']} s")
+        if not args.skip_live:
+            port = free_port()
+            server = start_server(model, port, out / f"serve-{Path(model).stem}.log")
+            try:
+                runs = asyncio.run(latency_run(port, scenes, args.concurrency))
+                lat, missed = latencies(scenes, runs)
+                same = sum([e.to_dict() for e in live_events(r)] == [e.to_dict() for e in found[p.name]]
+                           for (p, _), r in zip(scenes, runs, strict=True))
+                row["latency"] = {"median_s": round(statistics.median(lat), 3) if lat else None,
+                                  "p90_s": round(float(np.percentile(lat, 90)), 3) if lat else None,
+                                  "matched": len(lat), "unmatched": missed, "concurrency": args.concurrency,
+                                  "scenes_same_events_as_file": same}
+                print(f"  live: onset → start message median {row['latency']['median_s']} s, p90 "
+                      f"{row['latency']['p90_s']} s ({len(lat)} events matched, {args.concurrency} streams "
+                      f"at once); live events = file events in {same} of {len(scenes)} scenes")
+                row["streams"] = []
+                for count in (int(c) for c in args.streams.split(",")):
+                    r = asyncio.run(streams_run(port, scenes, count, args.stream_seconds))
+                    row["streams"].append(r)
+                    print(f"  {count:3d} streams: lag median {r['lag_median_s']} s, worst "
+                          f"{r['lag_worst_s']} s, {r['behind']} behind")
+                    if r["behind"]:
+                        break
+            finally:
+                server.terminate()
+                server.wait(30)
+        results[model] = row
+    (out / "events.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {out / 'events.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Raw PCM as it arrives live (a WebSocket frame, a pipe from ``arecord`` or ``ffmpeg``):
+bytes → mono ``float32`` samples in [-1, 1], and the header of a WAV stream read from a pipe
+(no seeking; its data size may say "unknown")."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from escnet.data.audio import RATES
+from escnet.errors import AudioError
+
+FORMATS = {"s16": np.dtype("<i2"), "s32": np.dtype("<i4"), "f32": np.dtype("<f4")}
+"""Little-endian sample formats: 16- and 32-bit signed integers, 32-bit float."""
+
+
+@dataclass(frozen=True)
+class PcmFormat:
+    """How to read a PCM byte stream."""
+
+    sample_rate: int
+    """Hz."""
+    format: str = "s16"
+    """A key of :data:`FORMATS`."""
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise AudioError(f"sample format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if not RATES[0] <= self.sample_rate <= RATES[1]:
+            raise AudioError(f"sample rate {self.sample_rate} Hz: must be {RATES[0]} to {RATES[1]} Hz")
+        if not 1 <= self.channels <= 64:
+            raise AudioError(f"{self.channels} channels: must be 1 to 64")
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per sample frame (all channels)."""
+        return FORMATS[self.format].itemsize * self.channels
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Whole frames of ``data`` → ``(frames,)`` mono float32 (channels averaged)."""
+        if len(data) % self.frame_bytes:
+            raise AudioError(f"{len(data)} bytes is not a whole number of {self.format} frames of "
+                             f"{self.channels} channel(s) ({self.frame_bytes} bytes each)")
+        raw = np.frombuffer(data, FORMATS[self.format])
+        if self.format == "f32":
+            samples = raw.astype(np.float32)
+            if not np.isfinite(samples).all():
+                raise AudioError("float samples include NaN or infinity")
+        else:
+            samples = raw.astype(np.float32) / float(2 ** (8 * raw.itemsize - 1))
+        return samples.reshape(-1, self.channels).mean(axis=1) if self.channels > 1 else samples
+
+    def chunks(self, read: Callable[[int], bytes], seconds: float = 0.1) -> Iterator[np.ndarray]:
+        """Decode a byte stream (``read(n)`` returning ``b""`` at its end) about ``seconds`` at a
+        time; a trailing part-frame is dropped."""
+        size = max(1, int(seconds * self.sample_rate)) * self.frame_bytes
+        pending = b""
+        while True:
+            data = read(size)
+            if not data:
+                return
+            pending += data
+            whole = len(pending) - len(pending) % self.frame_bytes
+            if whole:
+                yield self.decode(pending[:whole])
+                pending = pending[whole:]
+
+
+def read_wav_header(read: Callable[[int], bytes], name: str) -> PcmFormat:
+    """Read a WAV header from a stream, leaving it at the first sample. Its sizes are not
+    trusted (a live writer does not know them), so the stream is read to its end."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            part = read(n - len(data))
+            if not part:
+                raise AudioError(f"{name}: the WAV header ends early ({len(data)} of {n} bytes)")
+            data += part
+        return data
+
+    if exactly(12)[8:12] != b"WAVE":
+        raise AudioError(f"{name}: not a WAV stream (no RIFF/WAVE header)")
+    fmt = None
+    while True:
+        chunk, size = struct.unpack("<4sI", exactly(8))
+        if chunk == b"data":
+            break
+        if size > 1 << 20:
+            raise AudioError(f"{name}: a WAV {chunk!r} chunk of {size} bytes before the audio")
+        body = exactly(size + size % 2)
+        if chunk == b"fmt ":
+            fmt = body
+    if fmt is None or len(fmt) < 16:
+        raise AudioError(f"{name}: the WAV stream has no format chunk before its data")
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag is the sub-format's
+        tag = struct.unpack("<H", fmt[24:26])[0]
+    kinds = {(1, 16): "s16", (1, 32): "s32", (3, 32): "f32"}
+    if (tag, bits) not in kinds:
+        raise AudioError(f"{name}: WAV of {bits}-bit {'float' if tag == 3 else 'format ' + str(tag)} "
+                         "samples; stream 16- or 32-bit integer, or 32-bit float PCM")
+    return PcmFormat(rate, kinds[tag, bits], channels)

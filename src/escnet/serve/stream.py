@@ -1,0 +1,202 @@
+"""The live endpoint of ``escnet serve``: ``ws://HOST:PORT/v1/stream``.
+
+Protocol. The client opens ``/v1/stream?sample_rate=SR&format=f32|s16`` (optional event
+settings as further parameters: ``hop``, ``window``, ``on``, ``off``, ``smooth``,
+``min_duration``, ``max_gap``) and sends binary frames of little-endian mono PCM at that rate.
+The server sends text frames of JSON, each with a ``type``:
+
+- ``"ready"``: once, first: the model's classes, the event settings in force and the limits;
+- ``"scores"``: per hop: ``time`` (seconds of stream at the window's end), ``label`` (a class,
+  ``"unknown"``, or null for silence), ``top`` (the best classes and their probabilities);
+- ``"event"``: ``label``, ``state`` (``"start"`` or ``"end"``), ``time`` (seconds of stream:
+  the event's start or end), ``start``, ``confidence``, ``decided`` (seconds of stream received
+  when it was decided);
+- ``"end"``: after the client's text frame ``"end"``, once every open event has ended; the server
+  then closes with code 1000.
+
+Limits, each answered by closing with a code and a one-line reason: a bad parameter (1008),
+a text frame other than ``"end"`` or a frame that is not whole samples (1003), NaN samples
+(1007), a frame over 2 s of audio (1009), a stream longer than ``--stream-seconds`` or silent
+for ``--idle-seconds`` (1008), more than ``--max-streams`` open (1013), the server stopping
+(1001). A client sending faster than ``MAX_SPEED`` times real time (after a ``BURST``) is slowed
+down, not refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import Executor
+from dataclasses import asdict, replace
+from typing import Protocol
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from escnet.data.pcm import PcmFormat
+from escnet.deploy.events import DEFAULTS, EventSettings, Stream, Update
+from escnet.deploy.predict import Model
+from escnet.errors import EscnetError
+
+FORMATS = ("f32", "s16")
+MAX_FRAME_SECONDS = 2.0
+MAX_SPEED = 4.0
+"""Times real time a stream may send at, on average, after its first ``BURST`` seconds."""
+BURST = 10.0
+FLOAT_SETTINGS = ("hop", "window", "on", "off", "min_duration", "max_gap")
+
+
+class Limits(Protocol):
+    stream_seconds: float
+    idle_seconds: float
+    max_streams: int
+
+
+class Slots(Protocol):
+    def try_enter(self) -> bool: ...
+
+    def leave(self) -> None: ...
+
+
+class Service(Protocol):
+    """What a stream needs of the server (``escnet.serve.app.Service``)."""
+
+    settings: Limits
+    model: Model
+    pool: Executor
+    streams: Slots
+    stopping: threading.Event
+
+
+class Closed(Exception):
+    """Close the stream with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def stream_request(params: dict[str, str]) -> tuple[PcmFormat, EventSettings]:
+    """The PCM format and event settings a client asked for (:class:`Closed` 1008 if bad)."""
+    known = {"sample_rate", "format", "smooth", *FLOAT_SETTINGS}
+    if extra := sorted(set(params) - known):
+        raise Closed(1008, f"unknown parameter {extra[0]!r}; known: {', '.join(sorted(known))}")
+    try:
+        rate = int(params["sample_rate"])
+    except KeyError:
+        raise Closed(1008, "sample_rate: give the rate of the PCM you send, in Hz") from None
+    except ValueError:
+        raise Closed(1008, f"sample_rate={params['sample_rate'][:20]!r}: not a whole number of Hz") from None
+    fmt = params.get("format", "f32")
+    if fmt not in FORMATS:
+        raise Closed(1008, f"format={fmt[:20]!r}: use f32 or s16")
+    if not 8000 <= rate <= 192000:
+        raise Closed(1008, f"sample_rate={rate}: must be 8000 to 192000 Hz")
+    changes: dict[str, float | int] = {}
+    for name in (*FLOAT_SETTINGS, "smooth"):
+        if name in params:
+            try:
+                changes[name] = int(params[name]) if name == "smooth" else float(params[name])
+            except ValueError:
+                raise Closed(1008, f"{name}={params[name][:20]!r}: not a number") from None
+    return PcmFormat(rate, fmt), replace(DEFAULTS, **changes)
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes (the WebSocket limit)."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+async def run_stream(ws: WebSocket, service: Service) -> None:
+    """Serve one live stream until the client ends it, leaves, or breaks a limit."""
+    settings = service.settings
+    await ws.accept()
+    entered = False
+    try:
+        if service.stopping.is_set():
+            raise Closed(1001, "the server is shutting down")
+        pcm, events = stream_request(dict(ws.query_params))
+        try:
+            live = Stream(service.model, events, input_rate=pcm.sample_rate)
+        except EscnetError as err:
+            raise Closed(1008, str(err)) from None
+        if not service.streams.try_enter():
+            raise Closed(1013, f"busy: {settings.max_streams} live streams open, the limit; retry later")
+        entered = True
+        info = service.model.info
+        await ws.send_text(json.dumps({
+            "type": "ready", "classes": info.classes, "model_rate": info.sample_rate,
+            "settings": asdict(events), "limits": {
+                "max_frame_bytes": int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes,
+                "stream_seconds": settings.stream_seconds, "idle_seconds": settings.idle_seconds,
+                "max_speed": MAX_SPEED}}))
+        await _follow(ws, service, live, pcm)
+    except Closed as closed:
+        await _close(ws, closed.code, closed.reason)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if entered:
+            service.streams.leave()
+
+
+async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat) -> None:
+    settings = service.settings
+    loop = asyncio.get_running_loop()
+    max_bytes = int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes
+    start, received, idle = time.monotonic(), 0, 0.0
+    while True:
+        if service.stopping.is_set():
+            raise Closed(1001, "the server is shutting down")
+        try:  # a short wait at a time: a stopping server is noticed within a second
+            message = await asyncio.wait_for(ws.receive(), min(1.0, settings.idle_seconds))
+        except TimeoutError:
+            idle += min(1.0, settings.idle_seconds)
+            if idle >= settings.idle_seconds:
+                raise Closed(1008, f"no audio for {settings.idle_seconds:g} s") from None
+            continue
+        if message["type"] == "websocket.disconnect":
+            return
+        idle = 0.0
+        if message.get("text") is not None:
+            if message["text"].strip() != "end":
+                raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
+            await _send(ws, live, await loop.run_in_executor(service.pool, live.finish))
+            await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
+            await ws.close(1000)
+            return
+        data = message.get("bytes") or b""
+        if len(data) > max_bytes:
+            raise Closed(1009, f"a frame of {len(data)} bytes: at most {max_bytes} "
+                         f"({MAX_FRAME_SECONDS:g} s of audio)")
+        try:
+            samples = pcm.decode(data)
+        except EscnetError as err:
+            raise Closed(1007 if "NaN" in str(err) else 1003, str(err)) from None
+        received += samples.shape[0]
+        seconds = received / pcm.sample_rate
+        if seconds > settings.stream_seconds:
+            raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
+        await _send(ws, live, await loop.run_in_executor(service.pool, live.feed, samples))
+        ahead = seconds - BURST - MAX_SPEED * (time.monotonic() - start)
+        if ahead > 0:  # faster than MAX_SPEED: wait, so one client cannot take every core
+            await asyncio.sleep(ahead / MAX_SPEED)
+
+
+async def _send(ws: WebSocket, live: Stream, update: Update) -> None:
+    """Scores and event messages in stream order (an event after the window that decided it)."""
+    classes = live.model.info.classes
+    messages = [(s.end, 0, s.to_dict(classes)) for s in update.scores]
+    messages += [(e.decided, 1, e.to_dict()) for e in update.events]
+    for *_, message in sorted(messages, key=lambda m: m[:2]):
+        await ws.send_text(json.dumps(message))
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    try:
+        await ws.send_text(json.dumps({"type": "error", "code": code, "error": reason}))
+        await ws.close(code, _reason(reason))
+    except (WebSocketDisconnect, RuntimeError):  # the client is already gone
+        pass

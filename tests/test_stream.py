@@ -1,0 +1,202 @@
+"""Live: the /v1/stream WebSocket (the real app, FastAPI's test client) and `escnet listen`
+with a pipe, over a soundscape whose events are known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ToneModel, runtime_cli, tone_scene
+
+from escnet.deploy.events import EventSettings, detect_events
+
+fastapi = pytest.importorskip("fastapi", reason="escnet serve needs the serve extra")
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
+
+from escnet.serve.app import ServeSettings, create_app  # noqa: E402
+
+SETTINGS = "hop=0.25&window=0.5&smooth=1"
+
+
+def _client(**settings):
+    app = create_app(ServeSettings("tones", threads=1, **settings), model=ToneModel())
+    client = TestClient(app)
+    client.__enter__()
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = _client(max_streams=2, idle_seconds=1.0)
+    yield c
+    c.__exit__(None, None, None)
+
+
+def _drain(ws) -> list[dict]:
+    out = []
+    while True:
+        message = json.loads(ws.receive_text())
+        out.append(message)
+        if message["type"] in ("end", "error"):
+            return out
+
+
+def test_a_stream_gets_scores_every_hop_and_each_event_once_like_the_file(client, tmp_path):
+    wav, truth = tone_scene(16000)
+    with client.websocket_connect(f"/v1/stream?sample_rate=16000&format=s16&{SETTINGS}") as ws:
+        ready = json.loads(ws.receive_text())
+        assert ready["type"] == "ready" and ready["classes"] == ["low", "high"]
+        pcm = (np.clip(wav, -1, 1) * 32767).astype("<i2")
+        for k in range(0, pcm.size, 1600):  # 0.1 s frames, as a microphone sends them
+            ws.send_bytes(pcm[k:k + 1600].tobytes())
+        ws.send_text("end")
+        messages = _drain(ws)
+    scores = [m for m in messages if m["type"] == "scores"]
+    assert len(scores) >= 36 and scores[1]["time"] == 0.5  # 9 s at 0.25 s
+    events = [m for m in messages if m["type"] == "event"]
+    assert [(m["label"], m["state"]) for m in events] == [
+        ("low", "start"), ("low", "end"), ("high", "start"), ("high", "end")]
+    assert messages[-1]["type"] == "end"
+    # the same audio as a file gives the same events
+    path = tmp_path / "scene.wav"
+    sf.write(path, wav, 16000, subtype="PCM_16")
+    from_file = detect_events(ToneModel(), path, EventSettings(window=0.5, smooth=1))
+    ended = [m for m in events if m["state"] == "end"]
+    assert [(m["label"], m["start"], m["time"]) for m in ended] == \
+        [(e.label, round(e.start, 3), round(e.end, 3)) for e in from_file]
+    for m, (label, start, end) in zip(ended, truth, strict=True):
+        assert m["label"] == label and abs(m["start"] - start) <= 0.5 and abs(m["time"] - end) <= 0.5
+
+
+@pytest.mark.parametrize("query, frames, code, words", [
+    ("", [], 1008, "sample_rate"),
+    ("?sample_rate=abc", [], 1008, "not a whole number"),
+    ("?sample_rate=1000000", [], 1008, "8000 to 192000"),
+    ("?sample_rate=16000&format=mp3", [], 1008, "f32 or s16"),
+    ("?sample_rate=16000&hop=nan", [], 1008, "event setting hop"),
+    ("?sample_rate=16000&volume=3", [], 1008, "unknown parameter"),
+    ("?sample_rate=16000&format=s16", [b"\x00\x01\x02"], 1003, "whole number"),
+    ("?sample_rate=16000&format=f32", [np.array([np.nan], "<f4").tobytes()], 1007, "NaN"),
+    ("?sample_rate=16000&format=f32", [bytes(4 * 16000 * 3)], 1009, "at most"),
+    ("?sample_rate=16000&format=f32", ["hello"], 1003, '"end"'),
+])
+def test_bad_streams_are_closed_with_a_code_and_a_reason(client, query, frames, code, words):
+    with client.websocket_connect(f"/v1/stream{query}") as ws:
+        for frame in frames:
+            if json.loads(ws.receive_text())["type"] == "ready":
+                (ws.send_text if isinstance(frame, str) else ws.send_bytes)(frame)
+        error = json.loads(ws.receive_text())
+        assert error["type"] == "error" and error["code"] == code and words in error["error"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == code and words in closed.value.reason
+
+
+def test_stream_limits_idle_clients_and_too_many_streams(client):
+    with client.websocket_connect("/v1/stream?sample_rate=16000") as a, \
+            client.websocket_connect("/v1/stream?sample_rate=16000") as b:
+        assert json.loads(a.receive_text())["type"] == json.loads(b.receive_text())["type"] == "ready"
+        with client.websocket_connect("/v1/stream?sample_rate=16000") as c:
+            error = json.loads(c.receive_text())
+            assert error["code"] == 1013 and "2 live streams" in error["error"]
+        tick = time.monotonic()
+        idle = json.loads(a.receive_text())  # no audio for idle_seconds (1 s): closed
+        assert idle["code"] == 1008 and "no audio for 1 s" in idle["error"]
+        assert time.monotonic() - tick < 3
+
+
+def test_listen_reads_a_wav_pipe_and_raw_pcm_and_writes_events_as_they_happen(five_class_exports, esc50,
+                                                                               tmp_path):
+    """`arecord ... | escnet listen --input -` with the exported five-class model, torch-free:
+    a held-out dog clip in 8 s of quiet noise."""
+    from escnet.data.audio import load_audio
+
+    model = str(five_class_exports[0].path)
+    rng = np.random.default_rng(0)
+    wav = (1e-3 * rng.standard_normal(8 * 16000)).astype(np.float32)
+    dog = load_audio(sorted((esc50 / "audio").glob("1-*-A-0.*"))[0], 16000)
+    wav[16000:16000 + dog.size] += dog
+    path = tmp_path / "scene.wav"
+    sf.write(path, wav, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[4:8] = data[40:44] = b"\xff\xff\xff\xff"  # as arecord writes to a pipe: length unknown
+    out = tmp_path / "events.csv"
+    run = subprocess.run(runtime_cli("listen", "--model", model, "--input", "-", "--out", str(out),
+                                     "--on", "0.3", "--off", "0.2"),
+                         input=bytes(data), capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    lines = run.stdout.decode().splitlines()
+    assert lines and all((" start " in line) != (" end " in line) for line in lines)
+    assert sum(" start " in line for line in lines) == sum(" end " in line for line in lines)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "wall_clock,stream_seconds,state,label,time,start,confidence"
+    assert len(rows) == len(lines) + 1
+    # expected: the same events as the file gives
+    files = subprocess.run(runtime_cli("predict", "--model", model, str(path), "--events", "--json",
+                                       "--on", "0.3", "--off", "0.2"), capture_output=True, timeout=120)
+    events = json.loads(files.stdout.decode().splitlines()[0])["events"]
+    assert [r.split(",")[3] for r in rows[1:] if ",end," in r] == [e["label"] for e in events]
+    # raw PCM needs its rate; the same audio then gives the same lines (but for the wall clock)
+    raw = subprocess.run(runtime_cli("listen", "--model", model, "--input", "-", "--rate", "16000",
+                                     "--format", "s16", "--on", "0.3", "--off", "0.2"),
+                         input=bytes(data[44:]), capture_output=True, timeout=120)  # the WAV's samples
+    assert [line.split(maxsplit=1)[1] for line in raw.stdout.decode().splitlines()] == \
+        [line.split(maxsplit=1)[1] for line in lines]
+    # refusals, in one line each, exit 2
+    for args, words in ((["--input", "-"], "not a WAV stream"),
+                        (["--input", "-", "--out", str(out)], "already exists"),
+                        (["--input", str(path), "--rate", "8000"], "describe raw PCM")):
+        bad = subprocess.run(runtime_cli("listen", "--model", model, *args), input=b"ID3\x04" + bytes(99),
+                             capture_output=True, timeout=60)
+        assert bad.returncode == 2 and words in bad.stderr.decode(), bad.stderr.decode()
+        assert "Traceback" not in bad.stderr.decode()
+
+
+def test_listen_without_a_microphone_says_how_to_pipe_audio_in(five_class_exports):
+    run = subprocess.run([sys.executable, "-m", "escnet", "listen", "--model",
+                          str(five_class_exports[0].path)], capture_output=True, timeout=60)
+    assert run.returncode == 2
+    err = run.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "microphone" in err[0] and "--input -" in err[0]
+
+
+def test_listen_follows_a_url_and_a_file_at_real_time(five_class_exports, tmp_path):
+    """A WAV over HTTP (a local server on 127.0.0.1) gives the lines a file gives; --realtime
+    plays a file no faster than real time."""
+    import functools
+    import http.server
+    import threading
+
+    model = str(five_class_exports[0].path)
+    wav, _ = tone_scene(16000)
+    sf.write(tmp_path / "scene.wav", wav[: 3 * 16000], 16000, subtype="PCM_16")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/scene.wav"
+        runs = [subprocess.run(runtime_cli("listen", "--model", model, "--input", source, "--on", "0.05",
+                                           "--off", "0.01", *extra), capture_output=True, timeout=120)
+                for source, extra in ((url, []), (str(tmp_path / "scene.wav"), [])) ]
+        for run in runs:
+            assert run.returncode == 0, run.stderr.decode()
+        assert [line.split(maxsplit=1)[1] for line in runs[0].stdout.decode().splitlines()] == \
+            [line.split(maxsplit=1)[1] for line in runs[1].stdout.decode().splitlines()]
+        tick = time.monotonic()
+        slow = subprocess.run(runtime_cli("listen", "--model", model, "--input", url, "--realtime"),
+                              capture_output=True, timeout=120)
+        assert slow.returncode == 0 and time.monotonic() - tick >= 3.0
+        missing = subprocess.run(runtime_cli("listen", "--model", model, "--input", url + ".nope"),
+                                 capture_output=True, timeout=60)
+        assert missing.returncode == 2 and "cannot open it" in missing.stderr.decode()
+    finally:
+        server.shutdown()
