@@ -45,7 +45,8 @@ def test_smoothing_ignores_a_one_window_spike_and_finish_ends_open_events():
     assert [(m.state, m.decided) for m in end] == [("end", 1.1)]
 
 
-@pytest.mark.parametrize("bad", [{"hop": 0}, {"hop": float("nan")}, {"window": 9}, {"on": 0},
+@pytest.mark.parametrize("bad", [{"hop": 0}, {"hop": float("nan")}, {"on": float("nan")}, {"window": 9},
+                                 {"window": 0.05}, {"on": 0},
                                  {"off": 0.9}, {"smooth": 0}, {"max_gap": -1}, {"hop": 2.5}])
 def test_nonsense_settings_are_refused_by_name(bad):
     with pytest.raises(EscnetError, match=f"event setting {next(iter(bad))}="):

@@ -200,3 +200,30 @@ def test_listen_follows_a_url_and_a_file_at_real_time(five_class_exports, tmp_pa
         assert missing.returncode == 2 and "cannot open it" in missing.stderr.decode()
     finally:
         server.shutdown()
+
+
+def test_ctrl_c_ends_open_events_and_flushes_the_log(five_class_exports, esc50, tmp_path):
+    """SIGINT while a sound is still going: its end is printed and written, exit 0."""
+    import signal
+
+    from escnet.data.audio import load_audio
+
+    model = str(five_class_exports[0].path)
+    clip = load_audio(sorted((esc50 / "audio").glob("1-*-A-10.*"))[0], 16000)  # rain: a long sound
+    path = tmp_path / "long.wav"
+    sf.write(path, np.tile(clip, 6), 16000, subtype="PCM_16")  # 30 s of it
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(runtime_cli("listen", "--model", model, "--input", str(path), "--realtime",
+                                        "--out", str(out), "--on", "0.2", "--off", "0.1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and " start" in out.read_text().replace('"', " ")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped; open events ended" in stderr and "Traceback" not in stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and rows[-1]["state"] == "end"
+    assert sum(r["state"] == "start" for r in rows) == sum(r["state"] == "end" for r in rows)
+    assert len(stdout.splitlines()) == len(rows)

@@ -62,18 +62,19 @@ class EventSettings:
 
     def check(self, clip_seconds: float) -> None:
         """Raise :class:`EscnetError` naming the first setting that makes no sense."""
-        finite = all(math.isfinite(v) for v in (self.hop, self.window, self.on, self.off,
-                                                 self.min_duration, self.max_gap))
+        for name in ("hop", "window", "on", "off", "min_duration", "max_gap"):
+            if not math.isfinite(getattr(self, name)):
+                raise EscnetError(f"event setting {name}={getattr(self, name)}: must be a finite number")
         problems = [
-            ("hop", finite and 0.01 <= self.hop <= self.window, f"must be 0.01 s to the window "
-             f"({self.window:g} s)"),
-            ("window", finite and 0.1 <= self.window <= clip_seconds + 1e-9,
+            ("window", 0.1 <= self.window <= clip_seconds + 1e-9,
              f"must be 0.1 s to the model's clip length ({clip_seconds:g} s)"),
+            ("hop", 0.01 <= self.hop <= self.window, f"must be 0.01 s to the window "
+             f"({self.window:g} s)"),
             ("smooth", 1 <= self.smooth <= 100, "must be 1 to 100 hops"),
-            ("on", finite and 0 < self.on <= 1, "must be a probability above 0 and at most 1"),
-            ("off", finite and 0 <= self.off <= self.on, f"must be 0 to --on ({self.on:g})"),
-            ("min_duration", finite and 0 <= self.min_duration <= 600, "must be 0 to 600 s"),
-            ("max_gap", finite and 0 <= self.max_gap <= 600, "must be 0 to 600 s")]
+            ("on", 0 < self.on <= 1, "must be a probability above 0 and at most 1"),
+            ("off", 0 <= self.off <= self.on, f"must be 0 to --on ({self.on:g})"),
+            ("min_duration", 0 <= self.min_duration <= 600, "must be 0 to 600 s"),
+            ("max_gap", 0 <= self.max_gap <= 600, "must be 0 to 600 s")]
         for name, ok, why in problems:
             if not ok:
                 raise EscnetError(f"event setting {name}={getattr(self, name)}: {why}")
