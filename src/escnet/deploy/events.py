@@ -51,8 +51,9 @@ class EventSettings:
     """Seconds of audio in each scored window (at most the model's clip length)."""
     smooth: int = 2
     """Hops whose probabilities are averaged before the thresholds apply."""
-    on: float = 0.6
-    """An event starts when its class's smoothed probability reaches this..."""
+    on: float = 0.7
+    """An event starts when its class's smoothed probability reaches this (or the probability
+    of a window that heard a new sound alone)..."""
     off: float = 0.3
     """...and ends when it has stayed below this (at most ``on``) for longer than ``max_gap``."""
     min_duration: float = 0.5
@@ -223,18 +224,21 @@ class EventTracker:
         self.recent: deque[np.ndarray] = deque(maxlen=settings.smooth)
         self.open: dict[int, _Open] = {}
 
-    def push(self, end: float, probabilities: np.ndarray | None, centre: float | None = None
-             ) -> list[EventMessage]:
+    def push(self, end: float, probabilities: np.ndarray | None, centre: float | None = None,
+             alone: bool = False) -> list[EventMessage]:
         """The window ending at ``end`` seconds scored ``probabilities`` ``(classes,)``
         (``None``: silent or unknown); ``centre``: the middle of the audio it held (default
-        ``end - window / 2``). Returns the messages this decides."""
+        ``end - window / 2``); ``alone``: it held only a sound that began after quiet, so its
+        own probability may start an event. Returns the messages this decides."""
         s = self.settings
         self.recent.append(np.zeros(len(self.classes)) if probabilities is None
                            else probabilities.astype(np.float64))
         smoothed = np.mean(self.recent, axis=0)
         centre = max(0.0, end - s.window / 2) if centre is None else centre
         out = []
-        for k in np.flatnonzero(smoothed >= s.on):
+        # a window that heard a new sound alone starts its event on its own: averaging it with
+        # the background before would only make the start late
+        for k in np.flatnonzero((self.recent[-1] if alone else smoothed) >= s.on):
             if k not in self.open:
                 onset = None
                 if self.envelope is not None:  # the sound that began after quiet, else the first loud frame
@@ -389,11 +393,12 @@ class Stream:
             self.finished = True
         return update
 
-    def _window(self, end: int) -> tuple[np.ndarray, np.ndarray]:
+    def _window(self, end: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """The audio of the window ending at sample ``end``: its last ``window`` samples, or
         fewer when a sound began in it after background (:meth:`Envelope.sound_start`), so the
-        model hears the new sound alone, as soon as it starts; and that audio as a clip-length
-        model input (zero-padded after, as ESC-50 pads its short clips)."""
+        model hears the new sound alone, as soon as it starts; that audio as a clip-length
+        model input (zero-padded after, as ESC-50 pads its short clips); and whether it was
+        cut so."""
         base = self.received - self.buffer.shape[0]
         lo = max(end - self.window, 0)
         began = self.envelope.sound_start(lo / self.rate, end / self.rate)
@@ -402,15 +407,16 @@ class Stream:
         audio = self.buffer[lo - base : end - base]
         clip = np.zeros(self.model.info.clip_samples, np.float32)
         clip[: audio.shape[0]] = audio
-        return clip, audio
+        return clip, audio, began is not None
 
     def _score(self, ends: list[int]) -> Update:
         update = Update()
         for first in range(0, len(ends), self.batch_size):
             batch = ends[first : first + self.batch_size]
-            clips, levels, centres = [], [], []
+            clips, levels, centres, alone = [], [], [], []
             for end in batch:
-                clip, audio = self._window(end)
+                clip, audio, cut = self._window(end)
+                alone.append(cut)
                 clips.append(clip)
                 levels.append(level_db(audio))
                 centres.append(max(0.0, (end - audio.shape[0] / 2) / self.rate))
@@ -426,7 +432,7 @@ class Stream:
                 seconds = end / self.rate
                 update.scores.append(HopScore(seconds, levels[i], probabilities, label))
                 update.events.extend(self.tracker.push(
-                    seconds, None if label in (None, UNKNOWN) else probabilities, centres[i]))
+                    seconds, None if label in (None, UNKNOWN) else probabilities, centres[i], alone[i]))
         return update
 
 
