@@ -18,8 +18,9 @@ Limits, each answered by closing with a code and a one-line reason: a bad parame
 a text frame other than ``"end"`` or a frame that is not whole samples (1003), NaN samples
 (1007), a frame over 2 s of audio (1009), a stream longer than ``--stream-seconds`` or silent
 for ``--idle-seconds`` (1008), more than ``--max-streams`` open (1013), the server stopping
-(1001). A client sending faster than ``MAX_SPEED`` times real time (after a ``BURST``) is slowed
-down, not refused.
+(1001), a client that reads none of the server's messages for ``--idle-seconds`` (1008). A
+client sending faster than ``MAX_SPEED`` times real time (after a ``BURST``) is slowed down,
+not refused.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
         if message.get("text") is not None:
             if message["text"].strip() != "end":
                 raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
-            await _send(ws, live, await loop.run_in_executor(service.pool, live.finish))
+            await _send(ws, live, await loop.run_in_executor(service.pool, live.finish),
+                        settings.idle_seconds)
             await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
             await ws.close(1000)
             return
@@ -179,24 +181,31 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
         seconds = received / pcm.sample_rate
         if seconds > settings.stream_seconds:
             raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
-        await _send(ws, live, await loop.run_in_executor(service.pool, live.feed, samples))
+        await _send(ws, live, await loop.run_in_executor(service.pool, live.feed, samples),
+                    settings.idle_seconds)
         ahead = seconds - BURST - MAX_SPEED * (time.monotonic() - start)
         if ahead > 0:  # faster than MAX_SPEED: wait, so one client cannot take every core
             await asyncio.sleep(ahead / MAX_SPEED)
 
 
-async def _send(ws: WebSocket, live: Stream, update: Update) -> None:
-    """Scores and event messages in stream order (an event after the window that decided it)."""
+async def _send(ws: WebSocket, live: Stream, update: Update, timeout: float) -> None:
+    """Scores and event messages in stream order (an event after the window that decided it);
+    a client that reads none of them for ``timeout`` seconds is closed."""
     classes = live.model.info.classes
     messages = [(s.end, 0, s.to_dict(classes)) for s in update.scores]
     messages += [(e.decided, 1, e.to_dict()) for e in update.events]
     for *_, message in sorted(messages, key=lambda m: m[:2]):
-        await ws.send_text(json.dumps(message))
+        try:
+            await asyncio.wait_for(ws.send_text(json.dumps(message)), timeout)
+        except TimeoutError:
+            raise Closed(1008, f"the client read no message for {timeout:g} s") from None
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Say why in a message and in the close frame; a client that reads neither within a
+    second is left to the server's connection handling."""
     try:
-        await ws.send_text(json.dumps({"type": "error", "code": code, "error": reason}))
-        await ws.close(code, _reason(reason))
-    except (WebSocketDisconnect, RuntimeError):  # the client is already gone
+        await asyncio.wait_for(ws.send_text(json.dumps({"type": "error", "code": code, "error": reason})), 1)
+        await asyncio.wait_for(ws.close(code, _reason(reason)), 1)
+    except (WebSocketDisconnect, RuntimeError, TimeoutError):  # the client is gone or not reading
         pass
