@@ -227,3 +227,24 @@ def test_ctrl_c_ends_open_events_and_flushes_the_log(five_class_exports, esc50, 
     assert rows and rows[-1]["state"] == "end"
     assert sum(r["state"] == "start" for r in rows) == sum(r["state"] == "end" for r in rows)
     assert len(stdout.splitlines()) == len(rows)
+
+
+def test_many_tiny_frames_are_slowed_down_not_served_at_any_rate(client, monkeypatch):
+    """A frame costs a call whatever it holds: past the burst, a stream gets FRAME_RATE a second."""
+    from escnet.serve import stream
+
+    monkeypatch.setattr(stream, "BURST", 0.5)
+
+    def send(frames: int) -> float:
+        tick = time.monotonic()
+        with client.websocket_connect("/v1/stream?sample_rate=16000&format=f32") as ws:
+            json.loads(ws.receive_text())
+            for _ in range(frames):
+                ws.send_bytes(np.zeros(1, "<f4").tobytes())
+            ws.send_text("end")
+            assert _drain(ws)[-1]["type"] == "end"
+        return time.monotonic() - tick
+
+    assert send(300) >= 2.4  # 50 frames of burst, then 100 a second
+    monkeypatch.setattr(stream, "FRAME_RATE", 10**9)
+    assert send(300) < 2.0

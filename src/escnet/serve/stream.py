@@ -19,8 +19,8 @@ a text frame other than ``"end"`` or a frame that is not whole samples (1003), N
 (1007), a frame over 2 s of audio (1009), a stream longer than ``--stream-seconds`` or silent
 for ``--idle-seconds`` (1008), more than ``--max-streams`` open (1013), the server stopping
 (1001), a client that reads none of the server's messages for ``--idle-seconds`` (1008). A
-client sending faster than ``MAX_SPEED`` times real time (after a ``BURST``) is slowed down,
-not refused.
+client sending faster than ``MAX_SPEED`` times real time or more than ``FRAME_RATE`` frames a
+second (after a ``BURST``) is slowed down, not refused.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ MAX_FRAME_SECONDS = 2.0
 MAX_SPEED = 4.0
 """Times real time a stream may send at, on average, after its first ``BURST`` seconds."""
 BURST = 10.0
+FRAME_RATE = 100
+"""Frames a second a stream may send, on average after its first ``BURST`` seconds' worth: a
+frame costs a call whatever it holds, so a million one-sample frames must not cost a million."""
 FLOAT_SETTINGS = ("hop", "window", "on", "off", "min_duration", "max_gap")
 
 
@@ -147,7 +150,7 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
     settings = service.settings
     loop = asyncio.get_running_loop()
     max_bytes = int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes
-    start, received, idle = time.monotonic(), 0, 0.0
+    start, received, frames, idle = time.monotonic(), 0, 0, 0.0
     while True:
         if service.stopping.is_set():
             raise Closed(1001, "the server is shutting down")
@@ -183,9 +186,11 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
             raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
         await _send(ws, live, await loop.run_in_executor(service.pool, live.feed, samples),
                     settings.idle_seconds)
-        ahead = seconds - BURST - MAX_SPEED * (time.monotonic() - start)
-        if ahead > 0:  # faster than MAX_SPEED: wait, so one client cannot take every core
-            await asyncio.sleep(ahead / MAX_SPEED)
+        frames += 1
+        elapsed = time.monotonic() - start
+        ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed
+        if ahead > 0:  # faster than real time allows: wait, so one client cannot take every core
+            await asyncio.sleep(ahead)
 
 
 async def _send(ws: WebSocket, live: Stream, update: Update, timeout: float) -> None:
