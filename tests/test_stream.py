@@ -248,3 +248,48 @@ def test_many_tiny_frames_are_slowed_down_not_served_at_any_rate(client, monkeyp
     assert send(300) >= 2.4  # 50 frames of burst, then 100 a second
     monkeypatch.setattr(stream, "FRAME_RATE", 10**9)
     assert send(300) < 2.0
+
+
+def test_a_stalled_url_and_a_damaged_wav_header_are_one_line_each(five_class_exports, tmp_path):
+    """A server that sends a WAV header and then nothing: the read times out into one line;
+    a WAV header of 0 Hz names the stream."""
+    import socket
+    import threading
+
+    model = str(five_class_exports[0].path)
+    header = bytearray(44)
+    header[0:4], header[8:16], header[16:20] = b"RIFF", b"WAVEfmt ", (16).to_bytes(4, "little")
+    header[20:22], header[22:24], header[34:36] = (1).to_bytes(2, "little"), (1).to_bytes(2, "little"), \
+        (16).to_bytes(2, "little")  # PCM, mono, 16-bit, and a rate of 0
+    header[36:40], header[40:44] = b"data", b"\xff\xff\xff\xff"
+    bad = subprocess.run(runtime_cli("listen", "--model", model, "--input", "-"), input=bytes(header),
+                         capture_output=True, timeout=60)
+    assert bad.returncode == 2 and "standard input: sample rate 0 Hz" in bad.stderr.decode()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        header[24:28] = (16000).to_bytes(4, "little")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n\r\n" + bytes(header) + bytes(3200))
+        stop.wait(30)  # then nothing more: the client's read times out
+        conn.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/live.wav"
+        run = subprocess.run(runtime_cli("listen", "--model", model, "--input", url), capture_output=True,
+                             timeout=60)
+        err = run.stderr.decode()
+        assert run.returncode == 2 and "reading the stream failed" in err and "Traceback" not in err
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_live_stream_cannot_ask_for_a_tiny_hop(client):
+    with client.websocket_connect("/v1/stream?sample_rate=16000&hop=0.01") as ws:
+        error = json.loads(ws.receive_text())
+    assert error["code"] == 1008 and "at least 0.1 s" in error["error"]

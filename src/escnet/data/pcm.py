@@ -104,4 +104,7 @@ def read_wav_header(read: Callable[[int], bytes], name: str) -> PcmFormat:
     if (tag, bits) not in kinds:
         raise AudioError(f"{name}: WAV of {bits}-bit {'float' if tag == 3 else 'format ' + str(tag)} "
                          "samples; stream 16- or 32-bit integer, or 32-bit float PCM")
-    return PcmFormat(rate, kinds[tag, bits], channels)
+    try:
+        return PcmFormat(rate, kinds[tag, bits], channels)
+    except AudioError as err:  # a damaged header: say whose
+        raise AudioError(f"{name}: {err}") from None

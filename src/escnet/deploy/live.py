@@ -9,6 +9,7 @@ URL is read as fast as it decodes, or at real time with ``realtime``.
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
 import queue
@@ -44,10 +45,11 @@ class LiveInput:
 
 
 class _Prefixed:
-    """A byte stream with bytes already read from it put back in front."""
+    """A byte stream with bytes already read from it put back in front; a failed read (a
+    stalled or dropped connection) is an :class:`AudioError` naming the stream."""
 
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self.head, self.stream = head, stream
+    def __init__(self, head: bytes, stream: BinaryIO, name: str) -> None:
+        self.head, self.stream, self.name = head, stream, name
 
     def read(self, n: int) -> bytes:
         if self.head:
@@ -55,13 +57,20 @@ class _Prefixed:
             return out
         # read1: what is there now (a pipe gives audio as it comes, not once n bytes are in)
         read1 = getattr(self.stream, "read1", None)
-        return read1(n) if read1 is not None else self.stream.read(n)
+        try:
+            return read1(n) if read1 is not None else self.stream.read(n)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # timeouts, resets, cut bodies
+            why = str(err) or type(err).__name__
+            raise AudioError(f"{self.name}: reading the stream failed ({why})") from None
 
 
 def byte_stream(stream: BinaryIO, name: str, raw: PcmFormat | None) -> LiveInput:
     """A WAV stream (its header read, its sizes ignored), or raw PCM described by ``raw``."""
-    head = stream.read(4)
-    reader = _Prefixed(head, stream)
+    reader = _Prefixed(b"", stream, name)
+    head = reader.read(4)
+    while 0 < len(head) < 4 and (more := reader.read(4 - len(head))):  # a pipe may give less
+        head += more
+    reader.head = head
     if head == b"RIFF":
         pcm = read_wav_header(reader.read, name)
     elif raw is not None:

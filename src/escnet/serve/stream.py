@@ -48,6 +48,8 @@ BURST = 10.0
 FRAME_RATE = 100
 """Frames a second a stream may send, on average after its first ``BURST`` seconds' worth: a
 frame costs a call whatever it holds, so a million one-sample frames must not cost a million."""
+MIN_HOP = 0.1
+"""Seconds: with ``MAX_SPEED``, at most 40 windows a second for one stream."""
 FLOAT_SETTINGS = ("hop", "window", "on", "off", "min_duration", "max_gap")
 
 
@@ -104,6 +106,8 @@ def stream_request(params: dict[str, str]) -> tuple[PcmFormat, EventSettings]:
                 changes[name] = int(params[name]) if name == "smooth" else float(params[name])
             except ValueError:
                 raise Closed(1008, f"{name}={params[name][:20]!r}: not a number") from None
+    if changes.get("hop", DEFAULTS.hop) < MIN_HOP:  # windows a second are what a stream costs
+        raise Closed(1008, f"hop={changes['hop']:g}: a live stream's hop must be at least {MIN_HOP:g} s")
     return PcmFormat(rate, fmt), replace(DEFAULTS, **changes)
 
 
