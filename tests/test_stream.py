@@ -293,3 +293,24 @@ def test_a_live_stream_cannot_ask_for_a_tiny_hop(client):
     with client.websocket_connect("/v1/stream?sample_rate=16000&hop=0.01") as ws:
         error = json.loads(ws.receive_text())
     assert error["code"] == 1008 and "at least 0.1 s" in error["error"]
+
+
+def test_audio_a_real_model_cannot_score_closes_the_stream_and_fails_the_file(five_class_exports, tmp_path):
+    """Samples of 1e30 make the model's probabilities NaN: a one-line refusal naming the input,
+    never silently no events."""
+    model = five_class_exports[0].path
+    settings = ServeSettings(str(model), threads=1)
+    with TestClient(create_app(settings)) as real:
+        deadline = time.monotonic() + 30
+        while real.get("/readyz").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with real.websocket_connect("/v1/stream?sample_rate=16000&format=f32") as ws:
+            json.loads(ws.receive_text())
+            ws.send_bytes(np.full(16000, 1e30, "<f4").tobytes())
+            error = json.loads(ws.receive_text())
+    assert error["code"] == 1007 and "far beyond full scale" in error["error"]
+    path = tmp_path / "huge.wav"
+    sf.write(path, np.full(16000, 1e30, np.float32), 16000, subtype="FLOAT")
+    run = subprocess.run(runtime_cli("predict", "--model", str(model), str(path), "--events"),
+                         capture_output=True, timeout=60)
+    assert run.returncode == 2 and "huge.wav: samples reach" in run.stderr.decode()

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from escnet.deploy.predict import SILENCE_DB, UNKNOWN, Model, Source, answer, level_db, opened
+from escnet.deploy.predict import SILENCE_DB, UNKNOWN, Model, Source, answer, check_finite, level_db, opened
 from escnet.errors import EscnetError
 from escnet.files import atomic_write_text, new_output
 
@@ -327,11 +327,13 @@ class Stream:
         batch_size: most windows per model call (a large chunk is scored in batches).
         input_rate: Hz of the audio given to :meth:`feed`, resampled (soxr, streaming) to the
             model's; default the model's.
+        name: what errors call the stream.
     """
 
     def __init__(self, model: Model, settings: EventSettings = DEFAULTS,
                  silence_db: float = SILENCE_DB, batch_size: int = 32,
-                 input_rate: int | None = None) -> None:
+                 input_rate: int | None = None, name: str = "the stream") -> None:
+        self.name = name
         info = model.info
         settings.check(info.clip_seconds)
         self.model, self.settings, self.silence_db, self.batch_size = model, settings, silence_db, batch_size
@@ -427,6 +429,7 @@ class Stream:
                 probabilities, label = None, None
                 if scores is not None and i in row:
                     probabilities = scores.probabilities[row[i]]
+                    check_finite(probabilities, float(np.abs(clips[i]).max()), self.name)
                     known = None if scores.known is None else float(scores.known[row[i]])
                     label = answer(self.model.info, probabilities, known)
                 seconds = end / self.rate
@@ -445,8 +448,8 @@ def events_of(messages: Iterable[EventMessage]) -> list[Event]:
 def stream_file(model: Model, source: Source, settings: EventSettings = DEFAULTS,
                 silence_db: float = SILENCE_DB) -> Iterator[Update]:
     """A recording fed through a :class:`Stream` block by block, as fast as it decodes."""
-    stream = Stream(model, settings, silence_db)
     with opened(source) as audio:
+        stream = Stream(model, settings, silence_db, name=audio.name)
         for block in audio.blocks(model.info.sample_rate, block_seconds=10.0):
             yield stream.feed(block)
     yield stream.finish()

@@ -166,7 +166,7 @@ def listen(model: Model, source: LiveInput, emit: Callable[[EventMessage], None]
     """Follow ``source`` until it ends or Ctrl-C, calling ``emit`` for every event start and
     end as it is decided; every event still open at the end is ended. Returns whether it was
     interrupted."""
-    stream = Stream(model, settings, silence_db, input_rate=source.sample_rate)
+    stream = Stream(model, settings, silence_db, input_rate=source.sample_rate, name=source.name)
     interrupted = False
     try:
         for chunk in source.chunks:

@@ -96,6 +96,17 @@ class WindowScore(NamedTuple):
     """``(tags,)``: the AudioSet head's probabilities, if the model has one."""
 
 
+def check_finite(probabilities: np.ndarray, peak: float, name: str) -> None:
+    """Refuse non-finite ``probabilities``: the input's fault (:class:`AudioError`) when its
+    samples reached ``peak`` far beyond full scale, else the model's."""
+    if np.isfinite(probabilities).all():
+        return
+    if peak > 1e3:  # the input, not the model: far beyond any scale audio comes in
+        raise AudioError(f"{name}: samples reach {peak:.3g}, far beyond full scale (±1): "
+                         "not audio the model can score (wrongly scaled?)")
+    raise EscnetError(f"{name}: the model gave non-finite probabilities (are its weights damaged?)")
+
+
 def answer(info: ModelInfo, probabilities: np.ndarray, known: float | None) -> str:
     """The class to answer for ``probabilities`` ``(classes,)``, or :data:`UNKNOWN` when the
     unknown score ``known`` is below the model's threshold."""
@@ -329,12 +340,7 @@ class Predictor:
         label, mean_known, heard = None, None, []
         if total is not None:
             mean = total / count
-            if not np.isfinite(mean).all():
-                if peak > 1e3:  # the input, not the model: far beyond any scale audio comes in
-                    raise AudioError(f"{path}: samples reach {peak:.3g}, far beyond full scale (±1): "
-                                     "not audio the model can score (wrongly scaled?)")
-                raise EscnetError(f"{path}: the model gave non-finite probabilities (are its weights "
-                                  "damaged?)")
+            check_finite(mean, peak, path)
             top = [(self.classes[i], float(mean[i])) for i in np.argsort(-mean)[:top_k]]
             mean_known = known / count if self.info.unknown_threshold is not None else None
             label = answer(self.info, mean, mean_known)

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from escnet.data.pcm import PcmFormat
 from escnet.deploy.events import DEFAULTS, EventSettings, Stream, Update
 from escnet.deploy.predict import Model
-from escnet.errors import EscnetError
+from escnet.errors import AudioError, EscnetError
 
 FORMATS = ("f32", "s16")
 MAX_FRAME_SECONDS = 2.0
@@ -152,7 +152,6 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
 
 async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat) -> None:
     settings = service.settings
-    loop = asyncio.get_running_loop()
     max_bytes = int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes
     start, received, frames, idle = time.monotonic(), 0, 0, 0.0
     while True:
@@ -171,8 +170,7 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
         if message.get("text") is not None:
             if message["text"].strip() != "end":
                 raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
-            await _send(ws, live, await loop.run_in_executor(service.pool, live.finish),
-                        settings.idle_seconds)
+            await _send(ws, live, await _run(service, live.finish), settings.idle_seconds)
             await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
             await ws.close(1000)
             return
@@ -188,13 +186,23 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
         seconds = received / pcm.sample_rate
         if seconds > settings.stream_seconds:
             raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
-        await _send(ws, live, await loop.run_in_executor(service.pool, live.feed, samples),
-                    settings.idle_seconds)
+        await _send(ws, live, await _run(service, live.feed, samples), settings.idle_seconds)
         frames += 1
         elapsed = time.monotonic() - start
         ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed
         if ahead > 0:  # faster than real time allows: wait, so one client cannot take every core
             await asyncio.sleep(ahead)
+
+
+async def _run(service: Service, work, *args) -> Update:
+    """``work(*args)`` on the inference pool; audio the model cannot score closes the stream
+    (1007), a model that fails on it too (1011)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(service.pool, work, *args)
+    except AudioError as err:
+        raise Closed(1007, str(err)) from None
+    except EscnetError as err:
+        raise Closed(1011, str(err)) from None
 
 
 async def _send(ws: WebSocket, live: Stream, update: Update, timeout: float) -> None:
