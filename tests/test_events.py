@@ -119,6 +119,9 @@ def test_event_f1_and_segment_f1_by_hand():
 def test_pcm_formats_and_a_wav_header_read_from_a_pipe(tmp_path):
     s16 = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
     assert PcmFormat(8000, "s16").decode(s16).tolist() == pytest.approx([0, 0.5, -1, 32767 / 32768])
+    assert PcmFormat(8000, "u8").decode(bytes([128, 192, 0])).tolist() == [0, 0.5, -1]
+    s24 = b"".join(int(v).to_bytes(3, "little", signed=True) for v in (0, 2**22, -(2**23), -1))
+    assert PcmFormat(8000, "s24").decode(s24).tolist() == pytest.approx([0, 0.5, -1, -(2.0**-23)])
     stereo = np.array([0.5, -0.5, 1.0, 0.0], "<f4").tobytes()
     assert PcmFormat(8000, "f32", 2).decode(stereo).tolist() == [0.0, 0.5]
     with pytest.raises(AudioError, match="not a whole number"):
@@ -136,6 +139,12 @@ def test_pcm_formats_and_a_wav_header_read_from_a_pipe(tmp_path):
     pcm = read_wav_header(stream.read, "pipe")
     assert (pcm.sample_rate, pcm.format, pcm.channels) == (16000, "s16", 1)
     assert np.concatenate(list(pcm.chunks(stream.read))).tolist() == pytest.approx([0.25] * 100, abs=1e-4)
+    for subtype, expected in (("PCM_24", "s24"), ("PCM_U8", "u8"), ("FLOAT", "f32"), ("PCM_32", "s32")):
+        sf.write(path, np.full(100, 0.25, np.float32), 16000, subtype=subtype)
+        stream = __import__("io").BytesIO(path.read_bytes())
+        pcm = read_wav_header(stream.read, "pipe")
+        assert pcm.format == expected
+        assert np.concatenate(list(pcm.chunks(stream.read))).tolist() == pytest.approx([0.25] * 100, abs=1e-2)
     with pytest.raises(AudioError, match="not a WAV stream"):
         read_wav_header(__import__("io").BytesIO(b"ID3\x04" + bytes(40)).read, "pipe")
 

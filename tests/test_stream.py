@@ -314,3 +314,18 @@ def test_audio_a_real_model_cannot_score_closes_the_stream_and_fails_the_file(fi
     run = subprocess.run(runtime_cli("predict", "--model", str(model), str(path), "--events"),
                          capture_output=True, timeout=60)
     assert run.returncode == 2 and "huge.wav: samples reach" in run.stderr.decode()
+
+
+def test_listen_on_a_terminal_says_to_pipe_audio_in(five_class_exports):
+    """`escnet listen --input -` typed without a pipe would wait forever on the keyboard."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        run = subprocess.run(runtime_cli("listen", "--model", str(five_class_exports[0].path), "--input", "-"),
+                             stdin=follower, capture_output=True, timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert run.returncode == 2 and "standard input is a terminal" in run.stderr.decode()

@@ -602,8 +602,8 @@ def _add_listen(sub) -> None:
     p.add_argument("--realtime", action="store_true", help="a file or URL: play it at real time "
                    "(default: as fast as it decodes)")
     p.add_argument("--rate", type=int, metavar="HZ", help="raw PCM input: its sample rate")
-    p.add_argument("--format", choices=["s16", "s32", "f32"], help="raw PCM input: little-endian "
-                   "samples (default s16)")
+    p.add_argument("--format", choices=["u8", "s16", "s24", "s32", "f32"], help="raw PCM input: "
+                   "samples, integers or float, little-endian (default s16)")
     p.add_argument("--channels", type=int, default=1, help="raw PCM input: channels (default 1)")
     p.add_argument("--out", metavar="FILE", help="also write each event start and end to this .csv "
                    "or .jsonl as it happens")

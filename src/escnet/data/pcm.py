@@ -13,8 +13,10 @@ import numpy as np
 from escnet.data.audio import RATES
 from escnet.errors import AudioError
 
-FORMATS = {"s16": np.dtype("<i2"), "s32": np.dtype("<i4"), "f32": np.dtype("<f4")}
-"""Little-endian sample formats: 16- and 32-bit signed integers, 32-bit float."""
+FORMATS = {"u8": 1, "s16": 2, "s24": 3, "s32": 4, "f32": 4}
+"""Sample formats and their bytes: 8-bit unsigned, 16-, 24- and 32-bit signed little-endian
+integers, 32-bit little-endian float (what ``arecord -f U8|S16_LE|S24_3LE|S32_LE|FLOAT_LE``
+and WAV files hold)."""
 
 
 @dataclass(frozen=True)
@@ -38,19 +40,25 @@ class PcmFormat:
     @property
     def frame_bytes(self) -> int:
         """Bytes per sample frame (all channels)."""
-        return FORMATS[self.format].itemsize * self.channels
+        return FORMATS[self.format] * self.channels
 
     def decode(self, data: bytes) -> np.ndarray:
         """Whole frames of ``data`` → ``(frames,)`` mono float32 (channels averaged)."""
         if len(data) % self.frame_bytes:
             raise AudioError(f"{len(data)} bytes is not a whole number of {self.format} frames of "
                              f"{self.channels} channel(s) ({self.frame_bytes} bytes each)")
-        raw = np.frombuffer(data, FORMATS[self.format])
         if self.format == "f32":
-            samples = raw.astype(np.float32)
+            samples = np.frombuffer(data, "<f4").astype(np.float32)
             if not np.isfinite(samples).all():
                 raise AudioError("float samples include NaN or infinity")
+        elif self.format == "u8":  # unsigned, 128 is zero
+            samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128) / 128
+        elif self.format == "s24":  # three bytes each: put them in the top of an int32
+            bytes3 = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.uint32)
+            packed = (bytes3[:, 0] << 8) | (bytes3[:, 1] << 16) | (bytes3[:, 2] << 24)
+            samples = packed.view(np.int32).astype(np.float32) / 2**31
         else:
+            raw = np.frombuffer(data, "<i2" if self.format == "s16" else "<i4")
             samples = raw.astype(np.float32) / float(2 ** (8 * raw.itemsize - 1))
         return samples.reshape(-1, self.channels).mean(axis=1) if self.channels > 1 else samples
 
@@ -100,10 +108,10 @@ def read_wav_header(read: Callable[[int], bytes], name: str) -> PcmFormat:
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag is the sub-format's
         tag = struct.unpack("<H", fmt[24:26])[0]
-    kinds = {(1, 16): "s16", (1, 32): "s32", (3, 32): "f32"}
+    kinds = {(1, 8): "u8", (1, 16): "s16", (1, 24): "s24", (1, 32): "s32", (3, 32): "f32"}
     if (tag, bits) not in kinds:
         raise AudioError(f"{name}: WAV of {bits}-bit {'float' if tag == 3 else 'format ' + str(tag)} "
-                         "samples; stream 16- or 32-bit integer, or 32-bit float PCM")
+                         "samples; stream 8-, 16-, 24- or 32-bit integer, or 32-bit float PCM")
     try:
         return PcmFormat(rate, kinds[tag, bits], channels)
     except AudioError as err:  # a damaged header: say whose

@@ -137,7 +137,10 @@ def open_input(spec: str | None, raw: PcmFormat | None = None, stdin: BinaryIO |
     if spec is None:
         return microphone()
     if spec == "-":
-        return byte_stream(stdin or sys.stdin.buffer, "standard input", raw)
+        stream = stdin or sys.stdin.buffer
+        if stdin is None and sys.stdin.isatty():  # nothing piped in: reading would wait forever
+            raise EscnetError(f"--input -: standard input is a terminal, not audio; {PIPE_HINT}")
+        return byte_stream(stream, "standard input", raw)
     if spec.startswith(("http://", "https://")):
         return url_input(spec, raw)
     if raw is not None:
