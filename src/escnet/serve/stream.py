@@ -130,6 +130,8 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
             live = Stream(service.model, events, input_rate=pcm.sample_rate)
         except EscnetError as err:
             raise Closed(1008, str(err)) from None
+        if settings.max_streams == 0:
+            raise Closed(1008, "live streams are off on this server (--max-streams 0)")
         if not service.streams.try_enter():
             raise Closed(1013, f"busy: {settings.max_streams} live streams open, the limit; retry later")
         entered = True
