@@ -284,17 +284,24 @@ def _listen(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from escnet.data.pcm import PcmFormat
+    from escnet.deploy.events import Stream
     from escnet.deploy.live import EventLog, listen, open_input, real_time
     from escnet.deploy.predict import load_model_file
+    from escnet.files import new_output
 
-    if (args.rate is None) != (args.format is None) and args.rate is None:
+    if args.rate is None and args.format is not None:
         raise EscnetError("--format describes raw PCM: give --rate too")
+    if args.threads is not None and args.threads < 1:
+        raise EscnetError(f"--threads {args.threads}: must be at least 1")
     raw = PcmFormat(args.rate, args.format or "s16", args.channels) if args.rate is not None else None
     model = load_model_file(args.model, args.device, args.threads)
     settings = _event_settings(args)
     settings.check(model.info.clip_seconds)
-    log = EventLog(args.out) if args.out else None
+    if args.out:
+        new_output(args.out, "--out", (".csv", ".jsonl"))  # refused before the input is opened
     source = open_input(args.input, raw)
+    stream = Stream(model, settings, args.silence_db, input_rate=source.sample_rate, name=source.name)
+    log = EventLog(args.out) if args.out else None  # created once everything else is in order
     if args.realtime:
         source = real_time(source)
     print(f"escnet: listening to {source.name} ({source.sample_rate} Hz); events as they start and "
@@ -308,7 +315,7 @@ def _listen(args: argparse.Namespace) -> int:
             log.write(message, wall)
 
     try:
-        interrupted = listen(model, source, emit, settings, args.silence_db)
+        interrupted = listen(stream, source, emit)
     finally:
         if log is not None:
             log.close()

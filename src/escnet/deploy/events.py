@@ -336,6 +336,8 @@ class Stream:
         self.name = name
         info = model.info
         settings.check(info.clip_seconds)
+        if not math.isfinite(silence_db):
+            raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
         self.model, self.settings, self.silence_db, self.batch_size = model, settings, silence_db, batch_size
         self.rate = info.sample_rate
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32", quality="HQ")

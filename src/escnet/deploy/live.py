@@ -24,8 +24,7 @@ import numpy as np
 
 from escnet.data.audio import AudioFile
 from escnet.data.pcm import PcmFormat, read_wav_header
-from escnet.deploy.events import DEFAULTS, EventMessage, EventSettings, Stream
-from escnet.deploy.predict import SILENCE_DB, Model
+from escnet.deploy.events import EventMessage, Stream
 from escnet.errors import AudioError, EscnetError
 from escnet.files import new_output
 
@@ -164,12 +163,10 @@ def real_time(source: LiveInput) -> LiveInput:
     return LiveInput(source.name, source.sample_rate, chunks())
 
 
-def listen(model: Model, source: LiveInput, emit: Callable[[EventMessage], None],
-           settings: EventSettings = DEFAULTS, silence_db: float = SILENCE_DB) -> bool:
-    """Follow ``source`` until it ends or Ctrl-C, calling ``emit`` for every event start and
-    end as it is decided; every event still open at the end is ended. Returns whether it was
-    interrupted."""
-    stream = Stream(model, settings, silence_db, input_rate=source.sample_rate, name=source.name)
+def listen(stream: Stream, source: LiveInput, emit: Callable[[EventMessage], None]) -> bool:
+    """Follow ``source`` with ``stream`` (made with ``input_rate=source.sample_rate``) until it
+    ends or Ctrl-C, calling ``emit`` for every event start and end as it is decided; every event
+    still open at the end is ended. Returns whether it was interrupted."""
     interrupted = False
     try:
         for chunk in source.chunks:
