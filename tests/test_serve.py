@@ -300,3 +300,25 @@ def test_slow_senders_hold_no_inference_slot_and_a_taken_port_is_one_line(model_
             s.close()
         proc.terminate()
         proc.wait(30)
+
+
+def test_sigterm_with_several_workers_answers_work_in_flight_in_json(model_path, held_out):
+    """Each worker process stops its own work in flight (503 JSON), not a text 500 once the
+    graceful-shutdown time runs out; the server is gone within seconds."""
+    slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
+    proc, url = start_server(model_path, "--workers", "2", "--threads", "1", "--max-windows", "3000")
+    try:
+        out: list = []
+        running = threading.Thread(target=lambda: out.append(post(url, slow, "?timeline=true&hop=0.02")))
+        running.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        running.join()
+        status, body, _ = out[0]
+        assert status == 503 and "shutting down" in body["error"], (status, body)
+        assert proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - signalled < 10
+        assert "Traceback" not in proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()

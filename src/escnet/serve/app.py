@@ -21,6 +21,7 @@ import errno
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -260,6 +261,24 @@ event: the server answers `"end"` and closes (1000). Optional parameters: `hop`,
 1013 (too many streams), 1001 (server stopping)."""
 
 
+def _stop_on_signals(stopping: threading.Event) -> None:
+    """SIGINT and SIGTERM also set ``stopping``, so work in flight ends at its next batch
+    (answered 503 in JSON) instead of being cancelled when the graceful-shutdown time runs out
+    (a text 500). Chained in front of the server's own handlers, in every worker process;
+    signals are only the main thread's to handle (not under a test client)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+
+        def handler(number: int, frame, previous=previous) -> None:
+            stopping.set()
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(sig, handler)
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -281,14 +300,15 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _stop_on_signals(stopping)
         # load off the event loop, so /healthz answers (and /readyz says 503) while it loads
         loading = asyncio.create_task(asyncio.to_thread(load))
         yield
         await loading
         if "ready" in service:  # work in flight stops at its next batch, answered 503
-            stopping = service.pop("ready")
-            stopping.stopping.set()
-            stopping.pool.shutdown(wait=True, cancel_futures=True)
+            running = service.pop("ready")
+            running.stopping.set()
+            running.pool.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="escnet", version=escnet.__version__, lifespan=lifespan,
                   description=DESCRIPTION)
@@ -420,14 +440,7 @@ def serve(settings: ServeSettings) -> None:
     common = {"host": settings.host, "port": settings.port, "log_level": "info",
               "timeout_graceful_shutdown": GRACE_SECONDS}
     if settings.workers == 1:
-        app = create_app(settings, model)
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame) -> None:  # SIGTERM, SIGINT: work in flight stops now
-                app.state.stopping.set()
-                super().handle_exit(sig, frame)
-
-        Server(uvicorn.Config(app, **common)).run()
+        uvicorn.Server(uvicorn.Config(create_app(settings, model), **common)).run()
         return
     os.environ["ESCNET_SERVE"] = json.dumps(asdict(settings))
     uvicorn.run("escnet.serve.app:app_from_environment", factory=True, workers=settings.workers,
