@@ -136,9 +136,9 @@ class Envelope:
     rises out of the background and falls back into it, rather than at window centres (a
     window says *that* a sound is in it, not *where*).
 
-    The background at a time is the 10th percentile of the frame levels of the 10 s before it;
-    a frame is loud ``RISE_DB`` above it. Only audio up to the window asked about is used, so
-    the answer does not depend on how the stream was chunked."""
+    The background is the 10th percentile of the frame levels of the 10 s before the end of the
+    span asked about; a frame is loud ``RISE_DB`` above it. Only audio up to that end is used,
+    so the answer does not depend on how the stream was chunked."""
 
     FRAME_SECONDS = 0.02
     RISE_DB = 10.0
