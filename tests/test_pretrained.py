@@ -234,3 +234,55 @@ def test_embed_gives_the_frozen_trunks_features_per_file_or_per_window(offline_w
         assert z["embeddings"].shape == (1, 384) and list(z["files"]) == [clips[0]]
     assert main(["embed", "--model", "nope_as", clips[0], "--out", str(tmp_path / "x.npy")]) == 2
     assert "not a run folder, a checkpoint or a pretrained name" in capsys.readouterr().err
+
+
+def test_wise_ft_averages_the_trained_weights_with_the_probed_start_and_resumes_to_the_same(
+        offline_weights, five_classes, tmp_path):
+    """train.wise_ft=0.5: the final model is halfway between the trained weights (kept in the
+    log as test_accuracy_trained) and the probed start; a run killed after its last epoch
+    averages the same on resume."""
+    import shutil
+
+    import torch
+
+    from escnet.engine.train import train
+    from escnet.runs import RunDir
+
+    settings = {"data.data_dir": str(five_classes), "data.folds": [1], "model.args.freeze": False,
+                "augment.crop_seconds": 2.0, "train.num_epochs": 1, "train.probe_epochs": 5,
+                "train.learning_rate": 1e-3, "train.ema_decay": 0.0}
+    trained = train(load_config(None, settings, preset="pretrained-probe"), tmp_path / "plain", progress=False)
+    mixed = train(load_config(None, settings | {"train.wise_ft": 0.5}, preset="pretrained-probe"),
+                  tmp_path / "wise", progress=False)
+    start = train(load_config(None, settings | {"train.learning_rate": 1e-12}, preset="pretrained-probe"),
+                  tmp_path / "start", progress=False)
+    assert trained and start
+    last = RunDir(tmp_path / "wise").read_history("1")[-1]
+    assert last["wise_ft"] == 0.5 and last["test_accuracy"] == mixed["folds"]["1"]
+    assert last["test_accuracy_trained"] == trained["folds"]["1"]
+
+    def weights(name):
+        return torch.load(tmp_path / name / "fold-1" / "last.pt", weights_only=False)["model"]
+
+    plain, wise, first = weights("plain"), weights("wise"), weights("start")
+    key = next(k for k, v in plain.items() if v.is_floating_point() and not torch.equal(v, first[k]))
+    torch.testing.assert_close(wise[key], (plain[key] + first[key]) / 2, atol=1e-5, rtol=1e-4)
+    # killed after its last epoch, before the average: the wise run as it was then (the trained
+    # weights, the log without the average, no held-out files); resuming averages the same
+    shutil.copytree(tmp_path / "wise", tmp_path / "resumed")
+    run = RunDir(tmp_path / "resumed")
+    state = torch.load(run.checkpoint("1"), weights_only=False)
+    history = state["history"]
+    history[-1] = {k: v for k, v in history[-1].items() if k not in ("wise_ft", "test_accuracy_trained",
+                                                                       "test_loss_trained")}
+    history[-1]["test_accuracy"] = trained["folds"]["1"]
+    torch.save(state | {"model": plain, "history": history}, run.checkpoint("1"))
+    run.write_history("1", history)
+    for leftover in ("predictions.csv", "metrics.json", "held_out.npz", "calibration.json"):
+        (run.fold_dir("1") / leftover).unlink(missing_ok=True)
+    config = load_config(None, settings | {"train.wise_ft": 0.5}, preset="pretrained-probe")
+    train(config, tmp_path / "resumed", resume=True, progress=False)
+    torch.testing.assert_close(weights("resumed")[key], wise[key])
+    with pytest.raises(ConfigError, match=r"train\.wise_ft=0\.5"):
+        train(tiny_config(**{"data.data_dir": str(five_classes), "train.wise_ft": 0.5}), tmp_path / "x",
+              progress=False)

@@ -301,6 +301,10 @@ class TrainConfig(Section):
     no probing. Needs a model with an embedding (``mn*``) and pretrained weights to be useful."""
     probe_learning_rate: float = _check(1e-3, gt=0, le=10)
     """Learning rate of the probing epochs (AdamW, cosine schedule)."""
+    wise_ft: float = _check(1.0, gt=0, le=1)
+    """Weight of the trained weights in the final model: below 1, after the last epoch they are
+    averaged with the weights training started from, the pretrained trunk and its probed head
+    (WiSE-FT, Wortsman et al. 2022); 1: the trained weights alone. Needs ``model.pretrained``."""
     validation_share: float = _check(0.1, ge=0, lt=0.5)
     """Share of each split's training clips held out (per class, whole source recordings
     together where file names say which, drawn by ``seed``) to fit the model's temperature

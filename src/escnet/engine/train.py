@@ -208,12 +208,39 @@ def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, split: Spl
                            model.tag_names)
         for callback in callbacks:
             callback(entry)
+    if config.train.wise_ft < 1 and history and "wise_ft" not in history[-1]:
+        _average_with_start(scored, config, data, table, split, fold_index, device)
+        held_out = _held_out(scored, tests, device, ranks)
+        last = history[-1]
+        last |= {"wise_ft": config.train.wise_ft, "test_accuracy_trained": last["test_accuracy"],
+                 "test_loss_trained": last["test_loss"]}
+        last |= {f"test_{k}": v for k, v in score(*held_out).items()}
+        if ranks.main:  # the averaged weights are the model from now on (resume, export, predict)
+            saved = run.load_checkpoint(name, "last", device)
+            training = {k: saved[k] for k in ("optimizer", "scheduler", "trained", "ema_updates")
+                        if k in saved}
+            run.save_epoch(name, history, scored.state_dict(), table.known_classes, training,
+                           model.tag_names)
     if ranks.main and not run.predictions_path(name).exists():  # the last epoch's, for reports
         finish_fold(scored, data.clips, table, split, run, config, device)
     if ranks.main:
         run.complete_fold_files(name)
     ranks.barrier()  # the fold's files are written before any rank goes on
     return fold_result(history, count_parameters(model))
+
+
+def _average_with_start(model: SoundClassifier, config: TaskConfig, data: TrainData, table: ClipTable,
+                        split: Split, fold_index: int, device: torch.device) -> None:
+    """WiSE-FT: ``model``'s weights become ``wise_ft × trained + (1 - wise_ft) × start``, where
+    ``start`` is rebuilt as training built it (same seed: the pretrained trunk, then the probed
+    head), so a resumed run gets the same average as an uninterrupted one."""
+    _seed(config, fold_index, 0)
+    start = SoundClassifier.from_config(config).to(device)
+    if config.train.probe_epochs:
+        probe_head(start, data, table, split.train, config, device)
+    first, alpha = start.state_dict(), config.train.wise_ft
+    model.load_state_dict({k: (1 - alpha) * first[k] + alpha * v if v.is_floating_point() else v
+                           for k, v in model.state_dict().items()})
 
 
 def probe_head(model: SoundClassifier, data: TrainData, table: ClipTable, train_idx: np.ndarray,

@@ -41,6 +41,9 @@ class SoundClassifier(nn.Module):
         if m.args.get("audioset_head") and not m.pretrained:
             raise ConfigError("setting model.args.audioset_head=true: keeps the head of AudioSet "
                               "weights, but model.pretrained names none (e.g. mn04_as)")
+        if config.train.wise_ft < 1 and not m.pretrained:
+            raise ConfigError(f"setting train.wise_ft={config.train.wise_ft}: averages the trained "
+                              "weights with pretrained ones, but model.pretrained names none")
         with torch.device("meta"):
             backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
                                     **m.args)
