@@ -43,7 +43,7 @@ import soundfile as sf
 from escnet.data.soundscapes import SceneEvent, soundscape
 from escnet.data.tables import read_esc50
 from escnet.deploy.event_metrics import F1, event_f1, segment_f1
-from escnet.deploy.events import DEFAULTS, Event, stream_file
+from escnet.deploy.events import DEFAULTS, Event, events_of, stream_file
 from escnet.deploy.predict import load_model_file
 
 RATE = 32_000
@@ -86,8 +86,7 @@ def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
     tick = time.perf_counter()
     for path, truth in scenes:
         updates = list(stream_file(model, path))
-        found = sorted((Event(m.label, m.start, m.time, m.confidence) for u in updates for m in u.events
-                        if m.state == "end"), key=lambda e: (e.start, e.label))
+        found = events_of(m for u in updates for m in u.events)
         found_by_scene[path.name] = found
         event += event_f1(truth, found)
         segment += segment_f1(truth, found, sf.info(path).duration)

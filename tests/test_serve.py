@@ -210,6 +210,25 @@ def post(url: str, data: bytes, query: str = "", timeout: float = 60) -> tuple[i
         return err.code, json.loads(err.read()), dict(err.headers)
 
 
+def _sigterm_mid_request(proc: subprocess.Popen, url: str, body: bytes, query: str, after: float) -> str:
+    """SIGTERM ``after`` seconds into a long request: its work stops at the next batch of
+    windows, answered 503 in JSON, and the server is gone within 10 s, with no traceback.
+    Returns the server's log."""
+    out: list = []
+    running = threading.Thread(target=lambda: out.append(post(url, body, query)))
+    running.start()
+    time.sleep(after)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    running.join()
+    status, answer, _ = out[0]
+    assert status == 503 and "shutting down" in answer["error"], (status, answer)
+    assert proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - signalled < 10
+    log = proc.stdout.read()
+    assert "Traceback" not in log
+    return log
+
+
 def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_out):
     clip = encode(load_audio(held_out[0], RATE)[: 5 * RATE], RATE)
     proc, url = start_server(model_path, "--threads", "2")
@@ -240,20 +259,8 @@ def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_
         assert status == 503 and "busy" in body["error"] and headers["retry-after"] == "1"
         running.join()
         assert first[0][0] == 200 and len(first[0][1]["timeline"]) == 2751
-        # SIGTERM while a request is in flight: its work stops at the next batch of windows,
-        # answered 503 in JSON, and the server is gone within seconds
-        second: list = []
-        running = threading.Thread(target=lambda: second.append(post(url, slow, query)))
-        running.start()
-        time.sleep(0.8)
-        proc.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        running.join()
-        status, body, _ = second[0]
-        assert status == 503 and "shutting down" in body["error"], (status, body)
-        assert proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - signalled < 10
-        log = proc.stdout.read()
-        assert "Shutting down" in log and "Finished server process" in log and "Traceback" not in log
+        log = _sigterm_mid_request(proc, url, slow, query, after=0.8)
+        assert "Shutting down" in log and "Finished server process" in log
     finally:
         proc.kill()
         proc.wait()
@@ -308,17 +315,7 @@ def test_sigterm_with_several_workers_answers_work_in_flight_in_json(model_path,
     slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
     proc, url = start_server(model_path, "--workers", "2", "--threads", "1", "--max-windows", "3000")
     try:
-        out: list = []
-        running = threading.Thread(target=lambda: out.append(post(url, slow, "?timeline=true&hop=0.02")))
-        running.start()
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        running.join()
-        status, body, _ = out[0]
-        assert status == 503 and "shutting down" in body["error"], (status, body)
-        assert proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - signalled < 10
-        assert "Traceback" not in proc.stdout.read()
+        _sigterm_mid_request(proc, url, slow, "?timeline=true&hop=0.02", after=1.0)
     finally:
         proc.kill()
         proc.wait()

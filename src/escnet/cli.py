@@ -259,7 +259,6 @@ def _predict_events(predictor, args: argparse.Namespace) -> int:
     from escnet.deploy.events import detect_events, events_csv, write_events
 
     settings = _event_settings(args)
-    settings.check(predictor.info.clip_seconds)
     results, unreadable = [], 0
     for path in args.files:
         try:
@@ -296,7 +295,7 @@ def _listen(args: argparse.Namespace) -> int:
     raw = PcmFormat(args.rate, args.format or "s16", args.channels) if args.rate is not None else None
     model = load_model_file(args.model, args.device, args.threads)
     settings = _event_settings(args)
-    settings.check(model.info.clip_seconds)
+    settings.check(model.info.clip_seconds)  # before the input is opened (the Stream checks again)
     if args.out:
         new_output(args.out, "--out", (".csv", ".jsonl"))  # refused before the input is opened
     source = open_input(args.input, raw)

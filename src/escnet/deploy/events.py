@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from escnet.deploy.predict import SILENCE_DB, UNKNOWN, Model, Source, answer, check_finite, level_db, opened
+from escnet.deploy.predict import (
+    SILENCE_DB,
+    UNKNOWN,
+    Model,
+    Source,
+    answer,
+    check_finite,
+    check_silence_db,
+    level_db,
+    opened,
+)
 from escnet.errors import EscnetError
 from escnet.files import atomic_write_text, new_output
 
@@ -336,8 +346,7 @@ class Stream:
         self.name = name
         info = model.info
         settings.check(info.clip_seconds)
-        if not math.isfinite(silence_db):
-            raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
+        check_silence_db(silence_db)
         self.model, self.settings, self.silence_db, self.batch_size = model, settings, silence_db, batch_size
         self.rate = info.sample_rate
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32", quality="HQ")

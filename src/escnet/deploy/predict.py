@@ -96,6 +96,12 @@ class WindowScore(NamedTuple):
     """``(tags,)``: the AudioSet head's probabilities, if the model has one."""
 
 
+def check_silence_db(silence_db: float) -> None:
+    """Refuse a silence gate that is not a level (NaN would gate everything, silently)."""
+    if not math.isfinite(silence_db):
+        raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
+
+
 def check_finite(probabilities: np.ndarray, peak: float, name: str) -> None:
     """Refuse non-finite ``probabilities``: the input's fault (:class:`AudioError`) when its
     samples reached ``peak`` far beyond full scale, else the model's."""
@@ -231,8 +237,7 @@ class Predictor:
                  max_windows: int | None = None) -> None:
         if batch_size < 1:
             raise EscnetError(f"batch_size={batch_size}: must be >= 1")
-        if not math.isfinite(silence_db):
-            raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
+        check_silence_db(silence_db)
         if max_windows is not None and max_windows < 2:
             raise EscnetError(f"max_windows={max_windows}: must be 2 or more")
         self.model, self.batch_size, self.silence_db = model, batch_size, silence_db
