@@ -154,3 +154,13 @@ def test_every_command_that_builds_a_config_takes_the_same_config_flags(command)
     assert config.train.seed == 3 and config.data.skip_bad
     assert config.train.num_epochs == 9  # --set comes last and wins over the flag
     assert config.features == fast.features and config.train.learning_rate == fast.train.learning_rate
+
+
+def test_a_misspelt_required_option_says_which_was_meant(capsys):
+    from escnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["listen", "--modle", "fast.onnx"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "required: --model" in err and "--modle is not an option of this command; did you mean --model?" in err

@@ -8,12 +8,13 @@ logger) are printed as ``escnet: ...`` lines on stderr.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NoReturn
 
 from escnet.config import list_presets, load_config, parse_overrides, similar_settings
 from escnet.errors import AudioError, EscnetError
@@ -738,8 +739,24 @@ COMMANDS = (_add_train, _add_evaluate, _add_calibrate, _add_predict, _add_listen
             _add_augment_preview, _add_models)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, saying which typed option was probably meant when its error comes from a
+    misspelling (``--modle``: "the following arguments are required: --model")."""
+
+    typed: ClassVar[list[str]] = []
+    """The command line being parsed (set by :func:`main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        known = [option for action in self._actions for option in action.option_strings]
+        for word in (w.split("=")[0] for w in self.typed if w.startswith("--")):
+            if word not in known and (close := difflib.get_close_matches(word, known, 1)):
+                message += f" ({word} is not an option of this command; did you mean {close[0]}?)"
+                break
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="escnet", description=(
+    parser = _Parser(prog="escnet", description=(
         "Environmental sound classification: train, evaluate and compare models on ESC-50 "
         "and your own recordings."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -801,6 +818,7 @@ def _talk() -> None:
 def main(argv: list[str] | None = None) -> int:
     _talk()
     parser = build_parser()
+    _Parser.typed = sys.argv[1:] if argv is None else argv
     args, extras = parser.parse_known_args(argv)
     if extras:
         print(_unknown_flag_error(extras, hasattr(args, "set")), file=sys.stderr)
