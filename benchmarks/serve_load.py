@@ -3,10 +3,11 @@ level, then stop.
 
 Starts a real ``escnet serve MODEL`` on 127.0.0.1, sends 5 s WAV clips (real ESC-50 clips at
 their own 44.1 kHz with ``--data``) as raw request bodies from client threads, each on its own
-keep-alive connection, and prints per level: requests/s, median and p99 latency, and counts by
-status; the server's resident memory before and after all levels (the growth over them); then an
-overload run against a second server with one inference thread and no queue, where requests
-beyond it must be answered 503 at once (no timeouts).
+keep-alive connection, and prints per level: requests/s, median and p99 latency, the CPU time
+the server's event loop spent per request (loop ms), and counts by status; the server's
+resident memory before and after all levels (the growth over them); then an overload run
+against a second server with one inference thread and no queue, where requests beyond it must
+be answered 503 (no timeouts).
 
     escnet export runs/fast-fold1 --out fast.onnx --quantize int8
     python benchmarks/serve_load.py --model fast.int8.onnx --data ../shared/data/esc50
@@ -18,6 +19,7 @@ import argparse
 import collections
 import http.client
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -85,8 +87,17 @@ def _rss_mb(pid: int) -> float:
     return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
-def _level(port: int, clips: list[bytes], concurrency: int, requests: int, timeout: float = 30.0) -> dict:
-    """``requests`` POSTs from ``concurrency`` threads; latency and status of each."""
+def _loop_cpu_s(pid: int) -> float:
+    """CPU seconds spent so far by the server's main thread: its event loop (HTTP parsing,
+    routing, responses), which every request passes through; inference runs on other threads."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _level(port: int, clips: list[bytes], concurrency: int, requests: int, timeout: float = 30.0,
+           pid: int | None = None) -> dict:
+    """``requests`` POSTs from ``concurrency`` threads; latency and status of each, and the
+    server's event-loop CPU per request (with its ``pid``)."""
     latencies: list[float] = []
     statuses: collections.Counter = collections.Counter()
     lock = threading.Lock()
@@ -116,14 +127,17 @@ def _level(port: int, clips: list[bytes], concurrency: int, requests: int, timeo
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    loop_cpu = _loop_cpu_s(pid) if pid else float("nan")
     tick = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - tick
+    loop_cpu = (_loop_cpu_s(pid) if pid else float("nan")) - loop_cpu
     ms = 1e3 * np.array(latencies)
     return {"concurrency": concurrency, "requests": requests, "rps": requests / wall,
+            "loop_ms": 1e3 * loop_cpu / requests,
             "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
             "statuses": dict(sorted(statuses.items()))}
 
@@ -131,7 +145,7 @@ def _level(port: int, clips: list[bytes], concurrency: int, requests: int, timeo
 def _row(r: dict) -> str:
     statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
     return (f"{r['concurrency']:>11} {r['requests']:>8} {r['rps']:>10.1f} {r['median_ms']:>10.1f} "
-            f"{r['p99_ms']:>8.1f}  {statuses}")
+            f"{r['p99_ms']:>8.1f} {r['loop_ms']:>8.2f}  {statuses}")
 
 
 def main() -> None:
@@ -154,8 +168,9 @@ def main() -> None:
     try:
         _level(port, clips, 2, 50)  # warm-up: sessions, allocator, connection paths
         before = _rss_mb(proc.pid)
-        print(f"\n{'concurrency':>11} {'requests':>8} {'req/s':>10} {'median ms':>10} {'p99 ms':>8}  status")
-        results = [_level(port, clips, c, args.requests) for c in levels]
+        print(f"\n{'concurrency':>11} {'requests':>8} {'req/s':>10} {'median ms':>10} {'p99 ms':>8} "
+              f"{'loop ms':>8}  status")
+        results = [_level(port, clips, c, args.requests, pid=proc.pid) for c in levels]
         for r in results:
             print(_row(r))
         after = _rss_mb(proc.pid)
@@ -169,7 +184,7 @@ def main() -> None:
 
     proc, port = _start(args.model, "--threads", "1", "--queue", "0")
     try:
-        r = _level(port, clips, 16, 400)
+        r = _level(port, clips, 16, 400, pid=proc.pid)
         print("\noverload (server with 1 inference thread and no queue, 16 clients):")
         print(_row(r))
     finally:

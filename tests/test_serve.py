@@ -266,6 +266,50 @@ def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_
         proc.wait()
 
 
+def _post_from(url: str, source: str, data: bytes, query: str = "") -> tuple[int, dict, float]:
+    """POST from the loopback address ``source`` (a client on another machine, to the server)."""
+    import http.client
+
+    tick = time.monotonic()
+    conn = http.client.HTTPConnection(url.split("//")[1], timeout=60, source_address=(source, 0))
+    try:
+        conn.request("POST", f"/v1/classify{query}", body=data)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), time.monotonic() - tick
+    finally:
+        conn.close()
+
+
+def test_a_client_flooding_the_queue_gives_way_to_another_client(model_path, held_out):
+    clip = encode(load_audio(held_out[0], RATE)[: 5 * RATE], RATE)
+    slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
+    query = "?hop=0.02"  # 2751 windows: seconds of work
+    proc, url = start_server(model_path, "--threads", "1", "--queue", "1", "--max-windows", "3000")
+    answers: dict[str, tuple] = {}
+
+    def send(name: str, source: str, data: bytes, query: str = "") -> threading.Thread:
+        t = threading.Thread(target=lambda: answers.__setitem__(name, _post_from(url, source, data, query)))
+        t.start()
+        time.sleep(0.5)
+        return t
+
+    try:
+        sent = [send("flood running", "127.0.0.2", slow, query),
+                send("flood queued", "127.0.0.2", slow, query),
+                send("another client", "127.0.0.1", clip),  # takes the flood's queued place
+                send("flood again", "127.0.0.2", slow, query)]  # the queue holds another's: refused
+        for t in sent:
+            t.join()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert answers["flood running"][0] == 200 and answers["another client"][0] == 200
+    status, body, _ = answers["flood queued"]
+    assert status == 503 and "gave way" in body["error"], body
+    status, body, seconds = answers["flood again"]  # refused with work in progress: not at once
+    assert status == 503 and "busy" in body["error"] and seconds >= 0.9, (body, seconds)
+
+
 def test_serve_refuses_a_bad_model_or_setting_in_one_line(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     for args, words in ((["nothing.onnx"], "not found"), ([str(tmp_path / "bad.onnx")], "not a readable"),
@@ -314,7 +358,15 @@ def test_sigterm_with_several_workers_answers_work_in_flight_in_json(model_path,
     graceful-shutdown time runs out; the server is gone within seconds."""
     slow = encode(np.tile(load_audio(held_out[1], RATE)[: 5 * RATE], 12), RATE)  # 60 s
     proc, url = start_server(model_path, "--workers", "2", "--threads", "1", "--max-windows", "3000")
-    try:
+    try:  # each worker loads its own model: ready once 20 connections in a row find one ready
+        ready, deadline = 0, time.monotonic() + 60
+        while ready < 20 and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=5):
+                    ready += 1
+            except urllib.error.HTTPError:
+                ready = 0
+                time.sleep(0.1)
         _sigterm_mid_request(proc, url, slow, "?timeline=true&hop=0.02", after=1.0)
     finally:
         proc.kill()

@@ -9,7 +9,8 @@ from memory (a multipart upload is spooled by Starlette to a private temporary f
 when the request ends; no client-supplied name ever reaches the file system); audio is capped
 in duration by its header and again while it is decoded; inference runs on a pool of threads
 off the event loop, and requests beyond the pool and a bounded queue are answered ``503`` with
-``Retry-After`` at once instead of piling up. Every error is a JSON ``{"error": "..."}`` with
+``Retry-After`` instead of piling up; the threads and the queue are shared fairly among client
+addresses (:mod:`escnet.serve.admission`). Every error is a JSON ``{"error": "..."}`` with
 its status (``413``, ``415``, ``422``, ``503``); no traceback ever reaches a client.
 """
 
@@ -44,6 +45,7 @@ from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import available_cores
+from escnet.serve.admission import Busy, FairAdmission, Limit
 from escnet.serve.stream import run_stream
 
 UPLOAD_NAME = "uploaded audio"
@@ -66,7 +68,8 @@ class ServeSettings:
     threads: int = 0
     """Inference threads per process, each scoring one request at a time; 0: one per CPU."""
     queue: int = 64
-    """Requests allowed to wait for a thread; beyond it the server answers 503."""
+    """Requests allowed to wait for a thread; beyond it the server answers 503 (to the client
+    holding the most: a flooding client fills its own share, see :class:`FairAdmission`)."""
     max_upload_mb: float = 20.0
     max_seconds: float = 600.0
     """Longest audio accepted, seconds."""
@@ -109,6 +112,11 @@ class ServeSettings:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+REFUSAL_DELAY = 1
+"""Seconds after which a client refused while it has requests in progress is answered 503 (its
+``Retry-After``); a client with none in progress is answered at once."""
+
+
 class RequestError(Exception):
     """Answered as ``{"error": message}`` with ``status``."""
 
@@ -125,31 +133,6 @@ def _status(err: EscnetError) -> int:
     if isinstance(err, UnreadableAudioError):
         return 415
     return 422
-
-
-class Admission:
-    """At most ``capacity`` requests inside the inference stage (running or waiting for one of
-    the pool's threads); the rest are turned away at once."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.inside = capacity, 0
-        self.lock = threading.Lock()
-
-    def try_enter(self) -> bool:
-        with self.lock:
-            if self.inside >= self.capacity:
-                return False
-            self.inside += 1
-            return True
-
-    def enter(self) -> None:
-        if not self.try_enter():
-            raise RequestError(503, f"busy: {self.inside} requests in progress or queued; "
-                               "retry shortly", {"Retry-After": "1"})
-
-    def leave(self) -> None:
-        with self.lock:
-            self.inside -= 1
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -222,8 +205,8 @@ class Service:
         self.stopping = stopping or threading.Event()
         """Set when the server is stopping: work in flight ends at its next batch (503)."""
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="escnet-infer")
-        self.admission = Admission(settings.threads + settings.queue)
-        self.streams = Admission(settings.max_streams)
+        self.admission = FairAdmission(settings.threads, settings.queue)
+        self.streams = Limit(settings.max_streams)
 
     def classify(self, data: bytes, top_k: int, timeline: bool, hop: float | None,
                  logmel: bool) -> dict:
@@ -374,14 +357,18 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
                                           settings.body_seconds)
         except TimeoutError:
             raise RequestError(408, f"upload not received within {settings.body_seconds:g} s") from None
-        s.admission.enter()
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(s.pool, s.classify, data, top_k, timeline, hop, logmel)
+        try:  # an inference slot, shared fairly among client addresses
+            async with s.admission.slot(request.client.host if request.client else ""):
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(s.pool, s.classify, data, top_k, timeline, hop,
+                                                  logmel)
+        except Busy as err:
+            if err.pushy:  # it has work in progress: answered when it may retry, not at once,
+                del data   # so that a client retrying at once cannot make refusals a flood
+                await asyncio.sleep(REFUSAL_DELAY)
+            raise RequestError(503, str(err), {"Retry-After": str(REFUSAL_DELAY)}) from None
         except EscnetError as err:
             raise RequestError(_status(err), str(err)) from None
-        finally:
-            s.admission.leave()
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:

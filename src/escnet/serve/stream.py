@@ -39,6 +39,7 @@ from escnet.data.pcm import PcmFormat
 from escnet.deploy.events import DEFAULTS, EventSettings, Stream, Update
 from escnet.deploy.predict import Model
 from escnet.errors import AudioError, EscnetError
+from escnet.serve.admission import Limit
 
 FORMATS = ("f32", "s16")
 MAX_FRAME_SECONDS = 2.0
@@ -59,19 +60,13 @@ class Limits(Protocol):
     max_streams: int
 
 
-class Slots(Protocol):
-    def try_enter(self) -> bool: ...
-
-    def leave(self) -> None: ...
-
-
 class Service(Protocol):
     """What a stream needs of the server (``escnet.serve.app.Service``)."""
 
     settings: Limits
     model: Model
     pool: Executor
-    streams: Slots
+    streams: Limit
     stopping: threading.Event
 
 

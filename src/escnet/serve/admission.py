@@ -1,0 +1,134 @@
+"""Admission control for ``escnet serve``: who gets an inference thread, who waits, who is
+turned away.
+
+:class:`FairAdmission` shares the inference threads among clients (by address): a free thread
+goes to the waiting client that has the fewest requests running, and when the queue is full a
+newcomer displaces the last-queued request of the client holding the most, so a client that
+floods the server with valid work fills its own share, never a well-behaved client's.
+:class:`Limit` caps things held open, such as live streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Busy(Exception):
+    """No room: answered 503 with ``Retry-After``. ``pushy``: the client already had requests
+    running or waiting when this one was refused."""
+
+    def __init__(self, message: str, pushy: bool = False) -> None:
+        super().__init__(message)
+        self.pushy = pushy
+
+
+class Limit:
+    """At most ``capacity`` held at once (thread-safe); the rest are refused at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.inside = capacity, 0
+        self.lock = threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self.lock:
+            if self.inside >= self.capacity:
+                return False
+            self.inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
+
+
+class FairAdmission:
+    """``slots`` requests run at once (one per inference thread) and at most ``queue`` wait,
+    shared fairly among clients. Used from the event loop only (no locks).
+
+    - A freed slot goes to the waiting client with the fewest requests running (the longest
+      waiting among equals), and to that client's oldest request.
+    - With the queue full, a newcomer whose client holds fewer requests (running and waiting)
+      than the heaviest waiting client, counting the newcomer, takes the place of that client's
+      newest waiting request, which is answered :class:`Busy`; otherwise the newcomer is.
+    """
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self.slots, self.queue = slots, queue
+        self.running: Counter[str] = Counter()
+        self.waiting: dict[str, deque[asyncio.Future]] = {}  # in order of first waiting
+
+    @property
+    def busy(self) -> int:
+        return sum(self.running.values())
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.waiting.values())
+
+    def _held(self, client: str) -> int:
+        return self.running[client] + len(self.waiting.get(client, ()))
+
+    @asynccontextmanager
+    async def slot(self, client: str) -> AsyncIterator[None]:
+        """Hold one inference slot for ``client`` (an address) while the block runs; raises
+        :class:`Busy` when there is no room for it, now or later while it waits."""
+        await self._enter(client)
+        try:
+            yield
+        finally:
+            self._leave(client)
+
+    async def _enter(self, client: str) -> None:
+        if self.busy < self.slots and not self.waiting:
+            self.running[client] += 1
+            return
+        if self.queued >= self.queue:
+            self._displace(client)
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(client, deque()).append(future)
+        try:
+            await future  # set when a slot is handed over (then counted as running)
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._leave(client)  # handed a slot just as the request went away
+            else:
+                self._forget(client, future)
+            raise
+
+    def _displace(self, client: str) -> None:
+        heaviest = max(self.waiting, key=self._held, default=None)
+        if heaviest is None or self._held(heaviest) <= self._held(client) + 1:
+            raise Busy(f"busy: {self.busy} requests in progress and {self.queued} queued; "
+                       "retry shortly", pushy=self._held(client) > 0)
+        victim = self.waiting[heaviest].pop()
+        if not self.waiting[heaviest]:
+            del self.waiting[heaviest]
+        victim.set_exception(Busy("busy: this client has the most requests waiting; one of them "
+                                  "gave way to another client's; retry shortly"))
+
+    def _forget(self, client: str, future: asyncio.Future) -> None:
+        queue = self.waiting.get(client)
+        if queue is not None and future in queue:
+            queue.remove(future)
+            if not queue:
+                del self.waiting[client]
+
+    def _leave(self, client: str) -> None:
+        self.running[client] -= 1
+        if not self.running[client]:
+            del self.running[client]
+        while self.waiting:
+            chosen = min(self.waiting, key=lambda c: self.running[c])  # the first among equals
+            queue = self.waiting.pop(chosen)
+            future = queue.popleft()
+            if queue:  # the client goes to the back of the line of equals
+                self.waiting[chosen] = queue
+            if future.done():  # cancelled: its request has gone away
+                continue
+            self.running[chosen] += 1
+            future.set_result(None)
+            return
