@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import REPO, tiny_flags, tone
+from scipy.stats import norm
 
 from escnet.cli import main
 from escnet.deploy.predict import UNKNOWN, Predictor
@@ -40,6 +41,21 @@ def test_threshold_keeps_the_share_asked_for():
     rng = np.random.default_rng(2)
     kept = [rng.normal() >= unknown_threshold(rng.normal(size=40), 0.9) for _ in range(20000)]
     assert np.mean(kept) >= 0.9 - 0.005
+
+
+def test_threshold_with_confidence_keeps_the_share_for_nearly_every_validation_set():
+    # a model's kept share of new known sounds (normal scores): 1 - Φ(threshold)
+    rng = np.random.default_rng(3)
+    kept_share = {c: np.array([1 - norm.cdf(unknown_threshold(rng.normal(size=130), 0.95, c))
+                               for _ in range(4000)]) for c in (0.0, 0.9)}
+    on_average = kept_share[0.0]  # the conformal quantile: 95 % on average, often less for one model
+    assert on_average.mean() >= 0.95 - 0.003 and np.mean(on_average >= 0.95) < 0.7
+    assured = kept_share[0.9]  # at least 95 % for 90 % of the validation sets
+    assert np.mean(assured >= 0.95) >= 0.9 - 0.015 and np.mean(assured >= 0.95) < 0.97
+    scores = rng.normal(size=130)  # k = 3 for n = 130: P(Binomial(130, 0.05) ≥ 3) ≥ 0.9 > P(… ≥ 4)
+    assert np.sum(scores < unknown_threshold(scores, 0.95, 0.9)) == 2
+    few = rng.normal(size=20)  # too few clips to promise 95 % with 90 %: every clip is kept
+    assert unknown_threshold(few, 0.95, 0.9) == few.min()
 
 
 def test_expected_calibration_error_by_hand():

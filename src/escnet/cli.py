@@ -150,7 +150,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.keep is not None and not 0 < args.keep <= 1:
         raise EscnetError(f"--keep {args.keep}: a share of known clips, above 0 and at most 1")
-    pooled = calibrate_run(args.run, args.data, args.keep, args.score, _bars(args))
+    if args.confidence is not None and not 0 <= args.confidence < 1:
+        raise EscnetError(f"--confidence {args.confidence}: a probability, at least 0 and below 1")
+    pooled = calibrate_run(args.run, args.data, args.keep, args.score, _bars(args), args.confidence)
     cal = pooled.get("calibration", {})
     print(f"{args.run}: held-out ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}, NLL "
           f"{cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
@@ -539,6 +541,8 @@ def _add_calibrate(sub) -> None:
                    "(train.unknown_keep; default: the run's)")
     p.add_argument("--score", choices=["auto", "msp", "energy", "max_logit", "knn", "energy+knn"],
                    help="the unknown score to answer by (train.unknown_score; default: the run's)")
+    p.add_argument("--confidence", type=float, help="probability that the threshold keeps --keep of "
+                   "known sounds; 0: on average only (train.unknown_confidence; default: the run's)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_calibrate)
 

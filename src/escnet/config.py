@@ -311,8 +311,13 @@ class TrainConfig(Section):
     (calibrated probabilities) and its unknown-sound threshold; never the test fold. 0: train
     on every clip and leave the model uncalibrated, without an unknown threshold."""
     unknown_keep: float = _check(0.95, gt=0, le=1)
-    """The unknown-sound threshold keeps this share of the validation clips (all of known
-    classes): a sound whose unknown score is below it is answered "unknown"."""
+    """Share of known sounds the unknown-sound threshold keeps (set on the validation clips): a
+    sound whose unknown score is below it is answered "unknown"."""
+    unknown_confidence: float = _check(0.9, ge=0, lt=1)
+    """Probability that the threshold keeps at least ``unknown_keep`` of known sounds drawn like
+    the validation clips (it then keeps more of the validation clips themselves; with too few of
+    them, all); 0: ``unknown_keep`` on average over validation sets only (the split-conformal
+    quantile: one model may keep less by chance)."""
     unknown_score: str = _check("auto", choices=("auto", "msp", "energy", "max_logit", "knn",
                                                   "energy+knn"))
     """How known a sound is (:mod:`escnet.models.unknown`): ``auto`` is ``energy+knn`` for a
@@ -348,8 +353,9 @@ SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureCon
 # Settings that do not change a run's numbers: a resumed run may change them, and runs that
 # differ only in them are one experiment.
 RESULT_FREE = ("data.data_dir", "data.cache_dir", "train.num_workers", "train.tensorboard",
-               "train.device", "train.unknown_keep", "train.unknown_score")
-"""(``unknown_keep`` and ``unknown_score`` change only the calibration, which ``escnet
+               "train.device", "train.unknown_keep", "train.unknown_score", "train.unknown_confidence")
+"""(``unknown_keep``, ``unknown_score`` and ``unknown_confidence`` change only the calibration,
+which ``escnet
 calibrate`` redoes for a finished run.)"""
 
 

@@ -5,7 +5,8 @@ Temperature scaling (Guo et al., ICML 2017) divides the logits by one scalar ``T
 minimise the validation clips' negative log-likelihood: the predicted class never changes, so
 accuracy does not either, while a probability of 0.9 comes to mean nine in ten. Each unknown
 score (:mod:`escnet.models.unknown`) gets a threshold: the validation clips'
-``1 - train.unknown_keep`` quantile; a sound scored below the model's (``train.unknown_score``)
+``1 - train.unknown_keep`` quantile, lowered until the share is kept with probability
+``train.unknown_confidence``; a sound scored below the model's (``train.unknown_score``)
 is answered "unknown". Every score's threshold is kept, so runs compare on each.
 
 :func:`finish_fold` does this at the end of every fold's training; :func:`calibrate_run` does it
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
+from scipy.stats import binom
 
 from escnet.config import RESULT_FREE, TaskConfig
 from escnet.data.cache import build_waveform_cache
@@ -52,14 +54,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
-def unknown_threshold(scores: np.ndarray, keep: float) -> float:
+def unknown_threshold(scores: np.ndarray, keep: float, confidence: float = 0.0) -> float:
     """The threshold that keeps (score at or above it) a share ``keep`` of known sounds, from
-    validation ``scores`` ``(clips,)``: the split-conformal quantile (Vovk et al. 2005;
-    Angelopoulos & Bates 2021), the ``⌊(1 - keep)(n + 1)⌋``-th smallest score, so that a new
-    known sound drawn like the validation clips is kept with probability at least ``keep``
-    (the plain quantile of ``n`` clips keeps a little less)."""
+    validation ``scores`` ``(clips,)``: the ``k``-th smallest score.
+
+    With ``confidence`` 0, the split-conformal quantile (Vovk et al. 2005; Angelopoulos & Bates
+    2021), ``k = ⌊(1 - keep)(n + 1)⌋``: a new known sound drawn like the validation clips is kept
+    with probability at least ``keep``, on average over validation sets (one model's kept share
+    may fall short by chance). Above 0, training-conditional (Vovk 2012): the share of such
+    sounds the threshold leaves out is ``Beta(k, n + 1 - k)``-distributed, so the largest ``k``
+    with ``P(Binomial(n, 1 - keep) ≥ k) ≥ confidence`` keeps at least ``keep`` of them with
+    probability ``confidence``. With too few clips for that (none at ``k = 1``), the smallest
+    score: every validation clip is kept."""
     ranked = np.sort(scores)
-    k = int(np.floor((1 - keep) * (len(ranked) + 1) + 1e-9))
+    n = len(ranked)
+    if confidence > 0:
+        ranks = np.arange(1, n + 1)
+        allowed = ranks[binom.sf(ranks - 1, n, 1 - keep) >= confidence]
+        k = int(allowed.max()) if len(allowed) else 0
+    else:
+        k = int(np.floor((1 - keep) * (n + 1) + 1e-9))
     return float(ranked[max(k - 1, 0)])
 
 
@@ -75,15 +89,16 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
 
     Returns what a checkpoint keeps as ``calibration`` (``temperature``, ``unknown_score``,
     ``unknown_threshold``: that score's threshold, ``thresholds``: every score's,
-    ``unknown_keep``, ``validation_clips``, and the validation clips' ECE and NLL before and
-    after), and the :class:`UnknownScorer`. With no validation clips: temperature 1 and no
+    ``unknown_keep``, ``unknown_confidence``, ``validation_clips``, and the validation clips' ECE
+    and NLL before and after), and the :class:`UnknownScorer`. With no validation clips: temperature 1 and no
     threshold (an uncalibrated model).
     """
-    keep = config.train.unknown_keep
+    keep, confidence = config.train.unknown_keep, config.train.unknown_confidence
     score = resolve_score(config.train.unknown_score, bank is not None, config.model.name)
     if len(labels) == 0:
         return ({"temperature": 1.0, "unknown_score": score, "unknown_threshold": None,
-                 "thresholds": {}, "unknown_keep": keep, "validation_clips": 0}, UnknownScorer())
+                 "thresholds": {}, "unknown_keep": keep, "unknown_confidence": confidence,
+                 "validation_clips": 0}, UnknownScorer())
     t = fit_temperature(logits, labels)
     unit = None if bank is None else torch.nn.functional.normalize(torch.from_numpy(bank).float(), dim=1)
     scorer = UnknownScorer(t, unit)
@@ -93,10 +108,11 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
         if unit is not None:  # the validation clips' own ranks make the combined score
             scorer = UnknownScorer(t, unit, {k: first[k].sort().values for k in ("energy", "knn")})
         scores = {k: v.numpy() for k, v in scorer(torch.from_numpy(logits).float(), emb).items()}
-    thresholds = {name: unknown_threshold(values, keep) for name, values in scores.items()}
+    thresholds = {name: unknown_threshold(values, keep, confidence) for name, values in scores.items()}
     before, after = softmax(logits), softmax(logits, t)
     return ({"temperature": t, "unknown_score": score, "unknown_threshold": thresholds[score],
-             "thresholds": thresholds, "unknown_keep": keep, "validation_clips": len(labels),
+             "thresholds": thresholds, "unknown_keep": keep, "unknown_confidence": confidence,
+             "validation_clips": len(labels),
              "validation": {"ece_before": ece(before, labels), "ece_after": ece(after, labels),
                             "nll_before": negative_log_likelihood(before, labels),
                             "nll_after": negative_log_likelihood(after, labels),
@@ -146,9 +162,11 @@ def finish_fold(model: SoundClassifier, clips, table: ClipTable, split: Split, r
 
 
 def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float | None = None,
-                  score: str | None = None, progress: bool = True) -> dict:
+                  score: str | None = None, progress: bool = True,
+                  confidence: float | None = None) -> dict:
     """Calibrate every finished fold of a run again from its ``last.pt`` (with
-    ``train.unknown_keep`` and ``train.unknown_score`` set to ``keep`` and ``score`` if given),
+    ``train.unknown_keep``, ``train.unknown_score`` and ``train.unknown_confidence`` set to
+    ``keep``, ``score`` and ``confidence`` if given),
     rewrite its held-out files and pooled metrics, and return the pooled ``metrics.json``.
     Needs the run's data, and a run trained with validation clips (``train.validation_share``
     > 0): those are what is honest to fit on."""
@@ -159,8 +177,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
         raise EscnetError(f"{run.path}: trained on every clip (train.validation_share=0): no clip is "
                           "left to calibrate on without touching the test fold")
     with run.lock():
-        changes = {k: v for k, v in (("train.unknown_keep", keep), ("train.unknown_score", score))
-                   if v is not None}
+        changes = {k: v for k, v in (("train.unknown_keep", keep), ("train.unknown_score", score),
+                                     ("train.unknown_confidence", confidence)) if v is not None}
         if score is not None:  # a score the model cannot give: before any data is read
             model = run.load_model(folds[0])[0]
             resolve_score(score, hasattr(model.backbone, "embed"), config.model.name)
