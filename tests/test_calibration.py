@@ -148,7 +148,15 @@ def test_calibrate_again_with_another_keep(tone_run, capsys):
     assert after["known_kept"] < before["known_kept"] and after["known_kept"] >= 0.3
     assert "AUROC" in capsys.readouterr().out
     assert RunDir(out).config.train.unknown_keep == 0.5
-    assert main(["calibrate", str(out), "--keep", "0.95", "--quiet"]) == 0
+    # 0.5 on average only (the conformal quantile) keeps fewer than 0.5 with probability 0.9
+    assert main(["calibrate", str(out), "--confidence", "0", "--quiet"]) == 0
+    on_average = json.loads((out / "metrics.json").read_text())["open_set"]
+    assert on_average["known_kept"] < after["known_kept"]
+    assert RunDir(out).config.train.unknown_confidence == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(out), "--confidence", "1"]) == 2
+    assert "--confidence 1.0: a probability" in capsys.readouterr().err
+    assert main(["calibrate", str(out), "--keep", "0.95", "--confidence", "0.9", "--quiet"]) == 0
     again = json.loads((out / "metrics.json").read_text())["open_set"]
     assert again["known_kept"] == before["known_kept"] and again["auroc"] == pytest.approx(before["auroc"])
 
