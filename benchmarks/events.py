@@ -8,7 +8,9 @@ cut to their active part, one after another with gaps, over pink noise) and, for
    collar max(0.5 s, 20 % of the event)) and segment-based F1 (1 s), micro-averaged
    (``escnet.deploy.event_metrics``); how often one true event was reported more than once
    ("repeats"); and the per-window accuracy inside the true events (the hops whose answer is
-   the event's class), beside the model's held-out clip accuracy.
+   the event's class), beside the model's held-out clip accuracy; and the time from a true
+   onset to the audio position where its event start was decided (the latency before any
+   real-time or transport delay).
 2. **Latency.** ``escnet serve`` is started on the model; ``--concurrency`` clients stream the
    scenes over ``/v1/stream`` at real time in 0.1 s frames (as a microphone would). Latency is
    the time from the moment a true event's onset was sent to the arrival of its event-start
@@ -84,9 +86,13 @@ def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
     event, segment, rep, hops, right = F1(0, 0, 0), F1(0, 0, 0), 0, 0, 0
     found_by_scene = {}
     tick = time.perf_counter()
+    decisions: list[float] = []
     for path, truth in scenes:
         updates = list(stream_file(model, path))
-        found = events_of(m for u in updates for m in u.events)
+        messages = [m for u in updates for m in u.events]
+        decisions += [d for _, d in matched_starts(truth, [(m.decided, m.label, m.time) for m in messages
+                                                           if m.state == "start"])]
+        found = events_of(messages)
         found_by_scene[path.name] = found
         event += event_f1(truth, found)
         segment += segment_f1(truth, found, sf.info(path).duration)
@@ -103,6 +109,7 @@ def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
             "true_events": sum(len(t) for _, t in scenes),
             "hop_accuracy_in_events": round(right / max(hops, 1), 4),
             "held_out_clip_accuracy": model.info.held_out_accuracy,
+            "decision_latency_median_s": round(statistics.median(decisions), 3) if decisions else None,
             "unknown_threshold": model.info.unknown_threshold is not None,
             "seconds": round(seconds, 1)}, found_by_scene
 
@@ -170,16 +177,27 @@ async def latency_run(port: int, scenes, concurrency: int) -> list[dict]:
     return await asyncio.gather(*(one(p) for p, _ in scenes))
 
 
+def matched_starts(truth: list[SceneEvent], starts: list[tuple[float, str, float]]
+                   ) -> list[tuple[SceneEvent, float]]:
+    """Each true event with a start message of its label placed within the onset collar
+    (``starts``: ``(when it was decided or arrived, label, start time)``), and the time from
+    its onset to the earliest such message."""
+    out = []
+    for e in truth:
+        hit = [when for when, label, start in starts if label == e.label and abs(start - e.start) <= 0.5]
+        if hit:
+            out.append((e, min(hit) - e.start))
+    return out
+
+
 def latencies(scenes, runs: list[dict]) -> tuple[list[float], int]:
     out, missed = [], 0
     for (_, truth), run in zip(scenes, runs, strict=True):
-        starts = [(t, m) for t, m in run["messages"] if m["type"] == "event" and m["state"] == "start"]
-        for e in truth:
-            hit = [t for t, m in starts if m["label"] == e.label and abs(m["time"] - e.start) <= 0.5]
-            if hit:
-                out.append(min(hit) - (run["start"] + e.start))
-            else:
-                missed += 1
+        starts = [(t - run["start"], m["label"], m["time"]) for t, m in run["messages"]
+                  if m["type"] == "event" and m["state"] == "start"]
+        hits = matched_starts(truth, starts)
+        out += [d for _, d in hits]
+        missed += len(truth) - len(hits)
     return out, missed
 
 
@@ -225,7 +243,7 @@ def main() -> None:
               f"R {ev['recall']:.3f}), segment F1 {files['segment']['f1']:.3f}; "
               f"repeats {files['repeats']} of {files['true_events']}; hop accuracy in events "
               f"{files['hop_accuracy_in_events']:.3f} (held-out clips {files['held_out_clip_accuracy']}); "
-              f"{files['seconds']} s")
+              f"onset → start decided, median {files['decision_latency_median_s']} s; {files['seconds']} s")
         if not args.skip_live:
             port = free_port()
             server = start_server(model, port, out / f"serve-{Path(model).stem}.log")

@@ -3,7 +3,9 @@ confidence, once each, however long the sound lasts.
 
 A :class:`Stream` takes audio at the model's rate in chunks of any size and, every ``hop``
 seconds, scores a window holding the last ``window`` seconds (zero-padded at its end to the
-model's clip length: ESC-50 pads its short clips the same way). An :class:`EventTracker`
+model's clip length: ESC-50 pads its short clips the same way); when a sound begins after
+quiet, also a hop, two, … (``ONSET_HOPS``) after its start, so that it is judged as soon as it
+has lasted each of them. An :class:`EventTracker`
 turns those scores into event messages: per class, the calibrated probability is averaged over
 the last ``smooth`` hops; an event starts when that rises to ``on`` and ends when it has stayed
 below ``off`` (hysteresis) for longer than ``max_gap`` (a shorter dip continues it). A window
@@ -12,8 +14,9 @@ zero for every class, so neither is ever an event.
 
 Times are seconds of audio from the stream's start. A window's score is placed at its centre,
 so an event spans ``[first centre - hop/2, last centre + hop/2]`` of the windows above its
-thresholds; a start message is sent as soon as the event has lasted ``min_duration``, an end
-message after ``max_gap`` has passed without it.
+thresholds (or, with the level envelope, where the sound rose and fell); a start message is
+sent as soon as the sound has lasted ``min_duration`` (from its start to where it was last
+heard loud), an end message after ``max_gap`` has passed without it.
 
 :func:`detect_events` feeds a file through the same :class:`Stream`: the same audio gives the
 same events whether it arrives as a file or as a stream in chunks of any size.
@@ -263,19 +266,34 @@ class EventTracker:
             elif centre - event.last > s.max_gap:
                 out.extend(self._close(k, end))
                 continue
-            if not event.announced and event.last + s.hop / 2 - event.start >= s.min_duration - 1e-9:
+            if not event.announced and self._lasted(event) >= s.min_duration - 1e-9:
                 event.announced = True
                 out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
                                         event.start, end))
         return out
+
+    def _heard_until(self, event: _Open) -> float | None:
+        """End of the last loud frame of the event's sound in its last window at or above
+        ``off`` (before any sound that began after it), if the envelope has one."""
+        if self.envelope is None:
+            return None
+        return self.envelope.offset(max(event.start, event.last_end - self.settings.window),
+                                    event.last_end, event.start)
+
+    def _lasted(self, event: _Open) -> float:
+        """How long the event's sound has lasted: from its start to where it was last heard
+        loud, or, without a level envelope, to half a hop past its last window's centre (a
+        window that heard only the new sound has its centre halfway through it, so the centre
+        alone would count half of what was heard)."""
+        heard = self._heard_until(event)
+        return (event.last + self.settings.hop / 2 if heard is None else heard) - event.start
 
     def _close(self, k: int, now: float) -> list[EventMessage]:
         event = self.open.pop(k)
         if not event.announced:  # shorter than min_duration: never said, never ended
             return []
         s = self.settings
-        offset = (self.envelope.offset(event.last_end - s.window, event.last_end, event.start)
-                  if self.envelope else None)
+        offset = self._heard_until(event)
         end = event.last + s.hop / 2 if offset is None else max(offset, event.start + s.hop / 2)
         return [EventMessage(self.classes[k], "end", end, event.peak, event.start, now)]
 
@@ -285,8 +303,7 @@ class EventTracker:
         out = []
         for k in sorted(self.open):
             event = self.open[k]
-            if not event.announced and event.last + self.settings.hop / 2 - event.start \
-                    >= self.settings.min_duration - 1e-9:
+            if not event.announced and self._lasted(event) >= self.settings.min_duration - 1e-9:
                 event.announced = True
                 out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
                                         event.start, end))
@@ -327,6 +344,10 @@ class Update:
         self.events.extend(other.events)
 
 
+ONSET_HOPS = 4
+"""Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._ends`)."""
+
+
 class Stream:
     """Live scoring of one stream of mono audio.
 
@@ -358,7 +379,10 @@ class Stream:
         self.received = 0
         """Samples received so far."""
         self.next_end = self.hop
-        """Where the next window ends, in samples of stream."""
+        """Where the next window on the hop grid ends, in samples of stream."""
+        self.onset_ends: list[int] = []
+        """Ends of the windows due after a sound began (:meth:`_ends`), in samples of stream."""
+        self.last_began = -1
         self.buffer = np.zeros(0, np.float32)
         """Samples from ``self.received - len(buffer)`` on: what the next window needs."""
         self.finished = False
@@ -382,17 +406,37 @@ class Stream:
         self.envelope.add(samples)
         self.buffer = np.concatenate([self.buffer, samples])
         self.received += samples.shape[0]
-        ends = []
-        while self.next_end <= self.received:
-            ends.append(self.next_end)
-            self.next_end += self.hop
-        update = self._score(ends)
+        update = self._score(self._ends())
         if self.buffer.shape[0] > self.window:  # the next window, or the last at finish()
             self.buffer = self.buffer[-self.window:]
         # an event's end looks back to its last window, up to max_gap and a hop before the next
         self.envelope.forget((self.next_end - self.window - 2 * self.hop) / self.rate
                              - self.settings.max_gap)
         return update
+
+    def _ends(self) -> list[int]:
+        """The ends of every window now complete, in order: the hop grid's, and up to
+        ``ONSET_HOPS`` more after a sound that began after quiet, a hop, two, … after its start
+        (found by the grid window that first holds it), so a sound is judged as soon as it has
+        lasted each multiple of the hop, not up to a hop later where the grid happens to fall.
+        A newer sound's windows replace those still to come of the last one (so at most one
+        more window a hop). What is due depends only on the audio up to each grid end: any
+        chunking gives the same."""
+        grid, due = [], []
+        while self.next_end <= self.received:
+            end = self.next_end
+            grid.append(end)
+            self.next_end += self.hop
+            began = self.envelope.sound_start(max(end - self.window, 0) / self.rate, end / self.rate)
+            if began is not None and round(began * self.rate) > self.last_began:
+                self.last_began = round(began * self.rate)
+                due += [e for e in self.onset_ends if e < end]  # the last sound's, already due
+                self.onset_ends = [e for e in (self.last_began + k * self.hop
+                                               for k in range(1, ONSET_HOPS + 1))
+                                   if e > end and e % self.hop]  # not on the grid
+        due += [e for e in self.onset_ends if e <= self.received]
+        self.onset_ends = [e for e in self.onset_ends if e > self.received]
+        return sorted(grid + due)
 
     def finish(self) -> Update:
         """The stream has ended: score the audio after the last full hop, end every event."""

@@ -233,15 +233,16 @@ class Service:
 
 DESCRIPTION = """Environmental sound classification with a trained escnet model.
 
-**Live streams** (a WebSocket, not listed below): `ws://HOST:PORT/v1/stream?sample_rate=SR&format=f32|s16`.
-Send binary frames of little-endian mono PCM at that rate (at most 2 s each); the server answers
-text frames of JSON with a `type`: `"ready"` first (classes, settings, limits), `"scores"` every hop
-(`time`, `label`, `top`), and `"event"` (`label`, `state` `"start"` or `"end"`, `time` in seconds of
-stream, `confidence`) once per event start and end. Send the text frame `"end"` to end every open
-event: the server answers `"end"` and closes (1000). Optional parameters: `hop`, `window`, `on`,
-`off`, `smooth`, `min_duration`, `max_gap`. Broken limits close the stream with a code and a reason:
-1008 (bad parameter, too long, idle), 1003 (bad frame), 1007 (NaN samples), 1009 (frame too big),
-1013 (too many streams), 1001 (server stopping)."""
+**Live streams** (a WebSocket, not listed below):
+`ws://HOST:PORT/v1/stream?sample_rate=SR&format=f32|s16`. Send binary frames of little-endian mono
+PCM at that rate (at most 2 s each); the server answers text frames of JSON with a `type`: `"ready"`
+first (classes, settings, limits), `"scores"` every hop and right after a sound begins (`time`,
+`label`, `top`), and `"event"` (`label`, `state` `"start"` or `"end"`, `time` in seconds of stream,
+`confidence`) once per event start and end. Send the text frame `"end"` to end every open event: the
+server answers `"end"` and closes (1000). Optional parameters: `hop`, `window`, `on`, `off`,
+`smooth`, `min_duration`, `max_gap`. Broken limits close the stream with a code and a reason: 1008
+(bad parameter, too long, idle), 1003 (bad frame), 1007 (NaN samples), 1009 (frame too big), 1013
+(too many streams), 1001 (server stopping)."""
 
 
 def _stop_on_signals(stopping: threading.Event) -> None:

@@ -6,8 +6,9 @@ settings as further parameters: ``hop``, ``window``, ``on``, ``off``, ``smooth``
 The server sends text frames of JSON, each with a ``type``:
 
 - ``"ready"``: once, first: the model's classes, the event settings in force and the limits;
-- ``"scores"``: per hop: ``time`` (seconds of stream at the window's end), ``label`` (a class,
-  ``"unknown"``, or null for silence), ``top`` (the best classes and their probabilities);
+- ``"scores"``: per scored window (every hop, and a few more right after a sound begins):
+  ``time`` (seconds of stream at the window's end), ``label`` (a class, ``"unknown"``, or null
+  for silence), ``top`` (the best classes and their probabilities);
 - ``"event"``: ``label``, ``state`` (``"start"`` or ``"end"``), ``time`` (seconds of stream:
   the event's start or end), ``start``, ``confidence``, ``decided`` (seconds of stream received
   when it was decided);
