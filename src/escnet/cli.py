@@ -386,7 +386,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(args.model, args.host, args.port, args.workers, args.threads,
                              args.queue, args.max_upload_mb, args.max_seconds, args.device,
                              args.max_windows, args.body_seconds, args.max_streams,
-                             args.stream_seconds, args.idle_seconds)
+                             args.stream_seconds, args.idle_seconds, args.rate_limit)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
               "has no authentication, so put it behind a proxy that has", file=sys.stderr)
@@ -655,6 +655,9 @@ def _add_serve(sub) -> None:
                    help="longest live stream, seconds of audio (default 3600)")
     p.add_argument("--idle-seconds", type=float, default=10.0, metavar="S",
                    help="a live stream silent this long is closed (default 10)")
+    p.add_argument("--rate-limit", type=float, default=0.0, metavar="R", help="requests a second "
+                   "one client address may make; more wait their turn, up to 1 s, then 429 "
+                   "(default 0: no limit)")
     p.set_defaults(func=_serve)
 
 

@@ -5,7 +5,9 @@ turned away.
 goes to the waiting client that has the fewest requests running, and when the queue is full a
 newcomer displaces the last-queued request of the client holding the most, so a client that
 floods the server with valid work fills its own share, never a well-behaved client's.
-:class:`Limit` caps things held open, such as live streams.
+:class:`RateLimit` spaces out the requests of one address (``--rate-limit``), before anything
+of them is parsed beyond their headers. :class:`Limit` caps things held open, such as live
+streams.
 """
 
 from __future__ import annotations
@@ -43,6 +45,36 @@ class Limit:
     def leave(self) -> None:
         with self.lock:
             self.inside -= 1
+
+
+class RateLimit:
+    """At most ``rate`` requests a second from one client address, in bursts of up to ``rate``
+    (one second's worth): the generic cell rate algorithm (GCRA, as in ATM networks and many
+    proxies), one number per address. A request over it waits its turn, up to ``MAX_WAIT``
+    seconds; one that would wait longer is refused. Waiting costs the server nothing but an
+    open connection, so a client that sends as fast as it is answered is slowed to ``rate``."""
+
+    MAX_WAIT = 1.0
+    FORGET_AFTER = 10_000
+    """Addresses remembered before those whose turn has passed are forgotten."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = max(rate - 1, 0) * self.interval  # a burst of ``rate`` goes at once
+        self.due: dict[str, float] = {}
+        """Per address, when its next request would be on time (monotonic seconds)."""
+
+    def wait(self, client: str, now: float) -> float | None:
+        """Seconds the request of ``client`` arriving at ``now`` waits (0: none), or ``None``:
+        refused."""
+        due = max(self.due.get(client, now), now)
+        wait = max(due - self.tolerance - now, 0.0)
+        if wait > self.MAX_WAIT:
+            return None
+        self.due[client] = due + self.interval
+        if len(self.due) > self.FORGET_AFTER:
+            self.due = {c: t for c, t in self.due.items() if t > now}
+        return wait
 
 
 class FairAdmission:

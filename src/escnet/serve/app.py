@@ -45,7 +45,7 @@ from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import available_cores
-from escnet.serve.admission import Busy, FairAdmission, Limit
+from escnet.serve.admission import Busy, FairAdmission, Limit, RateLimit
 from escnet.serve.stream import run_stream
 
 UPLOAD_NAME = "uploaded audio"
@@ -85,6 +85,9 @@ class ServeSettings:
     """Longest live stream, seconds of audio."""
     idle_seconds: float = 10.0
     """A live stream that sends no audio for this long is closed."""
+    rate_limit: float = 0.0
+    """Requests a second one client address may make (bursts of a second's worth; more wait,
+    up to a second, then 429); 0: no limit. For servers that clients one does not know reach."""
 
     def __post_init__(self) -> None:
         checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
@@ -101,7 +104,9 @@ class ServeSettings:
                   "max_streams": (0 <= self.max_streams <= 10000, "must be 0 (no live streams) to "
                                   "10000"),
                   "stream_seconds": (1 <= self.stream_seconds <= 7 * 86400, "must be 1 s to a week"),
-                  "idle_seconds": (0.1 <= self.idle_seconds <= 3600, "must be 0.1 to 3600 s")}
+                  "idle_seconds": (0.1 <= self.idle_seconds <= 3600, "must be 0.1 to 3600 s"),
+                  "rate_limit": (self.rate_limit == 0 or 0.01 <= self.rate_limit <= 1e6,
+                                 "must be 0 (no limit) or 0.01 to 1000000 requests a second")}
         for name, (ok, why) in checks.items():
             if not ok:
                 raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
@@ -387,7 +392,35 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(str(static / "index.html"))
 
+    if settings.rate_limit:
+        app.add_middleware(_RateLimited, rate=settings.rate_limit)
     return app
+
+
+class _RateLimited:
+    """ASGI middleware: a :class:`RateLimit` of ``rate`` requests a second per client address,
+    checked when a request's headers are in, before routing: a request over it waits its turn,
+    or, if that is more than a second away, is answered 429 after that second (a WebSocket is
+    refused with 1013), so retrying at once does not get a client more."""
+
+    def __init__(self, app, rate: float) -> None:
+        self.app, self.rate, self.limit = app, rate, RateLimit(rate)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            client = scope.get("client")
+            wait = self.limit.wait(client[0] if client else "", time.monotonic())
+            if wait is None:
+                await asyncio.sleep(RateLimit.MAX_WAIT)
+                why = f"over the rate limit of {self.rate:g} requests a second from one address"
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1013, "reason": why})
+                else:
+                    await _error(429, f"{why}; retry shortly", {"Retry-After": "1"})(scope, receive, send)
+                return
+            if wait:
+                await asyncio.sleep(wait)
+        await self.app(scope, receive, send)
 
 
 GRACE_SECONDS = 5
