@@ -1,13 +1,15 @@
 """Hostile load on ``escnet serve``: does a well-behaved client still get its answers?
 
-Starts a real ``escnet serve MODEL`` on 127.0.0.1 (``--threads 2 --queue 8 --body-seconds 5``)
-and measures a well-behaved client (one keep-alive connection from 127.0.0.1, 5 s WAV clips, one
-request at a time): first alone, then during a bounded hostile phase in which, all at once,
+Starts a real ``escnet serve MODEL`` on 127.0.0.1 (``--threads 2 --queue 8 --body-seconds 5
+--rate-limit 10``: a server facing clients one does not know) and measures a well-behaved client
+(one keep-alive connection from 127.0.0.1, 5 s WAV clips, one request at a time, ``--pause``
+0.2 s between them: within the rate limit): first alone, then during bounded hostile phases
+(each kind of attacker alone, then all at once):
 
 - 40 connections trickle their bodies 10 bytes at a time (each answered 408 after 5 s, then
   reconnecting),
 - 4 clients ask for ``hop=1e-9`` on 60 s recordings (work bounded by ``--max-windows``: 422),
-- 4 clients send 64 kB headers,
+- 4 clients send 64 kB headers to `/healthz` (as fast as they are answered),
 - 80 clients (10× the queue) flood valid requests;
 
 then sends SIGTERM during a long request and times the server's exit. The attackers run in a
@@ -65,7 +67,8 @@ def _post(port: int, body: bytes, query: str = "", timeout: float = 60,
     return status, time.perf_counter() - tick
 
 
-def _well_behaved(port: int, clips: list[bytes], requests: int) -> tuple[list[float], collections.Counter]:
+def _well_behaved(port: int, clips: list[bytes], requests: int,
+                  pause: float) -> tuple[list[float], collections.Counter]:
     """One request at a time on one keep-alive connection (as a browser or ``requests.Session``
     sends them), opened again after an error."""
     latencies, statuses = [], collections.Counter()
@@ -84,7 +87,7 @@ def _well_behaved(port: int, clips: list[bytes], requests: int) -> tuple[list[fl
         statuses[status] += 1
         if status == "200":
             latencies.append(time.perf_counter() - tick)
-        time.sleep(0.02)
+        time.sleep(pause)
     return latencies, statuses
 
 
@@ -155,7 +158,7 @@ def _attack(port: int, clip: bytes, kinds: list[str], one_address: bool, stop, r
     results.put({kind: dict(counter) for kind, counter in statuses.items()})
 
 
-def _under_attack(port: int, clips: list[bytes], kinds: list[str], requests: int,
+def _under_attack(port: int, clips: list[bytes], kinds: list[str], requests: int, pause: float,
                   one_address: bool) -> tuple[list[float], collections.Counter, dict]:
     """The well-behaved client's latencies and statuses while ``kinds`` attack, and what the
     attackers got."""
@@ -165,7 +168,7 @@ def _under_attack(port: int, clips: list[bytes], kinds: list[str], requests: int
     attack.start()
     try:
         time.sleep(2)  # the attack under way
-        latencies, statuses = _well_behaved(port, clips, requests)
+        latencies, statuses = _well_behaved(port, clips, requests, pause)
     finally:
         stop.set()
     got = results.get(timeout=60)
@@ -181,19 +184,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", help="ESC-50 folder for real clips (default: tones)")
-    parser.add_argument("--requests", type=int, default=150, help="well-behaved requests per phase")
+    parser.add_argument("--requests", type=int, default=300, help="well-behaved requests per phase")
     parser.add_argument("--one-address", action="store_true",
                         help="attack from 127.0.0.1, the well-behaved client's address")
+    parser.add_argument("--rate-limit", type=float, default=10.0,
+                        help="the server's --rate-limit, requests a second per address (default 10; "
+                        "0: none)")
+    parser.add_argument("--pause", type=float, default=0.2,
+                        help="seconds between the well-behaved client's requests (default 0.2)")
     args = parser.parse_args()
 
     clips = _clips(args.data)
-    proc, port = _start(args.model, "--threads", "2", "--queue", "8", "--body-seconds", "5")
+    proc, port = _start(args.model, "--threads", "2", "--queue", "8", "--body-seconds", "5",
+                        "--rate-limit", str(args.rate_limit))
     phases: list[tuple[str, list[float], collections.Counter]] = []
     attacked: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     try:
-        phases.append(("alone", *_well_behaved(port, clips, args.requests)))
+        phases.append(("alone", *_well_behaved(port, clips, args.requests, args.pause)))
         for kinds in ([[k] for k in KINDS] + [list(KINDS)]):
-            latencies, statuses, got = _under_attack(port, clips, kinds, args.requests, args.one_address)
+            latencies, statuses, got = _under_attack(port, clips, kinds, args.requests, args.pause,
+                                                  args.one_address)
             phases.append((" + ".join(kinds) if len(kinds) == 1 else "all at once", latencies, statuses))
             for kind, counts in got.items():
                 attacked[kind].update(counts)
@@ -214,7 +224,7 @@ def main() -> None:
             proc.kill()
 
     print(f"attackers from {'127.0.0.1, the same address' if args.one_address else '127.0.0.2-8'}; "
-          "well-behaved client from 127.0.0.1:")
+          f"well-behaved client from 127.0.0.1; server --rate-limit {args.rate_limit:g}:")
     alone_p99 = _ms(phases[0][1], 99)
     print(f"{'while':16s} {'median ms':>10s} {'p99 ms':>8s} {'p99/alone':>9s}  statuses")
     for name, latencies, statuses in phases:

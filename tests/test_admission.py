@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from escnet.serve.admission import Busy, FairAdmission
+from escnet.serve.admission import Busy, FairAdmission, RateLimit
 
 
 class Requests:
@@ -120,3 +120,13 @@ def test_a_request_cancelled_as_its_slot_is_handed_over_passes_it_on(handed):
         assert admission.busy == 0 and admission.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_rate_limit_lets_a_burst_through_then_spaces_requests_and_refuses_beyond_a_second():
+    limit = RateLimit(rate=2)  # bursts of 2, then one every 0.5 s; waits of at most 1 s
+    assert [limit.wait("a", 0.0) for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    assert limit.wait("a", 0.0) is None  # 1.5 s away: refused, and its turn not taken
+    assert limit.wait("b", 0.0) == 0.0  # another address has its own
+    assert limit.wait("a", 0.2) is None and limit.wait("a", 0.6) == pytest.approx(0.9)  # nearer
+    assert limit.wait("a", 10.0) == 0.0  # after a pause, a fresh burst
+    assert limit.wait("a", 10.0) == 0.0 and limit.wait("a", 10.0) == 0.5

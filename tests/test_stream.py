@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -332,3 +333,31 @@ def test_listen_on_a_terminal_says_to_pipe_audio_in(five_class_exports):
         os.close(leader)
         os.close(follower)
     assert run.returncode == 2 and "standard input is a terminal" in run.stderr.decode()
+
+
+def test_rate_limit_spaces_one_address_and_answers_429_in_json_beyond_a_second():
+    client = _client(rate_limit=4)  # readiness polling spent part of this address's burst
+    time.sleep(1.5)  # a fresh burst of 4
+    answers: list = []
+
+    def ask() -> None:
+        tick = time.monotonic()
+        r = client.get("/healthz")
+        answers.append((r.status_code, time.monotonic() - tick, r))
+
+    try:
+        threads = [threading.Thread(target=ask) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        client.__exit__(None, None, None)
+    statuses = sorted(a[0] for a in answers)
+    # 4 at once, 4 more within the next second (spaced 0.25 s), the other 4 refused after 1 s
+    assert statuses.count(200) == 8 and statuses.count(429) == 4, statuses
+    waited = sorted(s for code, s, _ in answers if code == 200)
+    assert waited[3] < 0.2 and waited[4] > 0.2 and waited[-1] > 0.9, waited
+    refused = [r for code, s, r in answers if code == 429]
+    assert all(r.headers["retry-after"] == "1" and "rate limit of 4" in r.json()["error"] for r in refused)
+    assert all(s >= 0.95 for code, s, _ in answers if code == 429)

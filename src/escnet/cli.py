@@ -388,8 +388,9 @@ def _serve(args: argparse.Namespace) -> int:
                              args.max_windows, args.body_seconds, args.max_streams,
                              args.stream_seconds, args.idle_seconds, args.rate_limit)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        limit = "" if settings.rate_limit else " and consider --rate-limit (requests a second per client)"
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
-              "has no authentication, so put it behind a proxy that has", file=sys.stderr)
+              f"has no authentication, so put it behind a proxy that has{limit}", file=sys.stderr)
     serve(settings)
     return 0
 
