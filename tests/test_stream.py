@@ -361,3 +361,37 @@ def test_rate_limit_spaces_one_address_and_answers_429_in_json_beyond_a_second()
     refused = [r for code, s, r in answers if code == 429]
     assert all(r.headers["retry-after"] == "1" and "rate limit of 4" in r.json()["error"] for r in refused)
     assert all(s >= 0.95 for code, s, _ in answers if code == 429)
+
+
+def test_a_client_that_reads_nothing_is_closed_after_idle_seconds():
+    """A peer whose receive window stays shut (every send waits): the stream is closed with
+    1008 after the timeout, and saying why cannot hang either."""
+    import asyncio
+
+    from escnet.deploy.events import Stream
+    from escnet.serve.stream import Closed, _close, _send
+
+    class NeverReads:
+        async def send_text(self, text: str) -> None:
+            await asyncio.Event().wait()
+
+        async def close(self, code: int, reason: str) -> None:
+            await asyncio.Event().wait()
+
+    wav, _ = tone_scene()
+    live = Stream(ToneModel(), EventSettings(hop=0.25, window=0.5, smooth=1))
+    update = live.feed(wav[: 8000 * 2])
+    assert update.scores
+
+    async def scenario() -> float:
+        tick = time.monotonic()
+        with pytest.raises(Closed) as closed:
+            await _send(NeverReads(), live, update, 0.3)
+        assert closed.value.code == 1008 and "read no message for 0.3 s" in closed.value.reason
+        await _close(NeverReads(), closed.value.code, closed.value.reason)  # gives up, no hang
+        return time.monotonic() - tick
+
+    async def bounded() -> float:  # a missing timeout fails here instead of hanging the suite
+        return await asyncio.wait_for(scenario(), 10)
+
+    assert 0.3 <= asyncio.run(bounded()) < 2.0
