@@ -657,8 +657,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--idle-seconds", type=float, default=10.0, metavar="S",
                    help="a live stream silent this long is closed (default 10)")
     p.add_argument("--rate-limit", type=float, default=0.0, metavar="R", help="requests a second "
-                   "one client address may make; more wait their turn, up to 1 s, then 429 "
-                   "(default 0: no limit)")
+                   "one client address may make (of each worker); more wait their turn, up to 1 s, "
+                   "then 429 (default 0: no limit)")
     p.set_defaults(func=_serve)
 
 

@@ -86,8 +86,9 @@ class ServeSettings:
     idle_seconds: float = 10.0
     """A live stream that sends no audio for this long is closed."""
     rate_limit: float = 0.0
-    """Requests a second one client address may make (bursts of a second's worth; more wait,
-    up to a second, then 429); 0: no limit. For servers that clients one does not know reach."""
+    """Requests a second one client address may make of each worker process (bursts of a
+    second's worth; more wait, up to a second, then 429); 0: no limit. For servers that clients
+    one does not know reach."""
 
     def __post_init__(self) -> None:
         checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
