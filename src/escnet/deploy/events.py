@@ -345,7 +345,7 @@ class Update:
 
 
 ONSET_HOPS = 4
-"""Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._ends`)."""
+"""Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._windows`)."""
 
 
 class Stream:
@@ -381,8 +381,9 @@ class Stream:
         self.next_end = self.hop
         """Where the next window on the hop grid ends, in samples of stream."""
         self.onset_ends: list[int] = []
-        """Ends of the windows due after a sound began (:meth:`_ends`), in samples of stream."""
+        """Ends of the windows due after a sound began (:meth:`_windows`), in samples of stream."""
         self.last_began = -1
+        """Sample where the last sound that began after quiet began."""
         self.buffer = np.zeros(0, np.float32)
         """Samples from ``self.received - len(buffer)`` on: what the next window needs."""
         self.finished = False
@@ -406,7 +407,7 @@ class Stream:
         self.envelope.add(samples)
         self.buffer = np.concatenate([self.buffer, samples])
         self.received += samples.shape[0]
-        update = self._score(self._ends())
+        update = self._score(self._windows())
         if self.buffer.shape[0] > self.window:  # the next window, or the last at finish()
             self.buffer = self.buffer[-self.window:]
         # an event's end looks back to its last window, up to max_gap and a hop before the next
@@ -414,8 +415,14 @@ class Stream:
                              - self.settings.max_gap)
         return update
 
-    def _ends(self) -> list[int]:
-        """The ends of every window now complete, in order: the hop grid's, and up to
+    def _sound_start(self, end: int) -> float | None:
+        """Where a sound began after quiet in the window ending at sample ``end``, seconds
+        (:meth:`Envelope.sound_start`), if one did."""
+        return self.envelope.sound_start(max(end - self.window, 0) / self.rate, end / self.rate)
+
+    def _windows(self) -> list[tuple[int, float | None]]:
+        """Every window now complete, in order, as its end and :meth:`_sound_start`: the hop
+        grid's windows, and up to
         ``ONSET_HOPS`` more after a sound that began after quiet, a hop, two, … after its start
         (found by the grid window that first holds it), so a sound is judged as soon as it has
         lasted each multiple of the hop, not up to a hop later where the grid happens to fall.
@@ -425,9 +432,9 @@ class Stream:
         grid, due = [], []
         while self.next_end <= self.received:
             end = self.next_end
-            grid.append(end)
+            began = self._sound_start(end)
+            grid.append((end, began))
             self.next_end += self.hop
-            began = self.envelope.sound_start(max(end - self.window, 0) / self.rate, end / self.rate)
             if began is not None and round(began * self.rate) > self.last_began:
                 self.last_began = round(began * self.rate)
                 due += [e for e in self.onset_ends if e < end]  # the last sound's, already due
@@ -436,7 +443,7 @@ class Stream:
                                    if e > end and e % self.hop]  # not on the grid
         due += [e for e in self.onset_ends if e <= self.received]
         self.onset_ends = [e for e in self.onset_ends if e > self.received]
-        return sorted(grid + due)
+        return sorted(grid + [(e, self._sound_start(e)) for e in due], key=lambda w: w[0])
 
     def finish(self) -> Update:
         """The stream has ended: score the audio after the last full hop, end every event."""
@@ -445,20 +452,18 @@ class Stream:
             if self.resampler is not None:  # the resampler's last samples
                 update = self._append(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
             if self.received > self.next_end - self.hop:
-                update.extend(self._score([self.received]))
+                update.extend(self._score([(self.received, self._sound_start(self.received))]))
             update.events.extend(self.tracker.finish(self.seconds))
             self.finished = True
         return update
 
-    def _window(self, end: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    def _window(self, end: int, began: float | None) -> tuple[np.ndarray, np.ndarray, bool]:
         """The audio of the window ending at sample ``end``: its last ``window`` samples, or
-        fewer when a sound began in it after background (:meth:`Envelope.sound_start`), so the
-        model hears the new sound alone, as soon as it starts; that audio as a clip-length
-        model input (zero-padded after, as ESC-50 pads its short clips); and whether it was
-        cut so."""
+        fewer when a sound began in it after background (at ``began`` seconds), so the model
+        hears the new sound alone, as soon as it starts; that audio as a clip-length model
+        input (zero-padded after, as ESC-50 pads its short clips); and whether it was cut so."""
         base = self.received - self.buffer.shape[0]
         lo = max(end - self.window, 0)
-        began = self.envelope.sound_start(lo / self.rate, end / self.rate)
         if began is not None:
             lo = max(lo, int(began * self.rate))
         audio = self.buffer[lo - base : end - base]
@@ -466,13 +471,14 @@ class Stream:
         clip[: audio.shape[0]] = audio
         return clip, audio, began is not None
 
-    def _score(self, ends: list[int]) -> Update:
+    def _score(self, windows: list[tuple[int, float | None]]) -> Update:
+        """Score ``windows`` (:meth:`_windows`) in batches and track their events."""
         update = Update()
-        for first in range(0, len(ends), self.batch_size):
-            batch = ends[first : first + self.batch_size]
+        for first in range(0, len(windows), self.batch_size):
+            batch = windows[first : first + self.batch_size]
             clips, levels, centres, alone = [], [], [], []
-            for end in batch:
-                clip, audio, cut = self._window(end)
+            for end, began in batch:
+                clip, audio, cut = self._window(end, began)
                 alone.append(cut)
                 clips.append(clip)
                 levels.append(level_db(audio))
@@ -480,7 +486,7 @@ class Stream:
             loud = [i for i, level in enumerate(levels) if level >= self.silence_db]
             scores = self.model.score(np.stack([clips[i] for i in loud])) if loud else None
             row = dict(zip(loud, range(len(loud)), strict=True))
-            for i, end in enumerate(batch):
+            for i, (end, _) in enumerate(batch):
                 probabilities, label = None, None
                 if scores is not None and i in row:
                     probabilities = scores.probabilities[row[i]]
