@@ -21,6 +21,10 @@ class UnreadableAudioError(AudioError):
     """Not audio at all, or in a format libsndfile does not decode."""
 
 
+class NonFiniteAudioError(AudioError):
+    """Samples that are NaN or infinite."""
+
+
 class AudioTooLongError(AudioError):
     """Audio longer than a limit the caller set."""
 

@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from escnet.errors import AudioError, AudioTooLongError, UnreadableAudioError
+from escnet.errors import AudioError, AudioTooLongError, NonFiniteAudioError, UnreadableAudioError
 
 RATES = (100, 768_000)
 """Sample rates (Hz) a recording may have; a header outside them is damaged."""
@@ -141,7 +141,7 @@ class AudioFile:
             raise UnreadableAudioError(f"{self.name}: not a readable audio file ({_reason(err)})") \
                 from None
         if not np.isfinite(mono).all():
-            raise AudioError(f"{self.name}: contains NaN or infinite samples")
+            raise NonFiniteAudioError(f"{self.name}: contains NaN or infinite samples")
         self.decoded += mono.shape[0]
         self._check_length(self.decoded)
         return mono

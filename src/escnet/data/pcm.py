@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from escnet.data.audio import RATES
-from escnet.errors import AudioError
+from escnet.errors import AudioError, NonFiniteAudioError
 
 FORMATS = {"u8": 1, "s16": 2, "s24": 3, "s32": 4, "f32": 4}
 """Sample formats and their bytes: 8-bit unsigned, 16-, 24- and 32-bit signed little-endian
@@ -50,7 +50,7 @@ class PcmFormat:
         if self.format == "f32":
             samples = np.frombuffer(data, "<f4").astype(np.float32)
             if not np.isfinite(samples).all():
-                raise AudioError("float samples include NaN or infinity")
+                raise NonFiniteAudioError("float samples include NaN or infinity")
         elif self.format == "u8":  # unsigned, 128 is zero
             samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128) / 128
         elif self.format == "s24":  # three bytes each: put them in the top of an int32

@@ -90,15 +90,16 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
     Returns what a checkpoint keeps as ``calibration`` (``temperature``, ``unknown_score``,
     ``unknown_threshold``: that score's threshold, ``thresholds``: every score's,
     ``unknown_keep``, ``unknown_confidence``, ``validation_clips``, and the validation clips' ECE
-    and NLL before and after), and the :class:`UnknownScorer`. With no validation clips: temperature 1 and no
-    threshold (an uncalibrated model).
+    and NLL before and after), and the :class:`UnknownScorer`. With no validation clips:
+    temperature 1 and no threshold (an uncalibrated model).
     """
     keep, confidence = config.train.unknown_keep, config.train.unknown_confidence
     score = resolve_score(config.train.unknown_score, bank is not None, config.model.name)
+    settings = {"unknown_score": score, "unknown_keep": keep, "unknown_confidence": confidence,
+                "validation_clips": len(labels)}
     if len(labels) == 0:
-        return ({"temperature": 1.0, "unknown_score": score, "unknown_threshold": None,
-                 "thresholds": {}, "unknown_keep": keep, "unknown_confidence": confidence,
-                 "validation_clips": 0}, UnknownScorer())
+        return ({"temperature": 1.0, "unknown_threshold": None, "thresholds": {}, **settings},
+                UnknownScorer())
     t = fit_temperature(logits, labels)
     unit = None if bank is None else torch.nn.functional.normalize(torch.from_numpy(bank).float(), dim=1)
     scorer = UnknownScorer(t, unit)
@@ -110,9 +111,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
         scores = {k: v.numpy() for k, v in scorer(torch.from_numpy(logits).float(), emb).items()}
     thresholds = {name: unknown_threshold(values, keep, confidence) for name, values in scores.items()}
     before, after = softmax(logits), softmax(logits, t)
-    return ({"temperature": t, "unknown_score": score, "unknown_threshold": thresholds[score],
-             "thresholds": thresholds, "unknown_keep": keep, "unknown_confidence": confidence,
-             "validation_clips": len(labels),
+    return ({"temperature": t, "unknown_threshold": thresholds[score], "thresholds": thresholds,
+             **settings,
              "validation": {"ece_before": ece(before, labels), "ece_after": ece(after, labels),
                             "nll_before": negative_log_likelihood(before, labels),
                             "nll_after": negative_log_likelihood(after, labels),

@@ -18,6 +18,11 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+REFUSAL_DELAY = 1
+"""Seconds a client that already asks more than its share waits for its refusal, and its
+``Retry-After``: answering it at once would only invite it to retry at once. (A client with
+nothing in progress is refused at once.)"""
+
 
 class Busy(Exception):
     """No room: answered 503 with ``Retry-After``. ``pushy``: the client already had requests
@@ -50,30 +55,32 @@ class Limit:
 class RateLimit:
     """At most ``rate`` requests a second from one client address, in bursts of up to ``rate``
     (one second's worth): the generic cell rate algorithm (GCRA, as in ATM networks and many
-    proxies), one number per address. A request over it waits its turn, up to ``MAX_WAIT``
-    seconds; one that would wait longer is refused. Waiting costs the server nothing but an
+    proxies), one number per address. A request over it waits its turn, up to
+    ``REFUSAL_DELAY`` seconds; one that would wait longer is refused. Waiting costs the server nothing but an
     open connection, so a client that sends as fast as it is answered is slowed to ``rate``."""
 
-    MAX_WAIT = 1.0
     FORGET_AFTER = 10_000
-    """Addresses remembered before those whose turn has passed are forgotten."""
+    """Addresses remembered before those whose turn has passed are forgotten (again each time
+    as many are remembered as twice those left the last time)."""
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
         self.tolerance = max(rate - 1, 0) * self.interval  # a burst of ``rate`` goes at once
         self.due: dict[str, float] = {}
         """Per address, when its next request would be on time (monotonic seconds)."""
+        self.forget_at = self.FORGET_AFTER
 
     def wait(self, client: str, now: float) -> float | None:
         """Seconds the request of ``client`` arriving at ``now`` waits (0: none), or ``None``:
         refused."""
         due = max(self.due.get(client, now), now)
         wait = max(due - self.tolerance - now, 0.0)
-        if wait > self.MAX_WAIT:
+        if wait > REFUSAL_DELAY:
             return None
         self.due[client] = due + self.interval
-        if len(self.due) > self.FORGET_AFTER:
+        if len(self.due) > self.forget_at:  # not every request while many addresses are active
             self.due = {c: t for c, t in self.due.items() if t > now}
+            self.forget_at = max(self.FORGET_AFTER, 2 * len(self.due))
         return wait
 
 

@@ -45,7 +45,7 @@ from escnet.data.audio import AudioFile, stream_windows
 from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import available_cores
-from escnet.serve.admission import Busy, FairAdmission, Limit, RateLimit
+from escnet.serve.admission import REFUSAL_DELAY, Busy, FairAdmission, Limit, RateLimit
 from escnet.serve.stream import run_stream
 
 UPLOAD_NAME = "uploaded audio"
@@ -116,11 +116,6 @@ class ServeSettings:
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
-
-
-REFUSAL_DELAY = 1
-"""Seconds after which a client refused while it has requests in progress is answered 503 (its
-``Retry-After``); a client with none in progress is answered at once."""
 
 
 class RequestError(Exception):
@@ -412,12 +407,13 @@ class _RateLimited:
             client = scope.get("client")
             wait = self.limit.wait(client[0] if client else "", time.monotonic())
             if wait is None:
-                await asyncio.sleep(RateLimit.MAX_WAIT)
+                await asyncio.sleep(REFUSAL_DELAY)
                 why = f"over the rate limit of {self.rate:g} requests a second from one address"
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1013, "reason": why})
                 else:
-                    await _error(429, f"{why}; retry shortly", {"Retry-After": "1"})(scope, receive, send)
+                    await _error(429, f"{why}; retry shortly",
+                                 {"Retry-After": str(REFUSAL_DELAY)})(scope, receive, send)
                 return
             if wait:
                 await asyncio.sleep(wait)

@@ -39,7 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from escnet.data.pcm import PcmFormat
 from escnet.deploy.events import DEFAULTS, EventSettings, Stream, Update
 from escnet.deploy.predict import Model
-from escnet.errors import AudioError, EscnetError
+from escnet.errors import AudioError, EscnetError, NonFiniteAudioError
 from escnet.serve.admission import Limit
 
 FORMATS = ("f32", "s16")
@@ -179,7 +179,7 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
         try:
             samples = pcm.decode(data)
         except EscnetError as err:
-            raise Closed(1007 if "NaN" in str(err) else 1003, str(err)) from None
+            raise Closed(1007 if isinstance(err, NonFiniteAudioError) else 1003, str(err)) from None
         received += samples.shape[0]
         seconds = received / pcm.sample_rate
         if seconds > settings.stream_seconds:
