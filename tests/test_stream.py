@@ -318,6 +318,12 @@ def test_audio_a_real_model_cannot_score_closes_the_stream_and_fails_the_file(fi
     run = subprocess.run(runtime_cli("predict", "--model", str(model), str(path), "--events"),
                          capture_output=True, timeout=60)
     assert run.returncode == 2 and "huge.wav: samples reach" in run.stderr.decode()
+    # a bad event setting is said once, before any file (not hidden behind the files' errors)
+    (tmp_path / "text.wav").write_text("not audio")
+    run = subprocess.run(runtime_cli("predict", "--model", str(model), str(tmp_path / "text.wav"),
+                                     str(path), "--events", "--on", "2"), capture_output=True, timeout=60)
+    lines = run.stderr.decode().strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "event setting on=2.0" in lines[0], lines
 
 
 def test_listen_on_a_terminal_says_to_pipe_audio_in(five_class_exports):

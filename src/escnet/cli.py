@@ -262,6 +262,7 @@ def _predict_events(predictor, args: argparse.Namespace) -> int:
     from escnet.deploy.events import detect_events, events_csv, write_events
 
     settings = _event_settings(args)
+    settings.check(predictor.info.clip_seconds)  # a bad setting is said once, before any file
     results, unreadable = [], 0
     for path in args.files:
         try:
