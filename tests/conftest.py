@@ -36,6 +36,16 @@ TINY = {"data.sample_rate": 8000, "data.clip_seconds": 1.0, "features.n_fft": 25
         "features.win_length": 256, "features.hop_length": 64, "features.n_mels": 32}
 
 
+def benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` imported as a module (its ``main`` not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(**changes):
     """A :class:`TaskConfig` with :data:`TINY`, then ``changes`` (``**{"section.key": value}``)."""
     from escnet.config import TaskConfig

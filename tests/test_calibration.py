@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, tiny_flags, tone
+from conftest import benchmark, tiny_flags, tone
 from scipy.stats import norm
 
 from escnet.cli import main
@@ -216,13 +216,8 @@ def test_pretrained_probe_says_unknown_with_what_audioset_hears(probe_open_run, 
 
 def test_foreign_audio_benchmark_runs(probe_open_run, tmp_path, monkeypatch):
     """benchmarks/open_set.py builds its recordings and scores them (its figures are in docs)."""
-    import importlib.util
-
     out, _ = probe_open_run
-    spec = importlib.util.spec_from_file_location("open_set", REPO / "benchmarks" / "open_set.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    kinds, _ = bench.build(tmp_path, 0)
+    kinds, _ = benchmark("open_set").build(tmp_path, 0)
     assert len(kinds["music"]) == 12 and len(kinds["noise"]) == 9 and len(kinds["silence"]) == 1
     predictor = Predictor.from_path(out / "fold-1" / "last.pt")
     music = [predictor.predict_file(p).label for p in kinds["music"]]
