@@ -78,9 +78,8 @@ def probe(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, c: float) -> lis
 
 def held_out(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A run's held-out clips over all folds: paths, labels, calibrated probabilities."""
-    from scipy.special import softmax
-
     from escnet.runs import RunDir
+    from escnet.runs.metrics import softmax
 
     rundir = RunDir(run)
     paths, labels, probs = [], [], []
@@ -91,7 +90,7 @@ def held_out(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         temperature = rundir.read_calibration(fold).get("temperature", 1.0)
         paths.append(held["paths"])
         labels.append(held["labels"])
-        probs.append(softmax(held["logits"] / temperature, axis=1))
+        probs.append(softmax(held["logits"], temperature))
     return np.concatenate(paths), np.concatenate(labels), np.concatenate(probs)
 
 
@@ -121,9 +120,7 @@ def shifted(run: Path, data: str | None, progress: bool = True) -> dict[str, tup
     from escnet.runs import RunDir
 
     rundir = RunDir(run)
-    config = rundir.config
-    if data:
-        config.data.data_dir = data
+    config = rundir.config.replace({"data.data_dir": data}) if data else rundir.config
     table = load_table(config)
     waves, table = build_waveform_cache(table, config, progress)
     rate, out = config.data.sample_rate, {}
@@ -149,7 +146,6 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", type=Path, default=[])
     p.add_argument("--shifts", type=Path)
     args = p.parse_args()
-    torch.manual_seed(0)
 
     from escnet.config import load_config
     from escnet.machine import machine_description
