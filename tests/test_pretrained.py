@@ -286,3 +286,22 @@ def test_wise_ft_averages_the_trained_weights_with_the_probed_start_and_resumes_
     with pytest.raises(ConfigError, match=r"train\.wise_ft=0\.5"):
         train(tiny_config(**{"data.data_dir": str(five_classes), "train.wise_ft": 0.5}), tmp_path / "x",
               progress=False)
+
+
+def test_a_bad_dataset_is_said_before_any_weights_are_downloaded(tmp_path, monkeypatch, capsys):
+    from escnet.cli import main
+
+    monkeypatch.delenv("ESCNET_WEIGHTS", raising=False)
+    monkeypatch.setenv("ESCNET_CACHE", str(tmp_path / "cache"))
+    server = Server(b"weights")  # fetched, it would be refused by its digest, after the download
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a dataset")
+    try:
+        code = main(["train", "--preset", "pretrained", "--data", str(notes), "--out", str(tmp_path / "r"),
+                     "--set", f"model.pretrained={server.url}", "--set", "model.pretrained_sha256=" + "f" * 64,
+                     "--quiet"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "notes.txt: a dataset file must be a CSV" in err, err
+    assert not list(tmp_path.rglob("archive.zip*")) and not (tmp_path / "r").exists()

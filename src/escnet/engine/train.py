@@ -327,7 +327,9 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
     run = RunDir(out_dir)
     started = time.perf_counter()
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in (machine.py)
-    # fail on a bad model setting, weights or device before any slow work (and before the run folder)
+    # fail on a bad dataset, model setting, weights or device before any slow work (a weights
+    # download is one: the dataset is read first, without decoding) and before the run folder
+    table = load_table(config)
     parameters = SoundClassifier.check(config)
     config.resolved_device()
     run.check_startable(resume)
@@ -336,18 +338,18 @@ def train(config: TaskConfig, out_dir: str | Path, *, resume: bool = False, prog
         if parallel_folds > 1 and ranks.active:
             raise ConfigError("--parallel-folds: not under torchrun (each fold already uses every process)")
         with run.lock() if ranks.main else contextlib.nullcontext():
-            return _train_locked(config, run, resume, progress, callbacks, parallel_folds, parameters,
-                                 ranks, started)
+            return _train_locked(config, run, table, resume, progress, callbacks, parallel_folds,
+                                 parameters, ranks, started)
     finally:
         ranks.close()
 
 
-def _train_locked(config: TaskConfig, run: RunDir, resume: bool, progress: bool,
+def _train_locked(config: TaskConfig, run: RunDir, table: ClipTable, resume: bool, progress: bool,
                   callbacks: Sequence[EpochCallback], parallel_folds: int, parameters: int,
                   ranks: Ranks, started: float) -> dict:
     """:func:`train`'s work, while this process holds the run folder."""
     prepared = _prepare(config, run, resume, progress and ranks.main, ranks, ranks.main,
-                        parallel_folds)
+                        parallel_folds, table)
     if parallel_folds > 1:
         result = _train_parallel(prepared, run, resume, parallel_folds, parameters, callbacks, started)
     else:
@@ -385,15 +387,17 @@ class _Prepared:
 
 
 def _prepare(config: TaskConfig, run: RunDir, resume: bool, progress: bool, ranks: Ranks,
-             talk: bool, parallel_folds: int = 1) -> _Prepared:
-    """Check the run folder, read the dataset, build the waveform cache and (with ``talk``,
-    the process that owns the run) save the resolved config."""
+             talk: bool, parallel_folds: int = 1, table: ClipTable | None = None) -> _Prepared:
+    """Check the run folder, read the dataset (unless its ``table`` was read already), build
+    the waveform cache and (with ``talk``, the process that owns the run) save the resolved
+    config."""
     run.check_startable(resume)  # a taken output folder, or one that is not a run to resume
     if resume:  # a damaged or foreign checkpoint fails now, not after the folds before it
         for fold in run.fold_names():
             if run.checkpoint(fold).exists():
                 run.load_checkpoint(fold)
-    table = load_table(config)
+    if table is None:
+        table = load_table(config)
     make_splits(table, config)  # a fold setting the dataset cannot meet fails before the cache
     for note in table.notes if talk else ():  # the layout found, folds assigned, warnings
         log.info(note)
