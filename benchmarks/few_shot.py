@@ -3,7 +3,8 @@ their own sounds needs.
 
 For each preset and each number of clips per class (``data.train_per_class``: the same clips,
 drawn by the seed, for every preset), trains on the official folds and scores each held-out fold
-whole. Prints a table (mean ± std over folds, wall time), writes ``few_shot.csv`` and draws
+whole (a preset that refits, ``fast``, refits only on all clips: a few clips per class are
+those alone). Prints a table (mean ± std over folds, wall time), writes ``few_shot.csv`` and draws
 ``few_shot.png`` (accuracy against clips per class, one line per preset) into ``--out``. Runs
 already in ``--out`` are reused (an interrupted script resumes).
 
@@ -44,8 +45,10 @@ def main() -> None:
         preset, _, shot_list = entry.partition("=")
         for shots in (int(s) for s in shot_list.split(",")):
             run = out / f"{preset}-{shots or 'all'}"
-            config = load_config(None, {"data.data_dir": args.data, "data.folds": folds,
-                                        "data.train_per_class": shots}, preset=preset)
+            # a few clips per class are those alone: refitting would add the validation clips
+            few = {"data.train_per_class": shots, "train.refit": False} if shots else {}
+            config = load_config(None, {"data.data_dir": args.data, "data.folds": folds, **few},
+                                 preset=preset)
             tick = time.perf_counter()
             summary = train(config, run, resume=RunDir(run).exists, progress=False)
             accs = list(summary["folds"].values())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +236,55 @@ def test_a_score_the_model_cannot_give_is_refused_before_training(tone_run, tmp_
     before = (out / "config.yaml").read_text()
     assert main(["calibrate", str(out), "--score", "energy+knn"]) == 2
     assert "has no embedding" in capsys.readouterr().err and (out / "config.yaml").read_text() == before
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    first, second = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_refit_trains_on_every_clip_and_carries_the_holdout_models_calibration(tone_run, tmp_path, capsys):
+    first, root = tone_run  # the same settings without --refit: what the holdout run must be
+    flags = ("--data", str(root), "--model", "crnn", "--epochs", "4", "--folds", "1,2",
+             "--unknown-classes", "chirp", "--set", "train.validation_share=0.2")
+    out, every = tmp_path / "refit", tmp_path / "every"
+    assert main(["train", *tiny_flags(*flags, "--refit", "--out", str(out))]) == 0
+    said = capsys.readouterr().out
+    assert "(holdout model) epoch   4/4" in said and "without their validation clips, which made" in said
+    assert main(["train", *tiny_flags(*flags, "--set", "train.validation_share=0", "--out", str(every),
+                                      "--quiet")]) == 0
+    run = RunDir(out)
+    holdout = run.holdout_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["holdout"]["folds"] == json.loads((first / "summary.json").read_text())["folds"]
+    assert holdout.status == "complete" and not holdout.config.train.refit
+    for fold in ("1", "2"):
+        assert _same_weights(holdout.checkpoint(fold), first / f"fold-{fold}" / "last.pt")
+        assert _same_weights(run.checkpoint(fold), every / f"fold-{fold}" / "last.pt")
+        carried, fitted = torch.load(run.checkpoint(fold), weights_only=True)["calibration"], \
+            holdout.read_calibration(fold)
+        assert carried["refit"] and carried["temperature"] == fitted["temperature"] != 1
+        assert carried["thresholds"] == {k: fitted["thresholds"][k] for k in ("msp", "energy", "max_logit")}
+        assert carried["unknown_threshold"] == fitted["thresholds"]["energy"]
+        held, plain = run.read_held_out(fold), RunDir(every).read_held_out(fold)
+        assert np.array_equal(held["logits"], plain["logits"]) and (held["labels"] == -1).sum() == 4
+    pooled = json.loads((out / "metrics.json").read_text())
+    assert pooled["open_set"]["unknown_clips"] == 8 and pooled["calibration"]["ece_after"] >= 0
+    predictor = Predictor.from_path(out)
+    assert predictor.info.calibrated and predictor.info.unknown_score == "energy"
+
+    # an interrupted refit run resumes with the holdout model it has; calibrating it again
+    # recalibrates the holdout models and carries that over
+    stamp = holdout.checkpoint("2").stat().st_mtime_ns
+    shutil.rmtree(out / "fold-2")
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert _same_weights(run.checkpoint("2"), every / "fold-2" / "last.pt")
+    assert holdout.checkpoint("2").stat().st_mtime_ns == stamp
+    assert main(["calibrate", str(out), "--keep", "0.5", "--quiet"]) == 0
+    assert RunDir(holdout.path).config.train.unknown_keep == 0.5
+    for fold in ("1", "2"):
+        fitted = holdout.read_calibration(fold)
+        assert fitted["unknown_keep"] == 0.5
+        assert run.read_calibration(fold)["thresholds"]["energy"] == fitted["thresholds"]["energy"]
+    assert main(["report", str(out)]) == 0
+    assert "carries the temperature its holdout model" in (out / "report.html").read_text()

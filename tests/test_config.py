@@ -96,6 +96,9 @@ def test_overrides_win_over_file(tmp_path):
     ({"train": {"label_smoothing": 1.0}}, "label_smoothing"),
     ({"train": {"ema_decay": 1.0}}, "ema_decay"),
     ({"model": {"args": 3}}, "model.args must be a mapping"),
+    ({"train": {"refit": True, "validation_share": 0}}, "train.refit=True: needs validation clips"),
+    ({"train": {"refit": True, "unknown_score": "knn"}}, "train.unknown_score='knn': with train.refit"),
+    ({"train": {"refit": True}, "data": {"train_per_class": 5}}, "train.refit=True: .*train_per_class"),
 ])
 def test_bad_values_name_the_setting(values, needle):
     with pytest.raises(ConfigError, match=needle):

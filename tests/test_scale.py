@@ -84,8 +84,10 @@ def test_ddp_on_cpu_rank_zero_writes_the_whole_fold_and_a_killed_run_resumes(esc
     assert json.loads((killed / "summary.json").read_text())["folds"] == summary["folds"]
 
 
-def test_parallel_folds_equal_sequential_folds(tones, tmp_path):
-    args = ["-m", "escnet", "train", "--data", str(tones), *TONES[:-1], "--quiet", "--epochs", "2"]
+@pytest.mark.parametrize("refit", [False, True], ids=["plain", "refit"])
+def test_parallel_folds_equal_sequential_folds(tones, tmp_path, refit):
+    args = ["-m", "escnet", "train", "--data", str(tones), *TONES[:-1], *(["--refit"] if refit else []),
+            "--quiet", "--epochs", "2"]
     sequential = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "seq")], capture_output=True,
                                 text=True, timeout=300, env=_env(1))
     assert sequential.returncode == 0, sequential.stderr
@@ -94,9 +96,11 @@ def test_parallel_folds_equal_sequential_folds(tones, tmp_path):
                               capture_output=True, text=True, timeout=300, env=_env(2))
     assert parallel.returncode == 0, parallel.stderr
     epochs = [ln for ln in parallel.stdout.splitlines() if " epoch " in ln]
-    assert sorted(ln.split(":")[0] for ln in epochs) == ["fold 1 epoch   1/2", "fold 1 epoch   2/2",
-                                                          "fold 2 epoch   1/2", "fold 2 epoch   2/2"]
-    for name in ("fold-1/predictions.csv", "fold-2/predictions.csv", "metrics.json", "confusion.csv"):
+    stages = ("", " (holdout model)") if refit else ("",)
+    assert sorted(ln.split(":")[0] for ln in epochs) == sorted(
+        f"fold {f}{s} epoch   {e}/2" for f in (1, 2) for s in stages for e in (1, 2))
+    names = ["fold-1/predictions.csv", "fold-2/predictions.csv", "metrics.json", "confusion.csv"]
+    for name in names + [f"holdout/{n}" for n in names if refit]:
         assert (tmp_path / "par" / name).read_text() == (tmp_path / "seq" / name).read_text(), name
     seq, par = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("seq", "par"))
     assert par["folds"] == seq["folds"] and par["status"] == "complete"

@@ -47,7 +47,9 @@ OPTIONAL_LIBRARIES = {"torch", "librosa", "tqdm", "audiomentations", "matplotlib
 # On/off flags of the same commands: (setting, help).
 SWITCHES = {"skip_bad": ("data.skip_bad", "leave unreadable audio files out"),
             "balanced": ("data.balanced_sampling", "class-balanced sampling"),
-            "tensorboard": ("train.tensorboard", "log per-epoch scalars to RUNDIR/tensorboard")}
+            "tensorboard": ("train.tensorboard", "log per-epoch scalars to RUNDIR/tensorboard"),
+            "refit": ("train.refit", "calibrate on the validation clips, then train again on every "
+                      "clip and keep that calibration (twice the training time)")}
 
 
 def add_config_flags(p: argparse.ArgumentParser, leave_out: tuple[str, ...] = ()) -> None:

@@ -310,6 +310,15 @@ class TrainConfig(Section):
     together where file names say which, drawn by ``seed``) to fit the model's temperature
     (calibrated probabilities) and its unknown-sound threshold; never the test fold. 0: train
     on every clip and leave the model uncalibrated, without an unknown threshold."""
+    refit: bool = False
+    """Calibrate, then train again on every clip: each fold's model is first trained without its
+    validation clips and calibrated on them (that run is kept in ``RUNDIR/holdout``), then
+    trained afresh with the same seed on its training and validation clips together, and given
+    the first model's temperature and thresholds. The accuracy of training on every clip with
+    probabilities calibrated on clips no model choice saw, for twice the training time (as
+    scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` refits on all data). Only scores
+    of the logits carry over (an embedding's distances belong to the first model), so
+    ``unknown_score`` ``auto`` is ``energy`` here."""
     unknown_keep: float = _check(0.95, gt=0, le=1)
     """Share of known sounds the unknown-sound threshold keeps (set on the validation clips): a
     sound whose unknown score is below it is answered "unknown"."""
@@ -344,6 +353,13 @@ class TrainConfig(Section):
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             self.fail("device", "must be auto, cpu, cuda or cuda:N")
+        if self.refit and self.validation_share == 0:
+            self.fail("refit", "needs validation clips to calibrate on before refitting: set "
+                      "train.validation_share above 0")
+        if self.refit and self.unknown_score in ("knn", "energy+knn"):
+            self.fail("unknown_score", "with train.refit only scores of the logits carry over to the "
+                      "refit model (its embedding is not the one the threshold was set on): use "
+                      "energy, msp or max_logit")
 
 
 SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureConfig,
@@ -414,6 +430,10 @@ class TaskConfig:
             f.fail("f_max", f"must be in (f_min, sample_rate/2] = ({f.f_min}, {nyquist}]")
         if f.f_max is None and f.f_min >= nyquist:
             f.fail("f_min", f"must be < data.sample_rate/2 ({nyquist})")
+        if self.train.refit and self.data.train_per_class:
+            self.train.fail("refit", "refitting adds the validation clips to the training clips, "
+                            "which data.train_per_class limits; set train.refit=false (the fast "
+                            "preset sets it) or drop data.train_per_class")
         if self.length_wav < f.n_fft // 2 + 1:
             self.data.fail("clip_seconds", f"clip too short for features.n_fft={f.n_fft} at "
                            f"{self.data.sample_rate} Hz")

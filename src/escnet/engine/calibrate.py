@@ -30,7 +30,7 @@ from escnet.data.tables import ClipTable, Split, load_table, make_splits
 from escnet.engine.data import eval_loader
 from escnet.errors import DataError, EscnetError
 from escnet.models import SoundClassifier
-from escnet.models.unknown import UnknownScorer, resolve_score
+from escnet.models.unknown import NEEDS_EMBEDDING, UnknownScorer, resolve_score
 from escnet.runs import Predictions, RunDir
 from escnet.runs.metrics import expected_calibration_error, negative_log_likelihood, softmax
 
@@ -119,6 +119,17 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, embeddings: np.ndarray | N
                             "accuracy": float(np.mean(after.argmax(1) == labels))}}, scorer)
 
 
+def carry(fitted: dict, config: TaskConfig) -> tuple[dict, UnknownScorer]:
+    """With ``train.refit``, the calibration of a fold model trained on every clip: ``fitted``,
+    its holdout model's (:func:`calibrate`), restricted to the scores of the logits (the
+    holdout model's embedding distances say nothing of the refit model's), and its scorer.
+    A holdout model left uncalibrated (no validation clips) leaves the refit model so."""
+    score = resolve_score(config.train.unknown_score, False, config.model.name)
+    thresholds = {k: v for k, v in fitted["thresholds"].items() if k not in NEEDS_EMBEDDING}
+    return ({**fitted, "unknown_score": score, "unknown_threshold": thresholds.get(score),
+             "thresholds": thresholds, "refit": True}, UnknownScorer(fitted["temperature"]))
+
+
 @torch.inference_mode()
 def outputs(model: SoundClassifier, clips, labels: np.ndarray, indices: np.ndarray,
             config: TaskConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,13 +151,21 @@ def outputs(model: SoundClassifier, clips, labels: np.ndarray, indices: np.ndarr
 
 def finish_fold(model: SoundClassifier, clips, table: ClipTable, split: Split, run: RunDir,
                 config: TaskConfig, device: torch.device) -> None:
-    """Calibrate a trained fold model on its validation clips, score its held-out clips (and
-    those of classes left out of training) and save it all: the calibration into the
-    checkpoint, the held-out logits and scores, then the held-out predictions, whose presence
-    marks the fold finished."""
-    val_logits, val_emb = outputs(model, clips, table.labels, split.validation, config, device)
-    bank = outputs(model, clips, table.labels, split.train, config, device)[1]
-    calibration, scorer = calibrate(val_logits, table.labels[split.validation], val_emb, bank, config)
+    """Calibrate a trained fold model on its validation clips (with ``train.refit``, take its
+    holdout model's calibration: :func:`carry`), score its held-out clips (and those of classes
+    left out of training) and save it all: the calibration into the checkpoint, the held-out
+    logits and scores, then the held-out predictions, whose presence marks the fold finished."""
+    if config.train.refit:
+        fitted = run.holdout_run.read_calibration(split.name)
+        if not fitted:
+            raise EscnetError(f"{run.holdout_run.calibration_path(split.name)}: missing; the refit "
+                              "model has no calibration to carry (resume the run to rewrite it)")
+        calibration, scorer = carry(fitted, config)
+    else:
+        val_logits, val_emb = outputs(model, clips, table.labels, split.validation, config, device)
+        bank = outputs(model, clips, table.labels, split.train, config, device)[1]
+        calibration, scorer = calibrate(val_logits, table.labels[split.validation], val_emb, bank,
+                                        config)
     held = np.concatenate([split.test, split.unknown])
     logits, emb = outputs(model, clips, table.labels, held, config, device)
     with torch.no_grad():
@@ -169,7 +188,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
     ``keep``, ``score`` and ``confidence`` if given),
     rewrite its held-out files and pooled metrics, and return the pooled ``metrics.json``.
     Needs the run's data, and a run trained with validation clips (``train.validation_share``
-    > 0): those are what is honest to fit on."""
+    > 0): those are what is honest to fit on. A run trained with ``train.refit`` has its
+    holdout run calibrated again, and carries that over."""
     run = RunDir(run_dir)
     folds = run.require_finished()
     config = run.config
@@ -187,6 +207,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
             run.create(config, resume=True, result_free=RESULT_FREE)
         if data_dir:
             config = config.replace({"data.data_dir": data_dir})
+        if config.train.refit:  # the holdout models first: their calibration is what carries over
+            calibrate_run(run.holdout_run.path, data_dir, keep, score, progress, confidence)
         return _calibrate_folds(run, folds, config, progress)
 
 

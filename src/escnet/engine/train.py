@@ -1,8 +1,9 @@
 """Training: k-fold cross-validation (or one random split), one fold at a time, top to bottom.
 
 :func:`train` reads the dataset, builds the waveform cache, then for each held-out fold
-:func:`train_fold` trains from scratch, scores the fold after every epoch and checkpoints; the
-run directory (:class:`escnet.runs.RunDir`) gets the summary after every fold.
+:func:`train_fold` trains from scratch, scores the fold after every epoch and checkpoints (with
+``train.refit`` twice, :func:`train_split`); the run directory (:class:`escnet.runs.RunDir`)
+gets the summary after every fold.
 
 Randomness is re-seeded from ``(seed, fold, epoch)`` at the start of every epoch, so a run
 resumed from ``last.pt`` ends with exactly the numbers of an uninterrupted one.
@@ -142,6 +143,28 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, config, desc: s
     total_loss, correct, seen = ranks.total(total_loss, correct, seen)
     return {"train_loss": total_loss / seen, "train_accuracy": correct / seen,
             "data_seconds": data_wait}
+
+
+def train_split(config: TaskConfig, data: TrainData, table: ClipTable, split: Split, run: RunDir,
+                progress: bool = True, callbacks: Sequence[EpochCallback] = (), ranks: Ranks = ALONE
+                ) -> dict:
+    """One held-out split: :func:`train_fold`. With ``train.refit``, twice: first the holdout
+    model (trained without the validation clips, calibrated on them) in ``run.holdout_run``,
+    then the split's model, trained afresh with the same seeds on the training and validation
+    clips together, which carries the holdout model's calibration. Epoch logs of the first
+    come to ``callbacks`` with ``"stage": "holdout"``."""
+    if not config.train.refit:
+        return train_fold(config, data, table, split, run, progress, callbacks, ranks)
+    tagged = [lambda entry, c=c: c(entry | {"stage": "holdout"}) for c in callbacks]
+    train_fold(holdout_config(config), data, table, split, run.holdout_run, progress, tagged, ranks)
+    every = split._replace(train=np.union1d(split.train, split.validation),
+                           validation=split.validation[:0])
+    return train_fold(config, data, table, every, run, progress, callbacks, ranks)
+
+
+def holdout_config(config: TaskConfig) -> TaskConfig:
+    """The settings of a ``train.refit`` run's holdout run: the same, without refitting."""
+    return config.replace({"train.refit": False})
 
 
 def train_fold(config: TaskConfig, data: TrainData, table: ClipTable, split: Split, run: RunDir,
@@ -371,7 +394,7 @@ def train_fold_of_run(run_dir: str | Path, fold: str,
     if split is None:
         raise ConfigError(f"fold {fold}: not a fold of {run.path}")
     data, _, _ = prepare_data(prepared.waves, prepared.table, prepared.config, False)
-    return train_fold(prepared.config, data, prepared.table, split, run, False, callbacks)
+    return train_split(prepared.config, data, prepared.table, split, run, False, callbacks)
 
 
 @dataclass
@@ -392,10 +415,12 @@ def _prepare(config: TaskConfig, run: RunDir, resume: bool, progress: bool, rank
     the waveform cache and (with ``talk``, the process that owns the run) save the resolved
     config."""
     run.check_startable(resume)  # a taken output folder, or one that is not a run to resume
+    holdout = run.holdout_run if config.train.refit else None
     if resume:  # a damaged or foreign checkpoint fails now, not after the folds before it
-        for fold in run.fold_names():
-            if run.checkpoint(fold).exists():
-                run.load_checkpoint(fold)
+        for r in (run, holdout) if holdout and holdout.exists else (run,):
+            for fold in r.fold_names():
+                if r.checkpoint(fold).exists():
+                    r.load_checkpoint(fold)
     if table is None:
         table = load_table(config)
     make_splits(table, config)  # a fold setting the dataset cannot meet fails before the cache
@@ -418,6 +443,8 @@ def _prepare(config: TaskConfig, run: RunDir, resume: bool, progress: bool, rank
         raise ConfigError(f"--parallel-folds {parallel_folds}: only {len(left)} fold(s) left to train")
     if talk:
         run.create(config, resume, RESULT_FREE)
+        if holdout:
+            holdout.create(holdout_config(config), resume and holdout.exists, RESULT_FREE)
     ranks.barrier()
     return _Prepared(config, table, waves, splits, cache_seconds)
 
@@ -431,7 +458,7 @@ def _train_folds(p: _Prepared, run: RunDir, progress: bool, callbacks: Sequence[
     folds: dict[str, dict] = {}
     summary: dict = {}
     for split in p.splits:
-        folds[split.name] = train_fold(p.config, data, p.table, split, run, progress, callbacks, ranks)
+        folds[split.name] = train_split(p.config, data, p.table, split, run, progress, callbacks, ranks)
         if ranks.main:
             summary = _write_summary(run, p.config, p.table, folds, len(p.splits), p.cache_seconds,
                                      augment_seconds, feature_seconds, started)
@@ -454,7 +481,8 @@ def _train_parallel(p: _Prepared, run: RunDir, resume: bool, k: int, parameters:
 def _write_summary(run: RunDir, config: TaskConfig, table: ClipTable, folds: dict[str, dict],
                    planned: int, cache_seconds: float, augment_seconds: float,
                    feature_seconds: float, started: float) -> dict:
-    """The pooled metrics of the folds done so far, and the summary."""
+    """The pooled metrics of the folds done so far, and the summary (with ``train.refit``,
+    the holdout run's too)."""
     pooled = run.write_pooled_metrics(list(folds), table.known_classes)
     summary = _summary(config, table, folds, planned, cache_seconds + augment_seconds,
                        feature_seconds, time.perf_counter() - started)
@@ -462,6 +490,12 @@ def _write_summary(run: RunDir, config: TaskConfig, table: ClipTable, folds: dic
     for key in ("calibration", "open_set"):  # the pooled figures, for the end-of-run lines
         if key in pooled:
             summary[key] = pooled[key]
+    if config.train.refit:  # what holding the validation clips out would have scored
+        held = run.holdout_run
+        done = {f: fold_result(held.read_history(f), r["parameters"]) for f, r in folds.items()}
+        first = _write_summary(held, holdout_config(config), table, done, planned, cache_seconds,
+                               augment_seconds, feature_seconds, started)
+        summary["holdout"] = {k: first[k] for k in ("folds", "accuracy_mean", "accuracy_std")}
     run.write_summary(summary)
     return summary
 
@@ -476,9 +510,10 @@ def tensorboard_logger(folder: Path) -> EpochCallback:
     writer = SummaryWriter(str(folder))
 
     def write(entry: dict) -> None:
+        tag = f"fold-{entry['fold']}" + (f"-{entry['stage']}" if "stage" in entry else "")
         for key, value in entry.items():
-            if key not in ("fold", "epoch"):
-                writer.add_scalar(f"fold-{entry['fold']}/{key}", value, entry["epoch"])
+            if key not in ("fold", "epoch", "stage"):
+                writer.add_scalar(f"{tag}/{key}", value, entry["epoch"])
         writer.flush()
 
     return write
@@ -519,6 +554,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  fold {name}: {100 * acc:.1f} %")
     lines.append(f"  mean: {100 * summary['accuracy_mean']:.1f} % "
                  f"± {100 * summary['accuracy_std']:.1f} (std over folds)")
+    if held := summary.get("holdout"):
+        lines.append(f"  (calibrated on models trained without their validation clips, which made "
+                     f"{100 * held['accuracy_mean']:.1f} % ± {100 * held['accuracy_std']:.1f}: "
+                     "holdout/)")
     if cal := summary.get("calibration"):
         lines.append(f"  calibration (held-out, pooled): ECE {cal['ece_before']:.3f} → "
                      f"{cal['ece_after']:.3f}, NLL {cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
@@ -531,6 +570,7 @@ def format_summary(summary: dict) -> str:
 
 def format_epoch(entry: dict, epochs: int) -> str:
     """One line for an epoch's log."""
-    return (f"fold {entry['fold']} epoch {entry['epoch']:>3}/{epochs}: train loss "
+    stage = f" ({entry['stage']} model)" if "stage" in entry else ""
+    return (f"fold {entry['fold']}{stage} epoch {entry['epoch']:>3}/{epochs}: train loss "
             f"{entry['train_loss']:.3f} acc {entry['train_accuracy']:.3f} | test loss "
             f"{entry['test_loss']:.3f} acc {entry['test_accuracy']:.3f} | {entry['seconds']:.1f} s")

@@ -18,6 +18,9 @@
                              calibrated confidence), and fold-K/metrics.json (with calibration
                              and open-set figures), per_class.csv, confusion.csv
       metrics.json, per_class.csv, confusion.csv   the same pooled over the finished folds
+      holdout/               with ``train.refit``: a run of its own, the fold models trained
+                             without their validation clips, whose calibration the fold models
+                             (trained again on every clip) carry
       evaluation.json        written by ``escnet evaluate``; report.html, report/ by ``escnet report``
       robustness.json, robustness.csv, robustness.png   written by ``escnet robustness``
       tensorboard/           per-epoch scalars, with ``train.tensorboard``
@@ -213,6 +216,7 @@ class RunDir:
     CONFIG, SUMMARY, EVALUATION = "config.yaml", "summary.json", "evaluation.json"
     REPORT, FIGURES = "report.html", "report"
     ROBUSTNESS = "robustness"  # .json, .csv, .png: escnet robustness, accuracy under corruptions
+    HOLDOUT = "holdout"  # with train.refit: the run calibrated on validation clips, then refit
     LOCK = ".escnet.lock"  # held while a process trains or calibrates the run (:meth:`lock`)
 
     def __init__(self, path: str | Path) -> None:
@@ -243,6 +247,12 @@ class RunDir:
 
     def held_out_path(self, fold: str) -> Path:
         return self.fold_dir(fold) / "held_out.npz"
+
+    @property
+    def holdout_run(self) -> RunDir:
+        """``holdout/``: with ``train.refit``, the run whose fold models were calibrated on
+        their validation clips before the fold models here were trained on every clip."""
+        return RunDir(self.path / self.HOLDOUT)
 
     @property
     def exists(self) -> bool:
