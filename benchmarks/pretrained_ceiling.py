@@ -1,5 +1,6 @@
-"""Is it the recipe or the pretrained network that limits accuracy? Three checks, each printing
-five-fold figures (exploratory: the held-out folds choose nothing here).
+"""Is it the recipe or the pretrained network that limits accuracy? Two checks, each printing
+five-fold figures (exploratory: the held-out folds choose nothing here); the third, test-time
+shifts, is ``escnet evaluate RUN --tta 5``.
 
 ``--probe-layers``: logistic-regression probes (scikit-learn's ``LogisticRegression``, inputs
 standardised on the training folds) on the frozen trunk's outputs averaged over frequency and
@@ -12,12 +13,9 @@ the errors all of them make, the accuracy of their calibrated probabilities aver
 ensemble), and that of an oracle that is right whenever any of them is: no way of combining
 these models can score more.
 
-``--shifts RUN``: each fold model of ``RUN`` scored on its held-out clips and on copies shifted
-circularly by 1 to 4 s, log-probabilities averaged (test-time augmentation).
-
     ESCNET_WEIGHTS=../shared/weights python benchmarks/pretrained_ceiling.py \\
         --data ../shared/data/esc50 --probe-layers \\
-        --runs runs/probe runs/pretrained-wise --shifts runs/pretrained-wise
+        --runs runs/probe runs/pretrained-wise
 """
 
 from __future__ import annotations
@@ -112,39 +110,13 @@ def compare_runs(runs: list[Path]) -> dict:
             "oracle": float(1 - wrong.all(0).mean())}
 
 
-def shifted(run: Path, data: str | None, progress: bool = True) -> dict[str, tuple[float, float]]:
-    """Per fold of ``run``: held-out accuracy as scored, and with the clips shifted circularly
-    by 0-4 s and the log-probabilities averaged."""
-    from escnet.data.cache import build_waveform_cache
-    from escnet.data.tables import load_table
-    from escnet.runs import RunDir
-
-    rundir = RunDir(run)
-    config = rundir.config.replace({"data.data_dir": data}) if data else rundir.config
-    table = load_table(config)
-    waves, table = build_waveform_cache(table, config, progress)
-    rate, out = config.data.sample_rate, {}
-    for fold in rundir.model_folds():
-        model, _ = rundir.load_model(fold)
-        rows = np.flatnonzero(table.folds == int(fold))
-        wav = torch.from_numpy(np.array(waves[rows], np.float32))
-        with torch.inference_mode():
-            views = torch.stack([torch.cat([model(w).log_softmax(1) for w in
-                                            torch.roll(wav, s * rate, 1).split(50)]) for s in range(5)])
-        labels = table.labels[rows]
-        out[fold] = (float((views[0].argmax(1).numpy() == labels).mean()),
-                     float((views.mean(0).argmax(1).numpy() == labels).mean()))
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--data", help="the dataset (for --probe-layers; --shifts defaults to the run's)")
+    p.add_argument("--data", help="the dataset (for --probe-layers)")
     p.add_argument("--preset", default="pretrained-probe", help="what --probe-layers reads its trunk from")
     p.add_argument("--probe-layers", action="store_true")
     p.add_argument("--c", type=float, default=1.0, help="inverse regularisation of the probes")
     p.add_argument("--runs", nargs="+", type=Path, default=[])
-    p.add_argument("--shifts", type=Path)
     args = p.parse_args()
 
     from escnet.config import load_config
@@ -173,13 +145,6 @@ def main() -> None:
             print(f"  {run}: {errors} errors ({100 * (1 - errors / c['clips']):.2f} %)")
         print(f"  errors all of them make: {c['shared_errors']}; probabilities averaged: "
               f"{100 * c['ensemble']:.2f} %; oracle (right when any is): {100 * c['oracle']:.2f} %")
-    if args.shifts:
-        print(f"{args.shifts}: held-out accuracy, and with circular shifts of 0-4 s averaged:")
-        folds = shifted(args.shifts, args.data)
-        for fold, (plain, averaged) in folds.items():
-            print(f"  fold {fold}: {100 * plain:.2f} % → {100 * averaged:.2f} %")
-        plain, averaged = np.mean(list(folds.values()), 0)
-        print(f"  mean: {100 * plain:.2f} % → {100 * averaged:.2f} %")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ class Server:
     """Serves ``payload`` at /archive.zip, honouring ``Range`` like GitHub's CDN."""
 
     def __init__(self, payload: bytes) -> None:
-        self.payload, self.ranges = payload, []
+        self.payload, self.ranges, self.requests = payload, [], 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                outer.requests += 1
                 if self.path != "/archive.zip":
                     self.send_error(404)
                     return

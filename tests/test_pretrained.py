@@ -305,3 +305,4 @@ def test_a_bad_dataset_is_said_before_any_weights_are_downloaded(tmp_path, monke
     err = capsys.readouterr().err
     assert code == 2 and "notes.txt: a dataset file must be a CSV" in err, err
     assert not list(tmp_path.rglob("archive.zip*")) and not (tmp_path / "r").exists()
+    assert server.requests == 0  # not fetched at all (a refused download leaves no file either)
