@@ -288,3 +288,7 @@ def test_refit_trains_on_every_clip_and_carries_the_holdout_models_calibration(t
         assert run.read_calibration(fold)["thresholds"]["energy"] == fitted["thresholds"]["energy"]
     assert main(["report", str(out)]) == 0
     assert "carries the temperature its holdout model" in (out / "report.html").read_text()
+    shutil.rmtree(holdout.path)  # lost: said in one line, with the way back
+    capsys.readouterr()
+    assert main(["calibrate", str(out)]) == 2
+    assert f"train --resume {out}` trains them again" in capsys.readouterr().err

@@ -208,6 +208,10 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
         if data_dir:
             config = config.replace({"data.data_dir": data_dir})
         if config.train.refit:  # the holdout models first: their calibration is what carries over
+            if not run.holdout_run.exists:
+                raise EscnetError(f"{run.holdout_run.path}: missing; this run was trained with "
+                                  "train.refit and calibrates through its holdout models: `escnet "
+                                  f"train --resume {run.path}` trains them again")
             calibrate_run(run.holdout_run.path, data_dir, keep, score, progress, confidence)
         return _calibrate_folds(run, folds, config, progress)
 
