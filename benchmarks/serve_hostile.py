@@ -120,7 +120,7 @@ def _attack(port: int, clip: bytes, kinds: list[str], one_address: bool, stop, r
     def slow_body(n: int) -> None:
         try:
             with connect(address(6), 30) as s:
-                s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+                s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n")
                 reply = b""
                 while not stop.is_set() and not reply:
                     s.sendall(bytes(10))
@@ -139,7 +139,7 @@ def _attack(port: int, clip: bytes, kinds: list[str], one_address: bool, stop, r
     def huge_header(n: int) -> None:
         try:
             with connect(address(8), 10) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
                 reply = s.recv(64)
             count("64 kB header", reply.split(b" ")[1].decode() if reply else "closed")
         except OSError as err:

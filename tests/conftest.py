@@ -227,3 +227,22 @@ def tone_scene(rate: int = 8000) -> tuple[np.ndarray, list[tuple[str, float, flo
     noisy = (t >= 4.5) & (t < 5.5)
     wav[noisy] += 0.1 * rng.standard_normal(noisy.sum())
     return wav, [("low", 1.0, 3.0), ("high", 6.5, 7.5)]
+
+
+LOCAL = "http://localhost:8000"
+"""What test clients call a server: a loopback name, as a browser on the same machine does
+(``escnet serve`` on a loopback address refuses other ``Host`` names)."""
+
+
+def local_client(app):
+    """FastAPI's test client for ``app``, reaching it at :data:`LOCAL` over HTTP and WebSocket
+    alike (its WebSockets otherwise go to ``testserver``)."""
+    from urllib.parse import urljoin
+
+    from fastapi.testclient import TestClient
+
+    class LocalClient(TestClient):
+        def websocket_connect(self, url: str, *args, **kwargs):
+            return super().websocket_connect(urljoin(LOCAL.replace("http", "ws"), url), *args, **kwargs)
+
+    return LocalClient(app, base_url=LOCAL)

@@ -33,16 +33,17 @@ def esc50_archive(clips: int) -> bytes:
 
 
 class Server:
-    """Serves ``payload`` at /archive.zip, honouring ``Range`` like GitHub's CDN."""
+    """Serves ``payload`` at /archive.zip (with ``any_path``, at every path), honouring ``Range``
+    like GitHub's CDN."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, any_path: bool = False) -> None:
         self.payload, self.ranges, self.requests = payload, [], 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.requests += 1
-                if self.path != "/archive.zip":
+                if self.path != "/archive.zip" and not any_path:
                     self.send_error(404)
                     return
                 start = 0
@@ -62,7 +63,8 @@ class Server:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/archive.zip"
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.url = self.root + "archive.zip"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,10 +141,10 @@ def test_named_weights_come_from_escnet_weights_verified_by_digest(weights_dir, 
     with pytest.raises(ConfigError, match="is not the published file"):
         resolve_weights("mn04_as", "", known, tmp_path)
     # a name with no published digest needs model.pretrained_sha256
-    mn10 = create_model("mn10", n_mels=128, frames=101, num_classes=50).known_weights()
-    assert AUDIOSET["mn10_as"][1] == ""
+    mn20 = create_model("mn20", n_mels=128, frames=101, num_classes=50).known_weights()
+    assert AUDIOSET["mn20_as"][1] == ""
     with pytest.raises(ConfigError, match=r"set model\.pretrained_sha256"):
-        resolve_weights("mn10_as", "", mn10, tmp_path)
+        resolve_weights("mn20_as", "", mn20, tmp_path)
 
 
 def test_named_weights_are_downloaded_once_into_the_cache_and_checked(weights_dir, tmp_path, monkeypatch):
@@ -306,3 +307,61 @@ def test_a_bad_dataset_is_said_before_any_weights_are_downloaded(tmp_path, monke
     assert code == 2 and "notes.txt: a dataset file must be a CSV" in err, err
     assert not list(tmp_path.rglob("archive.zip*")) and not (tmp_path / "r").exists()
     assert server.requests == 0  # not fetched at all (a refused download leaves no file either)
+
+
+@pytest.mark.parametrize("segment", ["..%2F..%2Fpwned.pt", "..%5C..%5Cpwned.pt", "%2e%2e%2fpwned.pt", "..",
+                                     ".bashrc", "a%00b.pt", "%252e%252e%252Fpwned.pt", "x" * 300])
+def test_a_weights_url_decides_no_path_and_is_written_only_into_the_cache(segment, tmp_path, monkeypatch):
+    """Whatever the URL's last segment holds, the download lands in cache/weights under a plain
+    name, and nothing is written anywhere else; without a digest nothing is fetched at all."""
+    monkeypatch.delenv("ESCNET_WEIGHTS", raising=False)
+    payload = b"weights" * 100
+    server = Server(payload, any_path=True)
+    cache = tmp_path / "a" / "b" / "cache"
+    try:
+        url = server.root + "dir/" + segment
+        with pytest.raises(ConfigError, match=r"no digest is published.*pretrained_sha256"):
+            resolve_weights(url, "", {}, cache)
+        assert server.requests == 0  # refused before any request
+        path = resolve_weights(url, hashlib.sha256(payload).hexdigest(), {}, cache)
+    finally:
+        server.close()
+    assert path.parent == cache / "weights" and path.read_bytes() == payload
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", path.name) and len(path.name) <= 128
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [path]
+
+
+def test_a_hex_prefix_in_a_weights_url_is_no_digest(tmp_path, monkeypatch):
+    """torchvision-style names (``-dcbb9e9d.``) are chosen by whoever wrote the URL: only a
+    digest escnet pins or the user gives verifies a download."""
+    monkeypatch.delenv("ESCNET_WEIGHTS", raising=False)
+    payload = b"not the weights"
+    server = Server(payload, any_path=True)
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    try:
+        with pytest.raises(ConfigError, match="no digest is published"):
+            resolve_weights(f"{server.root}vgg19-{prefix}.pth", "", {}, tmp_path)
+        assert server.requests == 0
+    finally:
+        server.close()
+    # a name escnet pins: the user's digest must agree with the pin
+    known = {"vgg": WeightsFile(server.url, "dcbb9e9d")}
+    with pytest.raises(ConfigError, match=r"model\.pretrained_sha256=.*escnet pins dcbb9e9d"):
+        resolve_weights("vgg", "0" * 64, known, tmp_path)
+
+
+def test_weights_settings_and_folders_are_named_when_wrong(tmp_path, monkeypatch):
+    for digest in ("xyz12345", "0" * 65, "abc"):  # not hex, too long, too short: the setting is named
+        with pytest.raises(ConfigError, match=r"setting model\.pretrained_sha256="):
+            load_config(None, {"model.pretrained_sha256": digest})
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    monkeypatch.setenv("ESCNET_WEIGHTS", str(tmp_path / "weights.pt"))
+    with pytest.raises(ConfigError, match=r"ESCNET_WEIGHTS=.*a file, not a folder"):
+        resolve_weights("mn04_as", "", create_model("mn04", n_mels=128, frames=101,
+                                                   num_classes=50).known_weights(), tmp_path)
+
+
+def test_pinned_digests_of_the_wider_audioset_weights():
+    assert {name: AUDIOSET[name][1][:8] for name in ("mn04_as", "mn05_as", "mn10_as", "mn40_as")} == {
+        "mn04_as": "899a8c62", "mn05_as": "97f00bb7", "mn10_as": "0bd7dc24", "mn40_as": "09624dca"}

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import FIVE_CLASS_RATE, runtime_cli, tone
+from conftest import FIVE_CLASS_RATE, local_client, runtime_cli, tone
 
 from escnet.data.audio import load_audio
 from escnet.deploy.predict import Predictor
 from escnet.runs import RunDir
 
 fastapi = pytest.importorskip("fastapi", reason="escnet serve needs the serve extra")
-from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from escnet.serve.app import ServeSettings, create_app  # noqa: E402
 
@@ -53,7 +53,7 @@ def held_out(five_class_run) -> list[str]:
 @pytest.fixture(scope="module")
 def client(model_path):
     settings = ServeSettings(str(model_path), threads=2, max_upload_mb=2, max_seconds=30)
-    with TestClient(create_app(settings)) as c:
+    with local_client(create_app(settings)) as c:
         deadline = time.monotonic() + 30  # the model loads in the background
         while c.get("/readyz").status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -229,6 +229,36 @@ def _sigterm_mid_request(proc: subprocess.Popen, url: str, body: bytes, query: s
     return log
 
 
+def test_pages_of_other_origins_cannot_use_the_server(model_path, held_out):
+    """Any page open in the user's browser could otherwise classify with (and stream to) a
+    local server: only its own page and the origins allowed may."""
+    clip = Path(held_out[0]).read_bytes()
+    settings = ServeSettings(str(model_path), threads=1, allow_origins=("https://app.example.org",))
+    with local_client(create_app(settings)) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for origin, allowed in (("http://localhost:8000", True), ("https://app.example.org", True),
+                                ("http://evil.example", False), ("http://localhost:9999", False),
+                                ("null", False), ("http://127.0.0.1:8000", False)):
+            response = c.post("/v1/classify", content=clip, headers={"Origin": origin})
+            assert (response.status_code == 200) == allowed, (origin, response.text)
+            if not allowed:
+                assert response.status_code == 403 and "cross-origin" in response.json()["error"]
+        assert c.post("/v1/classify", content=clip).status_code == 200  # curl sends no Origin
+        # DNS rebinding: a page whose own domain resolves to 127.0.0.1 is same-origin with itself
+        rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+        response = c.post("/v1/classify", content=clip, headers=rebound)
+        assert response.status_code == 403 and "Host" in response.json()["error"]
+        assert c.get("/v1/model", headers={"Host": "evil.example:8000"}).status_code == 403
+        with pytest.raises(WebSocketDisconnect), c.websocket_connect(
+                "/v1/stream?sample_rate=16000", headers={"Origin": "http://evil.example"}):
+            pass
+        with c.websocket_connect("/v1/stream?sample_rate=16000",
+                                 headers={"Origin": "http://localhost:8000"}) as ws:
+            assert json.loads(ws.receive_text())["type"] == "ready"
+
+
 def test_real_server_concurrency_overload_and_graceful_sigterm(model_path, held_out):
     clip = encode(load_audio(held_out[0], RATE)[: 5 * RATE], RATE)
     proc, url = start_server(model_path, "--threads", "2")
@@ -317,7 +347,8 @@ def test_serve_refuses_a_bad_model_or_setting_in_one_line(tmp_path):
                         ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "nan"], "--max-upload-mb"),
                         ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "1e308"], "at most 4096 MB"),
                         ([str(tmp_path / "bad.onnx"), "--max-windows", "1"], "--max-windows 1"),
-                        ([str(tmp_path / "bad.onnx"), "--rate-limit", "-1"], "--rate-limit -1")):
+                        ([str(tmp_path / "bad.onnx"), "--rate-limit", "-1"], "--rate-limit -1"),
+                        ([str(tmp_path / "bad.onnx"), "--allow-origin", "https://a.org/page"], "not a web origin")):
         done = subprocess.run(runtime_cli("serve", *args), capture_output=True, text=True, timeout=60,
                               cwd=tmp_path)
         assert done.returncode == 2 and done.stdout == "", args
@@ -333,7 +364,7 @@ def test_slow_senders_hold_no_inference_slot_and_a_taken_port_is_one_line(model_
     try:
         for _ in range(6):  # six uploads that never finish arriving
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + bytes(10))
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n" + bytes(10))
             trickle.append(s)
         status, body, _ = post(url, clip)  # a well-behaved client meanwhile: answered, not 503
         assert status == 200 and body["top"], body

@@ -12,12 +12,11 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ToneModel, runtime_cli, tone_scene
+from conftest import ToneModel, local_client, runtime_cli, tone_scene
 
 from escnet.deploy.events import EventSettings, detect_events
 
 fastapi = pytest.importorskip("fastapi", reason="escnet serve needs the serve extra")
-from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from escnet.serve.app import ServeSettings, create_app  # noqa: E402
@@ -27,7 +26,7 @@ SETTINGS = "hop=0.25&window=0.5&smooth=1"
 
 def _client(**settings):
     app = create_app(ServeSettings("tones", threads=1, **settings), model=ToneModel())
-    client = TestClient(app)
+    client = local_client(app)
     client.__enter__()
     deadline = time.monotonic() + 10
     while client.get("/readyz").status_code == 503 and time.monotonic() < deadline:
@@ -304,7 +303,7 @@ def test_audio_a_real_model_cannot_score_closes_the_stream_and_fails_the_file(fi
     never silently no events."""
     model = five_class_exports[0].path
     settings = ServeSettings(str(model), threads=1)
-    with TestClient(create_app(settings)) as real:
+    with local_client(create_app(settings)) as real:
         deadline = time.monotonic() + 30
         while real.get("/readyz").status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -389,7 +389,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(args.model, args.host, args.port, args.workers, args.threads,
                              args.queue, args.max_upload_mb, args.max_seconds, args.device,
                              args.max_windows, args.body_seconds, args.max_streams,
-                             args.stream_seconds, args.idle_seconds, args.rate_limit)
+                             args.stream_seconds, args.idle_seconds, args.rate_limit,
+                             tuple(args.allow_origin or ()))
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         limit = "" if settings.rate_limit else " and consider --rate-limit (requests a second per client)"
         print(f"escnet: serving on {settings.host}: reachable from other machines; escnet serve "
@@ -662,6 +663,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--rate-limit", type=float, default=0.0, metavar="R", help="requests a second "
                    "one client address may make (of each worker); more wait their turn, up to 1 s, "
                    "then 429 (default 0: no limit)")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="a web origin "
+                   "(https://app.example.org) whose pages may use this server from a browser, "
+                   "besides its own page; repeat for more (default: none; other pages are refused)")
     p.set_defaults(func=_serve)
 
 

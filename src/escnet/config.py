@@ -187,8 +187,10 @@ class ModelConfig(Section):
     """Expected sha256 (or a prefix of at least 8 hex digits) of downloaded weights."""
 
     def rules(self) -> None:
-        if self.pretrained_sha256 and len(self.pretrained_sha256) < 8:
-            self.fail("pretrained_sha256", "must be at least 8 hex digits")
+        digest = self.pretrained_sha256
+        if digest and not (8 <= len(digest) <= 64 and all(c in "0123456789abcdefABCDEF" for c in digest)):
+            self.fail("pretrained_sha256", "must be a SHA-256 in hex: 64 hex digits (or the first 8 "
+                      "or more of them)")
 
 
 @dataclass

@@ -50,6 +50,8 @@ class PannsCNN(nn.Module):
 
     checkpoint = ""
     """The file name of this layout's AudioSet checkpoint in PANNs' Zenodo record."""
+    checkpoint_sha256 = ""
+    """Its SHA-256, where one is published."""
 
     def __init__(self, n_mels: int, num_classes: int, channels: list[int], kernel: int,
                  dropout: float, head_dropout: float, last_pool: int = 2,
@@ -66,9 +68,10 @@ class PannsCNN(nn.Module):
         self.cnn_dropout, self.head_dropout = dropout, head_dropout
 
     def known_weights(self) -> dict[str, WeightsFile]:
-        """``model.pretrained=audioset``: PANNs' AudioSet checkpoint of this layout (no digest is
-        published with it: give ``model.pretrained_sha256``)."""
-        return {"audioset": WeightsFile(ZENODO + self.checkpoint)} if self.checkpoint else {}
+        """``model.pretrained=audioset``: PANNs' AudioSet checkpoint of this layout (where no
+        digest is published for it, give ``model.pretrained_sha256``)."""
+        return ({"audioset": WeightsFile(ZENODO + self.checkpoint, self.checkpoint_sha256)}
+                if self.checkpoint else {})
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """PANNs' checkpoints: every tensor but the class-specific classifier."""
@@ -139,6 +142,7 @@ class CNN14(PannsCNN):
     ``model.pretrained`` takes ``Cnn14_mAP=0.431.pth``."""
 
     checkpoint = "Cnn14_mAP%3D0.431.pth"
+    checkpoint_sha256 = "0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31"
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 64,
                  dropout: float = 0.2, head_dropout: float = 0.5) -> None:

@@ -27,11 +27,11 @@ AUDIOSET = {  # name → (file of release v0.0.1, SHA-256 where one is published
     "mn01_as": ("mn01_as_mAP_298.pt", ""),
     "mn02_as": ("mn02_as_mAP_378.pt", ""),
     "mn04_as": ("mn04_as_mAP_432.pt", "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
-    "mn05_as": ("mn05_as_mAP_443.pt", ""),
-    "mn10_as": ("mn10_as_mAP_471.pt", ""),
+    "mn05_as": ("mn05_as_mAP_443.pt", "97f00bb717ce957dbdf60c26d4de8b161dd7c2593fbe6424859fad7e5569fd7f"),
+    "mn10_as": ("mn10_as_mAP_471.pt", "0bd7dc2443af498c289a2e739f02ebb515d6aa3fd3ab9db539c86123ae368a4e"),
     "mn20_as": ("mn20_as_mAP_478.pt", ""),
     "mn30_as": ("mn30_as_mAP_482.pt", ""),
-    "mn40_as": ("mn40_as_mAP_484.pt", ""),
+    "mn40_as": ("mn40_as_mAP_484.pt", "09624dca1c53128255c65c5a52ff49ae91bb01fe17f0e13b3c3a0c9f24a8478b"),
     "mn40_as_ext": ("mn40_as_ext_mAP_487.pt", ""),
 }
 AUDIOSET_CLASSES = 527

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import torch
 from torch import nn
@@ -16,10 +17,27 @@ from torch import nn
 from escnet.data.download import download, sha256_of
 from escnet.errors import ConfigError, EscnetError
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+"""A file name escnet accepts from a URL: letters, digits and ``._+=-``, not starting with a
+dot, at most 128 characters: never a path, a hidden file or ``..``."""
+
+
+def download_name(url: str) -> str:
+    """The name a download of ``url`` is kept under: the URL's last path segment,
+    percent-decoded (``Cnn14_mAP%3D0.431.pth`` → ``Cnn14_mAP=0.431.pth``), where that is a
+    plain file name (:data:`_PLAIN_NAME`); else ``weights-`` and 16 hex digits of the URL's
+    SHA-256. Whatever the URL holds (``..``, ``%2F``, ``%5C``, NUL), the name has no separator."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if _PLAIN_NAME.fullmatch(name):
+        return name
+    return "weights-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """Published weights: where they are, and their SHA-256 where one is published."""
+    """Published weights: where they are, and the SHA-256 escnet pins for them (empty where no
+    digest is published; a prefix of at least 8 hex digits where only that is, as torchvision
+    publishes)."""
 
     url: str
     sha256: str = ""
@@ -29,8 +47,9 @@ class WeightsFile:
 
     @property
     def name(self) -> str:
-        """The file's name, as its publisher gives it (``Cnn14_mAP=0.431.pth``)."""
-        return self.file_name or unquote(self.url.split("?")[0].rsplit("/", 1)[-1])
+        """The file's name in ``$ESCNET_WEIGHTS`` and the cache: :attr:`file_name`, else
+        :func:`download_name` of the URL (``Cnn14_mAP=0.431.pth``)."""
+        return self.file_name or download_name(self.url)
 
 
 def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> None:
@@ -57,17 +76,24 @@ def weights_folder() -> Path | None:
     """``$ESCNET_WEIGHTS``: a folder of weight files under their official names, looked in before
     any download (offline machines, CI)."""
     folder = os.environ.get("ESCNET_WEIGHTS")
-    return Path(folder).expanduser() if folder else None
+    if not folder:
+        return None
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"ESCNET_WEIGHTS={folder}: a file, not a folder; set it to the folder that "
+                          "holds weight files under their official names")
+    return path
 
 
 def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache: Path) -> Path:
     """The local file for ``spec``: a path, a URL, or a name from ``known``.
 
-    A name or URL is looked for under its file name in ``$ESCNET_WEIGHTS``, then in
-    ``cache/weights/``, then downloaded there. Every file that stands for a name or URL is
-    verified: against ``sha256`` (``model.pretrained_sha256``), else the digest published with
-    the name, else the hash prefix torchvision puts in its file names (``vgg19-dcbb9e9d.pth``);
-    with none of them it is refused, as is a file whose digest differs.
+    A name or URL is looked for under its file name (:attr:`WeightsFile.name`, never a path) in
+    ``$ESCNET_WEIGHTS``, then in ``cache/weights/``, then downloaded there. Every file that
+    stands for a name or URL is verified against the digest escnet pins for the name, or the
+    one the user gives (``sha256``, ``model.pretrained_sha256``; for a pinned name it must agree);
+    a URL with neither is refused before anything is fetched, as is a file whose digest differs.
+    Nothing in the URL itself counts as a digest: whoever wrote it chose it.
     """
     weights = known.get(spec) or WeightsFile(spec)
     if not weights.url.startswith(("http://", "https://")):
@@ -79,8 +105,11 @@ def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache
         if sha256:
             _verify(path, sha256, spec)
         return path
-    prefix = re.search(r"-([0-9a-f]{8,})\.", weights.name)
-    checksum = sha256 or weights.sha256 or (prefix.group(1) if prefix else "")
+    pinned = weights.sha256.lower()
+    if pinned and sha256 and not (pinned.startswith(sha256.lower()) or sha256.lower().startswith(pinned)):
+        raise ConfigError(f"setting model.pretrained_sha256={sha256}: escnet pins {pinned[:16]}… for "
+                          f"model.pretrained={spec}; drop model.pretrained_sha256")
+    checksum = max(pinned, sha256.lower(), key=len)
     if not checksum:
         raise ConfigError(f"setting model.pretrained={spec!r}: no digest is published for "
                           f"{weights.name}; set model.pretrained_sha256 to the SHA-256 of the file")

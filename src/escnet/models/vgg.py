@@ -11,9 +11,9 @@ from escnet.models.registry import register_model
 
 LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
           512, 512, 512, 512, "M"]
-IMAGENET = {  # torchvision's published ImageNet weights (the hash prefix is in the name)
-    False: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-    True: "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
+IMAGENET = {  # torchvision's ImageNet weights, pinned by the SHA-256 prefix torchvision publishes
+    False: WeightsFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
+    True: WeightsFile("https://download.pytorch.org/models/vgg19_bn-c79401a0.pth", "c79401a0"),
 }
 
 
@@ -64,7 +64,7 @@ class VGG19(nn.Module):
 
     def known_weights(self) -> dict[str, WeightsFile]:
         """Weight names ``model.pretrained`` may give, and where they are."""
-        return {"imagenet": WeightsFile(IMAGENET[self.batch_norm])}
+        return {"imagenet": IMAGENET[self.batch_norm]}
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """A torchvision-format state dict; every tensor but the last layer."""

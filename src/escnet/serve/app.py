@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Query, Request, WebSocket
@@ -89,6 +90,9 @@ class ServeSettings:
     """Requests a second one client address may make of each worker process (bursts of a
     second's worth; more wait, up to a second, then 429); 0: no limit. For servers that clients
     one does not know reach."""
+    allow_origins: tuple[str, ...] = ()
+    """Web origins (``https://app.example.org``) besides the server's own whose pages may use
+    it from a browser (:class:`_SameOrigin`); ``null`` for sandboxed pages and local files."""
 
     def __post_init__(self) -> None:
         checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
@@ -111,11 +115,43 @@ class ServeSettings:
         for name, (ok, why) in checks.items():
             if not ok:
                 raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
+        self.allow_origins = tuple(_origin(o) for o in self.allow_origins)
         self.threads = self.threads or available_cores()
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def _origin(text: str) -> str:
+    """A web origin as browsers send it (``scheme://host[:port]``, lower case), or ``null``."""
+    origin = text.strip().lower().rstrip("/")
+    if origin == "null":
+        return origin
+    try:
+        parts = urlsplit(origin)
+        ok = parts.scheme in ("http", "https") and parts.hostname and not parts.path and \
+            not parts.query and not parts.fragment and parts.username is None
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise EscnetError(f"--allow-origin {text!r}: not a web origin; give scheme://host[:port], "
+                          "e.g. https://app.example.org, or null")
+    return origin
+
+
+def _address(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host[:port]`` (default port by ``scheme``), or ``None``."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "", parts.port or DEFAULT_PORTS.get(scheme, 80))
+    except ValueError:
+        return None
 
 
 class RequestError(Exception):
@@ -390,7 +426,52 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
 
     if settings.rate_limit:
         app.add_middleware(_RateLimited, rate=settings.rate_limit)
+    app.add_middleware(_SameOrigin, listen_host=settings.host, allowed=settings.allow_origins)
     return app
+
+
+class _SameOrigin:
+    """ASGI middleware: only the server's own page, and pages of the origins allowed, may use it
+    from a browser. A browser names the page a request comes from in ``Origin`` (on every
+    WebSocket handshake and every ``POST``); a request whose ``Origin`` is neither the server's
+    own (the host and port its ``Host`` header names) nor allowed is refused before routing:
+    HTTP 403 in JSON, or a refused WebSocket handshake (HTTP 403). A server listening on a
+    loopback address also refuses a ``Host`` that is not a loopback name (nor an allowed
+    origin's host): a page whose domain was made to resolve to 127.0.0.1 (DNS rebinding) is
+    same-origin with itself, never with ``localhost``. Requests without ``Origin`` (curl,
+    scripts, other programs) pass: no web page can send one without it."""
+
+    def __init__(self, app, listen_host: str, allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, set(allowed)
+        hosts = {a[0] for o in allowed if o != "null" and (a := _address(urlsplit(o).netloc, "http"))}
+        self.hosts = {*LOOPBACK, *hosts} if listen_host in LOOPBACK else None
+
+    def refusal(self, scope) -> str | None:
+        """Why a request is refused, or ``None``."""
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        scheme = scope.get("scheme", "http")
+        host = _address(headers.get(b"host", ""), scheme)
+        if self.hosts is not None and (host is None or host[0] not in self.hosts):
+            return (f"Host {headers.get(b'host', '')[:80]!r} is not this server's (it listens on a "
+                    "loopback address); allow a web page's origin with --allow-origin")
+        origin = headers.get(b"origin")
+        if origin is None or origin.lower().rstrip("/") in self.allowed:
+            return None
+        parts = urlsplit(origin.lower())
+        theirs = _address(parts.netloc, parts.scheme) if parts.scheme in DEFAULT_PORTS else None
+        if theirs is not None and theirs == host:
+            return None
+        return (f"cross-origin request from {origin[:80]!r} refused; the server's owner can allow "
+                "it with --allow-origin")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket") and (why := self.refusal(scope)):
+            if scope["type"] == "websocket":  # before accepting: the handshake is answered 403
+                await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+            else:
+                await _error(403, why)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _RateLimited:
