@@ -61,8 +61,9 @@ def test_kaldi_mel_banks_match_hand_computed_values():
 
 def _reference_logmel(wav: np.ndarray) -> np.ndarray:
     """EfficientAT's front-end written out in NumPy from its definition (upstream's
-    ``AugmentMelSTFT`` in eval mode, with the first sample kept)."""
-    y = np.concatenate([wav[:1], wav[1:] - 0.97 * wav[:-1]]).astype(np.float64)
+    ``AugmentMelSTFT`` in eval mode: ``conv1d`` with the kernel ``[-0.97, 1]``, so the
+    pre-emphasised signal is one sample shorter, ``y[t] = x[t + 1] - 0.97 x[t]``)."""
+    y = (wav[1:] - 0.97 * wav[:-1]).astype(np.float64)
     padded = np.pad(y, 512, mode="reflect")
     window = np.zeros(1024)
     window[112:912] = np.hanning(800)  # symmetric
@@ -78,8 +79,10 @@ def test_efficientat_frontend_and_its_onnx_form_match_a_numpy_reference():
     featurizer = Featurizer(32000, 32000, 1024, 800, 320, 128, 0.0, 15000.0, 1e-5, "efficientat")
     expected = _reference_logmel(wav)
     got = featurizer(torch.from_numpy(wav)[None])[0][0].double().numpy()
-    assert got.shape == expected.shape == (128, 101)
+    assert got.shape == expected.shape == (128, 100)  # upstream: 100 frames a second of audio
     assert np.abs(got - expected).max() < 1e-4
+    lengths = torch.tensor([32000, 16000, 321])  # valid frames of padded batches: (n - 1) // hop + 1
+    assert featurizer.frames(lengths).tolist() == [100, 50, 2]
     matmul = MatmulLogMel(featurizer)(torch.from_numpy(wav)[None])[0].double().numpy()
     assert np.abs(matmul - expected).max() < 1e-4
 

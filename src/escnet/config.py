@@ -364,6 +364,14 @@ class TrainConfig(Section):
                       "energy, msp or max_logit")
 
 
+def frame_count(samples: Any, hop_length: int, frontend: str) -> Any:
+    """Frames of a centred STFT of ``samples`` samples (an int, or a tensor of them): ``samples
+    // hop_length + 1``. The ``efficientat`` front-end's pre-emphasis drops the first sample, as
+    EfficientAT's own does, so there ``(samples - 1) // hop_length + 1`` (a 5 s clip at 32 kHz:
+    500 frames, as upstream)."""
+    return (samples - int(frontend == "efficientat")) // hop_length + 1
+
+
 SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "features": FeatureConfig,
                                       "model": ModelConfig, "augment": AugmentConfig,
                                       "train": TrainConfig}
@@ -403,15 +411,16 @@ class TaskConfig:
 
     @property
     def length(self) -> int:
-        """Frames per clip for a centred STFT: ``length_wav // hop_length + 1``."""
-        return self.length_wav // self.features.hop_length + 1
+        """Frames per clip (:func:`frame_count` of ``length_wav``)."""
+        return frame_count(self.length_wav, self.features.hop_length, self.features.frontend)
 
     @property
     def crop_frames(self) -> int:
         """Frames of a ``crop_seconds`` training window; 0 when training sees whole clips."""
         if not 0 < self.augment.crop_seconds < self.data.clip_seconds:
             return 0
-        return round(self.augment.crop_seconds * self.data.sample_rate) // self.features.hop_length + 1
+        return frame_count(round(self.augment.crop_seconds * self.data.sample_rate),
+                           self.features.hop_length, self.features.frontend)
 
     @property
     def waveform_augment(self) -> bool:

@@ -67,7 +67,7 @@ def _features(table: ClipTable, indices: np.ndarray, corruption: Corruption, con
     text = json.dumps({"v": VERSION, "clips": cache_key(table.select(np.isin(np.arange(len(table)), indices)),
                                                          config.data.sample_rate, config.length_wav),
                        "corruption": corruption.name, "seed": seed, "noise": noise_key,
-                       "features": config.features.__dict__, "rate": config.data.sample_rate},
+                       "features": Featurizer.from_config(config).settings},
                       sort_keys=True, default=str)
     path = cache_root(config) / f"robust-{hashlib.sha256(text.encode()).hexdigest()[:20]}.npy"
     if path.exists():

@@ -9,8 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig
+from escnet.config import TaskConfig, frame_count
 
+REVISION = 2
+"""Bumped when the same settings come to compute other log-mels (2: the ``efficientat``
+pre-emphasis drops the first sample, as upstream's), so no cache of the old ones is reused."""
 FRONTENDS = ("logmel", "efficientat", "panns")
 """``logmel``: escnet's (librosa's Slaney mel bands, periodic Hann window, zero padding,
 ``log(max(mel, log_floor))``). ``efficientat``: the front-end EfficientAT's AudioSet weights were
@@ -78,8 +81,10 @@ class Featurizer(nn.Module):
         self.log_floor, self.frontend = log_floor, frontend
         self.settings = {"sample_rate": sample_rate, "clip_samples": clip_samples, "n_fft": n_fft,
                          "win_length": win_length, "hop_length": hop_length, "n_mels": n_mels,
-                         "f_min": f_min, "f_max": f_max, "log_floor": log_floor, "frontend": frontend}
-        """Every argument: two featurizers with equal settings compute the same log-mels."""
+                         "f_min": f_min, "f_max": f_max, "log_floor": log_floor, "frontend": frontend,
+                         "revision": REVISION}
+        """Every argument, and :data:`REVISION`: two featurizers with equal settings compute the
+        same log-mels (caches of log-mels and embeddings are keyed by them)."""
         kaldi = frontend == "efficientat"
         self.preemphasis = 0.97 if kaldi else 0.0
         self.pad_mode = "constant" if frontend == "logmel" else "reflect"
@@ -98,8 +103,8 @@ class Featurizer(nn.Module):
                    f.n_mels, f.f_min, f.f_max, f.log_floor, f.frontend)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frame count of a centred STFT for waveforms of ``lengths`` samples: ``len // hop + 1``."""
-        return torch.div(lengths, self.hop_length, rounding_mode="floor") + 1
+        """Frames of waveforms of ``lengths`` samples (:func:`~escnet.config.frame_count`)."""
+        return frame_count(lengths, self.hop_length, self.frontend)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,10 +132,12 @@ class Featurizer(nn.Module):
 
 
 def emphasise(wav: torch.Tensor, coefficient: float) -> torch.Tensor:
-    """Pre-emphasis ``y[t] = x[t] - coefficient · x[t-1]`` (``x[-1] = 0``) of ``(batch, samples)``."""
+    """Pre-emphasis of ``(batch, samples)``: ``y[t] = x[t+1] - coefficient · x[t]``, ``(batch,
+    samples - 1)``, as EfficientAT's ``conv1d`` with the kernel ``[-coefficient, 1]`` computes
+    it; the waveform itself for ``coefficient`` 0."""
     if coefficient == 0:
         return wav
-    return torch.cat([wav[:, :1], wav[:, 1:] - coefficient * wav[:, :-1]], dim=1)
+    return wav[:, 1:] - coefficient * wav[:, :-1]
 
 
 def log_mel(mel: torch.Tensor, frontend: str, log_floor: float) -> torch.Tensor:
@@ -163,8 +170,8 @@ class MatmulLogMel(nn.Module):
 
     That is ``2·n_fft·(n1 + n2)`` multiply-adds a frame instead of a dense DFT's ``n_fft²``
     (8× fewer at 1024), as three large matrix products (which run near the core's peak rate)
-    with no complex arithmetic between them. ``(batch, samples)`` →
-    ``(batch, n_mels, samples // hop + 1)``.
+    with no complex arithmetic between them. ``(batch, samples)`` → ``(batch, n_mels,
+    frames)``, as many frames as the featurizer gives.
     """
 
     def __init__(self, featurizer: Featurizer) -> None:
