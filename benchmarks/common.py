@@ -8,7 +8,7 @@ import time
 import torch
 
 from escnet.config import TaskConfig, load_config, parse_overrides
-from escnet.engine.train import make_optimizer, train_one_epoch
+from escnet.engine.fold import Steps, make_optimizer, train_one_epoch
 from escnet.machine import keep_freed_memory
 from escnet.models import SoundClassifier
 
@@ -23,7 +23,7 @@ def timed_epoch(config: TaskConfig, loader, featurizer: torch.nn.Module | None =
         model.featurizer = featurizer
     optimizer = make_optimizer(model, config)
     tick = time.perf_counter()
-    log = train_one_epoch(model, loader, optimizer, None, torch.device("cpu"), config, "", False)
+    log = train_one_epoch(model, loader, Steps(optimizer), config, torch.device("cpu"))
     return time.perf_counter() - tick, log["data_seconds"]
 
 

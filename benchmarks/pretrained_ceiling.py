@@ -77,18 +77,15 @@ def probe(x: np.ndarray, labels: np.ndarray, folds: np.ndarray, c: float) -> lis
 def held_out(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A run's held-out clips over all folds: paths, labels, calibrated probabilities."""
     from escnet.runs import RunDir
-    from escnet.runs.metrics import softmax
-
     rundir = RunDir(run)
     paths, labels, probs = [], [], []
     for fold in rundir.fold_names():
         held = rundir.read_held_out(fold)
         if held is None:
             raise SystemExit(f"{run}: fold {fold} kept no held-out predictions")
-        temperature = rundir.read_calibration(fold).get("temperature", 1.0)
         paths.append(held["paths"])
         labels.append(held["labels"])
-        probs.append(softmax(held["logits"], temperature))
+        probs.append(rundir.read_calibration(fold).probabilities(held["logits"]))
     return np.concatenate(paths), np.concatenate(labels), np.concatenate(probs)
 
 

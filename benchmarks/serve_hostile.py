@@ -10,13 +10,18 @@ Starts a real ``escnet serve MODEL`` on 127.0.0.1 (``--threads 2 --queue 8 --bod
   reconnecting),
 - 4 clients ask for ``hop=1e-9`` on 60 s recordings (work bounded by ``--max-windows``: 422),
 - 4 clients send 64 kB headers to `/healthz` (as fast as they are answered),
-- 80 clients (10× the queue) flood valid requests;
+- 80 clients (10× the queue) flood valid requests,
+- 2 live streams (``/v1/stream``) send audio as fast as the socket takes it (slowed to 4× real
+  time by the server, never dropped: each ends by sending ``"end"`` and counts as ``complete``
+  when the server scored every second it sent),
+- 2 live streams send digital silence at real time (closed after ``--idle-seconds``, 1008);
 
 then sends SIGTERM during a long request and times the server's exit. The attackers run in a
 process of their own (so the measured client never waits for their share of a Python
 interpreter) and connect from other loopback addresses, as clients on other machines would
-(127.0.0.2-5 for the flood, 20 clients each; ``--one-address`` puts every attacker on
-127.0.0.1, the well-behaved client's own address, where no server can tell them apart).
+(127.0.0.2-5 for the flood, 20 clients each, 127.0.0.9-12 for the streams; ``--one-address``
+puts every attacker on 127.0.0.1, the well-behaved client's own address, where no server can
+tell them apart).
 
 Prints the well-behaved client's median and p99 latency alone and under attack (and their
 ratio), every status each kind of client got (a 500 is a failure), and the seconds from SIGTERM
@@ -32,6 +37,7 @@ import argparse
 import collections
 import http.client
 import io
+import json
 import multiprocessing
 import signal
 import socket
@@ -96,7 +102,8 @@ def _until(stop, work) -> None:
         work()
 
 
-KINDS = {"slow body": 40, "hop=1e-9": 4, "64 kB header": 4, "flood": 80}
+KINDS = {"slow body": 40, "hop=1e-9": 4, "64 kB header": 4, "flood": 80, "fast stream": 2,
+         "silent stream": 2}
 """Attackers of each kind (clients at once)."""
 
 
@@ -148,7 +155,49 @@ def _attack(port: int, clip: bytes, kinds: list[str], one_address: bool, stop, r
     def flood(n: int) -> None:  # 20 clients from each of 4 addresses
         count("flood", _post(port, clip, source=address(2 + n % 4))[0])
 
-    work = {"slow body": slow_body, "hop=1e-9": tiny_hop, "64 kB header": huge_header, "flood": flood}
+    def stream(kind: str, n: int, samples: np.ndarray, seconds_per_frame: float | None) -> None:
+        """A live stream sending ``samples`` (16 kHz float32) frame after frame, as fast as the
+        socket takes them (``seconds_per_frame`` None) or at real time, reading every message,
+        until ``stop``; then ``"end"``."""
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect as ws_connect
+
+        frame, sent, said = samples.astype("<f4").tobytes(), 0.0, []
+        try:
+            with ws_connect(f"ws://127.0.0.1:{port}/v1/stream?sample_rate=16000&format=f32",
+                            sock=connect(address(9 + n), 10), open_timeout=10, max_size=None) as ws:
+                def read() -> None:
+                    try:
+                        while True:
+                            said.append(json.loads(ws.recv()))
+                    except ConnectionClosed:
+                        pass
+
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                while not stop.is_set():
+                    ws.send(frame)
+                    sent += len(samples) / 16000
+                    if seconds_per_frame:
+                        time.sleep(seconds_per_frame)
+                ws.send("end")
+                reader.join(60)
+            ended = [m for m in said if m.get("type") == "end"]
+            count(kind, "complete" if ended and abs(ended[0]["seconds"] - sent) < 1e-3 else
+                  f"ended at {ended[0]['seconds']:.0f} of {sent:.0f} s" if ended else "no end")
+        except ConnectionClosed as closed:
+            rcvd = closed.rcvd
+            count(kind, f"closed {rcvd.code}" if rcvd else "dropped")
+            time.sleep(0.5)
+
+    def fast_stream(n: int) -> None:
+        stream("fast stream", n, np.random.default_rng(n).standard_normal(32000) * 0.1, None)
+
+    def silent_stream(n: int) -> None:
+        stream("silent stream", n + 2, np.zeros(1600), 0.1)
+
+    work = {"slow body": slow_body, "hop=1e-9": tiny_hop, "64 kB header": huge_header, "flood": flood,
+            "fast stream": fast_stream, "silent stream": silent_stream}
     attackers = [threading.Thread(target=_until, args=(stop, lambda n=n, w=work[kind]: w(n)))
                  for kind in kinds for n in range(KINDS[kind])]
     for t in attackers:
@@ -223,7 +272,7 @@ def main() -> None:
         if proc.poll() is None:
             proc.kill()
 
-    print(f"attackers from {'127.0.0.1, the same address' if args.one_address else '127.0.0.2-8'}; "
+    print(f"attackers from {'127.0.0.1, the same address' if args.one_address else '127.0.0.2-12'}; "
           f"well-behaved client from 127.0.0.1; server --rate-limit {args.rate_limit:g}:")
     alone_p99 = _ms(phases[0][1], 99)
     print(f"{'while':16s} {'median ms':>10s} {'p99 ms':>8s} {'p99/alone':>9s}  statuses")

@@ -192,10 +192,10 @@ class ToneModel:
 
     def __init__(self, rate: int = 8000, clip_seconds: float = 2.0) -> None:
         from escnet.deploy.onnx_model import ModelInfo
+        from escnet.models.calibration import Calibration
 
         self.info = ModelInfo(["low", "high"], rate, int(rate * clip_seconds), "tones", "float32",
-                              None, [], "test", calibrated=True, unknown_score="energy",
-                              unknown_threshold=0.5)
+                              None, [], "test", Calibration(unknown_score="energy", thresholds={"energy": 0.5}))
 
     def score(self, windows: np.ndarray):
         from escnet.deploy.onnx_model import Scores

@@ -31,7 +31,7 @@ FAST = tiny_flags("--model", "crnn", "--quiet")
     (["--folds", "1,9"], "fold 9 does not exist"),
     (["--set", "train.learning_rate=-1"], "learning_rate=-1.0: must be > 0"),
     (["--set", "train.batch_size=lots"], "batch_size='lots': expected int"),
-    (["--set", "n_mels"], "expected SECTION.KEY=VALUE"),
+    (["--set", "n_mels"], "expected section.key=value"),
     (["--set", "model.args.kernal_size=3,3"], "model crnn takes no argument 'kernal_size'; it accepts cnn_out_channels, kernel_size"),
     (["--set", "features.nmels=3"], "unknown setting 'features.nmels' (did you mean features.n_mels"),
     (["--subset", "esc20"], "data.subset='esc20': must be one of all, esc10 (flag --subset)"),
@@ -146,7 +146,8 @@ def test_unknown_flag_points_to_the_setting(capsys, args, needle):
 @pytest.mark.parametrize("command", [["train"], ["sweep", "--space", "s.yaml", "--storage", "sqlite:///x.db"],
                                      ["benchmark", "--models", "crnn,lstm"], ["augment-preview", "a.wav", "--out", "o"]])
 def test_every_command_that_builds_a_config_takes_the_same_config_flags(command):
-    from escnet.cli import build_parser, config_of
+    from escnet.cli import build_parser
+    from escnet.cli.common import config_of
 
     args = build_parser().parse_args([*command, "--preset", "fast", "--epochs", "7", "--skip-bad",
                                       "--set", "train.seed=3", "--set", "train.num_epochs=9"])

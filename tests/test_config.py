@@ -97,7 +97,6 @@ def test_overrides_win_over_file(tmp_path):
     ({"train": {"ema_decay": 1.0}}, "ema_decay"),
     ({"model": {"args": 3}}, "model.args must be a mapping"),
     ({"train": {"refit": True, "validation_share": 0}}, "train.refit=True: needs validation clips"),
-    ({"train": {"refit": True, "unknown_score": "knn"}}, "train.unknown_score='knn': with train.refit"),
     ({"train": {"refit": True}, "data": {"train_per_class": 5}}, "train.refit=True: .*train_per_class"),
 ])
 def test_bad_values_name_the_setting(values, needle):
@@ -151,7 +150,7 @@ def test_a_range_accepts_one_value_for_a_fixed_setting():
 
 
 def test_bad_override_syntax():
-    with pytest.raises(ConfigError, match=r"SECTION\.KEY=VALUE"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         parse_overrides(["train.learning_rate"])
 
 
@@ -203,3 +202,19 @@ def test_every_shipped_config_file_loads_and_builds(path):
     config = load_config(path)
     assert config.model.name in path.read_text()
     SoundClassifier.from_config(config, pretrained=False)  # weights named, not fetched
+
+
+def test_unknown_scores_are_checked_in_one_place_with_the_model():
+    """A score's name is declared once (models/unknown.SCORES); the config takes any string and
+    the model's check refuses what no model or this one cannot give, before any work."""
+    from escnet.models.unknown import resolve_score
+
+    config = load_config(None, {"train.unknown_score": "energyy"})  # a config alone cannot know
+    with pytest.raises(ConfigError, match=r"train.unknown_score='energyy': one of auto, msp, energy"):
+        resolve_score(config.train.unknown_score, True, "mn04")
+    with pytest.raises(ConfigError, match=r"train\.unknown_score=knn: with train\.refit"):
+        resolve_score("knn", True, "mn04", refit=True)
+    with pytest.raises(ConfigError, match=r"train\.unknown_score=knn: model cnn10 has no embedding"):
+        resolve_score("knn", False, "cnn10")
+    assert resolve_score("auto", True, "mn04") == "energy+knn"
+    assert resolve_score("auto", True, "mn04", refit=True) == "energy"

@@ -148,13 +148,14 @@ def test_cache_built_once_and_rebuilt_on_change(tmp_path):
 
 
 def test_bad_file_reported_up_front_or_skipped(tmp_path):
-    root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-0.wav", f, 0, ".wav") for f in (1, 2) for i in (1, 2)])
-    (root / "audio" / "2-2-A-0.wav").write_text("not audio")
+    root = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{i - 1}.wav", f, i - 1, ".wav") for f in (1, 2)
+                                             for i in (1, 2)])
+    (root / "audio" / "2-2-A-1.wav").write_text("not audio")
     config = tiny_config(**{"data.data_dir": str(root), "data.cache_dir": str(tmp_path / "c")})
-    with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-0\.wav.*data.skip_bad=true"):
+    with pytest.raises(AudioError, match=r"1 unreadable audio file.*2-2-A-1\.wav.*data.skip_bad=true"):
         build_waveform_cache(load_table(config), config, progress=False)
     waves, table = build_waveform_cache(load_table(config), config.replace({"data.skip_bad": True}), progress=False)
-    assert len(table) == 3 and len(waves) == 3 and "2-2-A-0.wav" not in {p.name for p in table.paths}
+    assert len(table) == 3 and len(waves) == 3 and "2-2-A-1.wav" not in {p.name for p in table.paths}
     assert any("left out 1" in n for n in table.notes)
     assert np.abs(np.array(waves[2])).max() > 0.1  # rows line up with the remaining files
 

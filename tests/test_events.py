@@ -9,7 +9,6 @@ from conftest import ToneModel, tone_scene
 from escnet.data.pcm import PcmFormat, read_wav_header
 from escnet.deploy.event_metrics import event_f1, segment_f1
 from escnet.deploy.events import (
-    ONSET_HOPS,
     EventSettings,
     EventTracker,
     Stream,
@@ -17,6 +16,7 @@ from escnet.deploy.events import (
     events_of,
     stream_file,
 )
+from escnet.deploy.events.stream import ONSET_HOPS
 from escnet.errors import AudioError, EscnetError
 
 

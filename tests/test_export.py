@@ -117,9 +117,9 @@ def test_export_refuses_what_it_cannot_do(run, tmp_path, capsys):
     existing.write_text("a user's file")
     cases = [
         ([str(run), "--out", str(existing), "--fold", "1"], f"{existing}: already exists"),
-        ([str(run), "--out", str(tmp_path / "m.onnx")], "folds 1, 2 have models; choose one with --fold K"),
+        ([str(run), "--out", str(tmp_path / "m.onnx")], "folds 1, 2 have models; choose one: --fold K"),
         ([str(run), "--out", str(tmp_path / "m.onnx"), "--fold", "3"], "--fold 3: no fold-3/last.pt"),
-        ([str(run), "--out", str(tmp_path / "m.pt"), "--fold", "1"], "give a file name ending in .onnx"),
+        ([str(run), "--out", str(tmp_path / "m.pt"), "--fold", "1"], "--out " + str(tmp_path / "m.pt") + ": give a .onnx file name"),
         ([str(tmp_path), "--out", str(tmp_path / "m.onnx")], "not an escnet run"),
         ([str(run), "--out", str(tmp_path / "m.onnx"), "--fold", "1", "--quantize", "int8",
           "--data", str(tmp_path / "gone")], "calibrates on the run's training clips"),

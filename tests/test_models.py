@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_download import Server
 
+from escnet.cards import find_card
 from escnet.config import TaskConfig
 from escnet.data.audio import load_audio
 from escnet.errors import ConfigError
@@ -233,4 +234,6 @@ def test_panns_cnn6_and_cnn14_take_panns_checkpoints_by_name_and_shape(name, cha
     state[f"conv_block{len(channels)}.conv1.weight"] = torch.randn(1, 1, 3, 3)
     with pytest.raises(ConfigError, match="layout does not match"):
         model.load_pretrained(state, f"{name}.pth")
-    assert model.known_weights()["audioset"].name == f"{name.capitalize()}_mAP={dict(cnn6='0.343', cnn14='0.431')[name]}.pth"
+    card = find_card("audioset", name)  # the card of PANNs' checkpoint of this layout
+    assert card.name == f"panns_{name}" and card.model_args == {"width": 64}
+    assert card.weights.name == f"{name.capitalize()}_mAP={dict(cnn6='0.343', cnn14='0.431')[name]}.pth"

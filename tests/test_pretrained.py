@@ -12,17 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import MN04, WEIGHTS, esc50_subset_csv, tiny_config
 from test_download import Server
 
+from escnet.cards import CARDS, WeightsFile
 from escnet.config import load_config
 from escnet.data.audio import load_audio
 from escnet.data.tables import read_esc50
 from escnet.errors import ConfigError, EscnetError
 from escnet.models import count_parameters, create_model
-from escnet.models.mobilenet import AUDIOSET, WIDTHS
-from escnet.models.pretrained import WeightsFile, read_state_dict, resolve_weights
+from escnet.models.mobilenet import WIDTHS
+from escnet.models.pretrained import read_state_dict, resolve_weights
 from escnet.transforms.features import Featurizer, MatmulLogMel, kaldi_mel_banks
 
 
@@ -130,10 +132,10 @@ def test_audioset_head_tags_esc50_clips_as_audioset_would(weights_dir, esc50):
 
 
 def test_named_weights_come_from_escnet_weights_verified_by_digest(weights_dir, tmp_path, monkeypatch):
-    known = create_model("mn04", n_mels=128, frames=101, num_classes=50).known_weights()
-    assert set(known) == {"mn04_as"} and known["mn04_as"].url.endswith(MN04)
+    card = CARDS["mn04_as"]
+    assert card.weights.url.endswith(MN04) and card.model == "mn04"
     monkeypatch.setenv("ESCNET_WEIGHTS", str(weights_dir))
-    assert resolve_weights("mn04_as", "", known, tmp_path) == weights_dir / MN04
+    assert resolve_weights("mn04_as", "", tmp_path, card.weights) == weights_dir / MN04
     # a file under the official name whose bytes differ is refused, however it got there
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -142,12 +144,12 @@ def test_named_weights_come_from_escnet_weights_verified_by_digest(weights_dir, 
     (fake / MN04).write_bytes(bytes(data))
     monkeypatch.setenv("ESCNET_WEIGHTS", str(fake))
     with pytest.raises(ConfigError, match="is not the published file"):
-        resolve_weights("mn04_as", "", known, tmp_path)
+        resolve_weights("mn04_as", "", tmp_path, card.weights)
     # a name with no published digest needs model.pretrained_sha256
-    mn20 = create_model("mn20", n_mels=128, frames=101, num_classes=50).known_weights()
-    assert AUDIOSET["mn20_as"][1] == ""
+    mn20 = CARDS["mn20_as"].weights
+    assert mn20.sha256 == ""
     with pytest.raises(ConfigError, match=r"set model\.pretrained_sha256"):
-        resolve_weights("mn20_as", "", mn20, tmp_path)
+        resolve_weights("mn20_as", "", tmp_path, mn20)
 
 
 def test_named_weights_are_downloaded_once_into_the_cache_and_checked(weights_dir, tmp_path, monkeypatch):
@@ -155,14 +157,14 @@ def test_named_weights_are_downloaded_once_into_the_cache_and_checked(weights_di
     monkeypatch.delenv("ESCNET_WEIGHTS", raising=False)
     server = Server(payload)
     try:
-        known = {"mn04_as": WeightsFile(server.url, hashlib.sha256(payload).hexdigest())}
-        bad = {"mn04_as": WeightsFile(server.url, "0" * 64)}  # a digest the file does not have
+        known = WeightsFile(server.url, hashlib.sha256(payload).hexdigest())
+        bad = WeightsFile(server.url, "0" * 64)  # a digest the file does not have
         with pytest.raises(EscnetError, match="checksum mismatch"):
-            resolve_weights("mn04_as", "", bad, tmp_path / "other")
-        path = resolve_weights("mn04_as", "", known, tmp_path)
+            resolve_weights("mn04_as", "", tmp_path / "other", bad)
+        path = resolve_weights("mn04_as", "", tmp_path, known)
         assert path == tmp_path / "weights" / "archive.zip" and path.read_bytes() == payload
         server.close()  # the second time, from the cache: the server is gone
-        assert resolve_weights("mn04_as", "", known, tmp_path) == path
+        assert resolve_weights("mn04_as", "", tmp_path, known) == path
     finally:
         server.close()
 
@@ -191,8 +193,10 @@ def test_the_probe_preset_learns_five_classes_from_cached_embeddings(offline_wei
     from escnet.engine.evaluate import evaluate_run
 
     assert evaluate_run(tmp_path / "probe", progress=False)["folds"]["1"]["accuracy"] == summary["folds"]["1"]
-    # the trunk stayed frozen: the run embeds a clip as the pretrained model does
-    clip = next(csv.DictReader(five_classes.open()))["path"]
+    # the trunk stayed frozen: the run embeds a clip as the pretrained model does (a clip of
+    # exactly the run's 5 s: the card's 10 s window then holds it whole, at its own length)
+    clip = tmp_path / "five-seconds.wav"
+    sf.write(clip, load_audio(next(csv.DictReader(five_classes.open()))["path"], 32000, 160000), 32000)
     np.testing.assert_allclose(Embedder.from_path(tmp_path / "probe").embed_file(clip).vectors,
                                Embedder.from_path("mn04_as").embed_file(clip).vectors, atol=1e-5)
 
@@ -324,9 +328,9 @@ def test_a_weights_url_decides_no_path_and_is_written_only_into_the_cache(segmen
     try:
         url = server.root + "dir/" + segment
         with pytest.raises(ConfigError, match=r"no digest is published.*pretrained_sha256"):
-            resolve_weights(url, "", {}, cache)
+            resolve_weights(url, "", cache)
         assert server.requests == 0  # refused before any request
-        path = resolve_weights(url, hashlib.sha256(payload).hexdigest(), {}, cache)
+        path = resolve_weights(url, hashlib.sha256(payload).hexdigest(), cache)
     finally:
         server.close()
     assert path.parent == cache / "weights" and path.read_bytes() == payload
@@ -344,14 +348,13 @@ def test_a_hex_prefix_in_a_weights_url_is_no_digest(tmp_path, monkeypatch):
     prefix = hashlib.sha256(payload).hexdigest()[:8]
     try:
         with pytest.raises(ConfigError, match="no digest is published"):
-            resolve_weights(f"{server.root}vgg19-{prefix}.pth", "", {}, tmp_path)
+            resolve_weights(f"{server.root}vgg19-{prefix}.pth", "", tmp_path)
         assert server.requests == 0
     finally:
         server.close()
     # a name escnet pins: the user's digest must agree with the pin
-    known = {"vgg": WeightsFile(server.url, "dcbb9e9d")}
     with pytest.raises(ConfigError, match=r"model\.pretrained_sha256=.*escnet pins dcbb9e9d"):
-        resolve_weights("vgg", "0" * 64, known, tmp_path)
+        resolve_weights("vgg19_imagenet", "0" * 64, tmp_path, CARDS["vgg19_imagenet"].weights)
 
 
 def test_weights_settings_and_folders_are_named_when_wrong(tmp_path, monkeypatch):
@@ -361,10 +364,9 @@ def test_weights_settings_and_folders_are_named_when_wrong(tmp_path, monkeypatch
     (tmp_path / "weights.pt").write_bytes(b"x")
     monkeypatch.setenv("ESCNET_WEIGHTS", str(tmp_path / "weights.pt"))
     with pytest.raises(ConfigError, match=r"ESCNET_WEIGHTS=.*a file, not a folder"):
-        resolve_weights("mn04_as", "", create_model("mn04", n_mels=128, frames=101,
-                                                   num_classes=50).known_weights(), tmp_path)
+        resolve_weights("mn04_as", "", tmp_path, CARDS["mn04_as"].weights)
 
 
 def test_pinned_digests_of_the_wider_audioset_weights():
-    assert {name: AUDIOSET[name][1][:8] for name in ("mn04_as", "mn05_as", "mn10_as", "mn40_as")} == {
+    assert {name: CARDS[name].weights.sha256[:8] for name in ("mn04_as", "mn05_as", "mn10_as", "mn40_as")} == {
         "mn04_as": "899a8c62", "mn05_as": "97f00bb7", "mn10_as": "0bd7dc24", "mn40_as": "09624dca"}

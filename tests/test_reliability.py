@@ -176,7 +176,7 @@ def test_every_bad_input_is_one_line_and_exit_2_with_nothing_changed(corpus, cap
         (["predict", "--model", str(root / "audio.pt"), clip], "audio.pt: not an escnet checkpoint"),
         (["predict", "--model", str(root / "text.onnx"), clip], "text.onnx: not a readable ONNX model"),
         (["predict", "--model", str(root / "data"), clip], "no fold-*/last.pt checkpoints"),
-        (["predict", "--model", str(root / "run"), "--device", "cuda", clip], "--device=cuda: this machine has"),
+        (["predict", "--model", str(root / "run"), "--device", "cuda", clip], "--device cuda: this machine has"),
         (["download", "esc50", "--root", str(root / "afile"), "--url", "http://127.0.0.1:9/x.zip"],
          "afile: exists and is not a folder"),
     ]
@@ -313,8 +313,19 @@ def test_labels_one_sound_named_twice_and_folders_escnet_cannot_read(tmp_path):
     for i in range(3):
         sf.write(tmp_path / f"{i}.wav", tone(300 + 100 * i, 8000, 0.3), 8000)
     (tmp_path / "t.csv").write_text("\ufeffpath,label\n0.wav,dog\n1.wav,Dog \n2.wav,cat\n", encoding="utf-8")
-    with pytest.raises(DataError, match="labels 'Dog ' and 'dog' differ only in case or spaces"):
+    with pytest.raises(DataError, match="labels 'Dog ' and 'dog' look the same"):
         _table(tmp_path / "t.csv")
+    # invisible and other-form twins: zero-width space, bidirectional mark, no-break space,
+    # a ligature and a decomposed accent (NFKC), a soft hyphen
+    for twin, name in (("do\u200bg", "dog"), ("\u200edog", "dog"), ("hot\u00a0dog", "hot dog"),
+                       ("\ufb01sh", "fish"), ("cafe\u0301", "caf\u00e9"), ("dog\u00ad", "dog")):
+        (tmp_path / "twin.csv").write_text(f"path,label\n0.wav,{name}\n1.wav,{twin}\n2.wav,cat\n",
+                                           encoding="utf-8")
+        with pytest.raises(DataError, match="look the same"):
+            _table(tmp_path / "twin.csv")
+    (tmp_path / "one.csv").write_text("path,label\n0.wav,dog\n1.wav,dog\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"1 class \(dog\).*a classifier tells two or more apart"):
+        _table(tmp_path / "one.csv")
     (tmp_path / "ok.csv").write_text("\ufeffpath,label\n0.wav,dog\n2.wav,cat\n", encoding="utf-8")
     assert _table(tmp_path / "ok.csv").classes == ["cat", "dog"]  # a byte-order mark is no column name
     tree = tmp_path / "tree"

@@ -112,7 +112,7 @@ def test_corruption_settings_are_checked(noise_dir, tmp_path):
     sf.write(tmp_path / "short.wav", np.zeros(SR, np.float32), SR)
     for names, noise, words in [("reverb:cathedral", None, "severity 'cathedral' out of range"),
                                 ("wind", None, "unknown corruption 'wind'"),
-                                ("background", None, "needs --noise-dir"), (",", None, "names no corruption")]:
+                                ("background", None, r"needs noise recordings \(noise_dir"), (",", None, "names no corruption")]:
         with pytest.raises(Exception, match=words):
             parse_corruptions(names, noise)
     with pytest.raises(Exception, match="no audio files"):

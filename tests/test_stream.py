@@ -117,7 +117,9 @@ def test_stream_limits_idle_clients_and_too_many_streams(client):
 def test_listen_reads_a_wav_pipe_and_raw_pcm_and_writes_events_as_they_happen(five_class_exports, esc50,
                                                                                tmp_path):
     """`arecord ... | escnet listen --input -` with the exported five-class model, torch-free:
-    a dog clip in 8 s of quiet noise."""
+    a dog clip in 8 s of quiet noise. (The model is weak, 6 epochs on 80 clips: its calibrated
+    probabilities stay low, so the thresholds are too; what is checked is that a pipe, raw PCM
+    and the file give the same events.)"""
     from escnet.data.audio import load_audio
 
     model = str(five_class_exports[0].path)
@@ -131,7 +133,7 @@ def test_listen_reads_a_wav_pipe_and_raw_pcm_and_writes_events_as_they_happen(fi
     data[4:8] = data[40:44] = b"\xff\xff\xff\xff"  # as arecord writes to a pipe: length unknown
     out = tmp_path / "events.csv"
     run = subprocess.run(runtime_cli("listen", "--model", model, "--input", "-", "--out", str(out),
-                                     "--on", "0.3", "--off", "0.2"),
+                                     "--on", "0.2", "--off", "0.1"),
                          input=bytes(data), capture_output=True, timeout=120)
     assert run.returncode == 0, run.stderr.decode()
     lines = run.stdout.decode().splitlines()
@@ -142,17 +144,18 @@ def test_listen_reads_a_wav_pipe_and_raw_pcm_and_writes_events_as_they_happen(fi
     assert len(rows) == len(lines) + 1
     # expected: the same events as the file gives
     files = subprocess.run(runtime_cli("predict", "--model", model, str(path), "--events", "--json",
-                                       "--on", "0.3", "--off", "0.2"), capture_output=True, timeout=120)
+                                       "--on", "0.2", "--off", "0.1"), capture_output=True, timeout=120)
     events = json.loads(files.stdout.decode().splitlines()[0])["events"]
     assert [r.split(",")[3] for r in rows[1:] if ",end," in r] == [e["label"] for e in events]
     # raw PCM needs its rate; the same audio then gives the same lines (but for the wall clock)
     raw = subprocess.run(runtime_cli("listen", "--model", model, "--input", "-", "--rate", "16000",
-                                     "--format", "s16", "--on", "0.3", "--off", "0.2"),
+                                     "--format", "s16", "--on", "0.2", "--off", "0.1"),
                          input=bytes(data[44:]), capture_output=True, timeout=120)  # the WAV's samples
     assert [line.split(maxsplit=1)[1] for line in raw.stdout.decode().splitlines()] == \
         [line.split(maxsplit=1)[1] for line in lines]
     # refusals, in one line each, exit 2
-    for args, words in ((["--input", "-"], "not a WAV stream"),
+    for args, words in ((["--input", "-"], "MP3 audio; a stream must be WAV or raw PCM"),
+                        (["--input", "-", "--rate", "16000"], "MP3 audio"),  # never read as PCM
                         (["--input", "-", "--out", str(out)], "already exists"),
                         (["--input", str(path), "--rate", "8000"], "describe raw PCM")):
         bad = subprocess.run(runtime_cli("listen", "--model", model, *args), input=b"ID3\x04" + bytes(99),
@@ -322,7 +325,7 @@ def test_audio_a_real_model_cannot_score_closes_the_stream_and_fails_the_file(fi
     run = subprocess.run(runtime_cli("predict", "--model", str(model), str(tmp_path / "text.wav"),
                                      str(path), "--events", "--on", "2"), capture_output=True, timeout=60)
     lines = run.stderr.decode().strip().splitlines()
-    assert run.returncode == 2 and len(lines) == 1 and "event setting on=2.0" in lines[0], lines
+    assert run.returncode == 2 and len(lines) == 1 and "event setting --on 2.0: must be a probability" in lines[0], lines
 
 
 def test_listen_on_a_terminal_says_to_pipe_audio_in(five_class_exports):

@@ -7,7 +7,7 @@ import PyTorch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 _LAZY = {
     "EscnetError": "escnet.errors",

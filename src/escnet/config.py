@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from escnet.cards import family_of, find_card
 from escnet.errors import ConfigError
 from escnet.files import atomic_write_text
 from escnet.machine import resolve_device
@@ -134,6 +135,8 @@ class DataConfig(Section):
             self.fail("folds", "names a fold twice")
         if self.unknown_classes and self.unknown_names:
             self.fail("unknown_classes", "give a number of classes or unknown_names, not both")
+        if any(not str(name).strip() for name in self.unknown_names):
+            self.fail("unknown_names", "names an empty class; give class names separated by commas")
 
 
 @dataclass
@@ -329,10 +332,10 @@ class TrainConfig(Section):
     the validation clips (it then keeps more of the validation clips themselves; with too few of
     them, all); 0: ``unknown_keep`` on average over validation sets only (the split-conformal
     quantile: one model may keep less by chance)."""
-    unknown_score: str = _check("auto", choices=("auto", "msp", "energy", "max_logit", "knn",
-                                                  "energy+knn"))
-    """How known a sound is (:mod:`escnet.models.unknown`): ``auto`` is ``energy+knn`` for a
-    model with an embedding (the ``mn`` models), else ``energy``; compared side by side in
+    unknown_score: str = "auto"
+    """How known a sound is, a score of :data:`escnet.models.unknown.SCORES` (checked there, with
+    the model, before any work): ``auto`` is ``energy+knn`` for a model with an embedding (the
+    ``mn`` models), else ``energy`` (so with ``refit``); compared side by side in
     docs/RESULTS.md, "Unknown sounds"."""
     seed: int = _check(0, ge=0, le=2**32 - 1)
     """Fixes data order, augmentation, initialisation, folds assigned and validation clips."""
@@ -342,9 +345,9 @@ class TrainConfig(Section):
     amp: bool = True
     """Mixed precision (bfloat16 autocast) when training on CUDA; ignored on CPU."""
     channels_last: bool = False
-    """Keep conv weights (and so activations) in channels-last (NHWC) memory layout: about 1.5×
-    faster cnn10 training on CPU (``benchmarks/train_step.py``); numbers differ from NCHW in the
-    last float bits only."""
+    """Keep conv weights (and so activations) in channels-last (NHWC) memory layout: faster cnn10
+    training on CPU (``benchmarks/train_step.py``, docs/RESULTS.md); numbers differ from NCHW in
+    the last float bits only."""
     feature_cache: bool = True
     """Compute log-mels once per run (memory: clips × n_mels × frames × 4 bytes) instead of every
     epoch; applies while nothing changes the waveforms between epochs."""
@@ -358,10 +361,6 @@ class TrainConfig(Section):
         if self.refit and self.validation_share == 0:
             self.fail("refit", "needs validation clips to calibrate on before refitting: set "
                       "train.validation_share above 0")
-        if self.refit and self.unknown_score in ("knn", "energy+knn"):
-            self.fail("unknown_score", "with train.refit only scores of the logits carry over to the "
-                      "refit model (its embedding is not the one the threshold was set on): use "
-                      "energy, msp or max_logit")
 
 
 def frame_count(samples: Any, hop_length: int, frontend: str) -> Any:
@@ -448,6 +447,19 @@ class TaskConfig:
         if self.length_wav < f.n_fft // 2 + 1:
             self.data.fail("clip_seconds", f"clip too short for features.n_fft={f.n_fft} at "
                            f"{self.data.sample_rate} Hz")
+        card = find_card(self.model.pretrained, self.model.name, self.model.args)
+        for key, wanted in (card.settings() if card else {}).items():
+            if (have := self._get(key)) != wanted:
+                raise ConfigError(f"setting {key}={have!r} disagrees with model.pretrained="
+                                  f"{card.name}, whose weights need {key}={wanted!r}; build the "
+                                  "config with load_config, which sets it from the card")
+
+    def _get(self, key: str) -> Any:
+        """The value of ``section.key`` (``model.args.NAME``: ``None`` when not given)."""
+        section, _, name = key.partition(".")
+        if name.startswith("args."):
+            return self.model.args.get(name[5:])
+        return getattr(getattr(self, section), name)
 
     def sections(self) -> list[Section]:
         return [getattr(self, name) for name in SECTIONS]
@@ -472,7 +484,7 @@ class TaskConfig:
     def replace(self, changes: dict[str, Any]) -> TaskConfig:
         """A copy with ``changes`` (``{"section.key": value}``) coerced and checked like any
         other override."""
-        return from_dict(merge(self.to_dict(), changes), "changes")
+        return from_dict(merge(self.to_dict(), changes), "")
 
 
 def _plain(value: Any) -> Any:
@@ -589,7 +601,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TaskConfig:
             sections[name] = cls(**{k: _coerce(name, k, v) for k, v in nested[name].items()})
         return TaskConfig(**sections)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
 
 
 def _coerce(section: str, key: str, value: Any) -> Any:
@@ -673,8 +685,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. "
-                              "--set train.learning_rate=1e-3")
+            raise ConfigError(f"override {pair!r}: expected section.key=value, e.g. "
+                              "train.learning_rate=1e-3")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -742,22 +754,85 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def preset_config(name: str) -> TaskConfig:
-    """The shipped recipe ``name`` (``src/escnet/presets/NAME.yaml``) over the defaults."""
+def preset_values(name: str) -> dict[str, Any]:
+    """The settings the shipped recipe ``name`` gives (``src/escnet/presets/NAME.yaml``)."""
     if name not in list_presets():
         raise ConfigError(f"preset {name!r}: unknown preset; choose from {', '.join(list_presets())}")
-    return from_dict(read_config_file(PRESET_DIR / f"{name}.yaml"), f"preset {name}")
+    return read_config_file(PRESET_DIR / f"{name}.yaml")
+
+
+def preset_config(name: str) -> TaskConfig:
+    """The shipped recipe ``name`` over the defaults (and the card of its weights)."""
+    return load_config(preset=name)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 base: TaskConfig | None = None, preset: str | None = None) -> TaskConfig:
-    """``base`` (default: the defaults, or ``preset``'s recipe), then the file at ``path`` (if
-    any), then ``overrides`` (``{"section.key": value}``)."""
-    if preset:
-        base = preset_config(preset)
-    start = (base or TaskConfig()).to_dict()
+    """``base`` (default: the defaults), then ``preset``'s recipe, then the file at ``path``
+    (if any), then ``overrides`` (``{"section.key": value}``), each checked in turn.
+
+    Where ``model.pretrained`` names a pretrained card (:mod:`escnet.cards`), the card sets the
+    model and the front-end after every layer; a setting given in any layer (or in ``base``,
+    a run's own) that disagrees with the card is refused, naming both.
+    """
+    layers = [(f"preset {preset}", preset_values(preset))] if preset else []
     if path is not None:
         values = read_config_file(path)
         _refuse_flat(values, str(path))
-        start = from_dict(merge(start, values, str(path)), str(path)).to_dict()
-    return from_dict(merge(start, overrides or {}, "command line"), "command line")
+        layers.append((str(path), values))
+    layers.append(("command line", overrides or {}))
+    config = base or TaskConfig()
+    given = set(base.flat()) if base else set()  # settings someone chose: a card may not change them
+    for source, values in layers:
+        nested = merge(config.to_dict(), values, source)
+        keys = _given_keys(values)
+        given |= keys
+        config = from_dict(_with_card(nested, given, keys, source), source)
+    return config
+
+
+def _given_keys(values: dict[str, Any]) -> set[str]:
+    """``section.key`` (``model.args.name`` for model arguments) of every setting ``values``
+    (nested, as a config file, or dotted, as ``--set``) gives."""
+    keys = set()
+    for key, value in values.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            keys |= _given_keys({f"{key}.{k}": v for k, v in value.items()})
+        elif key == "model.args" and isinstance(value, dict):
+            keys |= {f"model.args.{k}" for k in value} | {key}
+        else:
+            keys.add(key)
+    return keys
+
+
+def _with_card(nested: dict[str, dict[str, Any]], given: set[str], layer: set[str],
+               source: str) -> dict[str, dict[str, Any]]:
+    """``nested`` with the settings of the card ``model.pretrained`` names (:mod:`escnet.cards`),
+    refusing one that a setting in ``given`` disagrees with. A card that changes the model to
+    one of another family starts it from its defaults (``model.args`` not in this ``layer``),
+    as a changed ``model.name`` does."""
+    m = nested["model"]
+    card = find_card(str(m.get("pretrained") or ""), m.get("name"), m.get("args") or {})
+    if card is None:
+        return nested
+    out = {s: dict(v) for s, v in nested.items()}
+    out["model"]["args"] = dict(m.get("args") or {})
+    if m.get("name") != card.model and family_of(str(m.get("name"))) != card.family and \
+            "model.args" not in layer and not any(k.startswith("model.args.") for k in layer):
+        out["model"]["args"] = {}
+    for key, wanted in card.settings().items():
+        section, name, arg = _split(key, source)
+        holder = out["model"]["args"] if arg else out[section]
+        slot = arg or name
+        if key in given and slot in holder and _coerce_any(key, holder[slot]) != wanted:
+            raise ConfigError(f"{source}: setting {key}={holder[slot]!r} disagrees with "
+                              f"model.pretrained={card.name}, whose weights need {key}={wanted!r}; drop "
+                              f"{key} (the card sets it) or choose other weights")
+        holder[slot] = wanted
+    return out
+
+
+def _coerce_any(key: str, value: Any) -> Any:
+    """``value`` coerced to the type of setting ``key`` (as given: a model argument)."""
+    section, name, arg = _split(key, "config")
+    return value if arg else _coerce(section, name, value)

@@ -48,15 +48,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
-def new_output(path: str | Path, flag: str, suffixes: tuple[str, ...]) -> Path:
-    """``path`` checked as a new output file: one of ``suffixes`` (lower case, with the dot),
-    not there yet (escnet never replaces a user's file); ``flag`` names the option in errors."""
+def new_output(path: str | Path, name: str, suffixes: tuple[str, ...]) -> Path:
+    """``path`` checked as a new output file, before any work: one of ``suffixes`` (lower case,
+    with the dot), not there yet (escnet never replaces a user's file), in a folder that exists
+    and can be written to; ``name`` is the parameter errors name (``out``)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise EscnetError(f"{flag} {path}: give a {' or '.join(suffixes)} file name")
-    if path.exists():
-        raise EscnetError(f"{flag} {path}: already exists; choose another name (escnet does not "
+        raise EscnetError(f"{name}={path}: give a {' or '.join(suffixes)} file name")
+    if path.exists() or path.is_symlink():
+        raise EscnetError(f"{name}={path}: already exists; choose another name (escnet does not "
                           "overwrite it)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise EscnetError(f"{name}={path}: folder {folder} does not exist" if not folder.exists()
+                          else f"{name}={path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EscnetError(f"{name}={path}: folder {folder} cannot be written to")
     return path
 
 

@@ -13,6 +13,8 @@ import ctypes.util
 import os
 import platform
 import sys
+import threading
+import time
 from pathlib import Path
 
 from escnet.errors import ConfigError
@@ -26,7 +28,7 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_device(device: str, what: str = "--device") -> str:
+def resolve_device(device: str, what: str = "device") -> str:
     """``auto`` → ``cuda`` when present, else ``cpu``; ``cpu``, ``cuda`` or ``cuda:N`` as given,
     or a :class:`ConfigError` naming ``what`` when it is not one of those or not on this machine."""
     import torch
@@ -78,3 +80,26 @@ def machine_description() -> str:
                 break
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+PARENT_PID = "ESCNET_PARENT_PID"
+"""The environment variable through which a process that starts workers names itself."""
+
+
+def die_with_parent(every: float = 1.0) -> None:
+    """In a worker process started with :data:`PARENT_PID` set: exit as soon as that parent is
+    gone, however it went (a ``kill -9`` leaves no signal to pass on), checking every
+    ``every`` seconds; without the variable, nothing. A fold worker left training would write
+    the run beside whatever resumes it; a server worker left serving would hold the port."""
+    if PARENT_PID not in os.environ:
+        return
+    parent = int(os.environ[PARENT_PID])
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+
+    if os.getppid() != parent:
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="escnet-die-with-parent").start()

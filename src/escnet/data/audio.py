@@ -52,6 +52,9 @@ class AudioFile:
             path = Path(source)
             if path.is_dir():
                 raise AudioError(f"{path}: is a folder; give audio files (e.g. {path}/*.wav)")
+            if path.exists() and not path.is_file():  # a FIFO, a device, a socket: no end to seek to
+                raise AudioError(f"{path}: not a regular file (a pipe or a device); save the audio "
+                                 "to a file first, or stream it to escnet listen")
             if not path.is_file():
                 raise AudioError(f"{path}: file not found")
             if path.stat().st_size == 0:

@@ -78,6 +78,10 @@ class PcmFormat:
                 pending = pending[whole:]
 
 
+MAX_HEADER = 1 << 20
+"""Bytes of WAV header before the audio a stream may send (RIFF chunks of metadata)."""
+
+
 def read_wav_header(read: Callable[[int], bytes], name: str) -> PcmFormat:
     """Read a WAV header from a stream, leaving it at the first sample. Its sizes are not
     trusted (a live writer does not know them), so the stream is read to its end."""
@@ -93,14 +97,17 @@ def read_wav_header(read: Callable[[int], bytes], name: str) -> PcmFormat:
 
     if exactly(12)[8:12] != b"WAVE":
         raise AudioError(f"{name}: not a WAV stream (no RIFF/WAVE header)")
-    fmt = None
+    fmt, header = None, 12
     while True:
         chunk, size = struct.unpack("<4sI", exactly(8))
+        header += 8
         if chunk == b"data":
             break
-        if size > 1 << 20:
-            raise AudioError(f"{name}: a WAV {chunk!r} chunk of {size} bytes before the audio")
+        if size > 1 << 20 or header + size > MAX_HEADER:  # zeros or junk after a header: no audio
+            raise AudioError(f"{name}: no WAV data chunk within the first {MAX_HEADER >> 20} MB "
+                             f"(a {chunk!r} chunk of {size} bytes at byte {header - 8})")
         body = exactly(size + size % 2)
+        header += size + size % 2
         if chunk == b"fmt ":
             fmt = body
     if fmt is None or len(fmt) < 16:

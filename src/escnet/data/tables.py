@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,15 +238,26 @@ def read_class_folders(root: Path) -> ClipTable:
                      f"folders:{root}")
 
 
+def label_key(label: str) -> str:
+    """What a label means, for telling labels apart: Unicode-normalised (NFKC: a non-breaking
+    space is a space, ``ﬁ`` is ``fi``, a composed ``é`` the decomposed one), without invisible
+    format characters (zero-width spaces and joiners, bidirectional marks, a byte-order mark),
+    spaces collapsed and trimmed, case folded."""
+    text = unicodedata.normalize("NFKC", label)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return " ".join(text.split()).casefold()
+
+
 def _refuse_lookalike_labels(source: Path, classes: list[str]) -> None:
-    """Labels that differ only in case or surrounding spaces (``dog``, ``Dog``, ``dog ``) are one
-    sound named twice, never two classes."""
+    """Labels that look the same (:func:`label_key`: ``dog``, ``Dog``, ``dog ``, ``dog`` with a
+    zero-width space) are one sound named twice, never two classes."""
     seen: dict[str, str] = {}
     for c in classes:
-        other = seen.setdefault(c.strip().casefold(), c)
+        other = seen.setdefault(label_key(c), c)
         if other != c:
-            raise DataError(f"{source}: labels {other!r} and {c!r} differ only in case or spaces; "
-                            "give each class one spelling")
+            raise DataError(f"{source}: labels {other!r} and {c!r} look the same (they differ only in "
+                            "case, spaces, invisible characters or Unicode form); give each class "
+                            "one spelling")
 
 
 def read_csv_table(path: Path) -> ClipTable:
@@ -321,6 +333,9 @@ def load_table(config: TaskConfig) -> ClipTable:
         table, layout = read_class_folders(root), "one subfolder per class"
     if data.subset != "all" and not table.source.startswith("esc50"):
         raise ConfigError(f"setting data.subset={data.subset}: needs an ESC-50 folder with meta/esc50.csv")
+    if len(table.classes) < 2:
+        raise DataError(f"{root}: {len(table.classes)} class ({', '.join(table.classes)}) in {layout}; "
+                        "a classifier tells two or more apart: add recordings of other sounds")
     if (table.folds == 0).all():  # the layout has no folds (class folders, a CSV without them)
         n = 5 if np.bincount(table.labels).min() >= 5 else 2
         table.folds = stratified_folds(table.labels, n, config.train.seed)

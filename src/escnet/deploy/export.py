@@ -27,8 +27,8 @@ from escnet.config import TaskConfig
 from escnet.deploy.onnx_model import INPUT, OUTPUTS, ModelInfo, OnnxModel, import_onnxruntime
 from escnet.deploy.torch_model import TorchModel
 from escnet.errors import EscnetError
-from escnet.files import atomic_write
-from escnet.runs import RunDir
+from escnet.files import atomic_write, new_output
+from escnet.runs import RunData, RunDir
 from escnet.transforms.features import MatmulLogMel
 
 OPSET = 18
@@ -85,36 +85,22 @@ class ExportResult:
 
 
 def _checkpoints(source: Path, fold: str | None, ensemble: bool) -> list[Path]:
-    """The checkpoints a run folder or ``.pt`` file stands for."""
+    """The checkpoints a run folder or ``.pt`` file stands for (:meth:`RunDir.models`): one
+    fold's, or with ``ensemble`` every finished fold's."""
     if not source.exists():
         raise EscnetError(f"{source}: no such run folder or checkpoint")
     if not source.is_dir():
         if fold is not None or ensemble:
-            raise EscnetError(f"{source}: --fold and --ensemble choose among a run's folds; this is "
-                              "one checkpoint")
+            raise EscnetError(f"{source}: a fold or an ensemble is chosen among a run's folds; this "
+                              "is one checkpoint")
         return [source]
     run = RunDir(source)
     run.read_config()  # a clear error if it is not a run
-    have = run.model_folds()
     if ensemble:
         if fold is not None:
-            raise EscnetError("--fold and --ensemble: give one of them")
-        if set(have) - set(run.finished):
-            raise EscnetError(f"--ensemble: folds {', '.join(sorted(set(have) - set(run.finished)))} "
-                              f"of {source} have not finished training; resume the run first")
-        return [run.checkpoint(f) for f in have]
-    if fold is None:
-        if len(have) > 1:
-            raise EscnetError(f"{source}: folds {', '.join(have)} have models; choose one with "
-                              "--fold K, or average them all with --ensemble")
-        fold = have[0]
-    if fold not in have:
-        raise EscnetError(f"--fold {fold}: no fold-{fold}/last.pt in {source} (folds with a "
-                          f"model: {', '.join(have)})")
-    if fold not in run.finished:
-        raise EscnetError(f"--fold {fold}: {run.progress([fold])}, unfinished; resume the run to "
-                          f"finish it, or export {run.checkpoint(fold)} itself to ship it unfinished")
-    return [run.checkpoint(fold)]
+            raise EscnetError("a fold and an ensemble: choose one of them")
+        return run.models()
+    return [run.model(fold)]
 
 
 @contextlib.contextmanager
@@ -182,24 +168,22 @@ def _write_onnx(data: bytes, path: Path, metadata: dict[str, str]) -> None:
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))
 
 
-def _held_out(config: TaskConfig, folds: list[str], data_dir: str | None
+def _held_out(config: TaskConfig, info: ModelInfo, data_dir: str | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Waveforms and labels of the clips the models never trained on, and of the others
-    (for calibration), decoded through the run's cache: ``(test, test_labels, train, train_labels)``.
-    An ensemble has no held-out clips: its test set is empty."""
-    from escnet.data.cache import build_waveform_cache
-    from escnet.data.tables import load_table, make_splits
-
+    (for calibration), opened as the run opened them (:class:`RunData`) and checked to be the
+    model's classes: ``(test, test_labels, train, train_labels)``. An ensemble has no held-out
+    clips: its test set is empty."""
     if data_dir:
         config = config.replace({"data.data_dir": data_dir})
-    table = load_table(config)
-    waves, table = build_waveform_cache(table, config, progress=False)
-    splits = {s.name: (s.train, s.test) for s in make_splits(table, config)}
-    if len(folds) == 1 and folds[0] in splits:
-        train, test = splits[folds[0]]
+    data = RunData.open(config)
+    data.check_classes(info.classes, f"model {info.model}")
+    folds = info.folds
+    if len(folds) == 1 and folds[0] in data.splits:
+        train, test = data.splits[folds[0]].train, data.splits[folds[0]].test
     else:
-        train, test = np.arange(len(table)), np.zeros(0, int)
-    return waves[test], table.labels[test], waves[train], table.labels[train]
+        train, test = np.arange(len(data.table)), np.zeros(0, int)
+    return data.waves[test], data.table.labels[test], data.waves[train], data.table.labels[train]
 
 
 def _run_batches(model, waves: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -214,8 +198,8 @@ def quantize_int8(float_path: Path, out: Path, calibration: np.ndarray) -> None:
 
     A graph with depthwise convolutions (the mn models) keeps them and its first convolution in
     float32 and calibrates ranges at the 99.999th percentile instead of the extremes: quantized
-    like the rest, the fine-tuned mn04 lost 3.75 points of held-out accuracy (94.5 → 90.75 %
-    on fold 1); so it loses 0.5 (docs/RESULTS.md, "Pretrained").
+    like the rest, the fine-tuned mn04 lost several points of held-out accuracy, so it loses
+    half of one (docs/RESULTS.md, "Pretrained").
     """
     import_onnxruntime()
     import onnx
@@ -265,16 +249,11 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
     """
     source, out = Path(source), Path(out)
     if quantize not in (None, "int8"):
-        raise EscnetError(f"--quantize {quantize}: the only choice is int8")
-    if out.suffix.lower() != ".onnx":
-        raise EscnetError(f"--out {out}: give a file name ending in .onnx")
+        raise EscnetError(f"quantize={quantize}: the only choice is int8")
+    new_output(out, "out", (".onnx",))
     int8_path = out.with_suffix(".int8.onnx") if quantize else None
-    for path in (out, int8_path):
-        if path is not None and path.exists():
-            raise EscnetError(f"{path}: already exists; choose another --out (escnet does not "
-                              "overwrite it)")
-    if not out.parent.is_dir():
-        raise EscnetError(f"--out {out}: folder {out.parent} does not exist")
+    if int8_path is not None:
+        new_output(int8_path, "out", (".onnx",))
     reference = TorchModel(_checkpoints(source, fold, ensemble))
     info = reference.info
     config = reference.config
@@ -283,10 +262,10 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
     data = to_onnx(module, info.clip_samples, info.model)
     extra = {"escnet.source": str(source.resolve()), "escnet.config": _config_json(config)}
     try:
-        test, labels, train, train_labels = _held_out(config, info.folds, data_dir)
+        test, labels, train, train_labels = _held_out(config, info, data_dir)
     except EscnetError as err:
         if quantize:
-            raise ExportError(f"--quantize int8 calibrates on the run's training clips: {err}") from None
+            raise ExportError(f"quantize=int8: calibrates on the run's training clips: {err}") from None
         rng = np.random.default_rng(0)
         test, labels, train = (rng.standard_normal((8, info.clip_samples)).astype(np.float32) * 0.1,
                                None, None)

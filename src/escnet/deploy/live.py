@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -24,7 +25,9 @@ import numpy as np
 
 from escnet.data.audio import AudioFile
 from escnet.data.pcm import PcmFormat, read_wav_header
-from escnet.deploy.events import EventMessage, Stream
+from escnet.deploy.events import DEFAULTS, EventMessage, EventSettings, Stream
+from escnet.deploy.predict import load_model_file
+from escnet.deploy.windows import SILENCE_DB
 from escnet.errors import AudioError, EscnetError
 from escnet.files import new_output
 
@@ -63,6 +66,12 @@ class _Prefixed:
             raise AudioError(f"{self.name}: reading the stream failed ({why})") from None
 
 
+COMPRESSED = {b"OggS": "OGG", b"fLaC": "FLAC", b"ID3": "MP3", b"\xff\xfb": "MP3", b"\xff\xf3": "MP3",
+              b"\xff\xf2": "MP3"}
+"""First bytes of compressed formats a byte stream is not decoded as (libsndfile needs to seek in
+them): never read as raw PCM."""
+
+
 def byte_stream(stream: BinaryIO, name: str, raw: PcmFormat | None) -> LiveInput:
     """A WAV stream (its header read, its sizes ignored), or raw PCM described by ``raw``."""
     reader = _Prefixed(b"", stream, name)
@@ -70,6 +79,10 @@ def byte_stream(stream: BinaryIO, name: str, raw: PcmFormat | None) -> LiveInput
     while 0 < len(head) < 4 and (more := reader.read(4 - len(head))):  # a pipe may give less
         head += more
     reader.head = head
+    kind = next((k for magic, k in COMPRESSED.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise AudioError(f"{name}: {kind} audio; a stream must be WAV or raw PCM (compressed files: "
+                         "save them and give the file, or convert: ffmpeg -i IN -f wav -)")
     if head == b"RIFF":
         pcm = read_wav_header(reader.read, name)
     elif raw is not None:
@@ -77,8 +90,8 @@ def byte_stream(stream: BinaryIO, name: str, raw: PcmFormat | None) -> LiveInput
     elif not head:
         raise AudioError(f"{name}: no audio arrived (the stream is empty)")
     else:
-        raise AudioError(f"{name}: not a WAV stream; for raw PCM give --rate and --format "
-                         "(e.g. --rate 16000 --format s16)")
+        raise AudioError(f"{name}: not a WAV stream; for raw PCM give its rate and sample format "
+                         "(rate=16000, format=s16)")
     return LiveInput(name, pcm.sample_rate, pcm.chunks(reader.read, CHUNK_SECONDS))
 
 
@@ -93,6 +106,21 @@ def file_input(path: str | Path) -> LiveInput:
     return LiveInput(audio.name, audio.sample_rate, chunks())
 
 
+class _Sized:
+    """An HTTP response whose end before its ``Content-Length`` is an error, not the stream's
+    end (a connection cut mid-body reads as a short body)."""
+
+    def __init__(self, response, name: str) -> None:
+        self.response, self.name = response, name
+
+    def read1(self, n: int) -> bytes:
+        data = self.response.read1(n)
+        if not data and self.response.length:  # bytes the server promised and never sent
+            raise AudioError(f"{self.name}: the stream was cut short ({self.response.length} bytes "
+                             "of its body never arrived)")
+        return data
+
+
 def url_input(url: str, raw: PcmFormat | None) -> LiveInput:
     """A WAV or raw PCM stream over HTTP(S) (a compressed file: download it and give the path)."""
     import urllib.error
@@ -101,8 +129,8 @@ def url_input(url: str, raw: PcmFormat | None) -> LiveInput:
     try:
         response = urllib.request.urlopen(url, timeout=10)
     except (urllib.error.URLError, OSError, ValueError) as err:
-        raise EscnetError(f"--input {url}: cannot open it ({getattr(err, 'reason', err)})") from None
-    return byte_stream(response, url, raw)
+        raise EscnetError(f"input={url}: cannot open it ({getattr(err, 'reason', err)})") from None
+    return byte_stream(_Sized(response, url), url, raw)
 
 
 def microphone() -> LiveInput:
@@ -136,15 +164,19 @@ def open_input(spec: str | None, raw: PcmFormat | None = None, stdin: BinaryIO |
     if spec is None:
         return microphone()
     if spec == "-":
-        stream = stdin or sys.stdin.buffer
+        if stdin is None and (sys.stdin is None or sys.stdin.closed):  # started with stdin closed
+            raise EscnetError(f"input=-: standard input is closed; {PIPE_HINT}")
         if stdin is None and sys.stdin.isatty():  # nothing piped in: reading would wait forever
-            raise EscnetError(f"--input -: standard input is a terminal, not audio; {PIPE_HINT}")
-        return byte_stream(stream, "standard input", raw)
+            raise EscnetError(f"input=-: standard input is a terminal, not audio; {PIPE_HINT}")
+        return byte_stream(stdin or sys.stdin.buffer, "standard input", raw)
     if spec.startswith(("http://", "https://")):
         return url_input(spec, raw)
+    path = Path(spec)
+    if path.exists() and (path.is_fifo() or path.is_char_device()):  # a stream with a name
+        return byte_stream(path.open("rb", buffering=0), spec, raw)
     if raw is not None:
-        raise EscnetError(f"--input {spec}: --rate and --format describe raw PCM on standard input "
-                          "or a URL; a file says its own")
+        raise EscnetError(f"input={spec}: a rate and a sample format describe raw PCM on standard "
+                          "input or a URL; a file says its own")
     return file_input(spec)
 
 
@@ -180,6 +212,7 @@ def listen(stream: Stream, source: LiveInput, emit: Callable[[EventMessage], Non
 
 
 LOG_COLUMNS = ("wall_clock", "stream_seconds", "state", "label", "time", "start", "confidence")
+LOG_SUFFIXES = (".csv", ".jsonl")
 
 
 class EventLog:
@@ -187,18 +220,18 @@ class EventLog:
     an existing file is never replaced."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = new_output(path, "--out", (".csv", ".jsonl"))
+        self.path = new_output(path, "out", LOG_SUFFIXES)
         self.csv = self.path.suffix.lower() == ".csv"
         try:
             self.file: IO[str] = self.path.open("x", encoding="utf-8", newline="")
         except OSError as err:
-            raise EscnetError(f"--out {self.path}: cannot write it ({err.strerror})") from None
+            raise EscnetError(f"out={self.path}: cannot write it ({err.strerror})") from None
         if self.csv:
             self.file.write(",".join(LOG_COLUMNS) + "\n")
 
     def write(self, message: EventMessage, wall_clock: str) -> None:
         row = {"wall_clock": wall_clock, "stream_seconds": round(message.decided, 3),
-               **{k: v for k, v in message.to_dict().items() if k not in ("type", "decided")}}
+               **{k: v for k, v in message.to_dict().items() if k != "decided"}}
         if self.csv:
             line = io.StringIO()
             csv.writer(line, lineterminator="\n").writerow([row[c] for c in LOG_COLUMNS])
@@ -209,3 +242,58 @@ class EventLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def raw_format(rate: int | None, sample_format: str | None, channels: int = 1) -> PcmFormat | None:
+    """How raw PCM input is laid out (``None``: the input says, a WAV header or a file)."""
+    if rate is None:
+        if sample_format is not None:
+            raise EscnetError(f"format={sample_format}: describes raw PCM: give its rate too")
+        return None
+    return PcmFormat(rate, sample_format or "s16", channels)
+
+
+class Listening:
+    """``escnet listen`` put together, every part checked before the input is opened (the
+    model, the event settings, the log file), then the input and the :class:`Stream` that
+    follows it.
+
+    Args:
+        model: an ``.onnx`` export, a run folder or a ``.pt`` checkpoint.
+        input_spec: :func:`open_input`'s ``spec``.
+        raw: raw PCM input's layout (:func:`raw_format`).
+        settings: how scores become events.
+        silence_db: windows quieter than this are not scored.
+        out: also write each event start and end here (``.csv`` or ``.jsonl``) as it happens.
+        realtime: deliver a file or URL no faster than it plays.
+        device, threads: where the model runs.
+    """
+
+    def __init__(self, model: str | Path, input_spec: str | None = None, raw: PcmFormat | None = None,
+                 settings: EventSettings = DEFAULTS, silence_db: float = SILENCE_DB,
+                 out: str | Path | None = None, realtime: bool = False, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        loaded = load_model_file(model, device, threads)
+        settings.check(loaded.info.clip_seconds)
+        if out is not None:
+            new_output(out, "out", LOG_SUFFIXES)
+        source = open_input(input_spec, raw)
+        self.stream = Stream(loaded, settings, silence_db, input_rate=source.sample_rate, name=source.name)
+        self.log = EventLog(out) if out is not None else None  # made once all else is in order
+        self.source = real_time(source) if realtime else source
+
+    def run(self, emit: Callable[[EventMessage, str], None]) -> bool:
+        """Follow the input until it ends or Ctrl-C, calling ``emit(message, wall_clock)`` for
+        every event start and end as it is decided (and logging it); returns whether it was
+        interrupted."""
+        def each(message: EventMessage) -> None:
+            wall = datetime.now().astimezone().isoformat(timespec="milliseconds")
+            if self.log is not None:
+                self.log.write(message, wall)
+            emit(message, wall)
+
+        try:
+            return listen(self.stream, self.source, each)
+        finally:
+            if self.log is not None:
+                self.log.close()

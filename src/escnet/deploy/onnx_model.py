@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,13 +16,25 @@ import numpy as np
 
 from escnet.errors import CheckpointError, EscnetError
 from escnet.machine import available_cores
+from escnet.models.calibration import Calibration
 
-FORMAT = "1"
-"""Version of the metadata layout below; a runtime refuses files of a newer one."""
+FORMAT = "2"
+"""Version of the metadata layout below (2: the calibration as one JSON object; 1: its parts as
+``escnet.calibrated``, ``escnet.unknown_score`` and ``escnet.unknown_threshold``, still read);
+a runtime refuses files of a newer one."""
 INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel", "known", "tags")
 """``logmel`` (the model's input features, for display) is optional: files exported by escnet
 0.3.0 lack it; so are ``known`` (the unknown score, :class:`Scores`) and ``tags`` (an AudioSet
 head's), which files of escnet before 0.4 lack."""
+
+
+class Row(NamedTuple):
+    """What a model says about one window (a row of :class:`Scores`)."""
+
+    probabilities: np.ndarray
+    """``(classes,)``."""
+    known: float | None
+    tags: np.ndarray | None
 
 
 class Scores(NamedTuple):
@@ -35,6 +47,12 @@ class Scores(NamedTuple):
     ``ModelInfo.unknown_score``; higher: more known), or ``None`` when the model has none."""
     tags: np.ndarray | None
     """``(n, len(ModelInfo.tag_names))``: the AudioSet head's tag probabilities, or ``None``."""
+
+    def rows(self) -> list[Row]:
+        """One :class:`Row` per window."""
+        return [Row(p, None if self.known is None else float(self.known[i]),
+                    None if self.tags is None else self.tags[i])
+                for i, p in enumerate(self.probabilities)]
 
 
 @dataclass(frozen=True)
@@ -54,18 +72,36 @@ class ModelInfo:
     file); ``None`` when none could be measured (an ensemble of all folds)."""
     folds: list[str]
     escnet_version: str
-    calibrated: bool = False
-    """Whether the probabilities are calibrated (a temperature fitted on validation clips)."""
-    unknown_score: str = ""
-    """What :attr:`Scores.known` is (``energy``, ``msp`` or ``max_logit``), or empty."""
-    unknown_threshold: float | None = None
-    """A window or file whose mean known-score is below this is answered "unknown"."""
+    calibration: Calibration = field(default_factory=Calibration)
+    """The model's (an ensemble's: :meth:`Calibration.mean`): the graph applies its
+    temperatures; a window or file whose mean known-score (:attr:`Scores.known`) is below its
+    threshold is answered "unknown"."""
     tag_names: list[str] = field(default_factory=list)
     """Names of the AudioSet head's outputs (empty: no such head)."""
 
     @property
     def clip_seconds(self) -> float:
         return self.clip_samples / self.sample_rate
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities are calibrated and the model can answer "unknown"."""
+        return self.calibration.calibrated
+
+    @property
+    def unknown_score(self) -> str:
+        """What :attr:`Scores.known` is (``energy``, ``msp``, ...), or empty."""
+        return self.calibration.unknown_score if self.calibrated else ""
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        return self.calibration.unknown_threshold if self.calibrated else None
+
+    def public(self) -> dict:
+        """What a server says about the model (``GET /v1/model``)."""
+        return {**asdict(self), "calibration": self.calibration.to_dict(),
+                "clip_seconds": self.clip_seconds, "calibrated": self.calibrated,
+                "unknown_score": self.unknown_score, "unknown_threshold": self.unknown_threshold}
 
     def metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The ONNX ``metadata_props`` that describe this model (strings only)."""
@@ -76,10 +112,7 @@ class ModelInfo:
                 "escnet.clip_samples": str(self.clip_samples),
                 "escnet.clip_seconds": f"{self.clip_seconds:g}", "escnet.precision": self.precision,
                 "escnet.held_out_accuracy": acc, "escnet.folds": json.dumps(self.folds),
-                "escnet.calibrated": json.dumps(self.calibrated),
-                "escnet.unknown_score": self.unknown_score,
-                "escnet.unknown_threshold": "" if self.unknown_threshold is None
-                else repr(self.unknown_threshold),
+                "escnet.calibration": json.dumps(self.calibration.to_dict(), allow_nan=False),
                 "escnet.tag_names": json.dumps(self.tag_names), **(extra or {})}
 
     @classmethod
@@ -87,9 +120,9 @@ class ModelInfo:
         if "escnet.format" not in meta:
             raise CheckpointError(f"{path}: an ONNX model, but not an escnet export (no escnet "
                                   "metadata); export a run with `escnet export`")
-        if meta["escnet.format"] != FORMAT:
+        if meta["escnet.format"] not in ("1", FORMAT):
             raise CheckpointError(f"{path}: escnet ONNX format {meta['escnet.format']!r}; this escnet "
-                                  f"reads format {FORMAT} (upgrade escnet or re-export)")
+                                  f"reads formats 1 to {FORMAT} (upgrade escnet or re-export)")
         try:
             acc = meta.get("escnet.held_out_accuracy", "")
             info = cls(classes=[str(c) for c in json.loads(meta["escnet.classes"])],
@@ -99,20 +132,33 @@ class ModelInfo:
                        held_out_accuracy=float(acc) if acc else None,
                        folds=[str(f) for f in json.loads(meta.get("escnet.folds", "[]"))],
                        escnet_version=meta.get("escnet.version", "?"),
-                       calibrated=json.loads(meta.get("escnet.calibrated", "false")) is True,
-                       unknown_score=meta.get("escnet.unknown_score", ""),
-                       unknown_threshold=float(threshold) if (threshold := meta.get(
-                           "escnet.unknown_threshold", "")) else None,
+                       calibration=_calibration(meta),
                        tag_names=[str(t) for t in json.loads(meta.get("escnet.tag_names", "[]"))])
-        except (KeyError, ValueError, TypeError) as err:
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path}: damaged escnet metadata ({type(err).__name__}: {err})") from None
-        if info.unknown_threshold is not None and not np.isfinite(info.unknown_threshold):
-            raise CheckpointError(f"{path}: damaged escnet metadata (unknown threshold "
-                                  f"{info.unknown_threshold})")
+        if not all(np.isfinite(v) for v in info.calibration.thresholds.values()) or \
+                not (np.isfinite(info.calibration.temperature) and info.calibration.temperature > 0):
+            raise CheckpointError(f"{path}: damaged escnet metadata (calibration "
+                                  f"{info.calibration.to_dict()})")
         if not info.classes or info.sample_rate <= 0 or info.clip_samples <= 0:
             raise CheckpointError(f"{path}: damaged escnet metadata (no classes, or a rate or clip "
                                   "length that is not positive)")
         return info
+
+
+def _calibration(meta: dict[str, str]) -> Calibration:
+    """The calibration in a file's metadata: format 2's object, or format 1's parts (a file
+    from escnet 0.4 to 0.7: calibrated or not, by one score and its threshold)."""
+    if "escnet.calibration" in meta:
+        values = json.loads(meta["escnet.calibration"])
+        if not isinstance(values, dict):
+            raise ValueError("escnet.calibration is not an object")
+        return Calibration.from_dict(values)
+    threshold = meta.get("escnet.unknown_threshold", "")
+    if json.loads(meta.get("escnet.calibrated", "false")) is not True or not threshold:
+        return Calibration()
+    score = meta.get("escnet.unknown_score", "")
+    return Calibration(unknown_score=score, thresholds={score: float(threshold)})
 
 
 def import_onnxruntime():
@@ -130,8 +176,8 @@ class OnnxModel:
 
     A batch is scored one window per call, ``threads`` calls at a time (each call on one
     thread): for a model this small that is faster than one call over the batch on several
-    threads, whose activations no longer fit in the cache (int8 on 2 cores: 532 windows/s
-    against 346, ``benchmarks/inference_speed.py``).
+    threads, whose activations no longer fit in the cache (``benchmarks/inference_speed.py``;
+    docs/RESULTS.md, "Inference speed").
 
     Args:
         path: the ``.onnx`` file.

@@ -7,19 +7,19 @@ This module imports no PyTorch: an ``.onnx`` model runs on ONNX Runtime alone
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
-from typing import NamedTuple, Protocol, cast
+from typing import Protocol, cast
 
 import numpy as np
 
-from escnet.data.audio import AudioFile, stream_windows
-from escnet.deploy.onnx_model import ModelInfo, OnnxModel, Scores
-from escnet.errors import AudioError, EscnetError
+from escnet.data.audio import AudioFile
+from escnet.deploy.onnx_model import ModelInfo, OnnxModel, Row, Scores
+from escnet.deploy.windows import MAX_WINDOWS, SILENCE_DB, Window, WindowScorer
+from escnet.errors import EscnetError
 
 Source = str | Path | AudioFile
 """A recording to classify: a path, or an :class:`AudioFile` (e.g. an upload held in memory)."""
@@ -29,15 +29,6 @@ UNKNOWN = "unknown"
 model's threshold)."""
 SOUNDS_LIKE = 3
 """AudioSet tags given beside an "unknown" answer, for models with an AudioSet head."""
-
-class Stopped(EscnetError):
-    """Scoring ended early because its ``stop`` event was set (a server shutting down)."""
-
-
-SILENCE_DB = -60.0
-"""Windows quieter than this (RMS, dB relative to full scale) get no label. Every ESC-50 clip is
-louder than -57 dBFS; digital silence and a quiet room's hiss are below it."""
-
 
 class Model(Protocol):
     """What a :class:`Predictor` runs: ``(n, clip_samples)`` windows → :class:`Scores`
@@ -53,7 +44,10 @@ class Model(Protocol):
 
 
 def load_model_file(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
-    """An ``.onnx`` export (ONNX Runtime), or a run directory or ``.pt`` checkpoint (PyTorch)."""
+    """An ``.onnx`` export (ONNX Runtime, ``threads`` windows at once; default one per core), or a
+    run directory or ``.pt`` checkpoint (PyTorch on ``device``)."""
+    if threads is not None and threads < 1:
+        raise EscnetError(f"threads={threads}: must be at least 1")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxModel(path, threads)
@@ -70,53 +64,19 @@ def opened(source: Source) -> AbstractContextManager[AudioFile]:
     return nullcontext(source) if isinstance(source, AudioFile) else AudioFile(source)
 
 
-def level_db(samples: np.ndarray) -> float:
-    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
-    # einsum, not np.dot: OpenBLAS's dot wakes threads that then spin, taking a core from the
-    # model (escnet serve on 2 cores: 234 requests a second at concurrency 4 with it, 295 without)
-    power = float(np.einsum("i,i->", samples, samples)) / samples.size if samples.size else 0.0
-    if not math.isfinite(power):  # float32 overflows for samples beyond about 1e19
-        power = float(np.mean(np.square(samples, dtype=np.float64)))
-    return round(10 * math.log10(max(power, 1e-12)), 2)
-
-
-class WindowScore(NamedTuple):
-    start: int
-    """First sample, at the model's rate."""
-    valid: int
-    """Samples of audio in the window (the rest is zero padding)."""
-    level_db: float
-    peak: float
-    """Largest absolute sample value (above 1: clipped or wrongly scaled input)."""
-    probabilities: np.ndarray | None
-    """``(classes,)``, or ``None`` for a window quieter than the silence gate."""
-    known: float | None = None
-    """The window's unknown score (higher: more like the model's classes), if the model has one."""
-    tags: np.ndarray | None = None
-    """``(tags,)``: the AudioSet head's probabilities, if the model has one."""
-
-
-def check_silence_db(silence_db: float) -> None:
-    """Refuse a silence gate that is not a level (NaN would gate everything, silently)."""
-    if not math.isfinite(silence_db):
-        raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
-
-
-def check_finite(probabilities: np.ndarray, peak: float, name: str) -> None:
-    """Refuse non-finite ``probabilities``: the input's fault (:class:`AudioError`) when its
-    samples reached ``peak`` far beyond full scale, else the model's."""
-    if np.isfinite(probabilities).all():
-        return
-    if peak > 1e3:  # the input, not the model: far beyond any scale audio comes in
-        raise AudioError(f"{name}: samples reach {peak:.3g}, far beyond full scale (±1): "
-                         "not audio the model can score (wrongly scaled?)")
-    raise EscnetError(f"{name}: the model gave non-finite probabilities (are its weights damaged?)")
+def scorer(model: Model, batch_size: int = 16, silence_db: float | None = SILENCE_DB,
+           max_windows: int = MAX_WINDOWS) -> WindowScorer[Row]:
+    """A :class:`WindowScorer` of ``model``'s calibrated probabilities, unknown scores and tags."""
+    info = model.info
+    return WindowScorer(lambda windows: model.score(windows).rows(), info.sample_rate,
+                        info.clip_samples, batch_size, silence_db, max_windows,
+                        finite=lambda rows: all(np.isfinite(r.probabilities).all() for r in rows))
 
 
 def answer(info: ModelInfo, probabilities: np.ndarray, known: float | None) -> str:
     """The class to answer for ``probabilities`` ``(classes,)``, or :data:`UNKNOWN` when the
     unknown score ``known`` is below the model's threshold."""
-    if info.unknown_threshold is not None and known is not None and known < info.unknown_threshold:
+    if info.calibrated and info.calibration.is_unknown(known):
         return UNKNOWN
     return info.classes[int(np.argmax(probabilities))]
 
@@ -220,29 +180,22 @@ class Prediction:
 
 
 class Predictor:
-    """Scores clip-length windows of a recording with a :class:`Model` and either averages
-    them (:meth:`predict_file`) or lists them over time (:meth:`timeline`). Audio is decoded
-    and resampled block by block and scored ``batch_size`` windows at a time, so memory stays
-    bounded however long the file.
+    """Scores clip-length windows of a recording with a :class:`Model` (through a
+    :class:`~escnet.deploy.windows.WindowScorer`: decoded block by block, gated, batched) and
+    either averages them (:meth:`predict_file`) or lists them over time (:meth:`timeline`).
 
     Args:
         model: see :func:`load_model_file`.
         batch_size: windows per model call.
         silence_db: windows quieter than this (RMS, dBFS) get no label.
-        max_windows: refuse a recording that would cost more windows than this (a server's
-            bound on the work one request may ask for); ``None``: no bound.
+        max_windows: refuse a recording that would cost more windows than this (a server sets
+            its own bound on the work one request may ask for).
     """
 
     def __init__(self, model: Model, batch_size: int = 16, silence_db: float = SILENCE_DB,
-                 max_windows: int | None = None) -> None:
-        if batch_size < 1:
-            raise EscnetError(f"batch_size={batch_size}: must be >= 1")
-        check_silence_db(silence_db)
-        if max_windows is not None and max_windows < 2:
-            raise EscnetError(f"max_windows={max_windows}: must be 2 or more")
-        self.model, self.batch_size, self.silence_db = model, batch_size, silence_db
-        self.max_windows = max_windows
-        self.info = model.info
+                 max_windows: int = MAX_WINDOWS) -> None:
+        self.model, self.silence_db, self.info = model, silence_db, model.info
+        self.scorer = scorer(model, batch_size, silence_db, max_windows)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -253,65 +206,6 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.info.classes
 
-    def _hop(self, hop_seconds: float | None) -> int:
-        if hop_seconds is None:
-            return max(1, self.info.clip_samples // 2)
-        if not (math.isfinite(hop_seconds) and hop_seconds > 0):
-            raise EscnetError(f"hop {hop_seconds}: must be a positive, finite number of seconds")
-        return max(1, round(hop_seconds * self.info.sample_rate))
-
-    def _check_cost(self, audio: AudioFile, hop: int) -> None:
-        """Refuse, before decoding, a recording whose windows at ``hop`` samples would number
-        more than :attr:`max_windows` (by its header's length): work bounded by the audio,
-        never by a parameter (``hop=1e-9`` would score every sample)."""
-        if self.max_windows is None or audio.duration is None:  # no length: counted while scored
-            return
-        samples = math.ceil(audio.duration * self.info.sample_rate)
-        windows = 1 + max(0, math.ceil((samples - self.info.clip_samples) / hop))
-        if windows > self.max_windows:
-            least = (samples - self.info.clip_samples) / (self.max_windows - 1) / self.info.sample_rate
-            raise EscnetError(f"hop {hop / self.info.sample_rate:g} s: would score {windows} windows of "
-                              f"this {audio.duration:.1f} s recording, over the limit of "
-                              f"{self.max_windows}; use a hop of at least {least:.3g} s")
-
-    def scores(self, audio: AudioFile, hop_seconds: float | None = None,
-               stop: Event | None = None) -> Iterator[WindowScore]:
-        """Every window of an opened recording, scored unless it is silent; ``stop`` set ends
-        the work between batches (:class:`Stopped`)."""
-        pending: list[tuple[WindowScore, np.ndarray]] = []
-        hop = self._hop(hop_seconds)
-        self._check_cost(audio, hop)
-
-        def flush() -> Iterator[WindowScore]:
-            if stop is not None and stop.is_set():
-                raise Stopped(f"{audio.name}: not scored: the server is shutting down")
-            loud = [w for score, w in pending if score.level_db >= self.silence_db]
-            out = self.model.score(np.stack(loud)) if loud else None
-            k = 0
-            for score, _ in pending:
-                if score.level_db >= self.silence_db and out is not None:
-                    yield score._replace(
-                        probabilities=out.probabilities[k],
-                        known=None if out.known is None else float(out.known[k]),
-                        tags=None if out.tags is None else out.tags[k])
-                    k += 1
-                else:
-                    yield score
-            pending.clear()
-
-        blocks = audio.blocks(self.info.sample_rate)
-        for n, (start, window, valid) in enumerate(stream_windows(blocks, self.info.clip_samples, hop)):
-            if self.max_windows is not None and n >= self.max_windows:
-                raise EscnetError(f"hop {hop / self.info.sample_rate:g} s: {audio.name} needs more than "
-                                  f"{self.max_windows} windows, the limit; use a longer hop")
-            audio_part = window[:valid]
-            pending.append((WindowScore(start, valid, level_db(audio_part),
-                                        float(max(audio_part.max(), -audio_part.min())), None),
-                            window))
-            if len(pending) == self.batch_size:
-                yield from flush()
-        yield from flush()
-
     def timeline(self, source: Source, hop_seconds: float | None = None) -> Timeline:
         """Per-window probabilities over the whole recording (windows every ``hop_seconds``,
         default half a clip; the last aligned with the end)."""
@@ -321,52 +215,53 @@ class Predictor:
     def predict_file(self, source: Source, top_k: int = 5, hop_seconds: float | None = None,
                      keep_timeline: bool = False, stop: Event | None = None) -> Prediction:
         """Class probabilities averaged over the file's non-silent windows (and with
-        ``keep_timeline`` each window's, as :attr:`Prediction.timeline`)."""
+        ``keep_timeline`` each window's, as :attr:`Prediction.timeline`); ``stop`` set ends the
+        work between batches. Only running sums are kept otherwise, however long the file."""
         with opened(source) as audio:
-            return self._predict(audio, top_k, hop_seconds, keep_timeline, stop)
+            return self._predict(audio, self.scorer.recording(audio, hop_seconds, stop), top_k,
+                                 keep_timeline)
 
-    def _predict(self, audio: AudioFile, top_k: int, hop_seconds: float | None,
-                 keep_timeline: bool, stop: Event | None = None) -> Prediction:
-        path = audio.name
+    def _predict(self, audio: AudioFile, scored: Iterator[tuple[Window, Row | None]], top_k: int,
+                 keep_timeline: bool) -> Prediction:
         total, known, tags, count, duration, loudest, peak = None, 0.0, None, 0, 0.0, -120.0, 0.0
         rows = []
-        for r in self.scores(audio, hop_seconds, stop):
-            duration = max(duration, (r.start + r.valid) / self.info.sample_rate)
-            loudest, peak = max(loudest, r.level_db), max(peak, r.peak)
-            if r.probabilities is not None:
-                p = r.probabilities.astype(np.float64)
+        for window, row in scored:
+            duration = max(duration, window.seconds(self.info.sample_rate)[1])
+            loudest, peak = max(loudest, window.level_db), max(peak, window.peak)
+            if row is not None:
+                p = row.probabilities.astype(np.float64)
                 total, count = (p if total is None else total + p), count + 1
-                known += r.known or 0.0
-                if r.tags is not None:
-                    tags = r.tags.astype(np.float64) + (0 if tags is None else tags)
+                known += row.known or 0.0
+                if row.tags is not None:
+                    tags = row.tags.astype(np.float64) + (0 if tags is None else tags)
             if keep_timeline:
-                rows.append(r)
+                rows.append((window, row))
         top: list[tuple[str, float]] = []
         label, mean_known, heard = None, None, []
         if total is not None:
             mean = total / count
-            check_finite(mean, peak, path)
             top = [(self.classes[i], float(mean[i])) for i in np.argsort(-mean)[:top_k]]
             mean_known = known / count if self.info.unknown_threshold is not None else None
             label = answer(self.info, mean, mean_known)
             if label == UNKNOWN:
                 heard = sounds_like(self.info, None if tags is None else tags / count)
-        return Prediction(path, top, label, count, duration, loudest,
+        return Prediction(audio.name, top, label, count, duration, loudest,
                           self._notes(audio.sample_rate, duration, loudest, peak),
-                          self._timeline(path, rows, duration) if keep_timeline else None,
+                          self._timeline(audio.name, rows, duration) if keep_timeline else None,
                           mean_known, heard)
 
-    def _timeline(self, path: str, rows: list[WindowScore], duration: float) -> Timeline:
+    def _timeline(self, path: str, rows: list[tuple[Window, Row | None]], duration: float) -> Timeline:
         rate = self.info.sample_rate
         nan = np.full(len(self.classes), np.nan, np.float32)
-        tagged = [r.tags for r in rows if r.tags is not None]
+        tagged = [r.tags for _, r in rows if r is not None and r.tags is not None]
         no_tags = np.full(len(tagged[0]), np.nan, np.float32) if tagged else None
-        return Timeline(path, self.classes, np.array([r.start for r in rows]) / rate,
-                        np.array([r.start + r.valid for r in rows]) / rate,
-                        np.stack([nan if r.probabilities is None else r.probabilities for r in rows]),
-                        np.array([r.level_db for r in rows]), duration, self.silence_db, self.info,
-                        np.array([np.nan if r.known is None else r.known for r in rows]),
-                        np.stack([no_tags if r.tags is None else r.tags for r in rows]) if tagged else None)
+        return Timeline(path, self.classes, np.array([w.start for w, _ in rows]) / rate,
+                        np.array([w.start + w.valid for w, _ in rows]) / rate,
+                        np.stack([nan if r is None else r.probabilities for _, r in rows]),
+                        np.array([w.level_db for w, _ in rows]), duration, self.silence_db, self.info,
+                        np.array([np.nan if r is None or r.known is None else r.known for _, r in rows]),
+                        np.stack([no_tags if r is None or r.tags is None else r.tags for _, r in rows])
+                        if tagged else None)
 
     def _notes(self, rate: int, duration: float, loudest: float, peak: float) -> list[str]:
         notes = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from escnet.deploy.predict import Timeline
-from escnet.errors import EscnetError
+from escnet.figures import pyplot
 from escnet.files import atomic_write, atomic_write_text, new_output
 
 COLUMNS = ("file", "start", "end", "label", "probability", "level_db")
@@ -35,9 +35,12 @@ def timeline_json(timelines: list[Timeline], top_k: int = 3) -> str:
                         "windows": t.rows(top_k)} for t in timelines], indent=1, allow_nan=False)
 
 
+TIMELINE_SUFFIXES = (".csv", ".json")
+
+
 def write_timeline(timelines: list[Timeline], path: str | Path) -> Path:
     """Write ``.csv`` or ``.json`` (by the suffix); an existing file is never replaced."""
-    path = new_output(path, "--out", (".csv", ".json"))
+    path = new_output(path, "out", TIMELINE_SUFFIXES)
     text = timeline_csv(timelines) if path.suffix.lower() == ".csv" else timeline_json(timelines)
     atomic_write_text(path, text)
     return path
@@ -46,14 +49,8 @@ def write_timeline(timelines: list[Timeline], path: str | Path) -> Path:
 def plot_timeline(timeline: Timeline, path: str | Path, classes: int = 8) -> Path:
     """A heat map of the ``classes`` most probable classes' probabilities over time, with
     silent windows shaded, as a PNG."""
-    path = new_output(path, "--plot", (".png",))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise EscnetError("--plot needs matplotlib: pip install matplotlib") from None
+    path = new_output(path, "plot", (".png",))
+    plt = pyplot(f"plot={path}: drawing")
     probs = np.nan_to_num(timeline.probabilities, nan=0.0)
     shown = np.argsort(-probs.max(axis=0))[:classes][::-1]
     centres = (timeline.starts + timeline.ends) / 2

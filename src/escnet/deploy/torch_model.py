@@ -13,6 +13,7 @@ import escnet
 from escnet.deploy.onnx_model import ModelInfo, Scores
 from escnet.errors import CheckpointError
 from escnet.machine import resolve_device
+from escnet.models.calibration import Calibration
 from escnet.models.classifier import outputs_of
 from escnet.models.unknown import UnknownScorer, scorer_of
 from escnet.runs import RunDir, load_model
@@ -50,24 +51,21 @@ class Calibrated(nn.Module):
         return mean, mean.clamp_min(1e-30).log(), known, tags
 
 
-def calibration_of(paths: list[Path], checkpoints: list[dict]
-                   ) -> tuple[list[UnknownScorer], str, float | None]:
-    """Each checkpoint's scorer, the unknown score and the mean of the models' thresholds for
-    it (``None`` unless every model has one). A model trained before escnet calibrated (or with
-    ``train.validation_share=0``) has temperature 1 and no threshold, which is said once."""
+def calibration_of(paths: list[Path], checkpoints: list[dict]) -> tuple[list[UnknownScorer], Calibration]:
+    """Each checkpoint's scorer, and the models' calibration together (:meth:`Calibration.mean`).
+    A model trained before escnet calibrated (or with ``train.validation_share=0``) has
+    temperature 1 and no threshold, which is said once."""
     scorers = [scorer_of(c) for c in checkpoints]
-    cals = [c.get("calibration") or {} for c in checkpoints]
-    scores = {c.get("unknown_score", "msp") for c in cals}
-    score = scores.pop() if len(scores) == 1 else "msp"
-    thresholds = [c.get("thresholds", {}).get(score) for c in cals]
-    if not all(c.get("validation_clips") for c in cals) or None in thresholds or \
-            not all(score in s.names for s in scorers):
-        log.warning("%s: uncalibrated scores (trained before escnet calibrated models, or with "
-                    "train.validation_share=0; `escnet calibrate` fixes a run that kept validation "
-                    "clips): no sound is answered \"unknown\"",
-                    paths[0] if len(paths) == 1 else paths[0].parent.parent)
-        return scorers, "msp", None
-    return scorers, score, float(np.mean(thresholds))
+    together = Calibration.mean([Calibration.from_dict(c.get("calibration")) for c in checkpoints])
+    if not together.calibrated or not all(together.unknown_score in s.names for s in scorers):
+        why = ("its training held out no clip to calibrate on: train.validation_share=0, or too few "
+               "clips per class" if all(c.get("calibration") for c in checkpoints) else
+               "trained before escnet calibrated models; `escnet calibrate` fixes a run that kept "
+               "validation clips")
+        log.warning("%s: uncalibrated scores (%s): no sound is answered \"unknown\"",
+                    paths[0] if len(paths) == 1 else paths[0].parent.parent, why)
+        return scorers, Calibration(models=len(checkpoints))
+    return scorers, together
 
 
 class TorchModel:
@@ -100,8 +98,9 @@ class TorchModel:
                         "model's, with no held-out accuracy or calibration to speak for them",
                         checkpoints[0], first["epoch"], epochs)
             single = False
-        scorers, score, threshold = calibration_of(checkpoints, [c for _, c in loaded])
-        self.calibrated = Calibrated([m.backbone for m in self.models], scorers, score).to(self.device)
+        scorers, calibration = calibration_of(checkpoints, [c for _, c in loaded])
+        self.calibrated = Calibrated([m.backbone for m in self.models], scorers,
+                                     calibration.unknown_score or "msp").to(self.device)
         tagging = self.calibrated.tagging and all(m.tag_names for m in self.models)
         self.config = first["config"]
         self.info = ModelInfo(
@@ -109,25 +108,13 @@ class TorchModel:
             clip_samples=featurizer.clip_samples, model=self.config.model.name, precision="float32",
             held_out_accuracy=float(first["test_accuracy"]) if single else None,
             folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
-            escnet_version=escnet.__version__, calibrated=threshold is not None,
-            unknown_score=score if threshold is not None else "", unknown_threshold=threshold,
+            escnet_version=escnet.__version__, calibration=calibration,
             tag_names=list(self.models[0].tag_names) if tagging else [])
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchModel:
         path = Path(path)
-        if path.is_dir():
-            run = RunDir(path)
-            found = run.model_folds()
-            finished = [f for f in found if f in run.finished]
-            if not finished:  # an average of half-trained models is no model to answer with
-                raise CheckpointError(f"{path}: no fold has finished training ({run.progress(found)}); "
-                                      "resume the run, or give a fold's last.pt to use it as it is")
-            if len(finished) < len(found):
-                log.warning("%s: using the finished folds %s; left out %s", path, ", ".join(finished),
-                            run.progress([f for f in found if f not in finished]))
-            return cls([run.checkpoint(f) for f in finished], device)
-        return cls([path], device)
+        return cls(RunDir(path).models() if path.is_dir() else [path], device)
 
     @torch.inference_mode()
     def logmel(self, window: np.ndarray) -> np.ndarray:

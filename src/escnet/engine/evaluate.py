@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from escnet.data.cache import build_waveform_cache
-from escnet.data.tables import load_table, make_splits
 from escnet.engine.data import eval_loader
-from escnet.errors import DataError, EscnetError
+from escnet.errors import EscnetError
 from escnet.models import SoundClassifier
-from escnet.runs import Predictions, RunDir, mean_std
+from escnet.runs import Predictions, RunData, RunDir, mean_std
 
 log = logging.getLogger("escnet")
 
@@ -79,22 +77,18 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
     if tta < 0 or tta == 1:
         raise EscnetError(f"tta={tta}: give the number of shifted windows, 2 or more (0: off)")
     run = RunDir(run_dir)
-    config = run.read_config()
-    if data_dir:
-        config = config.replace({"data.data_dir": data_dir})
+    run.read_config()  # a folder that is not a run says so first
+    have = [f for f in run.fold_names() if run.checkpoint(f, checkpoint).exists()]
+    if not have:
+        raise EscnetError(f"{run.path}: no fold has a {checkpoint}.pt checkpoint yet")
+    data = RunData.of_run(run, data_dir, progress, have)
+    config, table, waves = data.config, data.table, data.waves
     device = torch.device(config.resolved_device())
     recorded = run.summary.get("folds", {})
-    table = load_table(config)
-    waves, table = build_waveform_cache(table, config, progress)
     folds: dict[str, dict] = {}
-    for name, _, test_idx, _, _ in make_splits(table, config):
-        path = run.checkpoint(name, checkpoint)
-        if not path.exists():
-            continue
+    for name in have:
+        test_idx = data.splits[name].test
         model, ckpt = run.load_model(name, checkpoint, device)
-        if ckpt["classes"] != table.known_classes:
-            raise DataError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
-                            "was trained on")
         logits, labels = predict_loader(model, eval_loader(waves, table.labels, test_idx,
                                                            ckpt["config"]), device)
         folds[name] = {"recorded": recorded.get(name), **score(logits, labels), "epoch": ckpt["epoch"]}
@@ -104,8 +98,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, checkpoint: s
         if tta > 1:
             shifted = predict_shifted(model, waves, test_idx, tta, device)
             folds[name]["accuracy_tta"] = float((shifted.argmax(1) == labels).mean())
-    if not folds:
-        raise EscnetError(f"{run.path}: no fold has a {checkpoint}.pt checkpoint yet")
     result: dict = {"checkpoint": checkpoint, "tta": tta, "folds": folds}
     for key in ("accuracy", "accuracy_tta") if tta > 1 else ("accuracy",):
         mean, std = mean_std([f[key] for f in folds.values()])

@@ -10,13 +10,11 @@ its parent's death, however the parent died.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import threading
-import time
 
 from escnet.engine.train import train_fold_of_run
 from escnet.errors import EscnetError
+from escnet.machine import die_with_parent
 
 
 def _send(message: dict) -> None:
@@ -24,23 +22,9 @@ def _send(message: dict) -> None:
     sys.stdout.flush()
 
 
-def die_with_parent(parent: int, every: float = 1.0) -> None:
-    """Exit as soon as ``parent`` is gone (a ``kill -9`` of ``escnet train`` leaves no signal
-    to pass on): a worker left training would write the run beside whatever resumes it."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        os._exit(3)
-
-    if os.getppid() != parent:
-        os._exit(3)
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     run_dir, fold = argv if argv is not None else sys.argv[1:]
-    if "ESCNET_PARENT_PID" in os.environ:
-        die_with_parent(int(os.environ["ESCNET_PARENT_PID"]))
+    die_with_parent()  # a worker left training would write the run beside whatever resumes it
     try:
         result = train_fold_of_run(run_dir, fold, callbacks=[lambda entry: _send({"epoch": entry})])
     except EscnetError as err:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from escnet.errors import EscnetError
-from escnet.machine import available_cores
+from escnet.machine import PARENT_PID, available_cores
 from escnet.runs import RunDir
 
 WORKER = "escnet.engine.fold_worker"
@@ -33,7 +33,7 @@ def _environment(slot: int, k: int) -> dict[str, str]:
 
     env = dict(os.environ)
     threads = str(max(1, available_cores() // k))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, ESCNET_PARENT_PID=str(os.getpid()))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **{PARENT_PID: str(os.getpid())})
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
@@ -70,7 +70,7 @@ def train_folds_in_parallel(run: RunDir, folds: list[str], k: int,
 
     def stopped(fold: str, why: str) -> EscnetError:
         return EscnetError(f"fold {fold} stopped: {why}; the other folds were stopped too "
-                           f"(continue with escnet train --resume {run.path})")
+                           f"(resuming {run.path} continues it)")
 
     try:
         for slot in range(min(k, len(waiting))):

@@ -25,14 +25,13 @@ from tqdm.auto import tqdm
 from escnet.config import TaskConfig
 from escnet.data.audio import AudioFile, fix_length, resample
 from escnet.data.cache import cache_key, cache_root
-from escnet.data.tables import ClipTable, load_table, make_splits
+from escnet.data.tables import ClipTable, make_splits
 from escnet.engine.data import eval_loader
 from escnet.engine.evaluate import predict_loader
-from escnet.errors import EscnetError
 from escnet.files import atomic_memmap, make_output_dir
 from escnet.machine import available_cores
 from escnet.reports.plots import save_robustness
-from escnet.runs import RunDir, mean_std
+from escnet.runs import RunData, RunDir, mean_std
 from escnet.transforms.corruptions import Corruption, NoiseBank, corrupt, parse_corruptions
 from escnet.transforms.features import Featurizer
 
@@ -92,11 +91,10 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     corruption; the summary number is the mean accuracy over all corruptions. Returns what it
     writes to ``robustness.json``."""
     run = RunDir(run_dir)
-    config = run.read_config()
-    if data_dir:
-        config = config.replace({"data.data_dir": data_dir})
     chosen = parse_corruptions(corruptions, noise_dir)
     folds = run.require_finished()
+    data = RunData.of_run(run, data_dir, folds=folds)  # the table only: corrupted clips are decoded anew
+    config, table = data.config, data.table
     noise, noise_key = None, ""
     if any(c.family == "background" for c in chosen):
         noise = NoiseBank(noise_dir, config.data.clip_seconds)
@@ -104,19 +102,9 @@ def robustness(run_dir: str | Path, data_dir: str | None = None, corruptions: st
     target = RunDir(out) if out else run  # where the results go, made now: a bad --out fails first
     make_output_dir(target.path)
     device = torch.device(config.resolved_device())
-    table = load_table(config)
     splits = {s.name: s.test for s in make_splits(table, config) if s.name in folds}
-    if set(splits) != set(folds):
-        raise EscnetError(f"{config.data.data_dir}: its folds differ from those run {run.path} was "
-                          "trained on")
     indices = np.sort(np.concatenate(list(splits.values())))  # one order for one set: the cache key
-    models = {}
-    for name in splits:
-        model, ckpt = run.load_model(name, "last", device)
-        if ckpt["classes"] != table.known_classes:
-            raise EscnetError(f"{config.data.data_dir}: its classes differ from those run {run.path} "
-                              "was trained on")
-        models[name] = model
+    models = {name: run.load_model(name, "last", device)[0] for name in splits}
     labels = table.labels[indices]
     position = {clip: k for k, clip in enumerate(indices)}
     rows: dict[str, dict] = {}

@@ -30,6 +30,7 @@ import yaml
 
 from escnet.config import TaskConfig
 from escnet.errors import ConfigError, EscnetError
+from escnet.figures import pyplot
 from escnet.files import atomic_write_text, make_output_dir
 from escnet.models.registry import resolve_args
 
@@ -78,7 +79,7 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--space {path}: file not found") from None
+        raise ConfigError(f"space={path}: file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict) or not raw:
@@ -160,7 +161,7 @@ def open_study(storage: str, name: str, prune_after: int, pruner: str = "median"
             if any(words in reason for words in racing) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise EscnetError(f"--storage {storage}: cannot open it ({reason[:200]})") from None
+            raise EscnetError(f"storage={storage}: cannot open it ({reason[:200]})") from None
 
 
 def check_space(study, space: list[Dimension]) -> None:
@@ -173,9 +174,9 @@ def check_space(study, space: list[Dimension]) -> None:
                 try:
                     optuna.distributions.check_distribution_compatibility(theirs, mine[key])
                 except ValueError:
-                    raise ConfigError(f"--space: study {study.study_name!r} searched {key} as "
+                    raise ConfigError(f"study={study.study_name}: it searched {key} as "
                                       f"{type(theirs).__name__}, not {type(mine[key]).__name__}; "
-                                      "keep its kind of range, or use a new --study") from None
+                                      "keep its kind of range in the space, or start a new study") from None
 
 
 def run_sweep(base: TaskConfig, space: list[Dimension], study, trials: int, out: str | Path,
@@ -235,9 +236,7 @@ def write_trials(study, out: str | Path) -> tuple[list[dict], Path]:
     writer.writerows(rows)
     path = atomic_write_text(out / "trials.csv", buffer.getvalue())
     if any(t.value is not None for t in study.trials):
-        import matplotlib
-
-        matplotlib.use("Agg")
+        pyplot()
         from optuna.visualization.matplotlib import plot_optimization_history
 
         with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental

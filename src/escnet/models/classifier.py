@@ -8,11 +8,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from escnet.config import TaskConfig
+from escnet.cards import PretrainedCard, find_card
+from escnet.config import TaskConfig, load_config
 from escnet.data.cache import cache_root
 from escnet.errors import ConfigError
-from escnet.models.pretrained import load_pretrained
-from escnet.models.registry import count_parameters, create_model
+from escnet.models.pretrained import load_pretrained, local_copy
+from escnet.models.registry import count_macs, count_parameters, create_model
 from escnet.models.unknown import resolve_score
 from escnet.transforms.features import Featurizer
 
@@ -53,7 +54,7 @@ class SoundClassifier(nn.Module):
                 raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
                                   f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
                                   f"{str(err).splitlines()[0]}") from None
-        resolve_score(config.train.unknown_score, hasattr(backbone, "embed"), m.name)
+        resolve_score(config.train.unknown_score, hasattr(backbone, "embed"), m.name, config.train.refit)
         params = count_parameters(backbone)
         # weights, gradients and two Adam moments: 16 bytes a parameter
         need, have = 16 * params, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -64,7 +65,8 @@ class SoundClassifier(nn.Module):
         if m.pretrained:
             backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
                                     **m.args)
-            load_pretrained(backbone, m.pretrained, m.pretrained_sha256, cache_root(config))
+            load_pretrained(backbone, m.pretrained, m.pretrained_sha256, cache_root(config),
+                            find_card(m.pretrained, m.name, m.args))
         return params
 
     @classmethod
@@ -75,10 +77,18 @@ class SoundClassifier(nn.Module):
         backbone = create_model(m.name, n_mels=config.features.n_mels, frames=config.length,
                                 num_classes=m.num_classes, **m.args)
         if pretrained and m.pretrained:
-            load_pretrained(backbone, m.pretrained, m.pretrained_sha256, cache_root(config))
+            load_pretrained(backbone, m.pretrained, m.pretrained_sha256, cache_root(config),
+                            find_card(m.pretrained, m.name, m.args))
         if config.train.channels_last:  # conv weights in NHWC: oneDNN's fast layout on CPU
             backbone.to(memory_format=torch.channels_last)
         return cls(Featurizer.from_config(config), backbone)
+
+    @classmethod
+    def from_card(cls, card: PretrainedCard) -> SoundClassifier:
+        """The published model of a pretrained card as it was trained: its weights, its own head
+        (``card.classes`` outputs: AudioSet's 527 tags) and its front-end, on clips of the card's
+        length (:func:`card_config`)."""
+        return cls.from_config(card_config(card)).eval()
 
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -115,6 +125,33 @@ class SoundClassifier(nn.Module):
         if "features" in batch:
             return self.backbone(batch["features"].to(device), None)
         return self(batch["wav"].to(device), batch["length"].to(device))
+
+
+def card_config(card: PretrainedCard) -> TaskConfig:
+    """The settings of a card's own model: its weights with their head (``card.classes``), its
+    front-end, clips of its length."""
+    changes = {"model.pretrained": card.name, "model.num_classes": card.classes}
+    if card.clip_seconds:
+        changes["data.clip_seconds"] = card.clip_seconds
+    return load_config(None, changes)
+
+
+def describe_card(card: PretrainedCard) -> dict:
+    """What ``escnet models --pretrained`` says of a card: its model's parameters and MACs per
+    clip at its own front-end (counted on PyTorch's ``meta`` device: nothing is allocated or
+    fetched), and where its file already is on this machine (``$ESCNET_WEIGHTS`` or the cache;
+    ``None``: it would be downloaded)."""
+    config = card_config(card)
+    with torch.device("meta"):
+        backbone = create_model(config.model.name, n_mels=config.features.n_mels, frames=config.length,
+                                num_classes=config.model.num_classes, **config.model.args)
+        macs = count_macs(backbone, config.features.n_mels, config.length)
+    return {"name": card.name, "model": card.model, "parameters": count_parameters(backbone),
+            "macs": macs, "clip_seconds": config.data.clip_seconds,
+            "sample_rate": config.data.sample_rate if card.frontend else None,
+            "frontend": config.features.frontend if card.frontend else "any log-mel",
+            "audioset_map": card.audioset_map, "license": card.license,
+            "sha256": card.weights.sha256, "local": local_copy(card.weights, cache_root(config))}
 
 
 class Outputs(NamedTuple):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from escnet.models.layers import check_args
-from escnet.models.pretrained import WeightsFile, load_matching
+from escnet.models.pretrained import load_matching
 from escnet.models.registry import register_model
 
 
@@ -36,9 +36,6 @@ class ConvBlock(nn.Module):
         return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
 
-ZENODO = "https://zenodo.org/record/3987831/files/"
-
-
 class PannsCNN(nn.Module):
     """PANNs' CNN layout: BatchNorm over mel bins, ``len(channels)`` conv blocks (``kernel`` 3:
     two 3×3 convs each; 5: one 5×5 conv) with dropout ``dropout`` after the first ``dropped``
@@ -47,11 +44,6 @@ class PannsCNN(nn.Module):
     mels)`` as in PANNs, so its filters load unchanged; ``load_pretrained`` takes PANNs'
     checkpoints (every tensor but the class-specific layer, ``fc_audioset`` there).
     """
-
-    checkpoint = ""
-    """The file name of this layout's AudioSet checkpoint in PANNs' Zenodo record."""
-    checkpoint_sha256 = ""
-    """Its SHA-256, where one is published."""
 
     def __init__(self, n_mels: int, num_classes: int, channels: list[int], kernel: int,
                  dropout: float, head_dropout: float, last_pool: int = 2,
@@ -66,12 +58,6 @@ class PannsCNN(nn.Module):
         self.fc1 = nn.Linear(channels[-1], channels[-1])
         self.classifier = nn.Linear(channels[-1], num_classes)
         self.cnn_dropout, self.head_dropout = dropout, head_dropout
-
-    def known_weights(self) -> dict[str, WeightsFile]:
-        """``model.pretrained=audioset``: PANNs' AudioSet checkpoint of this layout (where no
-        digest is published for it, give ``model.pretrained_sha256``)."""
-        return ({"audioset": WeightsFile(ZENODO + self.checkpoint, self.checkpoint_sha256)}
-                if self.checkpoint else {})
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """PANNs' checkpoints: every tensor but the class-specific classifier."""
@@ -102,17 +88,15 @@ class CNN10(PannsCNN):
     ``dropout`` (0.2) after the first 3, a hidden layer and the classifier after dropout
     ``head_dropout`` (0.5).
 
-    ``width=64`` with 64 mels is PANNs' CNN10, whose AudioSet checkpoints
-    (``Cnn10_mAP=0.380.pth``) load with ``model.pretrained=PATH_OR_URL``; a smaller width trades
-    accuracy for CPU time.
+    ``width=64`` with 64 mels is PANNs' CNN10, whose AudioSet checkpoint loads with
+    ``model.pretrained=panns_cnn10`` (or ``audioset``; :mod:`escnet.cards`); a smaller width
+    trades accuracy for CPU time.
 
     Args:
         width: channels of the first block (doubling in each of the 4); 64 is PANNs' CNN10.
         dropout: after each of the first 3 conv blocks (PANNs: 0.2).
         head_dropout: before each of the 2 linear layers (PANNs: 0.5).
     """
-
-    checkpoint = "Cnn10_mAP%3D0.380.pth"
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 32,
                  dropout: float = 0.2, head_dropout: float = 0.5) -> None:
@@ -125,9 +109,8 @@ class CNN10(PannsCNN):
 @register_model("cnn6")
 class CNN6(PannsCNN):
     """PANNs' CNN6 (4.8 M parameters at ``width=64``, AudioSet mAP 0.343): 4 blocks of one 5×5
-    conv, ``width`` × (1, 2, 4, 8) channels; ``model.pretrained`` takes ``Cnn6_mAP=0.343.pth``."""
-
-    checkpoint = "Cnn6_mAP%3D0.343.pth"
+    conv, ``width`` × (1, 2, 4, 8) channels; ``model.pretrained=panns_cnn6`` (or ``audioset``)
+    loads ``Cnn6_mAP=0.343.pth``."""
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 64,
                  dropout: float = 0.2, head_dropout: float = 0.5) -> None:
@@ -139,10 +122,7 @@ class CNN6(PannsCNN):
 class CNN14(PannsCNN):
     """PANNs' CNN14 (80.8 M parameters at ``width=64``, AudioSet mAP 0.431): 6 blocks of two
     3×3 convs, ``width`` × (1, 2, 4, 8, 16, 32) channels, no pooling after the last;
-    ``model.pretrained`` takes ``Cnn14_mAP=0.431.pth``."""
-
-    checkpoint = "Cnn14_mAP%3D0.431.pth"
-    checkpoint_sha256 = "0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31"
+    ``model.pretrained=panns_cnn14`` (or ``audioset``) loads ``Cnn14_mAP=0.431.pth``."""
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: int = 64,
                  dropout: float = 0.2, head_dropout: float = 0.5) -> None:

@@ -14,33 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from escnet.cards import AUDIOSET_LABELS, WeightsFile
 from escnet.errors import ConfigError
 from escnet.models.layers import check_args
-from escnet.models.pretrained import WeightsFile, load_strict
+from escnet.models.pretrained import load_strict
 from escnet.models.registry import register_model
 
-RELEASE = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 WIDTHS = {"mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn10": 1.0, "mn20": 2.0, "mn30": 3.0,
           "mn40": 4.0}
-"""The official models and their width multipliers."""
-AUDIOSET = {  # name → (file of release v0.0.1, SHA-256 where one is published)
-    "mn01_as": ("mn01_as_mAP_298.pt", ""),
-    "mn02_as": ("mn02_as_mAP_378.pt", ""),
-    "mn04_as": ("mn04_as_mAP_432.pt", "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
-    "mn05_as": ("mn05_as_mAP_443.pt", "97f00bb717ce957dbdf60c26d4de8b161dd7c2593fbe6424859fad7e5569fd7f"),
-    "mn10_as": ("mn10_as_mAP_471.pt", "0bd7dc2443af498c289a2e739f02ebb515d6aa3fd3ab9db539c86123ae368a4e"),
-    "mn20_as": ("mn20_as_mAP_478.pt", ""),
-    "mn30_as": ("mn30_as_mAP_482.pt", ""),
-    "mn40_as": ("mn40_as_mAP_484.pt", "09624dca1c53128255c65c5a52ff49ae91bb01fe17f0e13b3c3a0c9f24a8478b"),
-    "mn40_as_ext": ("mn40_as_ext_mAP_487.pt", ""),
-}
+"""The official models and their width multipliers (their AudioSet weights: :mod:`escnet.cards`)."""
 AUDIOSET_CLASSES = 527
-AUDIOSET_NAMES = WeightsFile(
-    "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv",
-    "cdd1049833c4b86127c2773ac0d14a2754b6a6d0d1798002ed5c66e699708429",
-    "audioset_class_labels_indices.csv")
-"""The 527 AudioSet class names in output order (``index,mid,display_name``; AudioSet
-ontology, Google, CC BY 4.0), fetched like weights (``$ESCNET_WEIGHTS``, cache, download)."""
 # MobileNetV3-Large's blocks: input, kernel, expanded, output channels, squeeze-excitation,
 # hardswish (else ReLU), stride.
 BLOCKS = [(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2),
@@ -196,11 +179,6 @@ class MobileNet(nn.Module):
                     m.eval()
         return self
 
-    def known_weights(self) -> dict[str, WeightsFile]:
-        """The official AudioSet checkpoints of this width (``model.pretrained=mn04_as``)."""
-        return {name: WeightsFile(RELEASE + file, digest) for name, (file, digest) in AUDIOSET.items()
-                if WIDTHS[name[:4]] == self.width}
-
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """An EfficientAT checkpoint, every tensor checked by name and shape. Its head is loaded
         too where it fits (the 527 AudioSet classes with ``head=mlp``; the hidden layer for
@@ -218,7 +196,7 @@ class MobileNet(nn.Module):
 
     def tag_file(self) -> WeightsFile | None:
         """Where the names of the AudioSet head's outputs come from, with that head."""
-        return AUDIOSET_NAMES if self.audioset is not None else None
+        return AUDIOSET_LABELS if self.audioset is not None else None
 
     @property
     def head(self) -> nn.Sequential:

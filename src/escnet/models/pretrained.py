@@ -3,67 +3,31 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import pickle
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import torch
 from torch import nn
 
+from escnet.cards import PretrainedCard, WeightsFile
 from escnet.data.download import download, sha256_of
 from escnet.errors import ConfigError, EscnetError
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
-"""A file name escnet accepts from a URL: letters, digits and ``._+=-``, not starting with a
-dot, at most 128 characters: never a path, a hidden file or ``..``."""
 
-
-def download_name(url: str) -> str:
-    """The name a download of ``url`` is kept under: the URL's last path segment,
-    percent-decoded (``Cnn14_mAP%3D0.431.pth`` → ``Cnn14_mAP=0.431.pth``), where that is a
-    plain file name (:data:`_PLAIN_NAME`); else ``weights-`` and 16 hex digits of the URL's
-    SHA-256. Whatever the URL holds (``..``, ``%2F``, ``%5C``, NUL), the name has no separator."""
-    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if _PLAIN_NAME.fullmatch(name):
-        return name
-    return "weights-" + hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    """Published weights: where they are, and the SHA-256 escnet pins for them (empty where no
-    digest is published; a prefix of at least 8 hex digits where only that is, as torchvision
-    publishes)."""
-
-    url: str
-    sha256: str = ""
-    file_name: str = ""
-    """The name escnet keeps it under, where the publisher's (the URL's last part) is too
-    generic to find in ``$ESCNET_WEIGHTS``."""
-
-    @property
-    def name(self) -> str:
-        """The file's name in ``$ESCNET_WEIGHTS`` and the cache: :attr:`file_name`, else
-        :func:`download_name` of the URL (``Cnn14_mAP=0.431.pth``)."""
-        return self.file_name or download_name(self.url)
-
-
-def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path) -> None:
-    """Load the weights ``spec`` (a path, a URL, or a name the model knows) into ``model``
-    through its ``load_pretrained(state, source)`` method."""
+def load_pretrained(model: nn.Module, spec: str, sha256: str, cache: Path,
+                    card: PretrainedCard | None = None) -> None:
+    """Load the weights ``spec`` (a path, a URL, or the name of ``card``) into ``model`` through
+    its ``load_pretrained(state, source)`` method; a model with an AudioSet head gets the names
+    of its outputs (``tag_names``) from its ``tag_file()``."""
     if not hasattr(model, "load_pretrained"):
         raise ConfigError(f"setting model.pretrained={spec!r}: {type(model).__name__} cannot load "
                           "pretrained weights")
-    known = model.known_weights() if hasattr(model, "known_weights") else {}
-    path = resolve_weights(spec, sha256, known, cache)
+    path = resolve_weights(spec, sha256, cache, card.weights if card else None)
     model.load_pretrained(read_state_dict(path), str(path))
     tags = model.tag_file() if hasattr(model, "tag_file") else None
     if tags is not None:
-        model.tag_names = read_tag_names(resolve_weights(tags.url, "", {tags.url: tags}, cache))
+        model.tag_names = read_tag_names(resolve_weights(tags.url, "", cache, tags))
 
 
 def read_tag_names(path: Path) -> list[str]:
@@ -85,8 +49,9 @@ def weights_folder() -> Path | None:
     return path
 
 
-def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache: Path) -> Path:
-    """The local file for ``spec``: a path, a URL, or a name from ``known``.
+def resolve_weights(spec: str, sha256: str, cache: Path, weights: WeightsFile | None = None) -> Path:
+    """The local file for ``spec``: a path, a URL, or a name whose published file is ``weights``
+    (a pretrained card's, :mod:`escnet.cards`).
 
     A name or URL is looked for under its file name (:attr:`WeightsFile.name`, never a path) in
     ``$ESCNET_WEIGHTS``, then in ``cache/weights/``, then downloaded there. Every file that
@@ -95,13 +60,12 @@ def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache
     a URL with neither is refused before anything is fetched, as is a file whose digest differs.
     Nothing in the URL itself counts as a digest: whoever wrote it chose it.
     """
-    weights = known.get(spec) or WeightsFile(spec)
+    weights = weights or WeightsFile(spec)
     if not weights.url.startswith(("http://", "https://")):
         path = Path(spec).expanduser()
         if not path.is_file():
-            names = f"; or one of: {', '.join(known)}" if known else ""
-            raise ConfigError(f"setting model.pretrained={spec!r}: no such file (give a path or a "
-                              f"URL{names})")
+            raise ConfigError(f"setting model.pretrained={spec!r}: no such file (give a path, a URL "
+                              "or the name of a pretrained card: escnet.cards.CARDS)")
         if sha256:
             _verify(path, sha256, spec)
         return path
@@ -123,6 +87,14 @@ def resolve_weights(spec: str, sha256: str, known: dict[str, WeightsFile], cache
                           "it)") from None
 
 
+def local_copy(weights: WeightsFile, cache: Path) -> Path | None:
+    """Where ``weights`` already is on this machine under its name (``$ESCNET_WEIGHTS``, then
+    ``cache/weights/``), not yet verified; ``None`` if nowhere."""
+    folder = weights_folder()
+    places = ([folder] if folder is not None else []) + [cache / "weights"]
+    return next((p / weights.name for p in places if (p / weights.name).is_file()), None)
+
+
 def _verify(path: Path, sha256: str, spec: str) -> Path:
     if not sha256_of(path).startswith(sha256.lower()):
         raise ConfigError(f"setting model.pretrained={spec!r}: {path} is not the published file "
@@ -135,9 +107,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ``"state_dict"`` (the PANNs and Lightning formats)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        reason = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not a loadable PyTorch weights file ({reason})") from None
+    except pickle.UnpicklingError as err:
+        why = ("it holds Python objects beyond tensors, which escnet never unpickles"
+               if "not an allowed global" in str(err) or "Weights only load failed" in str(err)
+               else "not a PyTorch file")
+        raise ConfigError(f"{path}: not loadable PyTorch weights ({why})") from None
+    except Exception:  # torch.load on arbitrary bytes raises anything (IndexError, KeyError, ...)
+        raise ConfigError(f"{path}: not loadable PyTorch weights (damaged, cut off, or not a "
+                          "PyTorch file)") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

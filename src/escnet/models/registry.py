@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 import torch
@@ -26,6 +27,16 @@ ModelFactory = Callable[..., nn.Module]
 INPUTS = ("n_mels", "frames", "num_classes")
 """What every model is told about its input and output, outside its own arguments."""
 _REGISTRY: dict[str, ModelFactory] = {}
+MODEL_MODULES = ("ast", "cnn", "crnn", "kumar", "lstm", "mobilenet", "report_cnns", "vgg")
+"""The modules of ``escnet.models`` that hold models: each registers its own when imported, the
+first time the registry is asked (a new model's module is added here)."""
+
+
+def _registered() -> dict[str, ModelFactory]:
+    """The registry, with every model module imported."""
+    for module in MODEL_MODULES:
+        import_module(f"escnet.models.{module}")
+    return _REGISTRY
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -41,11 +52,11 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_registered())
 
 
 def _factory(name: str) -> ModelFactory:
-    if name not in _REGISTRY:
+    if name not in _registered():
         raise ConfigError(f"setting model.name={name!r}: unknown model; choose from "
                           f"{', '.join(list_models())}")
     return _REGISTRY[name]

@@ -32,15 +32,25 @@ misses (docs/RESULTS.md, "Unknown sounds")."""
 NEEDS_EMBEDDING = ("knn", "energy+knn")
 
 
-def resolve_score(score: str, has_embedding: bool, model: str) -> str:
+def resolve_score(score: str, has_embedding: bool, model: str, refit: bool = False) -> str:
     """``train.unknown_score`` for a model (named ``model``), with ``auto`` resolved:
-    ``energy+knn`` with an embedding, ``energy`` without; a score the model cannot give is a
-    :class:`ConfigError`."""
+    ``energy+knn`` with an embedding, ``energy`` without (or with ``refit``: a model trained
+    again on every clip carries only the thresholds of scores of its logits); an unknown score,
+    or one the model cannot give, is a :class:`ConfigError`. The one place score names are
+    checked: a new score is an entry of :data:`SCORES` and its line in
+    :meth:`UnknownScorer.forward`."""
+    logit_scores = [s for s in SCORES if s not in NEEDS_EMBEDDING]
     if score == "auto":
-        return "energy+knn" if has_embedding else "energy"
+        return "energy+knn" if has_embedding and not refit else "energy"
+    if score not in SCORES:
+        raise ConfigError(f"setting train.unknown_score={score!r}: one of auto, {', '.join(SCORES)}")
+    if score in NEEDS_EMBEDDING and refit:
+        raise ConfigError(f"setting train.unknown_score={score}: with train.refit only scores of the "
+                          "logits carry over to the refit model (its embedding is not the one the "
+                          f"threshold was set on): use {', '.join(logit_scores)}")
     if score in NEEDS_EMBEDDING and not has_embedding:
         raise ConfigError(f"setting train.unknown_score={score}: model {model} has no embedding (the "
-                          "mn models have one); use energy, msp or max_logit")
+                          f"mn models have one); use {', '.join(logit_scores)}")
     return score
 
 

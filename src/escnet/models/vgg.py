@@ -6,23 +6,19 @@ import torch
 from torch import nn
 
 from escnet.errors import ConfigError
-from escnet.models.pretrained import WeightsFile, load_matching
+from escnet.models.pretrained import load_matching
 from escnet.models.registry import register_model
 
 LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
           512, 512, 512, 512, "M"]
-IMAGENET = {  # torchvision's ImageNet weights, pinned by the SHA-256 prefix torchvision publishes
-    False: WeightsFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
-    True: WeightsFile("https://download.pytorch.org/models/vgg19_bn-c79401a0.pth", "c79401a0"),
-}
-
 
 @register_model("vgg19")
 class VGG19(nn.Module):
     """VGG19 (``batch_norm=True`` for VGG19-BN) on a 1-channel log-mel image, ending in
-    ``num_classes``. ``model.pretrained=imagenet`` (or a path/URL to a torchvision-format state
-    dict) loads ImageNet weights; the first conv's RGB filters are summed into one channel and
-    the last layer is left at its fresh initialisation."""
+    ``num_classes``. ``model.pretrained=imagenet`` (the cards ``vgg19_imagenet`` and
+    ``vgg19_bn_imagenet``, or a path/URL to a torchvision-format state dict) loads ImageNet
+    weights; the first conv's RGB filters are summed into one channel and the last layer is
+    left at its fresh initialisation."""
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, batch_norm: bool = False) -> None:
         super().__init__()
@@ -61,10 +57,6 @@ class VGG19(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def known_weights(self) -> dict[str, WeightsFile]:
-        """Weight names ``model.pretrained`` may give, and where they are."""
-        return {"imagenet": IMAGENET[self.batch_norm]}
 
     def load_pretrained(self, state: dict[str, torch.Tensor], source: str) -> None:
         """A torchvision-format state dict; every tensor but the last layer."""

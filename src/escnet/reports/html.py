@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from escnet.files import atomic_write_text
+from escnet.models.calibration import softmax
 from escnet.reports.plots import (
     save_confusion,
     save_curves,
@@ -20,13 +21,7 @@ from escnet.reports.plots import (
     save_score_histograms,
 )
 from escnet.runs import Predictions, RunDir
-from escnet.runs.metrics import (
-    classification_metrics,
-    confused_pairs,
-    held_out_figures,
-    major_category,
-    softmax,
-)
+from escnet.runs.metrics import classification_metrics, confused_pairs, held_out_figures, major_category
 
 log = logging.getLogger("escnet")
 
@@ -138,12 +133,12 @@ def _calibration_section(run: RunDir, figures: Path) -> str:
     folds = run.fold_scores(run.finished)
     if folds is None:
         return ""
-    result = held_out_figures(folds, run.read_calibration(run.finished[0]).get("unknown_score"))
+    result = held_out_figures(folds, run.read_calibration(run.finished[0]).unknown_score)
     cal = result["calibration"]
     known = [f.labels >= 0 for f in folds]
     curves = {}
     for name, calibrated in (("before", False), ("after", True)):
-        probs = [softmax(f.logits[k], f.temperature if calibrated else 1.0)
+        probs = [f.calibration.probabilities(f.logits[k]) if calibrated else softmax(f.logits[k])
                  for f, k in zip(folds, known, strict=True)]
         labels = np.concatenate([f.labels[k] for f, k in zip(folds, known, strict=True)])
         conf = np.concatenate([p.max(1) for p in probs])
@@ -170,7 +165,7 @@ def _calibration_section(run: RunDir, figures: Path) -> str:
     scores = [f.scores[score] for f in folds]
     save_score_histograms(np.concatenate([s[k] for s, k in zip(scores, known, strict=True)]),
                           np.concatenate([s[~k] for s, k in zip(scores, known, strict=True)]),
-                          [f.thresholds[score] for f in folds if score in f.thresholds],
+                          [t for f in folds if (t := f.calibration.thresholds.get(score)) is not None],
                           figures / "unknown_scores.png", "unknown scores, held-out clips", score)
     rows = [[name, f"{e['auroc']:.3f}", pct(e.get("known_kept")), pct(e.get("false_acceptance")),
              pct(e.get("known_accuracy_at_threshold"))] for name, e in o["by_score"].items()]

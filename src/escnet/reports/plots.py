@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
+
+from escnet.figures import pyplot
+
+plt = pyplot()
 
 
 def save_logmel(logmel: np.ndarray, path: str | Path, title: str, sample_rate: int,

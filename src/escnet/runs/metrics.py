@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.special
 from sklearn.metrics import confusion_matrix, f1_score, log_loss, roc_auc_score
+
+from escnet.models.calibration import Calibration, softmax
 
 # ESC-50's classes in target order; target // 10 is the major category.
 ESC50_CLASSES = (
@@ -78,11 +79,6 @@ def confused_pairs(labels: np.ndarray, predicted: np.ndarray, paths: list[str], 
 
 # --- calibration and unknown sounds --------------------------------------------------------
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``(clips, classes)`` logits → probabilities of ``softmax(logits / temperature)``."""
-    return scipy.special.softmax(np.asarray(logits, np.float64) / temperature, axis=1)
-
-
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE (Guo et al., 2017): clips binned by confidence into ``bins`` equal-width
     bins of [0, 1]; the mean over clips of |accuracy − mean confidence| of their bin.
@@ -121,14 +117,12 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
 class FoldScores:
     """A fold model's held-out clips: ``logits (clips, classes)``, ``labels (clips,)`` (-1 for
     a clip of a class left out of training) and unknown ``scores`` (``{name: (clips,)}``,
-    :mod:`escnet.models.unknown`), with the model's ``temperature`` and ``thresholds`` per
-    score (empty when it has none)."""
+    :mod:`escnet.models.unknown`), with the model's :class:`Calibration`."""
 
     logits: np.ndarray
     labels: np.ndarray
     scores: dict[str, np.ndarray]
-    temperature: float
-    thresholds: dict[str, float]
+    calibration: Calibration
 
 
 def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> dict:
@@ -143,15 +137,18 @@ def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> d
     the top level for the ``operating`` score, under ``by_score`` for every score all folds have.
     """
     known = [f.labels >= 0 for f in folds]
-    raw = np.concatenate([softmax(f.logits[k]) for f, k in zip(folds, known, strict=True)])
-    cal = np.concatenate([softmax(f.logits[k], f.temperature) for f, k in zip(folds, known, strict=True)])
+    pairs = list(zip(folds, known, strict=True))
+    raw = np.concatenate([softmax(f.logits[k]) for f, k in pairs])
+    cal = np.concatenate([f.calibration.probabilities(f.logits[k]) for f, k in pairs])
     labels = np.concatenate([f.labels[k] for f, k in zip(folds, known, strict=True)])
     result: dict = {"calibration": {
         "ece_before": expected_calibration_error(raw.max(1), raw.argmax(1) == labels),
         "ece_after": expected_calibration_error(cal.max(1), cal.argmax(1) == labels),
         "nll_before": negative_log_likelihood(raw, labels),
         "nll_after": negative_log_likelihood(cal, labels),
-        "temperature": [f.temperature for f in folds] if len(folds) > 1 else folds[0].temperature,
+        "temperature": ([f.calibration.temperature for f in folds] if len(folds) > 1
+                        else folds[0].calibration.temperature),
+        "fit": [f.calibration.fit for f in folds] if len(folds) > 1 else folds[0].calibration.fit,
         "clips": len(labels)}}
     if all(k.all() for k in known):
         return result
@@ -164,8 +161,8 @@ def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> d
     for name in names:
         pooled = np.concatenate([f.scores[name] for f in folds])
         entry: dict = {"auroc": float(roc_auc_score(is_known, pooled))}
-        if all(name in f.thresholds for f in folds):
-            accepted = np.concatenate([f.scores[name] >= f.thresholds[name] for f in folds])
+        if all(name in f.calibration.thresholds for f in folds):
+            accepted = np.concatenate([f.scores[name] >= f.calibration.thresholds[name] for f in folds])
             kept = accepted[is_known]
             entry |= {"known_kept": float(kept.mean()),
                       "false_acceptance": float(accepted[~is_known].mean()),

@@ -44,8 +44,10 @@ import csv
 import fcntl
 import io
 import json
+import logging
 import os
 import pickle
+import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,7 +61,10 @@ import torch
 from escnet.config import RESULT_FREE, TaskConfig, from_dict, read_config_file
 from escnet.errors import CheckpointError, ConfigError, EscnetError
 from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
-from escnet.runs.metrics import FoldScores, classification_metrics, held_out_figures, major_category, softmax
+from escnet.models.calibration import Calibration
+from escnet.runs.metrics import FoldScores, classification_metrics, held_out_figures, major_category
+
+log = logging.getLogger("escnet")
 
 CHECKPOINT_FORMAT = 2
 """Version of the checkpoint layout: 2 holds the config in sections (1: flat, before 0.2)."""
@@ -84,10 +89,10 @@ class Predictions:
 
     @classmethod
     def from_logits(cls, logits: np.ndarray, labels: np.ndarray, paths: list[str],
-                    classes: list[str], temperature: float = 1.0) -> Predictions:
+                    classes: list[str], calibration: Calibration | None = None) -> Predictions:
         """From logits ``(clips, classes)``: the arg-max class and its probability, calibrated by
-        ``temperature``."""
-        probs = softmax(logits, temperature)
+        ``calibration`` (default: none)."""
+        probs = (calibration or Calibration()).probabilities(logits)
         return cls(paths, labels, probs.argmax(1), probs.max(1), classes)
 
     def save(self, path: Path) -> None:
@@ -218,6 +223,7 @@ class RunDir:
     ROBUSTNESS = "robustness"  # .json, .csv, .png: escnet robustness, accuracy under corruptions
     HOLDOUT = "holdout"  # with train.refit: the run calibrated on validation clips, then refit
     LOCK = ".escnet.lock"  # held while a process trains or calibrates the run (:meth:`lock`)
+    STAGING, COMMIT = ".staging", "COMMIT"  # a change of the run being made (:meth:`staged`)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -282,6 +288,7 @@ class RunDir:
 
     # config
     def read_config(self) -> TaskConfig:
+        self.recover()
         path = self.path / self.CONFIG
         if not self.path.is_dir():
             what = "a file, not a run folder" if self.path.exists() else "no such run folder"
@@ -330,6 +337,7 @@ class RunDir:
         handle.write(f"process {os.getpid()} on {socket.gethostname()}")
         handle.flush()
         try:
+            self.recover(holder=True)
             yield
         finally:
             if [p.name for p in self.path.iterdir()] == [self.LOCK]:
@@ -337,6 +345,53 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
             handle.close()
+
+    def recover(self, holder: bool = False) -> None:
+        """Complete a change of the run (:meth:`staged`) that a kill cut off while it was being
+        committed; with ``holder`` (this process holds :meth:`lock`), also drop one cut off
+        before its commit began, leaving the run as it was."""
+        stage = self.path / self.STAGING
+        commit = stage / self.COMMIT
+        if commit.is_file():
+            for name in json.loads(commit.read_text()):
+                with contextlib.suppress(FileNotFoundError):  # moved already (by another reader)
+                    os.replace(stage / name, self.path / name)
+        if commit.is_file() or (holder and stage.is_dir()):
+            shutil.rmtree(stage, ignore_errors=True)
+            for key in ("config", "summary", "histories", "classes"):
+                self.__dict__.pop(key, None)
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[RunDir]:
+        """A copy of this run to change, for a process that holds :meth:`lock`: every file hard
+        linked into ``RUNDIR/.staging`` (cheap; every write escnet makes replaces a file, so the
+        run's own stay as they were). When the block ends without an error, the files it changed
+        or added replace the run's in one commit: the list is written first, then each file is
+        moved, and a kill in between is completed by the next process that opens the run. An
+        error, or a kill before the commit, leaves the run exactly as it was."""
+        stage = self.path / self.STAGING
+        shutil.rmtree(stage, ignore_errors=True)
+        files = [p for p in self.path.rglob("*") if p.name != self.LOCK and p.is_file()
+                 and self.STAGING not in p.relative_to(self.path).parts]
+        try:
+            for src in files:
+                dst = stage / src.relative_to(self.path)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(src, dst)
+            yield RunDir(stage)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        old = {p.relative_to(self.path).as_posix(): p.stat().st_ino for p in files}
+        changed = [p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()
+                   and old.get(p.relative_to(stage).as_posix()) != p.stat().st_ino]
+        for name in changed:  # folders the new files go in, before the commit starts
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stage / self.COMMIT, changed)
+        self.recover()
 
     def create(self, config: TaskConfig, resume: bool = False,
                result_free: tuple[str, ...] = ()) -> None:
@@ -395,18 +450,20 @@ class RunDir:
             save_checkpoint(self.checkpoint(fold, "best"), state)
         save_checkpoint(self.checkpoint(fold, "last"), {**state, **training, "history": history})
 
-    def save_calibration(self, fold: str, calibration: dict, scorer: dict[str, torch.Tensor]) -> None:
+    def save_calibration(self, fold: str, calibration: Calibration, scorer: dict[str, torch.Tensor]
+                         ) -> None:
         """A finished fold's calibration (:func:`escnet.engine.calibrate.calibrate`) and its
         unknown scorer's tensors: into its ``last.pt`` (``calibration``, ``unknown_scorer``), so
         that the checkpoint alone predicts calibrated, and ``calibration.json``."""
         ckpt = torch.load(self.checkpoint(fold), map_location="cpu", weights_only=True)
-        save_checkpoint(self.checkpoint(fold), {**ckpt, "calibration": calibration,
+        save_checkpoint(self.checkpoint(fold), {**ckpt, "calibration": calibration.to_dict(),
                                                 "unknown_scorer": scorer})
-        atomic_write_json(self.calibration_path(fold), calibration, indent=2)
+        atomic_write_json(self.calibration_path(fold), calibration.to_dict(), indent=2)
 
-    def read_calibration(self, fold: str) -> dict:
-        """``calibration.json`` of ``fold``, or ``{}`` (a run made before escnet calibrated)."""
-        return self._read_json(self.calibration_path(fold).relative_to(self.path).as_posix())
+    def read_calibration(self, fold: str) -> Calibration:
+        """``calibration.json`` of ``fold`` (uncalibrated for a run made before escnet calibrated)."""
+        return Calibration.from_dict(self._read_json(
+            self.calibration_path(fold).relative_to(self.path).as_posix()))
 
     def save_held_out(self, fold: str, logits: np.ndarray, labels: np.ndarray, paths: list[str],
                       truth: list[str], scores: dict[str, np.ndarray]) -> None:
@@ -435,23 +492,22 @@ class RunDir:
                               "resume the run to rewrite them") from None
 
     def fold_scores(self, folds: list[str]) -> list[FoldScores] | None:
-        """Each fold's held-out logits with its temperature and thresholds, or ``None`` when a
+        """Each fold's held-out logits with its calibration, or ``None`` when a
         fold lacks them (a run made before escnet kept them)."""
         parts = []
         for fold in folds:
-            held, cal = self.read_held_out(fold), self.read_calibration(fold)
+            held = self.read_held_out(fold)
             if held is None:
                 return None
             scores = {k.removeprefix("score:"): v for k, v in held.items() if k.startswith("score:")}
-            parts.append(FoldScores(held["logits"], held["labels"], scores,
-                                    cal.get("temperature", 1.0), cal.get("thresholds", {})))
+            parts.append(FoldScores(held["logits"], held["labels"], scores, self.read_calibration(fold)))
         return parts or None
 
     def figures(self, folds: list[str]) -> dict:
         """Calibration and open-set figures of ``folds`` pooled (:func:`held_out_figures`), or
         ``{}`` when a fold lacks its held-out logits."""
         parts = self.fold_scores(folds)
-        operating = self.read_calibration(folds[0]).get("unknown_score") if folds else None
+        operating = self.read_calibration(folds[0]).unknown_score if folds else None
         return held_out_figures(parts, operating) if parts else {}
 
     # per-epoch history
@@ -489,6 +545,39 @@ class RunDir:
             raise CheckpointError(f"{self.path}: no fold-*/last.pt checkpoints; is it an escnet run?")
         return have
 
+    def models(self, fold: str | None = None) -> list[Path]:
+        """The checkpoints this run stands for as a model, the one rule for predict, export,
+        embed and serve: with ``fold``, that fold's ``last.pt``, refused unless the fold has
+        finished training (its ``last.pt`` file itself may be given to use it as it is);
+        without, every finished fold's (their average), the unfinished left out with a
+        warning; refused when no fold has finished."""
+        have = self.model_folds()
+        if fold is not None:
+            if fold not in have:
+                raise CheckpointError(f"fold={fold}: no fold-{fold}/last.pt in {self.path} (folds with a "
+                                      f"model: {', '.join(have)})")
+            if fold not in self.finished:
+                raise CheckpointError(f"fold={fold}: {self.progress([fold])}, unfinished; resume the run "
+                                      f"to finish it, or give {self.checkpoint(fold)} itself to use it "
+                                      "as it is")
+            return [self.checkpoint(fold)]
+        finished = [f for f in have if f in self.finished]
+        if not finished:  # an average of half-trained models is no model to answer with
+            raise CheckpointError(f"{self.path}: no fold has finished training ({self.progress(have)}); "
+                                  "resume the run, or give a fold's last.pt to use it as it is")
+        if len(finished) < len(have):
+            log.warning("%s: using the finished folds %s; left out %s", self.path, ", ".join(finished),
+                        self.progress([f for f in have if f not in finished]))
+        return [self.checkpoint(f) for f in finished]
+
+    def model(self, fold: str | None = None) -> Path:
+        """The one checkpoint :meth:`models` gives: a run of several finished folds needs ``fold``."""
+        paths = self.models(fold)
+        if len(paths) > 1:
+            folds = ", ".join(p.parent.name.removeprefix("fold-") for p in paths)
+            raise CheckpointError(f"{self.path}: folds {folds} have models; choose one: fold=K")
+        return paths[0]
+
     def progress(self, folds: list[str]) -> str:
         """How far ``folds`` got: ``fold 2 at epoch 3/30, ...``."""
         epochs = self.config.train.num_epochs
@@ -501,11 +590,17 @@ class RunDir:
     def mean_std(self) -> tuple[float, float]:
         return mean_std([self.accuracy(f) for f in self.finished])
 
-    def require_finished(self) -> list[str]:
-        """The finished folds, or an error saying how far each fold got."""
+    def require_finished(self, whole: bool = False) -> list[str]:
+        """The finished folds, or an error saying how far each fold got; with ``whole``, also
+        when a fold the summary counts is gone (figures pooled over the rest would no longer
+        agree with it)."""
         if not self.finished:
             state = self.progress(list(self.histories))
             raise EscnetError(f"{self.path}: no finished fold yet ({state or 'no epoch logged'})")
+        if whole and (gone := [f for f in self.summary.get("folds", {}) if f not in self.finished]):
+            raise EscnetError(f"{self.path}: summary.json counts fold {gone[0]}, whose "
+                              f"{self.fold_dir(gone[0]).name} has no finished model: the run is "
+                              "damaged; resume it to train that fold again")
         return self.finished
 
     # summary and evaluation

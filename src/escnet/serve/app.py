@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -43,10 +43,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 import escnet
 from escnet.data.audio import AudioFile, stream_windows
-from escnet.deploy.predict import Model, Predictor, Stopped, load_model_file
+from escnet.deploy.predict import Model, Predictor, load_model_file
+from escnet.deploy.windows import Stopped
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
-from escnet.machine import available_cores
+from escnet.machine import PARENT_PID, die_with_parent
 from escnet.serve.admission import REFUSAL_DELAY, Busy, FairAdmission, Limit, RateLimit
+from escnet.serve.settings import ServeSettings
 from escnet.serve.stream import run_stream
 
 UPLOAD_NAME = "uploaded audio"
@@ -55,94 +57,8 @@ UPLOAD_NAME = "uploaded audio"
 log = logging.getLogger("escnet")
 
 
-@dataclass
-class ServeSettings:
-    """``escnet serve`` settings (each one a CLI option)."""
-
-    model: str
-    """A run directory, a ``.pt`` checkpoint or an exported ``.onnx`` file (ONNX Runtime, the
-    fast path; the others need PyTorch)."""
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    """Server processes (uvicorn workers), each with its own copy of the model."""
-    threads: int = 0
-    """Inference threads per process, each scoring one request at a time; 0: one per CPU."""
-    queue: int = 64
-    """Requests allowed to wait for a thread; beyond it the server answers 503 (to the client
-    holding the most: a flooding client fills its own share, see :class:`FairAdmission`)."""
-    max_upload_mb: float = 20.0
-    max_seconds: float = 600.0
-    """Longest audio accepted, seconds."""
-    device: str = "cpu"
-    max_windows: int = 1000
-    """Most clip-length windows one request may cost (its length and ``hop`` together)."""
-    body_seconds: float = 30.0
-    """An upload must arrive within this; a request waits for an inference thread only once
-    its body is in, so slow senders never hold the threads or the queue."""
-    max_streams: int = 32
-    """Live streams (``/v1/stream``) open at once; more are closed with code 1013."""
-    stream_seconds: float = 3600.0
-    """Longest live stream, seconds of audio."""
-    idle_seconds: float = 10.0
-    """A live stream that sends no audio for this long is closed."""
-    rate_limit: float = 0.0
-    """Requests a second one client address may make of each worker process (bursts of a
-    second's worth; more wait, up to a second, then 429); 0: no limit. For servers that clients
-    one does not know reach."""
-    allow_origins: tuple[str, ...] = ()
-    """Web origins (``https://app.example.org``) besides the server's own whose pages may use
-    it from a browser (:class:`_SameOrigin`); ``null`` for sandboxed pages and local files."""
-
-    def __post_init__(self) -> None:
-        checks = {"port": (0 <= self.port <= 65535, "a port is 0 to 65535"),
-                  "workers": (self.workers >= 1, "must be 1 or more"),
-                  "threads": (self.threads >= 0, "must be 0 (one per core) or more"),
-                  "queue": (self.queue >= 0, "must be 0 or more"),
-                  "max_upload_mb": (0 < self.max_upload_mb <= 4096, "must be above 0 and at most "
-                                    "4096 MB (an upload is held in memory)"),
-                  "max_seconds": (0 < self.max_seconds <= 86400, "must be above 0 and at most "
-                                  "86400 s (a day)"),
-                  "max_windows": (2 <= self.max_windows <= 10**6, "must be 2 to 1000000"),
-                  "body_seconds": (0 < self.body_seconds <= 3600, "must be above 0 and at most "
-                                   "3600 s"),
-                  "max_streams": (0 <= self.max_streams <= 10000, "must be 0 (no live streams) to "
-                                  "10000"),
-                  "stream_seconds": (1 <= self.stream_seconds <= 7 * 86400, "must be 1 s to a week"),
-                  "idle_seconds": (0.1 <= self.idle_seconds <= 3600, "must be 0.1 to 3600 s"),
-                  "rate_limit": (self.rate_limit == 0 or 0.01 <= self.rate_limit <= 1e6,
-                                 "must be 0 (no limit) or 0.01 to 1000000 requests a second")}
-        for name, (ok, why) in checks.items():
-            if not ok:
-                raise EscnetError(f"--{name.replace('_', '-')} {getattr(self, name)}: {why}")
-        self.allow_origins = tuple(_origin(o) for o in self.allow_origins)
-        self.threads = self.threads or available_cores()
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-
-
-def _origin(text: str) -> str:
-    """A web origin as browsers send it (``scheme://host[:port]``, lower case), or ``null``."""
-    origin = text.strip().lower().rstrip("/")
-    if origin == "null":
-        return origin
-    try:
-        parts = urlsplit(origin)
-        ok = parts.scheme in ("http", "https") and parts.hostname and not parts.path and \
-            not parts.query and not parts.fragment and parts.username is None
-        parts.port  # noqa: B018  (raises on a port that is not a number)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise EscnetError(f"--allow-origin {text!r}: not a web origin; give scheme://host[:port], "
-                          "e.g. https://app.example.org, or null")
-    return origin
 
 
 def _address(netloc: str, scheme: str) -> tuple[str, int] | None:
@@ -235,11 +151,11 @@ class Service:
     """The model, its thread pool and admission control, shared by every request."""
 
     def __init__(self, settings: ServeSettings, model: Model | None = None,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: Stopping | None = None) -> None:
         self.settings = settings
         self.model = model or load_model_file(settings.model, settings.device, threads=1)
         self.predictor = Predictor(self.model, max_windows=settings.max_windows)
-        self.stopping = stopping or threading.Event()
+        self.stopping = stopping or Stopping()
         """Set when the server is stopping: work in flight ends at its next batch (503)."""
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="escnet-infer")
         self.admission = FairAdmission(settings.threads, settings.queue)
@@ -282,11 +198,40 @@ server answers `"end"` and closes (1000). Optional parameters: `hop`, `window`, 
 (too many streams), 1001 (server stopping)."""
 
 
-def _stop_on_signals(stopping: threading.Event) -> None:
+class Stopping:
+    """That the server is stopping: work in flight on the inference threads sees
+    :meth:`is_set` at its next batch (answered 503); live streams on the event loop
+    :meth:`wait` for it and are woken at once, so they close with their own code and reason
+    before the server's shutdown closes their connections."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event = asyncio.Event()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that :meth:`wait` runs on."""
+        self.loop = loop
+
+    def set(self) -> None:
+        """From any thread, a signal handler included."""
+        self.flag.set()
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.event.set)
+
+    def is_set(self) -> bool:
+        return self.flag.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+def _stop_on_signals(stopping: Stopping) -> None:
     """SIGINT and SIGTERM also set ``stopping``, so work in flight ends at its next batch
     (answered 503 in JSON) instead of being cancelled when the graceful-shutdown time runs out
-    (a text 500). Chained in front of the server's own handlers, in every worker process;
-    signals are only the main thread's to handle (not under a test client)."""
+    (a text 500), and live streams close with their reason. Chained in front of the server's
+    own handlers, in every worker process; signals are only the main thread's to handle (not
+    under a test client)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -310,7 +255,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     :func:`serve`, else when the app shuts down)."""
     service: dict[str, Service] = {}
     failure: list[str] = []
-    stopping = threading.Event()
+    stopping = Stopping()
 
     def load() -> None:
         try:
@@ -321,6 +266,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stopping.attach(asyncio.get_running_loop())
         _stop_on_signals(stopping)
         # load off the event loop, so /healthz answers (and /readyz says 503) while it loads
         loading = asyncio.create_task(asyncio.to_thread(load))
@@ -372,8 +318,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     @app.get("/v1/model", summary="What the model is")
     async def model_info() -> dict:
         s = ready()
-        info = asdict(s.model.info)
-        info["clip_seconds"] = s.model.info.clip_seconds
+        info = s.model.info.public()
         info["limits"] = {"max_upload_mb": settings.max_upload_mb,
                           "max_seconds": settings.max_seconds, "max_windows": settings.max_windows}
         return info
@@ -453,7 +398,7 @@ class _SameOrigin:
         host = _address(headers.get(b"host", ""), scheme)
         if self.hosts is not None and (host is None or host[0] not in self.hosts):
             return (f"Host {headers.get(b'host', '')[:80]!r} is not this server's (it listens on a "
-                    "loopback address); allow a web page's origin with --allow-origin")
+                    "loopback address; its owner may allow a web page's origin)")
         origin = headers.get(b"origin")
         if origin is None or origin.lower().rstrip("/") in self.allowed:
             return None
@@ -461,24 +406,38 @@ class _SameOrigin:
         theirs = _address(parts.netloc, parts.scheme) if parts.scheme in DEFAULT_PORTS else None
         if theirs is not None and theirs == host:
             return None
-        return (f"cross-origin request from {origin[:80]!r} refused; the server's owner can allow "
-                "it with --allow-origin")
+        return (f"cross-origin request from {origin[:80]!r} refused; the server's owner may allow "
+                "that origin")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket") and (why := self.refusal(scope)):
-            if scope["type"] == "websocket":  # before accepting: the handshake is answered 403
-                await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
-            else:
-                await _error(403, why)(scope, receive, send)
+            await _deny(scope, receive, send, 403, why)
             return
         await self.app(scope, receive, send)
 
 
+async def _deny(scope, receive, send, status: int, message: str,
+                headers: dict[str, str] | None = None) -> None:
+    """Answer a request before routing with ``status`` and ``{"error": message}``, a WebSocket
+    handshake too (ASGI's ``websocket.http.response``, which uvicorn speaks; a server without it
+    refuses the handshake with its own 403)."""
+    if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
+        response = _error(status, message, headers)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.http.response.start", "status": status,
+                        "headers": response.raw_headers})
+            await send({"type": "websocket.http.response.body", "body": response.body})
+            return
+        await response(scope, receive, send)
+        return
+    await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+
+
 class _RateLimited:
     """ASGI middleware: a :class:`RateLimit` of ``rate`` requests a second per client address,
-    checked when a request's headers are in, before routing: a request over it waits its turn,
-    or, if that is more than a second away, is answered 429 after that second (a WebSocket is
-    refused with 1013), so retrying at once does not get a client more."""
+    checked when a request's headers are in, before routing: a request (or WebSocket handshake)
+    over it waits its turn, or, if that is more than a second away, is answered 429 in JSON after
+    that second, so retrying at once does not get a client more."""
 
     def __init__(self, app, rate: float) -> None:
         self.app, self.rate, self.limit = app, rate, RateLimit(rate)
@@ -489,18 +448,18 @@ class _RateLimited:
             wait = self.limit.wait(client[0] if client else "", time.monotonic())
             if wait is None:
                 await asyncio.sleep(REFUSAL_DELAY)
-                why = f"over the rate limit of {self.rate:g} requests a second from one address"
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1013, "reason": why})
-                else:
-                    await _error(429, f"{why}; retry shortly",
-                                 {"Retry-After": str(REFUSAL_DELAY)})(scope, receive, send)
+                await _deny(scope, receive, send, 429, f"over the rate limit of {self.rate:g} requests "
+                            "a second from one address; retry shortly", {"Retry-After": str(REFUSAL_DELAY)})
                 return
             if wait:
                 await asyncio.sleep(wait)
         await self.app(scope, receive, send)
 
 
+WS_MAX_SIZE = 4 << 20
+"""Bytes a WebSocket frame may have before the WebSocket layer closes the connection (1009)
+without reading it: above any frame a stream may send (2 s of 192 kHz float32 is 1.5 MB), which
+the stream refuses itself, with its reason."""
 GRACE_SECONDS = 5
 """After SIGTERM, requests in flight get this long to finish; work still running then stops at
 its next batch of windows (answered 503), so the process is gone within about
@@ -516,15 +475,17 @@ def _check_port(host: str, port: int) -> None:
             pass
     except OSError as err:
         why = "already in use (another server?)" if err.errno == errno.EADDRINUSE else err.strerror
-        raise EscnetError(f"--host {host} --port {port}: cannot listen there: {why}; choose "
-                          "another --port") from None
+        raise EscnetError(f"port={port}: cannot listen on {host}:{port}: {why}; choose another port"
+                          ) from None
 
 
 def app_from_environment() -> FastAPI:
     """For uvicorn's ``--workers``: each worker process builds the app from the settings the
-    parent put in ``ESCNET_SERVE``."""
+    parent put in ``ESCNET_SERVE``, and exits as soon as that parent is gone (a ``kill -9`` of
+    ``escnet serve`` leaves no worker serving)."""
     import json
 
+    die_with_parent()
     return create_app(ServeSettings(**json.loads(os.environ["ESCNET_SERVE"])))
 
 
@@ -536,11 +497,18 @@ def serve(settings: ServeSettings) -> None:
 
     model = load_model_file(settings.model, settings.device, threads=1)  # a bad model: fail now
     _check_port(settings.host, settings.port)
+    # A live stream slowed to real time lets its frames queue in the connection, the client's
+    # pongs behind them: a keepalive would time out and drop a client that is only fast. Dead
+    # or silent clients are closed by the stream's own idle rules, clients that read nothing
+    # once the messages they leave unread fill the connection; frames over WS_MAX_SIZE are cut
+    # off by the WebSocket layer before they are read.
     common = {"host": settings.host, "port": settings.port, "log_level": "info",
-              "timeout_graceful_shutdown": GRACE_SECONDS}
+              "timeout_graceful_shutdown": GRACE_SECONDS, "ws_ping_timeout": None,
+              "ws_max_size": WS_MAX_SIZE}
     if settings.workers == 1:
         uvicorn.Server(uvicorn.Config(create_app(settings, model), **common)).run()
         return
     os.environ["ESCNET_SERVE"] = json.dumps(asdict(settings))
+    os.environ[PARENT_PID] = str(os.getpid())
     uvicorn.run("escnet.serve.app:app_from_environment", factory=True, workers=settings.workers,
                 **common)

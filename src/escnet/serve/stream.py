@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, replace
 from typing import Protocol
 
+import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from escnet.data.pcm import PcmFormat
-from escnet.deploy.events import DEFAULTS, EventSettings, Stream, Update
+from escnet.deploy.events import DEFAULTS, EventMessage, EventSettings, HopScore, Stream, Update
 from escnet.deploy.predict import Model
 from escnet.errors import AudioError, EscnetError, NonFiniteAudioError
 from escnet.serve.admission import Limit
@@ -61,6 +61,14 @@ class Limits(Protocol):
     max_streams: int
 
 
+class Stopping(Protocol):
+    """That the server is stopping (``escnet.serve.app.Stopping``)."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
 class Service(Protocol):
     """What a stream needs of the server (``escnet.serve.app.Service``)."""
 
@@ -68,7 +76,7 @@ class Service(Protocol):
     model: Model
     pool: Executor
     streams: Limit
-    stopping: threading.Event
+    stopping: Stopping
 
 
 class Closed(Exception):
@@ -127,7 +135,7 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
         except EscnetError as err:
             raise Closed(1008, str(err)) from None
         if settings.max_streams == 0:
-            raise Closed(1008, "live streams are off on this server (--max-streams 0)")
+            raise Closed(1008, "live streams are off on this server (max_streams=0)")
         if not service.streams.try_enter():
             raise Closed(1013, f"busy: {settings.max_streams} live streams open, the limit; retry later")
         entered = True
@@ -151,45 +159,63 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
 async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat) -> None:
     settings = service.settings
     max_bytes = int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes
-    start, received, frames, idle = time.monotonic(), 0, 0, 0.0
-    while True:
-        if service.stopping.is_set():
-            raise Closed(1001, "the server is shutting down")
-        try:  # a short wait at a time: a stopping server is noticed within a second
-            message = await asyncio.wait_for(ws.receive(), min(1.0, settings.idle_seconds))
-        except TimeoutError:
-            idle += min(1.0, settings.idle_seconds)
-            if idle >= settings.idle_seconds:
-                raise Closed(1008, f"no audio for {settings.idle_seconds:g} s") from None
-            continue
-        if message["type"] == "websocket.disconnect":
-            return
-        idle = 0.0
-        if message.get("text") is not None:
-            if message["text"].strip() != "end":
-                raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
-            await _send(ws, live, await _run(service, live.finish), settings.idle_seconds)
-            await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
-            await ws.close(1000)
-            return
-        data = message.get("bytes") or b""
-        if len(data) > max_bytes:
-            raise Closed(1009, f"a frame of {len(data)} bytes: at most {max_bytes} "
-                         f"({MAX_FRAME_SECONDS:g} s of audio)")
-        try:
-            samples = pcm.decode(data)
-        except EscnetError as err:
-            raise Closed(1007 if isinstance(err, NonFiniteAudioError) else 1003, str(err)) from None
-        received += samples.shape[0]
-        seconds = received / pcm.sample_rate
-        if seconds > settings.stream_seconds:
-            raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
-        await _send(ws, live, await _run(service, live.feed, samples), settings.idle_seconds)
-        frames += 1
-        elapsed = time.monotonic() - start
-        ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed
-        if ahead > 0:  # faster than real time allows: wait, so one client cannot take every core
-            await asyncio.sleep(ahead)
+    start, received, frames, idle, silent = time.monotonic(), 0, 0, 0.0, 0.0
+    stopping = asyncio.ensure_future(service.stopping.wait())
+    receive: asyncio.Future | None = None
+    try:
+        while True:
+            receive = receive or asyncio.ensure_future(ws.receive())
+            wait = min(1.0, settings.idle_seconds)
+            done, _ = await asyncio.wait({receive, stopping}, timeout=wait,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done or service.stopping.is_set():  # at once, before the server's own close
+                raise Closed(1001, "the server is shutting down")
+            if receive not in done:
+                idle += wait
+                if idle >= settings.idle_seconds:
+                    raise Closed(1008, f"no audio for {settings.idle_seconds:g} s")
+                continue
+            message, receive, idle = receive.result(), None, 0.0
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                if message["text"].strip() != "end":
+                    raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
+                await _send(ws, live, await _run(service, live.finish), settings.idle_seconds)
+                await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
+                await ws.close(1000)
+                return
+            samples = _samples(message.get("bytes") or b"", pcm, max_bytes)
+            received += samples.shape[0]
+            seconds = received / pcm.sample_rate
+            if seconds > settings.stream_seconds:
+                raise Closed(1008, f"the stream passed the limit of {settings.stream_seconds:g} s of audio")
+            # digital silence is no sound: a sender of zeros holds a stream slot no longer than one
+            # that sends nothing
+            silent = silent + samples.shape[0] / pcm.sample_rate if not samples.any() else 0.0
+            if silent >= settings.idle_seconds:
+                raise Closed(1008, f"no sound for {settings.idle_seconds:g} s (digital silence)")
+            await _send(ws, live, await _run(service, live.feed, samples), settings.idle_seconds)
+            frames += 1
+            elapsed = time.monotonic() - start
+            ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed
+            if ahead > 0:  # faster than real time allows: wait, so one client cannot take every core
+                await asyncio.sleep(ahead)
+    finally:
+        for task in (stopping, receive):
+            if task is not None:
+                task.cancel()
+
+
+def _samples(data: bytes, pcm: PcmFormat, max_bytes: int) -> np.ndarray:
+    """A binary frame's samples, or :class:`Closed` saying what is wrong with it."""
+    if len(data) > max_bytes:
+        raise Closed(1009, f"a frame of {len(data)} bytes: at most {max_bytes} "
+                     f"({MAX_FRAME_SECONDS:g} s of audio)")
+    try:
+        return pcm.decode(data)
+    except EscnetError as err:
+        raise Closed(1007 if isinstance(err, NonFiniteAudioError) else 1003, str(err)) from None
 
 
 async def _run(service: Service, work, *args) -> Update:
@@ -203,12 +229,24 @@ async def _run(service: Service, work, *args) -> Update:
         raise Closed(1011, str(err)) from None
 
 
+def scores_message(score: HopScore, classes: list[str]) -> dict:
+    """A ``"scores"`` message: a scored window's end, level, answer and best classes."""
+    return {"type": "scores", "time": round(score.end, 3), "level_db": score.level_db,
+            "label": score.label, "top": [{"label": c, "probability": round(p, 4)}
+                                          for c, p in score.top(classes)]}
+
+
+def event_message(event: EventMessage) -> dict:
+    """An ``"event"`` message: an event's start or end."""
+    return {"type": "event", **event.to_dict()}
+
+
 async def _send(ws: WebSocket, live: Stream, update: Update, timeout: float) -> None:
     """Scores and event messages in stream order (an event after the window that decided it);
     a client that reads none of them for ``timeout`` seconds is closed."""
     classes = live.model.info.classes
-    messages = [(s.end, 0, s.to_dict(classes)) for s in update.scores]
-    messages += [(e.decided, 1, e.to_dict()) for e in update.events]
+    messages = [(s.end, 0, scores_message(s, classes)) for s in update.scores]
+    messages += [(e.decided, 1, event_message(e)) for e in update.events]
     for *_, message in sorted(messages, key=lambda m: m[:2]):
         try:
             await asyncio.wait_for(ws.send_text(json.dumps(message)), timeout)

@@ -70,16 +70,16 @@ def parse_corruptions(names: str | None, noise_dir: str | None) -> list[Corrupti
     for name in wanted:
         family, _, severity = name.partition(":")
         if family not in CORRUPTIONS:
-            raise ConfigError(f"--corruptions: unknown corruption {family!r}; choose from "
+            raise ConfigError(f"corruptions={name}: unknown corruption {family!r}; choose from "
                               f"{', '.join(CORRUPTIONS)}")
         if severity and severity not in CORRUPTIONS[family]:
-            raise ConfigError(f"--corruptions {name}: severity {severity!r} out of range; "
+            raise ConfigError(f"corruptions={name}: severity {severity!r} out of range; "
                               f"{family} has {', '.join(CORRUPTIONS[family])}")
         if family == "background" and not noise_dir:
-            raise ConfigError("--corruptions background: needs --noise-dir, a folder of noise recordings")
+            raise ConfigError("corruptions=background: needs noise recordings (noise_dir, a folder of them)")
         out += [Corruption(family, s) for s in ([severity] if severity else CORRUPTIONS[family])]
     if not out:
-        raise ConfigError("--corruptions: names no corruption")
+        raise ConfigError("corruptions=: names no corruption")
     return list(dict.fromkeys(out))
 
 
@@ -180,14 +180,14 @@ class NoiseBank:
     def __init__(self, folder: str | Path | None, seconds: float) -> None:
         folder = Path(folder or "")
         if not folder.is_dir():
-            raise ConfigError(f"--noise-dir {folder}: not a folder")
+            raise ConfigError(f"noise_dir={folder}: not a folder")
         self.paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not self.paths:
-            raise ConfigError(f"--noise-dir {folder}: no audio files in it")
+            raise ConfigError(f"noise_dir={folder}: no audio files in it")
         for path in self.paths:
             with AudioFile(path) as audio:
                 if audio.duration < seconds:
-                    raise ConfigError(f"--noise-dir: {path} is {audio.duration:.2f} s long, shorter "
+                    raise ConfigError(f"noise_dir={folder}: {path} is {audio.duration:.2f} s long, shorter "
                                       f"than a clip ({seconds:g} s)")
 
     @lru_cache(maxsize=64)  # noqa: B019  (a few recordings, kept for the bank's life)

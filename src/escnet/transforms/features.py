@@ -114,8 +114,8 @@ class Featurizer(nn.Module):
         """
         frames = self.frames(lengths) if lengths is not None else None
         if wav.device.type == "cpu" and len(wav) > 1:
-            # One clip at a time keeps its spectrogram in the CPU cache: about 3× faster per clip
-            # than the whole batch at once (benchmarks/featurizer_speed.py), same numbers.
+            # One clip at a time keeps its spectrogram in the CPU cache: faster per clip than the
+            # whole batch at once, same numbers (benchmarks/featurizer_speed.py; docs/RESULTS.md).
             return torch.cat([self._logmel(w) for w in wav.split(1)]), frames
         return self._logmel(wav), frames
 
@@ -153,8 +153,8 @@ def log_mel(mel: torch.Tensor, frontend: str, log_floor: float) -> torch.Tensor:
 
 class MatmulLogMel(nn.Module):
     """The log-mel of a :class:`Featurizer`, computed with matrix products only: the form an
-    ONNX graph can hold and ONNX Runtime runs fast (its STFT operator took 4.3 ms of a 9 ms
-    clip here).
+    ONNX graph can hold and ONNX Runtime runs fast (its STFT operator took about half of a
+    clip's time: docs/RESULTS.md, "Inference speed").
 
     Same numbers as the featurizer it is built from (float32 rounding apart: about 1e-6 in
     log-mel units): frames are cut with slices and transformed by a two-stage Cooley–Tukey

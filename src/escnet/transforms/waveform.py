@@ -1,7 +1,7 @@
 """Waveform augmentation: the config's transforms, run per example with explicit seeds.
 
 The transforms are audiomentations' (a maintained library with the phase-vocoder-free
-signalsmith stretcher, ~20 ms per 5 s clip for a time stretch or pitch shift) behind escnet's
+signalsmith stretcher; ``benchmarks/augment_speed.py`` times each transform) behind escnet's
 config names. audiomentations draws from Python's and NumPy's global generators, so
 :class:`WaveformAugment` seeds those from an explicit per-example seed and restores them
 afterwards: the same seed gives the same output in any process, which makes an epoch's

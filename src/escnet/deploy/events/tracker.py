@@ -1,0 +1,154 @@
+"""Event messages from scores over time: per-class hysteresis over smoothed probabilities
+(:class:`EventTracker`), placed where the level envelope says sounds rose and fell."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from escnet.deploy.events.envelope import Envelope
+from escnet.deploy.events.settings import EventSettings
+
+
+@dataclass(frozen=True)
+class EventMessage:
+    """An event starting or ending, said once each."""
+
+    label: str
+    state: str
+    """``"start"`` or ``"end"``."""
+    time: float
+    """The event's start (for ``"start"``) or end (for ``"end"``), seconds of stream."""
+    confidence: float
+    """The event's highest smoothed probability so far."""
+    start: float
+    """The event's start (also on ``"end"`` messages)."""
+    decided: float
+    """Seconds of stream received when this was decided (``time`` is earlier: the latency)."""
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "state": self.state, "time": round(self.time, 3),
+                "start": round(self.start, 3), "confidence": round(self.confidence, 4),
+                "decided": round(self.decided, 3)}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A finished event: ``label`` from ``start`` to ``end`` seconds."""
+
+    label: str
+    start: float
+    end: float
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "start": round(self.start, 3), "end": round(self.end, 3),
+                "confidence": round(self.confidence, 4)}
+
+
+@dataclass
+class _Open:
+    start: float
+    last: float
+    """Centre of the last window at or above ``off``."""
+    last_end: float
+    """End of that window."""
+    peak: float
+    announced: bool = False
+
+
+class EventTracker:
+    """Per-class hysteresis over smoothed probabilities (see the module's description).
+
+    Args:
+        classes: the model's class names, in the order of its probabilities.
+        settings: thresholds and durations.
+    """
+
+    def __init__(self, classes: list[str], settings: EventSettings,
+                 envelope: Envelope | None = None) -> None:
+        self.classes, self.settings, self.envelope = classes, settings, envelope
+        self.recent: deque[np.ndarray] = deque(maxlen=settings.smooth)
+        self.open: dict[int, _Open] = {}
+
+    def push(self, end: float, probabilities: np.ndarray | None, centre: float | None = None,
+             alone: bool = False) -> list[EventMessage]:
+        """The window ending at ``end`` seconds scored ``probabilities`` ``(classes,)``
+        (``None``: silent or unknown); ``centre``: the middle of the audio it held (default
+        ``end - window / 2``); ``alone``: it held only a sound that began after quiet, so its
+        own probability may start an event. Returns the messages this decides."""
+        s = self.settings
+        self.recent.append(np.zeros(len(self.classes)) if probabilities is None
+                           else probabilities.astype(np.float64))
+        smoothed = np.mean(self.recent, axis=0)
+        centre = max(0.0, end - s.window / 2) if centre is None else centre
+        out = []
+        # a window that heard a new sound alone starts its event on its own: averaging it with
+        # the background before would only make the start late
+        for k in np.flatnonzero((self.recent[-1] if alone else smoothed) >= s.on):
+            if k not in self.open:
+                onset = None
+                if self.envelope is not None:  # the sound that began after quiet, else the first loud frame
+                    onset = self.envelope.sound_start(end - s.window, end)
+                    onset = self.envelope.onset(end - s.window, end) if onset is None else onset
+                start = max(0.0, centre - s.hop / 2) if onset is None else onset
+                self.open[k] = _Open(min(start, centre), centre, end, 0.0)
+        for k, event in sorted(self.open.items()):
+            p = float(smoothed[k])
+            if p >= s.off:
+                event.last, event.last_end, event.peak = centre, end, max(event.peak, p)
+            elif centre - event.last > s.max_gap:
+                out.extend(self._close(k, end))
+                continue
+            if not event.announced and self._lasted(event) >= s.min_duration - 1e-9:
+                event.announced = True
+                out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
+                                        event.start, end))
+        return out
+
+    def _heard_until(self, event: _Open) -> float | None:
+        """End of the last loud frame of the event's sound in its last window at or above
+        ``off`` (before any sound that began after it), if the envelope has one."""
+        if self.envelope is None:
+            return None
+        return self.envelope.offset(max(event.start, event.last_end - self.settings.window),
+                                    event.last_end, event.start)
+
+    def _lasted(self, event: _Open) -> float:
+        """How long the event's sound has lasted: from its start to where it was last heard
+        loud, or, without a level envelope, to half a hop past its last window's centre (a
+        window that heard only the new sound has its centre halfway through it, so the centre
+        alone would count half of what was heard)."""
+        heard = self._heard_until(event)
+        return (event.last + self.settings.hop / 2 if heard is None else heard) - event.start
+
+    def _close(self, k: int, now: float) -> list[EventMessage]:
+        event = self.open.pop(k)
+        if not event.announced:  # shorter than min_duration: never said, never ended
+            return []
+        s = self.settings
+        offset = self._heard_until(event)
+        end = event.last + s.hop / 2 if offset is None else max(offset, event.start + s.hop / 2)
+        return [EventMessage(self.classes[k], "end", end, event.peak, event.start, now)]
+
+    def finish(self, end: float) -> list[EventMessage]:
+        """The stream ended at ``end`` seconds: every open event ends (short ones are dropped
+        unless they reach ``min_duration`` by their last window)."""
+        out = []
+        for k in sorted(self.open):
+            event = self.open[k]
+            if not event.announced and self._lasted(event) >= self.settings.min_duration - 1e-9:
+                event.announced = True
+                out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
+                                        event.start, end))
+            out.extend(self._close(k, end))
+        return out
+
+
+def events_of(messages: Iterable[EventMessage]) -> list[Event]:
+    """Finished events from a stream's messages (each end paired with its start), by start."""
+    return sorted((Event(m.label, m.start, m.time, m.confidence) for m in messages if m.state == "end"),
+                  key=lambda e: (e.start, e.label))
