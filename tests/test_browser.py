@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIVE_CLASS_RATE
+from conftest import FIVE_CLASS_RATE, WEIGHTS
 from test_serve import start_server
 
 from escnet.deploy.predict import Predictor
@@ -186,3 +186,67 @@ def test_live_mode_follows_a_soundscape_played_as_the_microphone(tmp_path):
         driver.quit()
         server.should_exit = True
         thread.join(10)
+
+
+def test_label_page_searches_labels_with_keys_learns_and_ranks(browser, real_archive, esc50, tmp_path):
+    """``escnet label ARCHIVE``: a dog of another fold searched for, results labelled with y and
+    n, a mistake undone with z, then learn & rank. Set ``ESCNET_LABEL_SCREENSHOT`` to keep the
+    screenshot (the README's)."""
+    import sys
+
+    from test_serve import start
+
+    from escnet.archive.db import Archive
+    from escnet.data.tables import read_esc50
+
+    db, truth = tmp_path / "db", real_archive[1]
+    shutil.copytree(real_archive[0], db)
+    table = read_esc50(esc50)
+    dog = next(p for p, lab, f in zip(table.paths, table.labels, table.folds, strict=True)
+               if f == 1 and table.classes[lab] == "dog")
+    proc, url = start(lambda port: ["env", f"ESCNET_WEIGHTS={WEIGHTS}", sys.executable, "-m", "escnet", "label",
+                                    str(db), "--port", str(port)])
+    try:
+        browser.get(url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "archive-info"), "4 recordings"))
+        name = browser.find_element(By.ID, "label")
+        name.send_keys("dog")
+        browser.find_element(By.ID, "file").send_keys(str(Path(dog).resolve()))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "10 windows"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results li.result")
+        found = [(r.get_attribute("data-file"), float(r.get_attribute("data-start"))) for r in rows]
+        assert len(rows) == 10 and sum(truth[f] == "dog" for f in found[:4]) >= 3
+        wait.until(lambda d: all(c.get_attribute("width") not in (None, "", "300")
+                                 for c in d.find_elements(By.CSS_SELECTOR, "#results canvas.thumb")))
+        body = browser.find_element(By.TAG_NAME, "body")
+        for r, (file, _) in zip(rows[:4], found[:4], strict=True):  # label what the page shows, by ear
+            body.send_keys("y" if truth[(file, _)] == "dog" else "n")
+            wait.until(lambda d, r=r: r.get_attribute("data-verdict"))
+        body.send_keys("y")  # the fifth: a mistake if it is not a dog; undone either way
+        wait.until(lambda d: rows[4].get_attribute("data-verdict"))
+        body.send_keys("z")
+        wait.until(lambda d: not rows[4].get_attribute("data-verdict"))
+        dogs = sum(truth[f] == "dog" for f in found[:4])
+        wait.until(ec.text_to_be_present_in_element((By.ID, "counts"), f"dog: {dogs} yes · {4 - dogs} no"))
+        a = Archive(db)
+        sources = {lab.source for lab in a.labels("dog")}
+        assert sources == {"page"} and len(a.labels("dog")) == 4 and len(a.labels("dog", undone=True)) == 5
+
+        browser.find_element(By.ID, "learn").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "results-title"), "Next to label for dog"))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "estimate"), "Estimated precision"))
+        ranked = browser.find_elements(By.CSS_SELECTOR, "#results li.result")
+        assert len(ranked) == 10
+        labelled = set(found[:4])
+        assert not labelled & {(r.get_attribute("data-file"), float(r.get_attribute("data-start")))
+                               for r in ranked}
+        shot = tmp_path / "label-page.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ESCNET_LABEL_SCREENSHOT"):
+            shutil.copy(shot, os.environ["ESCNET_LABEL_SCREENSHOT"])
+        assert _console_errors(browser) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -17,8 +17,7 @@ from scipy.stats import norm
 
 from escnet.cli import main
 from escnet.deploy.predict import UNKNOWN, Predictor
-from escnet.engine.calibrate import fit_temperature, unknown_threshold
-from escnet.models.calibration import Calibration, softmax
+from escnet.models.calibration import Calibration, fit_temperature, softmax, unknown_threshold
 from escnet.models.unknown import UnknownScorer
 from escnet.runs import RunDir
 from escnet.runs.metrics import FoldScores, expected_calibration_error, held_out_figures

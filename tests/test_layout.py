@@ -68,14 +68,15 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 # The layers (README, "Layout"): a common base, lowest first, then two wings over it, training
-# (reports, engine) and runtime (deploy, serve), then the command line. A module may import the
+# (reports, engine) and runtime (deploy, archive, serve), then the command line. A module may import the
 # base up to its own layer (any of it, from a wing), its own wing up to its own layer, and
 # nothing of the other wing; only the command line imports both. The root package is the lowest
 # layer: it imports nothing of escnet at module level (its names load on first use).
 BASE = ["escnet", "escnet.errors", "escnet.files", "escnet.figures", "escnet.machine", "escnet.cards",
         "escnet.config",
         "escnet.data", "escnet.transforms", "escnet.models", "escnet.runs"]
-WINGS = {"training": ["escnet.reports", "escnet.engine"], "runtime": ["escnet.deploy", "escnet.serve"]}
+WINGS = {"training": ["escnet.reports", "escnet.engine"],
+         "runtime": ["escnet.deploy", "escnet.archive", "escnet.serve"]}
 TOP = ["escnet.cli", "escnet.__main__"]
 
 

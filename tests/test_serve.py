@@ -183,9 +183,13 @@ def _free_port() -> int:
 def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """A real ``escnet serve`` on 127.0.0.1, once it says it is ready; without PyTorch and the
     other training libraries, as after ``pip install 'escnet[serve]'``."""
+    return start(lambda port: runtime_cli("serve", str(model), "--port", str(port), *args))
+
+
+def start(command) -> tuple[subprocess.Popen, str]:
+    """The server ``command(port)`` starts on 127.0.0.1, once it says it is ready."""
     port = _free_port()
-    proc = subprocess.Popen(runtime_cli("serve", str(model), "--port", str(port), *args),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -24,8 +24,8 @@ def serve(args: argparse.Namespace) -> int:
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for a model (pip install "
                        "'escnet[serve]')")
-    p.add_argument("model", metavar="MODEL", help="an exported .onnx file (fastest), a run folder "
-                   "or a .pt checkpoint")
+    p.add_argument("model", metavar="MODEL", nargs="?", default="", help="an exported .onnx file "
+                   "(fastest), a run folder or a .pt checkpoint (none with --db: the labelling page alone)")
     add_settings_flags(p, ServeSettings)
     p.set_defaults(func=serve)
 

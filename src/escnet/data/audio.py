@@ -149,6 +149,19 @@ class AudioFile:
         self._check_length(self.decoded)
         return mono
 
+    def excerpt(self, sample_rate: int, start: float, seconds: float) -> np.ndarray:
+        """``seconds`` of audio from ``start`` seconds (fewer at the end; none past it), mono
+        float32 at ``sample_rate`` Hz: the file is sought where it can be, else read up to
+        there block by block."""
+        first = max(0, int(start * self.sample_rate))
+        if self.known_length and self.handle.seekable():
+            self.handle.seek(min(first, self.handle.frames))
+            self.decoded = min(first, self.handle.frames)
+        else:
+            while self.decoded < first and self.read(min(2**16, first - self.decoded)).shape[0]:
+                pass
+        return resample(self.read(max(0, int(seconds * self.sample_rate))), self.sample_rate, sample_rate)
+
     def blocks(self, sample_rate: int, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
         """Decode block by block: mono ``float32`` blocks at ``sample_rate`` Hz whose
         concatenation equals :func:`load_audio`'s result (soxr's stream resampler gives the same

@@ -67,15 +67,18 @@ class Embedder:
                                    trim=trim)
 
     @classmethod
-    def from_path(cls, spec: str | Path, fold: str | None = None, device: str = "cpu") -> Embedder:
+    def from_path(cls, spec: str | Path, fold: str | None = None, device: str = "cpu",
+                  window: float | None = None) -> Embedder:
         """``spec``: the name of a pretrained card (``mn04_as``: the AudioSet model as published,
-        with its front-end and clip length, :class:`~escnet.cards.PretrainedCard`), a run folder
-        (``fold`` chooses among several fold models: :meth:`RunDir.model`) or a ``.pt``
-        checkpoint."""
+        with its front-end, on windows of its clip length or ``window`` seconds,
+        :class:`~escnet.cards.PretrainedCard`), a run folder (``fold`` chooses among several
+        fold models: :meth:`RunDir.model`) or a ``.pt`` checkpoint (windows of its clips)."""
         device = resolve_device(device, "device")  # before anything is loaded there
         card = CARDS.get(str(spec))
         if card is not None:
-            return cls(SoundClassifier.from_card(card), device, trim=True)
+            if window is not None and not 0.5 <= window <= 60:
+                raise EscnetError(f"window={window}: seconds of audio per window, 0.5 to 60")
+            return cls(SoundClassifier.from_card(card, window), device, trim=True)
         path = Path(spec)
         if path.is_dir():
             return cls(load_model(RunDir(path).model(fold), device)[0], device)

@@ -57,6 +57,8 @@ def calibration_of(paths: list[Path], checkpoints: list[dict]) -> tuple[list[Unk
     temperature 1 and no threshold, which is said once."""
     scorers = [scorer_of(c) for c in checkpoints]
     together = Calibration.mean([Calibration.from_dict(c.get("calibration")) for c in checkpoints])
+    if together.validation_clips and not together.unknown_score:  # fitted, with no unknown by design
+        return scorers, together
     if not together.calibrated or not all(together.unknown_score in s.names for s in scorers):
         why = ("its training held out no clip to calibrate on: train.validation_share=0, or too few "
                "clips per class" if all(c.get("calibration") for c in checkpoints) else

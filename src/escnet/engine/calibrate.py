@@ -23,87 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
-from scipy.stats import binom
 
 from escnet.config import RESULT_FREE, TaskConfig
 from escnet.data.tables import ClipTable, Split
 from escnet.engine.data import eval_loader
 from escnet.errors import EscnetError
 from escnet.models import SoundClassifier
-from escnet.models.calibration import Calibration, softmax
+from escnet.models.calibration import Calibration, fit_temperature, softmax, unknown_threshold
 from escnet.models.unknown import NEEDS_EMBEDDING, SCORES, UnknownScorer, resolve_score
 from escnet.runs import Predictions, RunData, RunDir
 from escnet.runs.metrics import expected_calibration_error, negative_log_likelihood
 
 log = logging.getLogger("escnet")
-
-LOG_T_RANGE = (-3.0, 3.0)
-"""``log T`` is searched in this interval: T from 0.05 to 20."""
-LOG_T_PRIOR_SD = 0.5
-"""The prior on ``log T``: a Gaussian centred on 0 (T = 1, the model as trained) with this
-standard deviation (a factor of 1.65 either way). Chosen before any held-out figure was seen."""
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, guarded: bool = True) -> tuple[float, dict]:
-    """The temperature for validation ``logits`` ``(clips, classes)`` and ``labels``: the mode of
-    its posterior, by a bounded scalar search over ``log T`` (SciPy; deterministic).
-
-    A hundred or so validation clips often hold few errors (none, one), and the likelihood alone
-    then rewards sharpening the clips it gets right without end: one error in 136 clips gave
-    T = 0.23 on fold 1 and doubled the held-out NLL. Two guards, neither tuned on held-out clips:
-    Laplace's rule of succession (each clip's label counts ``1 - ε`` and a uniform guess ``ε``,
-    ``ε = 1 / (n + 2)``: one clip's worth of "any class may be the answer", so no number of
-    right answers proves the model is never wrong), and the prior :data:`LOG_T_PRIOR_SD`. With
-    the usual errors of a validation set they change ``T`` by a few hundredths; ``guarded``
-    false fits by the likelihood alone (Guo et al., 2017).
-
-    Returns ``T`` and how sure the fit is: ``errors`` (validation clips the model gets wrong),
-    ``log_temperature_sd`` and a 90 % ``temperature_interval`` (Laplace's approximation: the
-    curvature of the objective at its mode), and the guards' ``smoothing`` and ``prior_sd``."""
-    logits = np.asarray(logits, np.float64)
-    rows = np.arange(len(labels))
-    eps = 1 / (len(labels) + 2) if guarded else 0.0
-
-    def objective(log_t: float) -> float:
-        logp = log_softmax(logits / np.exp(log_t), axis=1)
-        nll = -(1 - eps) * logp[rows, labels].sum() - eps * logp.mean(axis=1).sum()
-        return float(nll + (0.5 * (log_t / LOG_T_PRIOR_SD) ** 2 if guarded else 0.0))
-
-    found = minimize_scalar(objective, bounds=LOG_T_RANGE, method="bounded", options={"xatol": 1e-5})
-    h = 1e-3
-    curvature = (objective(found.x + h) - 2 * objective(found.x) + objective(found.x - h)) / h**2
-    sd = float(1 / np.sqrt(max(curvature, 1e-12)))
-    return float(np.exp(found.x)), {
-        "errors": int(np.sum(logits.argmax(1) != labels)), "smoothing": round(eps, 6),
-        "prior_sd": LOG_T_PRIOR_SD if guarded else None, "log_temperature_sd": round(sd, 4),
-        "temperature_interval": [round(float(np.exp(found.x - 1.645 * sd)), 4),
-                                 round(float(np.exp(found.x + 1.645 * sd)), 4)]}
-
-
-def unknown_threshold(scores: np.ndarray, keep: float, confidence: float = 0.0) -> float:
-    """The threshold that keeps (score at or above it) a share ``keep`` of known sounds, from
-    validation ``scores`` ``(clips,)``: the ``k``-th smallest score.
-
-    With ``confidence`` 0, the split-conformal quantile (Vovk et al. 2005; Angelopoulos & Bates
-    2021), ``k = ⌊(1 - keep)(n + 1)⌋``: a new known sound drawn like the validation clips is kept
-    with probability at least ``keep``, on average over validation sets (one model's kept share
-    may fall short by chance). Above 0, training-conditional (Vovk 2012): the share of such
-    sounds the threshold leaves out is ``Beta(k, n + 1 - k)``-distributed, so the largest ``k``
-    with ``P(Binomial(n, 1 - keep) ≥ k) ≥ confidence`` keeps at least ``keep`` of them with
-    probability ``confidence``. With too few clips for that (none at ``k = 1``), the smallest
-    score: every validation clip is kept."""
-    ranked = np.sort(scores)
-    n = len(ranked)
-    if confidence > 0:
-        ranks = np.arange(1, n + 1)
-        allowed = ranks[binom.sf(ranks - 1, n, 1 - keep) >= confidence]
-        k = int(allowed.max()) if len(allowed) else 0
-    else:
-        k = int(np.floor((1 - keep) * (n + 1) + 1e-9))
-    return float(ranked[min(max(k - 1, 0), n - 1)])  # keep→0 asks for more than every clip: all but one
-
 
 def ece(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Top-label expected calibration error of ``probabilities`` ``(clips, classes)``."""

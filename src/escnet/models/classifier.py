@@ -84,11 +84,11 @@ class SoundClassifier(nn.Module):
         return cls(Featurizer.from_config(config), backbone)
 
     @classmethod
-    def from_card(cls, card: PretrainedCard) -> SoundClassifier:
+    def from_card(cls, card: PretrainedCard, clip_seconds: float | None = None) -> SoundClassifier:
         """The published model of a pretrained card as it was trained: its weights, its own head
         (``card.classes`` outputs: AudioSet's 527 tags) and its front-end, on clips of the card's
-        length (:func:`card_config`)."""
-        return cls.from_config(card_config(card)).eval()
+        length or ``clip_seconds`` (:func:`card_config`)."""
+        return cls.from_config(card_config(card, clip_seconds)).eval()
 
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,12 +127,12 @@ class SoundClassifier(nn.Module):
         return self(batch["wav"].to(device), batch["length"].to(device))
 
 
-def card_config(card: PretrainedCard) -> TaskConfig:
+def card_config(card: PretrainedCard, clip_seconds: float | None = None) -> TaskConfig:
     """The settings of a card's own model: its weights with their head (``card.classes``), its
-    front-end, clips of its length."""
+    front-end, clips of its length (or ``clip_seconds``: windows of other recordings)."""
     changes = {"model.pretrained": card.name, "model.num_classes": card.classes}
-    if card.clip_seconds:
-        changes["data.clip_seconds"] = card.clip_seconds
+    if clip_seconds or card.clip_seconds:
+        changes["data.clip_seconds"] = clip_seconds or card.clip_seconds
     return load_config(None, changes)
 
 

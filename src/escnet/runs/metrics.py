@@ -137,6 +137,8 @@ def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> d
     the top level for the ``operating`` score, under ``by_score`` for every score all folds have.
     """
     known = [f.labels >= 0 for f in folds]
+    if not any(k.any() for k in known):  # nothing held out of the known classes: no figures
+        return {}
     pairs = list(zip(folds, known, strict=True))
     raw = np.concatenate([softmax(f.logits[k]) for f, k in pairs])
     cal = np.concatenate([f.calibration.probabilities(f.logits[k]) for f, k in pairs])

@@ -37,9 +37,7 @@ from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 import escnet
 from escnet.data.audio import AudioFile, stream_windows
@@ -48,6 +46,9 @@ from escnet.deploy.windows import Stopped
 from escnet.errors import AudioTooLongError, EscnetError, UnreadableAudioError
 from escnet.machine import PARENT_PID, die_with_parent
 from escnet.serve.admission import REFUSAL_DELAY, Busy, FairAdmission, Limit, RateLimit
+from escnet.serve.archive import ArchiveService
+from escnet.serve.archive import router as archive_router
+from escnet.serve.http import RequestError, audio_bytes
 from escnet.serve.settings import ServeSettings
 from escnet.serve.stream import run_stream
 
@@ -70,14 +71,6 @@ def _address(netloc: str, scheme: str) -> tuple[str, int] | None:
         return None
 
 
-class RequestError(Exception):
-    """Answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
 def _status(err: EscnetError) -> int:
     if isinstance(err, Stopped):
         return 503
@@ -86,49 +79,6 @@ def _status(err: EscnetError) -> int:
     if isinstance(err, UnreadableAudioError):
         return 415
     return 422
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (by its
-    declared length before anything is read, or while it streams in)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, f"Content-Length {declared[:20]!r} is not a number")
-        if int(declared) > limit:
-            raise RequestError(413, f"upload of {int(declared) / 2**20:.1f} MB is over the limit of "
-                               f"{limit / 2**20:g} MB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"upload is over the limit of {limit / 2**20:g} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _audio_bytes(request: Request, limit: int) -> bytes:
-    """The uploaded file: the only file field of a multipart form, or the raw body."""
-    body = await _read_body(request, limit)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return body
-
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16,
-                                     max_part_size=limit).parse()
-    except MultiPartException as err:
-        raise RequestError(422, f"bad multipart upload: {err.message}") from None
-    try:
-        files = [v for v in form.values() if isinstance(v, UploadFile)]
-        if not files:
-            raise RequestError(422, "no file in the multipart upload (send it as a file field, "
-                               "e.g. curl -F file=@clip.wav)")
-        return await files[0].read()
-    finally:
-        await form.close()  # the spooled temporary file goes with it
 
 
 def _logmel_image(model: Model, window: np.ndarray) -> dict | None:
@@ -256,8 +206,11 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     service: dict[str, Service] = {}
     failure: list[str] = []
     stopping = Stopping()
+    archive = ArchiveService(settings.db) if settings.db else None
 
     def load() -> None:
+        if not settings.model:  # the labelling page alone
+            return
         try:
             service["ready"] = Service(settings, model, stopping)
         except EscnetError as err:
@@ -282,6 +235,8 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
     app.state.stopping = stopping
 
     def ready() -> Service:
+        if not settings.model:
+            raise RequestError(404, "this server has no model: it serves an archive's labelling page")
         if failure:
             raise RequestError(503, f"the model could not be loaded: {failure[0]}")
         if "ready" not in service:
@@ -312,7 +267,8 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
 
     @app.get("/readyz", summary="The model is loaded and requests are served")
     async def readyz() -> dict:
-        ready()
+        if settings.model:
+            ready()
         return {"status": "ready"}
 
     @app.get("/v1/model", summary="What the model is")
@@ -336,7 +292,7 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
                        logmel: bool = False) -> dict:
         s = ready()
         try:  # the body first: a slow sender holds a connection, never an inference slot
-            data = await asyncio.wait_for(_audio_bytes(request, settings.max_bytes),
+            data = await asyncio.wait_for(audio_bytes(request, settings.max_bytes),
                                           settings.body_seconds)
         except TimeoutError:
             raise RequestError(408, f"upload not received within {settings.body_seconds:g} s") from None
@@ -367,7 +323,14 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(str(static / "index.html"))
+        return FileResponse(str(static / ("index.html" if settings.model else "label.html")))
+
+    if archive is not None:
+        app.include_router(archive_router(archive, settings.max_bytes))
+
+        @app.get("/label", include_in_schema=False)
+        async def label_page() -> FileResponse:
+            return FileResponse(str(static / "label.html"))
 
     if settings.rate_limit:
         app.add_middleware(_RateLimited, rate=settings.rate_limit)
@@ -495,7 +458,8 @@ def serve(settings: ServeSettings) -> None:
 
     import uvicorn
 
-    model = load_model_file(settings.model, settings.device, threads=1)  # a bad model: fail now
+    # a bad model or archive: said now, before the port is taken
+    model = load_model_file(settings.model, settings.device, threads=1) if settings.model else None
     _check_port(settings.host, settings.port)
     # A live stream slowed to real time lets its frames queue in the connection, the client's
     # pongs behind them: a keepalive would time out and drop a client that is only fast. Dead

@@ -25,9 +25,9 @@ class ServeSettings:
     """``escnet serve`` settings. A value out of bounds raises :class:`EscnetError` naming the
     setting (``queue=-1: ...``)."""
 
-    model: str
+    model: str = ""
     """A run directory, a ``.pt`` checkpoint or an exported ``.onnx`` file (ONNX Runtime, the
-    fast path; the others need PyTorch)."""
+    fast path; the others need PyTorch); empty with ``db`` (the labelling page alone)."""
     host: str = _setting("127.0.0.1", "address to listen on: 127.0.0.1 is this machine only")
     port: int = _setting(8000, "port", (lambda v: 0 <= v <= 65535, "a port is 0 to 65535"))
     workers: int = _setting(1, "server processes, each with the model",
@@ -62,6 +62,8 @@ class ServeSettings:
                                  "worker); more wait their turn, up to 1 s, then 429 (0: no "
                                  "limit)", (lambda v: v == 0 or 0.01 <= v <= 1e6, "must be 0 (no "
                                                "limit) or 0.01 to 1000000 requests a second"), "R")
+    db: str = _setting("", "an archive (escnet index) to search and label from the page at /label "
+                       "(the page at /, without a model)", metavar="ARCHIVE")
     allow_origins: tuple[str, ...] = _setting((), "a web origin (https://app.example.org) whose "
                                               "pages may use this server from a browser, besides "
                                               "its own page; repeat for more",
@@ -74,6 +76,8 @@ class ServeSettings:
             value = getattr(self, f.name)
             if check and not (_finite(value) and check[0](value)):
                 raise EscnetError(f"{f.name}={value}: {check[1]}")
+        if not (self.model or self.db):
+            raise EscnetError("model=: give a model to serve, an archive (db), or both")
         self.allow_origins = tuple(web_origin(o) for o in self.allow_origins)
         self.threads = self.threads or available_cores()
 

@@ -101,15 +101,6 @@ function show(result, name) {
   drawTimeline(result.timeline || [], result.duration);
 }
 
-// viridis at 5 stops, interpolated
-const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-function colour(v) {
-  const x = (v / 255) * (STOPS.length - 1);
-  const i = Math.min(Math.floor(x), STOPS.length - 2);
-  const t = x - i;
-  return STOPS[i].map((c, k) => Math.round(c + t * (STOPS[i + 1][k] - c)));
-}
-
 function drawLogmel(image) {
   const canvas = $("logmel");
   if (!image) {
@@ -117,20 +108,7 @@ function drawLogmel(image) {
     $("logmel-caption").textContent = "(not in this model file)";
     return;
   }
-  const bytes = Uint8Array.from(atob(image.pixels), (c) => c.charCodeAt(0));
-  canvas.width = image.frames;
-  canvas.height = image.n_mels;
-  const context = canvas.getContext("2d");
-  const data = context.createImageData(image.frames, image.n_mels);
-  for (let m = 0; m < image.n_mels; m++) {
-    const row = image.n_mels - 1 - m; // low frequencies at the bottom
-    for (let f = 0; f < image.frames; f++) {
-      const [r, g, b] = colour(bytes[m * image.frames + f]);
-      const o = 4 * (row * image.frames + f);
-      data.data[o] = r; data.data[o + 1] = g; data.data[o + 2] = b; data.data[o + 3] = 255;
-    }
-  }
-  context.putImageData(data, 0, 0);
+  paintLogmel(canvas, image);
   $("logmel-caption").textContent =
     `(first window, ${image.n_mels} mel bands, ${image.db_min.toFixed(0)} to ${image.db_max.toFixed(0)} dB)`;
 }
@@ -173,75 +151,6 @@ function drawTimeline(rows, duration) {
     }
     body.append(tr);
   }
-}
-
-// A recording is decoded by the browser and sent as 16-bit mono WAV: the server needs no
-// decoder for the browser's own format (WebM/Opus in Chromium).
-function encodeWav(samples, rate) {
-  const buffer = new ArrayBuffer(44 + 2 * samples.length);
-  const view = new DataView(buffer);
-  const text = (offset, s) => { for (let i = 0; i < s.length; i++) view.setUint8(offset + i, s.charCodeAt(i)); };
-  text(0, "RIFF"); view.setUint32(4, 36 + 2 * samples.length, true); text(8, "WAVE");
-  text(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true);
-  view.setUint16(22, 1, true); view.setUint32(24, rate, true); view.setUint32(28, 2 * rate, true);
-  view.setUint16(32, 2, true); view.setUint16(34, 16, true);
-  text(36, "data"); view.setUint32(40, 2 * samples.length, true);
-  for (let i = 0; i < samples.length; i++) {
-    const s = Math.max(-1, Math.min(1, samples[i]));
-    view.setInt16(44 + 2 * i, s < 0 ? s * 0x8000 : s * 0x7fff, true);
-  }
-  return new Blob([buffer], { type: "audio/wav" });
-}
-
-function mono(audio) {
-  const out = new Float32Array(audio.length);
-  for (let c = 0; c < audio.numberOfChannels; c++) {
-    const data = audio.getChannelData(c);
-    for (let i = 0; i < data.length; i++) out[i] += data[i] / audio.numberOfChannels;
-  }
-  return out;
-}
-
-let recorder = null;
-
-async function toggleRecording() {
-  const button = $("record");
-  if (recorder) {
-    recorder.stop();
-    return;
-  }
-  if (!navigator.mediaDevices || !window.MediaRecorder) {
-    setStatus("This browser cannot record (it needs a secure page: https or localhost).", true);
-    return;
-  }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (err) {
-    setStatus(`No microphone: ${err.message}`, true);
-    return;
-  }
-  const chunks = [];
-  recorder = new MediaRecorder(stream);
-  recorder.ondataavailable = (event) => chunks.push(event.data);
-  recorder.onstop = async () => {
-    stream.getTracks().forEach((track) => track.stop());
-    recorder = null;
-    button.classList.remove("recording");
-    button.textContent = "● Record from the microphone";
-    try {
-      const context = new AudioContext();
-      const audio = await context.decodeAudioData(await new Blob(chunks).arrayBuffer());
-      await context.close();
-      await classify(encodeWav(mono(audio), audio.sampleRate), "microphone recording");
-    } catch (err) {
-      setStatus(`Could not convert the recording: ${err.message}`, true);
-    }
-  };
-  recorder.start();
-  button.classList.add("recording");
-  button.textContent = "■ Stop and classify";
-  setStatus("Recording…");
 }
 
 // Live mode: the microphone through an AudioWorklet to ws /v1/stream (float32 PCM at the
@@ -374,7 +283,8 @@ function setUp() {
     const file = event.dataTransfer.files[0];
     if (file) classify(file, file.name);
   });
-  $("record").addEventListener("click", toggleRecording);
+  recordingButton($("record"), "● Record from the microphone",
+                  (wav) => classify(wav, "microphone recording"), setStatus);
   $("live").addEventListener("click", () => (live.socket ? stopLive() : startLive()));
   loadModelInfo();
 }

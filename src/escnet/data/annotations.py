@@ -1,0 +1,147 @@
+"""Annotations of recordings: which sound is heard where, as people write them down.
+
+Three formats, told apart by their content:
+
+- **CSV** with a header: ``file``, ``start`` (or ``onset``), ``end`` (or ``offset``), ``label``
+  and optionally ``type`` (``positive``, ``negative`` or ``uncertain``; default positive).
+- **Raven selection tables** (Cornell's Raven Pro, BirdNET-Analyzer's output): tab-separated,
+  with ``Begin Time (s)`` and ``End Time (s)``; the label is the ``Annotation`` column (or
+  ``Species``, ``Label``, ``Class``, ``Common Name``, ``Sound Type``); the file is ``Begin
+  File`` or ``Begin Path`` where the table has one, else the table's own name up to
+  ``.Table`` (Raven's ``clip.Table.1.selections.txt``). A selection listed once per view
+  (spectrogram and waveform) counts once.
+- **Audacity label tracks**: ``start<TAB>end<TAB>label`` lines without a header, one track per
+  recording (the file named like the track: ``clip.txt`` for ``clip.wav``); frequency lines
+  (starting with ``\\``) are skipped.
+
+Every row is checked (times finite, not negative, end not before start, a label): a bad row is
+an :class:`~escnet.errors.DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from escnet.errors import DataError
+
+KINDS = ("positive", "negative", "uncertain")
+"""What a label says of its span: the sound is there, is not there, or may be."""
+RAVEN_LABELS = ("Annotation", "Species", "Label", "Class", "Common Name", "Sound Type")
+"""Columns of a Raven selection table that hold the label, in the order they are looked for."""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One labelled span of a recording: ``label`` heard from ``start`` to ``end`` seconds of
+    ``file`` (as the annotation names it: a path relative to the recordings' folder, or a name).
+    A span of zero length marks an instant."""
+
+    file: str
+    start: float
+    end: float
+    label: str
+    kind: str = "positive"
+    where: str = ""
+    """The annotation's file and line, for messages."""
+
+    def overlaps(self, other: Annotation) -> bool:
+        return self.file == other.file and self.start < other.end and other.start < self.end
+
+
+def read_annotations(path: str | Path) -> list[Annotation]:
+    """Every annotation of a CSV, Raven selection table or Audacity label track (see the
+    module's description). An empty file is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file (annotations are CSV, a Raven selection table or "
+                        "an Audacity label track)") from None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: holds no annotations (empty)")
+    header = lines[0]
+    if "Begin Time (s)" in header:
+        rows = _raven(path, text)
+    elif "\t" in header and not any(c.isalpha() for c in header.split("\t")[0]):
+        rows = _audacity(path, text.splitlines())
+    else:
+        rows = _csv(path, text)
+    if not rows:
+        raise DataError(f"{path}: holds no annotations (a header without rows)")
+    return rows
+
+
+def _span(path: Path, line: int, file: str, start: str, end: str, label: str, kind: str) -> Annotation:
+    where = f"{path}: line {line}"
+    try:
+        a, b = float(start), float(end)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: times {start!r}, {end!r} are not numbers of seconds") from None
+    if not (math.isfinite(a) and math.isfinite(b)) or a < 0:
+        raise DataError(f"{where}: times {a:g}, {b:g}: must be finite and not negative")
+    if b < a:
+        raise DataError(f"{where}: ends at {b:g} s, before it starts ({a:g} s)")
+    label = (label or "").strip()
+    if not label:
+        raise DataError(f"{where}: no label")
+    kind = (kind or "positive").strip().lower()
+    if kind not in KINDS:
+        raise DataError(f"{where}: type {kind!r}: one of {', '.join(KINDS)}")
+    if not file.strip():
+        raise DataError(f"{where}: no file")
+    return Annotation(file.strip(), a, b, label, kind, where)
+
+
+def _csv(path: Path, text: str) -> list[Annotation]:
+    reader = csv.DictReader(io.StringIO(text))
+    fields = {f.strip().lower(): f for f in reader.fieldnames or []}
+    start = fields.get("start") or fields.get("onset")
+    end = fields.get("end") or fields.get("offset")
+    missing = [n for n, f in (("file", fields.get("file")), ("start (or onset)", start),
+                              ("end (or offset)", end), ("label", fields.get("label"))) if f is None]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                        "file,start,end,label[,type] (or onset,offset), a Raven selection table "
+                        "or an Audacity label track")
+    kind = fields.get("type")
+    return [_span(path, n, r[fields["file"]] or "", r[start], r[end], r[fields["label"]],
+                  r[kind] if kind else "") for n, r in enumerate(reader, start=2)]
+
+
+def _raven(path: Path, text: str) -> list[Annotation]:
+    reader = csv.DictReader(io.StringIO(text), delimiter="\t")
+    fields = reader.fieldnames or []
+    label = next((c for c in RAVEN_LABELS if c in fields), None)
+    if label is None:
+        raise DataError(f"{path}: a Raven selection table without a label column (one of "
+                        f"{', '.join(RAVEN_LABELS)})")
+    file = next((c for c in ("Begin File", "Begin Path") if c in fields), None)
+    own = path.name.split(".Table")[0] if ".Table" in path.name else path.stem
+    seen, out = set(), []
+    for n, r in enumerate(reader, start=2):
+        key = (r.get("Selection"), r.get(file) if file else own)
+        if r.get("Selection") and key in seen:  # the same selection in another view
+            continue
+        seen.add(key)
+        name = Path(r[file]).name if file == "Begin Path" else (r[file] if file else own)
+        out.append(_span(path, n, name or "", r["Begin Time (s)"], r["End Time (s)"], r[label], ""))
+    return out
+
+
+def _audacity(path: Path, lines: list[str]) -> list[Annotation]:
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("\\"):  # a blank line, or a label's frequency line
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise DataError(f"{path}: line {n}: an Audacity label is start<TAB>end<TAB>label")
+        out.append(_span(path, n, path.stem, parts[0], parts[1], "\t".join(parts[2:]), ""))
+    return out
