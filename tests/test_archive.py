@@ -238,6 +238,44 @@ def test_a_full_disk_keeps_what_was_indexed(recordings, tone_model, tmp_path):
     assert report.indexed == 1 and Archive(db).summary()["windows"] == 12 + 600
 
 
+def test_two_workers_index_shards_that_one_archive_merges(recordings, tone_model, tmp_path, capsys):
+    """The recipe beyond one machine: each job of an array indexes its part of the files into an
+    archive of its own (here two processes at once), then one archive merges them."""
+    for n in range(4):
+        scene(recordings / "more" / f"{n}.wav", [(2000, n, n + 1)], seconds=6.0, seed=10 + n)
+    jobs = [subprocess.Popen([sys.executable, "-m", "escnet", "index", str(recordings), "--db",
+                              str(tmp_path / f"shard{k}"), "--model", str(tone_model), "--shard", f"{k}/2",
+                              "--workers", "1", "--quiet"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+    parts = [set(Archive(tmp_path / f"shard{k}").files()) for k in (1, 2)]
+    assert parts[0] and parts[1] and not parts[0] & parts[1] and len(parts[0] | parts[1]) == 8
+
+    code, out, err = cli(capsys, "index", str(recordings), "--db", str(tmp_path / "all"), "--model",
+                         str(tone_model), "--from", str(tmp_path / "shard1"), "--from", str(tmp_path / "shard2"))
+    assert code == 0, err
+    assert "indexed 0 file(s)" in out and "8 merged from shards, 0 unchanged" in out
+    index_folder(recordings, tmp_path / "direct", str(tone_model), workers=1)
+    merged, direct = Archive(tmp_path / "all"), Archive(tmp_path / "direct")
+    assert merged.unreadable() == direct.unreadable() == [("broken.wav", direct.unreadable()[0][1])]
+
+    def by_span(a: Archive) -> dict:
+        return {(w.file, w.start, w.end): np.asarray(a.vectors()[w.id], np.float32)
+                for w in a.windows(a.alive()).values()}
+
+    one, other = by_span(merged), by_span(direct)
+    assert one.keys() == other.keys() and len(one) == 36 + 24
+    np.testing.assert_allclose(np.stack([one[k] for k in one]), np.stack([other[k] for k in one]), atol=2e-3)
+    code, _, err = cli(capsys, "index", str(recordings), "--db", str(tmp_path / "shard1"), "--model",
+                       str(tone_model))
+    assert code == 2 and "holds shard 1/2 of the files, not all of them" in err
+    code, _, err = cli(capsys, "index", str(recordings), "--db", str(tmp_path / "new"), "--model",
+                       str(tone_model), "--shard", "3/2")
+    assert code == 2 and "--shard 3/2: K/N" in err
+
+
 def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windows(archive, recordings,
                                                                                   capsys):
     code, out, err = cli(capsys, "search", str(archive), "--query", f"{recordings / 'a.wav'}@2-3",
@@ -281,12 +319,14 @@ def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windo
     (["index", "{rec}", "--db", "{tmp}/new", "--model", "{model}", "--hop", "0"], "--hop 0.0: seconds"),
     (["index", "{rec}", "--db", "{tmp}/new", "--model", "mn99_as"], "--model mn99_as: not a pretrained name"),
     (["index", "{rec}", "--db", "{rec}", "--model", "{model}"], "exists and is not an escnet archive"),
+    (["index", "{rec}", "--db", "{tmp}/new", "--model", "{tmp}/m.onnx"], "gives probabilities, not embeddings"),
     (["scan", "{db}", "--label", "beep", "--threshold", "1.5"], "--threshold 1.5: a probability"),
     (["scan", "{db}", "--label", "x", "--model", "{model}"], "give one of --label NAME"),
 ])
 def test_mistakes_are_one_line_and_exit_2(archive, recordings, tone_model, tmp_path, capsys, args, needle):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    (tmp_path / "m.onnx").write_bytes(b"an exported model")
     fill = {"db": str(archive), "rec": str(recordings), "model": str(tone_model), "tmp": str(tmp_path),
             "empty": str(tmp_path / "empty")}
     code, _, err = cli(capsys, *[a.format(**fill) for a in args])
@@ -503,3 +543,41 @@ def test_the_page_api_searches_plays_labels_learns_and_undoes(archive, recording
         r = c.post("/v1/archive/search", content=b"not audio at all")
         assert r.status_code == 422 and "error" in r.json()
         assert c.post("/v1/classify", content=upload).status_code == 404  # no model: the page alone
+
+
+def test_the_search_graph_finds_what_exact_search_does_and_follows_changes(tmp_path, monkeypatch):
+    """usearch's graph (from GRAPH_FROM rows; lowered here to 1000) against exact search: the
+    same neighbours, rows committed after it was built found too, removed files' rows gone once
+    it is updated."""
+    from conftest import benchmark
+
+    from escnet.archive import vectors
+    from escnet.archive.vectors import Graph, exact
+
+    monkeypatch.setattr(vectors, "GRAPH_FROM", 1000)
+    a = benchmark("agile").synthetic_archive(tmp_path / "db", 3000, dim=32, files=30)
+    with a.writing():
+        assert Graph(a).update(a.alive()) == 3000
+    rng = np.random.default_rng(0)
+    graph, all_vectors = Graph(a), a.vectors()
+    recall = []
+    for q in rng.integers(3000, size=20):
+        query = np.asarray(all_vectors[q], np.float32) + 0.1 * rng.standard_normal(32).astype(np.float32)
+        ids, sims = graph.search(query, 10)
+        assert (np.diff(sims) <= 1e-6).all()
+        recall.append(len(set(ids.tolist()) & set(exact(all_vectors, query, 10)[0].tolist())) / 10)
+    assert np.mean(recall) >= 0.95
+
+    new = rng.standard_normal((50, 32)).astype(np.float32) * 5
+    spans = np.stack([np.arange(50) * 5.0, np.arange(50) * 5.0 + 5], 1)
+    with a.writing():
+        a.add_file("late.wav", 0, 0, 250.0, spans, np.zeros(50), new)
+    ids, _ = Graph(a).search(new[7], 1)  # not in the graph yet: found by the exact tail
+    assert ids.tolist() == [3007] and Graph(a).held() == 3000
+    with a.writing():
+        a.remove_files(["late.wav", "site0/00000.wav"])
+        assert Graph(a).update(a.alive()) == 3050
+    gone = set(range(0, 100)) | set(range(3000, 3050))
+    for q in (5, 3007):
+        ids, _ = Graph(a).search(np.asarray(all_vectors[q] if q < 3000 else new[7], np.float32), 20)
+        assert not gone & set(ids.tolist())

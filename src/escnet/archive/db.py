@@ -256,6 +256,12 @@ class Archive:
             raise EscnetError(f"{self.path}: cannot write the archive ({err}); files indexed before "
                               "are kept: free some space and run the same command again") from None
 
+    def set_meta(self, key: str, value: str) -> None:
+        self._writer()
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self.meta[key] = value
+
     def add_unreadable(self, path: str, size: int, mtime_ns: int, error: str) -> None:
         """Record a file that could not be read (listed, not indexed; tried again once it changes)."""
         self._writer()
@@ -336,11 +342,13 @@ class Archive:
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def vectors(self) -> np.ndarray:
-        """Every committed row of vectors ``(rows, dim)`` float16, memory-mapped (read-only)."""
+        """Every committed row of vectors ``(rows, dim)`` float16, memory-mapped copy-on-write
+        (a change stays in this process's memory, never reaches the file; writable, so PyTorch
+        can take its rows without a copy)."""
         rows = self.rows
         if rows == 0:
             return np.zeros((0, self.dim), np.float16)
-        return np.memmap(self.path / self.VECTORS, np.float16, "r", shape=(rows, self.dim))
+        return np.memmap(self.path / self.VECTORS, np.float16, "c", shape=(rows, self.dim))
 
     # --- labels ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class IndexReport:
     """What one call of :func:`index_folder` did."""
 
     indexed: int = 0
+    merged: int = 0
+    """Files taken from shards (:func:`merge_shards`), not embedded again."""
     unchanged: int = 0
     removed: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
@@ -53,10 +56,57 @@ class IndexReport:
         return self.hours * 3600 / self.seconds if self.seconds else 0.0
 
 
-def audio_files(folder: Path) -> dict[str, Path]:
-    """Every audio file under ``folder``, by its path relative to it (POSIX, sorted)."""
+def audio_files(folder: Path, shard: tuple[int, int] | None = None) -> dict[str, Path]:
+    """Every audio file under ``folder``, by its path relative to it (POSIX, sorted); with
+    ``shard`` ``(k, n)``, the k-th of n parts of them, chosen by a hash of the path (a file stays
+    in its part however many files are added)."""
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    return {p.relative_to(folder).as_posix(): p for p in found}
+    files = {p.relative_to(folder).as_posix(): p for p in found}
+    if shard is None:
+        return files
+    k, n = shard
+    return {rel: p for rel, p in files.items() if zlib.crc32(rel.encode()) % n == k - 1}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` → ``(k, n)``, 1 ≤ k ≤ n."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise EscnetError(f"shard={text}: K/N, the K-th of N parts (1 <= K <= N), e.g. 3/8")
+    return int(k), int(n)
+
+
+SAME = ("root", "model", "sha256", "window", "hop", "dim")
+"""What an archive and the shards merged into it must share."""
+
+
+def merge_shards(archive: Archive, shards: list[Path]) -> int:
+    """Copy into ``archive`` (held for writing) every recording of ``shards`` (archives of parts
+    of the same folder, by the same model) that it lacks or holds in another version: windows
+    and embeddings as they are, nothing embedded again. Returns the files copied."""
+    copied = 0
+    for path in shards:
+        shard = Archive(path)
+        if differ := [k for k in SAME if shard.meta.get(k) != archive.meta.get(k)]:
+            raise EscnetError(f"from={path}: its {differ[0]} is {shard.meta.get(differ[0])}, the archive's "
+                              f"{archive.meta.get(differ[0])}: shards are indexed from the same folder "
+                              "path with the same model, window and hop")
+        known, vectors = archive.files(), shard.vectors()
+        rows = shard.db.execute("SELECT id, path, size, mtime_ns, duration, first, windows, error FROM files")
+        for file_id, rel, size, mtime_ns, duration, first, n, error in rows.fetchall():
+            if known.get(rel, (None, None))[:2] == (size, mtime_ns):
+                continue
+            copied += 1
+            if error is not None:
+                archive.add_unreadable(rel, size, mtime_ns, error)
+                continue
+            windows = np.array(shard.db.execute(
+                "SELECT start, end, level_db FROM windows WHERE file = ? ORDER BY id", (file_id,)).fetchall(),
+                np.float64).reshape(-1, 3)
+            archive.add_file(rel, size, mtime_ns, duration, windows[:, :2], windows[:, 2],
+                             vectors[first : first + n] if n else np.zeros((0, archive.dim), np.float16))
+        shard.close()
+    return copied
 
 
 def describe_model(spec: str, window: float | None, hop: float | None) -> dict[str, str]:
@@ -156,32 +206,44 @@ def open_archive(db: str | Path, folder: Path, model: str, window: float | None,
 
 def index_folder(folder: str | Path, db: str | Path, model: str = "mn04_as", window: float | None = None,
                  hop: float | None = None, workers: int | None = None,
-                 progress: Callable[[IndexReport, int, str], None] | None = None) -> IndexReport:
+                 progress: Callable[[IndexReport, int, str], None] | None = None,
+                 shard: tuple[int, int] | None = None, shards: list[Path] | None = None) -> IndexReport:
     """Index the audio files under ``folder`` into the archive ``db`` (made if new) with
     ``model`` (a pretrained card, a run folder or a checkpoint), windows of ``window`` seconds
     every ``hop`` (default: the window), ``workers`` processes (default one per core).
-    ``progress(report, files left, file)`` is told of each file as it is done."""
+    ``progress(report, files left, file)`` is told of each file as it is done.
+
+    Beyond one machine: ``shard=(k, n)`` indexes only the k-th of n parts of the files (each
+    part into its own archive, by its own job), and ``shards`` merges such archives into this
+    one before the files still missing are indexed (:func:`merge_shards`)."""
     started = time.perf_counter()
     folder = Path(folder)
     if not folder.is_dir():
         raise EscnetError(f"{folder}: not a folder of recordings")
     if hop is not None and not 0.05 <= hop <= 3600:
         raise EscnetError(f"hop={hop}: seconds between window starts, 0.05 to 3600")
-    found = audio_files(folder)
-    if not found:
+    if not audio_files(folder):
         raise EscnetError(f"{folder}: no audio files in it or its subfolders "
                           f"({', '.join(AUDIO_EXTENSIONS)})")
+    found = audio_files(folder, shard)
     workers = workers or available_cores()
     if workers < 1:
         raise EscnetError(f"workers={workers}: at least 1")
     archive = open_archive(db, folder, model, window, hop)
     report = IndexReport()
+    part = f"{shard[0]}/{shard[1]}" if shard else ""
+    if archive.meta.get("shard", part) != part:
+        raise EscnetError(f"db={db}: holds shard {archive.meta['shard']} of the files, not "
+                          f"{part or 'all of them'}: merge shards into a new archive (--from)")
     with archive.writing():
+        if shard is not None:
+            archive.set_meta("shard", part)
+        report.merged = merge_shards(archive, shards or [])
         known = archive.files()
         stats = {rel: path.stat() for rel, path in found.items()}
         todo = [(rel, found[rel]) for rel in found
                 if known.get(rel, (None, None))[:2] != (stats[rel].st_size, stats[rel].st_mtime_ns)]
-        report.unchanged = len(found) - len(todo)
+        report.unchanged = len(found) - len(todo) - report.merged
         report.removed = archive.remove_files(sorted(set(known) - set(found)))
         hop_seconds = float(archive.meta["hop"])
         for n, (rel, result) in enumerate(_results(todo, model, float(archive.meta["window"]),

@@ -203,10 +203,25 @@ def scores(archive: Archive, learned: Learned, label: str) -> tuple[np.ndarray, 
     return alive, out[alive]
 
 
-def _in_turn(orders: list[np.ndarray]) -> Iterator[int]:
+def _best_first(key: np.ndarray, enough: int) -> Iterator[int]:
+    """Positions of ``key`` from the smallest up: the ``enough`` smallest sorted first (a
+    partition, not a sort of 10⁶ scores), the rest sorted only if those run out."""
+    if len(key) > enough:
+        head = np.argpartition(key, enough)[:enough]
+        head = head[np.argsort(key[head], kind="stable")]
+        yield from head.tolist()
+        rest = np.ones(len(key), bool)
+        rest[head] = False
+        tail = np.flatnonzero(rest)
+        yield from tail[np.argsort(key[tail], kind="stable")].tolist()
+    else:
+        yield from np.argsort(key, kind="stable").tolist()
+
+
+def _in_turn(orders: list[Iterator[int]]) -> Iterator[int]:
     """Positions from each order in turn, each position once."""
     seen: set[int] = set()
-    iterators = [iter(o.tolist()) for o in orders]
+    iterators = list(orders)
     while iterators:
         for it in list(iterators):
             pos = next((q for q in it if q not in seen), None)
@@ -226,16 +241,25 @@ def rank(archive: Archive, learned: Learned, label: str, k: int = 10, strategy: 
         raise EscnetError(f"strategy={strategy}: one of {', '.join(STRATEGIES)}")
     if not 1 <= k <= 1000:
         raise EscnetError(f"top={k}: 1 to 1000 windows")
-    ids, p = scores(archive, learned, label)
-    labelled = set()
+    ids, p = scores(archive, learned, label)  # ids sorted
+    labelled: set[int] = set()
     for name in archive.label_names():
         labelled |= set(archive.labelled_windows(name))
-    free = ~np.isin(ids, np.fromiter(labelled, np.int64, len(labelled)))
-    ids, p = ids[free], p[free]
-    orders = {"top": np.argsort(-p, kind="stable"), "margin": np.argsort(np.abs(p - 0.5), kind="stable")}
-    candidates = _in_turn([orders[strategy]] if strategy != "mixed" else [orders["top"], orders["margin"]])
+    wanted_ids = np.fromiter(labelled, np.int64, len(labelled))
+    at = np.searchsorted(ids, wanted_ids)
+    inside = at < len(ids)
+    inside[inside] &= ids[at[inside]] == wanted_ids[inside]
+    taken = at[inside]
+    enough = 64 * k + len(taken)  # candidates enough for k after passing labelled and touching ones
+    keys = {"top": -p, "margin": np.abs(p - 0.5)}
+    for key in keys.values():
+        key[taken] = np.inf  # labelled windows last, and passed over
+    candidates = _in_turn([_best_first(keys[s], enough)
+                           for s in ([strategy] if strategy != "mixed" else ["top", "margin"])])
+    skip = set(taken.tolist())
     chosen: list[tuple[Window, float]] = []
-    while len(chosen) < k and (batch := list(islice(candidates, 64))):  # windows looked up in batches
+    while len(chosen) < k and (batch := list(islice(candidates, 64))):  # looked up 64 at a time
+        batch = [q for q in batch if q not in skip]
         found = archive.windows(ids[batch])
         for pos in batch:
             w = found.get(int(ids[pos]))
@@ -268,24 +292,34 @@ def check_threshold(threshold: float) -> None:
 
 
 def scan(archive: Archive, learned: Learned, label: str, threshold: float = 0.5
-         ) -> tuple[list[Detection], list[tuple[Window, float]]]:
+         ) -> tuple[list[Detection], np.ndarray, np.ndarray]:
     """The classifier over every window of the archive: the detections (windows at or above
-    ``threshold`` that touch, merged) and every window's score."""
+    ``threshold`` that touch, merged), and every window's id and score (arrays: a million
+    windows cost 12 MB, not a million objects; :func:`windows_with_scores` reads them out)."""
     check_threshold(threshold)
     ids, p = scores(archive, learned, label)
-    windows = archive.windows(ids)
-    scored = sorted(((windows[int(i)], float(s)) for i, s in zip(ids, p, strict=True) if int(i) in windows),
-                    key=lambda ws: (ws[0].file, ws[0].start))
+    high = p >= threshold
+    windows = archive.windows(ids[high])
+    above = sorted(((windows[int(i)], float(s)) for i, s in zip(ids[high], p[high], strict=True)
+                    if int(i) in windows), key=lambda ws: (ws[0].file, ws[0].start))
     found: list[Detection] = []
-    for w, s in scored:
-        if s < threshold:
-            continue
+    for w, s in above:
         last = found[-1] if found else None
         if last is not None and last.file == w.file and w.start <= last.end:
             found[-1] = Detection(w.file, label, last.start, max(last.end, w.end), max(last.confidence, s))
         else:
             found.append(Detection(w.file, label, w.start, w.end, s))
-    return found, scored
+    return found, ids, p
+
+
+def windows_with_scores(archive: Archive, ids: np.ndarray, p: np.ndarray, block: int = 10_000
+                        ) -> Iterator[tuple[Window, float]]:
+    """Each window of ``ids`` with its score, looked up ``block`` at a time (memory stays flat)."""
+    for first in range(0, len(ids), block):
+        found = archive.windows(ids[first : first + block])
+        for i, s in zip(ids[first : first + block].tolist(), p[first : first + block].tolist(), strict=True):
+            if i in found:
+                yield found[i], s
 
 
 _STAMP = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})[T_ -]?(\d{2})[-:]?(\d{2})[-:]?(\d{2})")

@@ -72,15 +72,15 @@ def parse_query(text: str) -> tuple[Path, float | None, float | None]:
     return Path(m["file"]), start, end
 
 
-def embed_query(archive: Archive, query: str | AudioFile) -> Query:
+def embed_query(archive: Archive, query: str | Path | AudioFile) -> Query:
     """The vector of a query: a recording ``FILE[@START-END]`` (or one already open, an upload):
     the mean of its windows' embeddings by the archive's model (each window of the span, at the
     archive's hop)."""
     if isinstance(query, AudioFile):
         return _embedded(archive, query, None, None, None, query.name)
-    path, start, end = parse_query(query)
+    path, start, end = parse_query(str(query))
     with AudioFile(path) as audio:
-        return _embedded(archive, audio, start, end, _archived(archive, path), query)
+        return _embedded(archive, audio, start, end, _archived(archive, path), str(query))
 
 
 def _embedded(archive: Archive, audio: AudioFile, start: float | None, end: float | None,

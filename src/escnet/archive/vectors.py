@@ -33,7 +33,8 @@ def float32(rows: np.ndarray) -> np.ndarray:
         import torch
     except ImportError:
         return np.asarray(rows, np.float32)
-    return torch.from_numpy(np.array(rows, np.float16)).float().numpy()
+    rows = rows if rows.flags.writeable else np.array(rows, np.float16)
+    return torch.from_numpy(rows).float().numpy()
 
 
 def chunks(vectors: np.ndarray, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
@@ -87,7 +88,7 @@ class Graph:
             raise EscnetError("searching a large archive needs usearch: pip install usearch (or "
                               "pip install 'escnet[archive]')") from None
         return Index(ndim=self.archive.dim, metric="cos", dtype="f16", connectivity=16,
-                     expansion_add=128, expansion_search=96)
+                     expansion_add=128, expansion_search=256)
 
     def update(self, alive: np.ndarray) -> int:
         """Add the rows committed since the graph was saved (the archive's writer only), drop

@@ -21,7 +21,7 @@ def _open(path: str):
 def index(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from escnet.archive.index import index_folder
+    from escnet.archive.index import index_folder, parse_shard
 
     bar = tqdm(total=None, unit="file", desc="indexing", disable=not bars(args))
 
@@ -31,12 +31,15 @@ def index(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix_str(f"{report.hours:.2f} h, {report.realtime:.0f}× real time")
 
-    report = index_folder(args.folder, args.db, args.model, args.window, args.hop, args.workers, said)
+    shard = parse_shard(args.shard) if args.shard else None
+    report = index_folder(args.folder, args.db, args.model, args.window, args.hop, args.workers, said, shard,
+                          [Path(p) for p in args.merge])
     bar.close()
     for path, error in report.unreadable:
         print(f"escnet: unreadable, left out: {text(path)}: {error}", file=sys.stderr)
+    merged = f"{report.merged} merged from shards, " if args.merge else ""
     print(f"{args.db}: indexed {report.indexed} file(s), {report.hours:.2f} h of audio in "
-          f"{report.seconds:.1f} s ({report.realtime:.0f}× real time); {report.unchanged} unchanged, "
+          f"{report.seconds:.1f} s ({report.realtime:.0f}× real time); {merged}{report.unchanged} unchanged, "
           f"{report.removed} removed, {len(report.unreadable)} unreadable")
     return 0
 
@@ -53,6 +56,10 @@ def add_index(sub) -> None:
     p.add_argument("--hop", type=float, metavar="S", help="seconds between window starts (default: "
                    "the window)")
     p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    p.add_argument("--shard", metavar="K/N", help="index only the K-th of N parts of the files (one job "
+                   "of many, each into its own archive)")
+    p.add_argument("--from", dest="merge", action="append", default=[], metavar="SHARD",
+                   help="merge a shard's archive first (repeat; then the files no shard held are indexed)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=index)
 
@@ -228,6 +235,7 @@ def scan(args: argparse.Namespace) -> int:
         learned_from_run,
         per_hour,
         scan,
+        windows_with_scores,
         write_detections,
         write_per_hour,
     )
@@ -242,23 +250,30 @@ def scan(args: argparse.Namespace) -> int:
     archive = _open(args.db)
     learned = learned_from_run(args.model, archive) if args.model else _learned(archive, args)
     name = args.label or next(c for c in learned.classes if c != "other")
-    detections, scored = scan(archive, learned, name, args.threshold)
+    detections, ids, p = scan(archive, learned, name, args.threshold)
     if args.out:
         print(f"wrote {write_detections(detections, args.out)}", file=sys.stderr)
     if args.per_hour:
         written = write_per_hour(per_hour(detections), Path(args.per_hour), name)
         print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
-    if args.windows:
-        rows = [{**w.to_dict(), "score": round(p, 5)} for w, p in scored]
-        print(json.dumps(rows) if args.json else "\n".join(
-            f"{r['id']},{r['file']},{r['start']},{r['end']},{r['score']}" for r in rows))
+    if args.windows:  # streamed: a million windows are never all in memory as objects
+        rows = ({**w.to_dict(), "score": round(s, 5)} for w, s in windows_with_scores(archive, ids, p))
+        if args.json:
+            print("[", end="")
+            for n, r in enumerate(rows):
+                print(("," if n else "") + json.dumps(r), end="")
+            print("]")
+        else:
+            print("id,file,start,end,score")
+            for r in rows:
+                print(f"{r['id']},{r['file']},{r['start']},{r['end']},{r['score']}")
     elif args.json:
         print(json.dumps([d.to_dict() for d in detections], indent=1))
     elif not args.out:
         print("file,label,start,end,confidence")
         for d in detections:
             print(f"{d.file},{d.label},{d.start:.3f},{d.end:.3f},{d.confidence:.4f}")
-    print(f"escnet: {len(detections)} detection(s) of {text(name)!r} in {len(scored)} windows",
+    print(f"escnet: {len(detections)} detection(s) of {text(name)!r} in {len(ids)} windows",
           file=sys.stderr)
     return 0
 

@@ -85,6 +85,9 @@ class Embedder:
         if not path.exists():
             names = ", ".join(n for n, c in CARDS.items() if c.family == "efficientat-mn")
             raise EscnetError(f"{spec}: not a run folder, a checkpoint or a pretrained name ({names})")
+        if path.suffix.lower() == ".onnx":
+            raise EscnetError(f"{spec}: an exported model gives probabilities, not embeddings: give the run "
+                              "or checkpoint it was exported from, or a pretrained name")
         return cls(load_model(path, device)[0], device)
 
     @property
