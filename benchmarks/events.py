@@ -44,7 +44,7 @@ import soundfile as sf
 
 from escnet.data.soundscapes import SceneEvent, soundscape
 from escnet.data.tables import read_esc50
-from escnet.deploy.event_metrics import F1, event_f1, segment_f1
+from escnet.deploy.event_metrics import Tally, event_counts, segment_counts
 from escnet.deploy.events import DEFAULTS, Event, events_of, stream_file
 from escnet.deploy.predict import load_model_file
 
@@ -83,7 +83,7 @@ def repeats(truth: list[SceneEvent], found: list[Event]) -> int:
 
 def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
     model = load_model_file(model_path, threads=2)
-    event, segment, rep, hops, right = F1(0, 0, 0), F1(0, 0, 0), 0, 0, 0
+    event, segment, rep, hops, right = Tally(), Tally(), 0, 0, 0
     found_by_scene = {}
     tick = time.perf_counter()
     decisions: list[float] = []
@@ -94,8 +94,8 @@ def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
                                                            if m.state == "start"])]
         found = events_of(messages)
         found_by_scene[path.name] = found
-        event += event_f1(truth, found)
-        segment += segment_f1(truth, found, sf.info(path).duration)
+        event += event_counts(truth, found, collar=0.5, offset_share=0.2)[0]
+        segment += segment_counts(truth, found, sf.info(path).duration)[0]
         rep += repeats(truth, found)
         for u in updates:  # the answer of each hop whose window centre is inside a true event
             for s in u.scores:

@@ -1,4 +1,4 @@
-"""Sound events: the tracker, the stream, files and streams alike, and their F1."""
+"""Sound events: the tracker, the stream, files and streams alike."""
 
 
 import numpy as np
@@ -7,7 +7,6 @@ import soundfile as sf
 from conftest import ToneModel, tone_scene
 
 from escnet.data.pcm import PcmFormat, read_wav_header
-from escnet.deploy.event_metrics import event_f1, segment_f1
 from escnet.deploy.events import (
     EventSettings,
     EventTracker,
@@ -106,22 +105,6 @@ def test_a_long_sound_is_one_event_and_scores_come_every_hop():
     messages = [m for k in range(0, wav.size, 800) for m in stream.feed(wav[k:k + 800]).events]
     messages += stream.finish().events
     assert [(m.label, m.state) for m in messages] == [("low", "start"), ("low", "end")]
-
-
-def test_event_f1_and_segment_f1_by_hand():
-    from escnet.deploy.events import Event
-
-    ref = [Event("dog", 1.0, 2.0, 1), Event("dog", 5.0, 9.0, 1), Event("rain", 3.0, 4.0, 1)]
-    est = [Event("dog", 1.4, 2.4, 1),   # onset and offset within 0.5: hit
-           Event("dog", 5.2, 8.3, 1),   # offset 0.7 early, within 20 % of 4 s (0.8): hit
-           Event("dog", 1.1, 2.1, 1),   # the first dog again: one hit only (matching)
-           Event("rain", 3.6, 4.0, 1)]  # onset 0.6 late: miss
-    counts = event_f1(ref, est)
-    assert (counts.tp, counts.fp, counts.fn) == (2, 2, 1)
-    assert counts.f1 == pytest.approx(4 / 7)
-    # segments of 1 s over 10 s: ref dog {1, 5, 6, 7, 8}, rain {3}; est dog {1, 2, 5, 6, 7, 8}, rain {3}
-    seg = segment_f1(ref, est, duration=10.0)
-    assert (seg.tp, seg.fp, seg.fn) == (6, 1, 0)
 
 
 def test_pcm_formats_and_a_wav_header_read_from_a_pipe(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 from escnet.archive.db import Archive
 from escnet.archive.vectors import Graph
 from escnet.cards import CARDS
-from escnet.data.audio import AUDIO_EXTENSIONS, AudioFile
+from escnet.data.audio import AUDIO_EXTENSIONS, AudioFile, audio_files
 from escnet.errors import AudioError, EscnetError
 from escnet.machine import PARENT_PID, available_cores, die_with_parent
 
@@ -56,12 +56,11 @@ class IndexReport:
         return self.hours * 3600 / self.seconds if self.seconds else 0.0
 
 
-def audio_files(folder: Path, shard: tuple[int, int] | None = None) -> dict[str, Path]:
-    """Every audio file under ``folder``, by its path relative to it (POSIX, sorted); with
-    ``shard`` ``(k, n)``, the k-th of n parts of them, chosen by a hash of the path (a file stays
-    in its part however many files are added)."""
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    files = {p.relative_to(folder).as_posix(): p for p in found}
+def shard_files(folder: Path, shard: tuple[int, int] | None = None) -> dict[str, Path]:
+    """:func:`~escnet.data.audio.audio_files` of ``folder``; with ``shard`` ``(k, n)``, the k-th
+    of n parts of them, chosen by a hash of the path (a file stays in its part however many
+    files are added)."""
+    files = audio_files(folder)
     if shard is None:
         return files
     k, n = shard
@@ -225,7 +224,7 @@ def index_folder(folder: str | Path, db: str | Path, model: str = "mn04_as", win
     if not audio_files(folder):
         raise EscnetError(f"{folder}: no audio files in it or its subfolders "
                           f"({', '.join(AUDIO_EXTENSIONS)})")
-    found = audio_files(folder, shard)
+    found = shard_files(folder, shard)
     workers = workers or available_cores()
     if workers < 1:
         raise EscnetError(f"workers={workers}: at least 1")

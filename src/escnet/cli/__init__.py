@@ -17,12 +17,13 @@ import sys
 import warnings
 from typing import ClassVar, NoReturn
 
-from escnet.cli import archive, classify, data, serving, training
+from escnet.cli import archive, classify, data, events, serving, training
 from escnet.cli.common import setting_flags
 from escnet.config import similar_settings
 from escnet.errors import EscnetError
 
-COMMANDS = (*training.COMMANDS, *classify.COMMANDS, *archive.COMMANDS, *serving.COMMANDS, *data.COMMANDS)
+COMMANDS = (*training.COMMANDS, *classify.COMMANDS, *events.COMMANDS, *archive.COMMANDS, *serving.COMMANDS,
+            *data.COMMANDS)
 """Each adds a sub-command (its options, and ``func``: the function that runs it)."""
 
 # Libraries of the extras; a command that needs a missing one says which.

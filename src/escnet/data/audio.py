@@ -25,6 +25,13 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".mp3")
 """Extensions escnet looks for, in order of preference when one stem has several files."""
 
 
+def audio_files(folder: Path) -> dict[str, Path]:
+    """Every audio file under ``folder`` (recursively, by extension), by its path relative to
+    it (POSIX), sorted."""
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return {p.relative_to(folder).as_posix(): p for p in found}
+
+
 class AudioFile:
     """An audio file on disk, or one held in memory as ``bytes`` (an upload), opened for
     decoding after the checks every reader shares. Use it as a context manager.

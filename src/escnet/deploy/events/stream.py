@@ -49,6 +49,9 @@ class HopScore:
     """``(classes,)`` calibrated, or ``None`` for a silent window."""
     label: str | None
     """The answer: a class, :data:`~escnet.deploy.predict.UNKNOWN`, or ``None`` (silent)."""
+    centre: float
+    """Seconds of stream at the middle of the audio the window held (where the tracker places
+    its score)."""
 
     def top(self, classes: list[str], k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable classes and their probabilities (none for a silent window)."""
@@ -207,7 +210,7 @@ class Stream:
             probabilities = None if row is None else row.probabilities
             label = None if row is None else answer(self.model.info, row.probabilities, row.known)
             seconds, centre = end / self.rate, max(0.0, (end - audio.shape[0] / 2) / self.rate)
-            update.scores.append(HopScore(seconds, window.level_db, probabilities, label))
+            update.scores.append(HopScore(seconds, window.level_db, probabilities, label, centre))
             update.events.extend(self.tracker.push(
                 seconds, None if label in (None, UNKNOWN) else probabilities, centre, alone))
         return update
