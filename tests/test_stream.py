@@ -220,7 +220,10 @@ def test_ctrl_c_ends_open_events_and_flushes_the_log(five_class_exports, esc50, 
     out = tmp_path / "events.jsonl"
     proc = subprocess.Popen(runtime_cli("listen", "--model", model, "--input", str(path), "--realtime",
                                         "--out", str(out), "--on", "0.2", "--off", "0.1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as a terminal delivers it, even when the tests run in a
+                            # background job (which starts its children with SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 25  # the scene lasts 30 s: interrupt it while an event is open
     while time.monotonic() < deadline and not (out.exists() and '"start"' in out.read_text()):
         time.sleep(0.2)
