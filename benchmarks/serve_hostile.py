@@ -164,8 +164,11 @@ def _attack(port: int, clip: bytes, kinds: list[str], one_address: bool, stop, r
 
         frame, sent, said = samples.astype("<f4").tobytes(), 0.0, []
         try:
+            # no keepalive pings, as a browser sends none: a slowed stream's pings wait behind its
+            # own audio in the connection (GUARANTEES.md, the service)
             with ws_connect(f"ws://127.0.0.1:{port}/v1/stream?sample_rate=16000&format=f32",
-                            sock=connect(address(9 + n), 10), open_timeout=10, max_size=None) as ws:
+                            sock=connect(address(9 + n), 10), open_timeout=10, max_size=None,
+                            ping_interval=None) as ws:
                 def read() -> None:
                     try:
                         while True:

@@ -215,8 +215,13 @@ def test_audacity_tracks_match_their_recordings_and_unannotated_ones_hold_no_eve
     folder, _ = _recordings(tmp_path)
     track = tmp_path / "scene.txt"  # an Audacity label track, named after its recording
     track.write_text("1.0\t3.0\tLow\n6.5\t7.5\thigh\n")
+    (folder / "broken.wav").write_bytes(b"RIFF not really")
     reference = match_annotations(read_annotations(track), folder, ["low", "high"])
     assert sorted(reference.files) == ["day2/quiet.flac", "scene.wav"]
+    assert list(reference.unreadable) == ["broken.wav"]  # listed, left out
+    named = _csv(tmp_path, ["./broken.wav,1,2,low"])  # unless a row names it
+    with pytest.raises(DataError, match=r"line 2: broken.wav cannot be read"):
+        match_annotations(read_annotations(named), folder, ["low", "high"])
     assert [(a.file, a.label) for a in reference.events["scene.wav"]] == [("scene.wav", "low"),
                                                                          ("scene.wav", "high")]
     assert reference.events["day2/quiet.flac"] == []

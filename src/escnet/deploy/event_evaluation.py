@@ -9,7 +9,9 @@ its recording). A recording no annotation names holds no events. Every row is ch
 any audio is scored: a recording that is not there, a label the model does not know (labels
 compare as class names do: :func:`~escnet.data.tables.label_key`), an event that starts after
 its recording ends, and an event overlapping another of its label in its recording (one sound
-annotated twice) are each a :class:`~escnet.errors.DataError` naming the row.
+annotated twice) are each a :class:`~escnet.errors.DataError` naming the row. A recording that
+cannot be read (or whose header does not give its length) is listed and left out; one an
+annotation names is an error naming the row.
 
 Each recording goes through the same :class:`~escnet.deploy.events.Stream` as ``predict
 --events``, ``listen`` and ``/v1/stream``: its events are scored by F-score, and its window
@@ -50,6 +52,8 @@ class Reference:
     """Seconds of each recording, by its header."""
     events: dict[str, list[Annotation]]
     """Each recording's events (``file``: its path under ``folder``; ``label``: a class name)."""
+    unreadable: dict[str, str]
+    """Recordings no annotation names that cannot be read, and why: left out, and said."""
 
 
 def match_annotations(annotations: list[Annotation], folder: str | Path, classes: list[str]) -> Reference:
@@ -67,13 +71,21 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
         for alias in (Path(rel).with_suffix("").as_posix(), name, Path(name).stem):
             aliases.setdefault(alias, set()).add(rel)
     known = {label_key(c): c for c in classes}
-    durations = {rel: _duration(path) for rel, path in files.items()}
-    events: dict[str, list[Annotation]] = {rel: [] for rel in files}
+    durations, unreadable = {}, {}
+    for rel, path in files.items():
+        try:
+            durations[rel] = _duration(path)
+        except AudioError as err:
+            unreadable[rel] = str(err)
+    events: dict[str, list[Annotation]] = {rel: [] for rel in durations}
     for a in annotations:
         if a.kind != "positive":
             raise DataError(f"{a.where}: type {a.kind}: scoring events needs where sounds are; leave "
                             "out the negative and uncertain rows")
-        rel = a.file if a.file in files else _only(sorted(aliases.get(a.file, ())), a, folder)
+        name = a.file.replace("\\", "/").removeprefix("./")
+        rel = name if name in files else _only(sorted(aliases.get(name, ())), a, folder)
+        if rel in unreadable:
+            raise DataError(f"{a.where}: {rel} cannot be read ({unreadable[rel]})")
         label = known.get(label_key(a.label))
         if label is None:
             shown = ", ".join(repr(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
@@ -85,7 +97,7 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
         events[rel].append(replace(a, file=rel, label=label))
     for rows in events.values():
         _refuse_overlaps(rows)
-    return Reference(folder, files, durations, events)
+    return Reference(folder, {rel: files[rel] for rel in durations}, durations, events, unreadable)
 
 
 def _only(candidates: list[str], a: Annotation, folder: Path) -> str:
@@ -100,8 +112,8 @@ def _only(candidates: list[str], a: Annotation, folder: Path) -> str:
 def _duration(path: Path) -> float:
     with AudioFile(path) as audio:
         if audio.duration is None:
-            raise DataError(f"{path}: its header does not say how long it is; convert it to a "
-                            "seekable file (WAV, FLAC) to score events on it")
+            raise AudioError(f"{path}: its header does not say how long it is; convert it to a "
+                             "seekable file (WAV, FLAC) to score events on it")
         return audio.duration
 
 
@@ -181,7 +193,7 @@ def evaluate_events(model: Model, reference: Reference, settings: EventSettings 
             raise DataError(f"{name}={value}: must be a positive number of seconds")
     if not (np.isfinite(offset_share) and 0 <= offset_share <= 1):
         raise DataError(f"offset_share={offset_share}: must be 0 to 1")
-    results, unreadable = [], []
+    results, unreadable = [], list(reference.unreadable.items())
     for name, path in reference.files.items():
         duration = reference.durations[name]
         try:

@@ -21,7 +21,9 @@ a text frame other than ``"end"`` or a frame that is not whole samples (1003), N
 for ``--idle-seconds`` (1008), more than ``--max-streams`` open (1013), the server stopping
 (1001), a client that reads none of the server's messages for ``--idle-seconds`` (1008). A
 client sending faster than ``MAX_SPEED`` times real time or more than ``FRAME_RATE`` frames a
-second (after a ``BURST``) is slowed down, not refused.
+second (after a ``BURST``) is slowed down, not refused. A stream's audio is scored
+``PIECE_SECONDS`` at a time, each piece taking its turn in its client address's fair share of the
+inference threads (as the HTTP API's requests do), so streams cannot starve requests.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import json
 import time
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, replace
 from typing import Protocol
 
@@ -40,7 +43,7 @@ from escnet.data.pcm import PcmFormat
 from escnet.deploy.events import DEFAULTS, EventMessage, EventSettings, HopScore, Stream, Update
 from escnet.deploy.predict import Model
 from escnet.errors import AudioError, EscnetError, NonFiniteAudioError
-from escnet.serve.admission import Limit
+from escnet.serve.admission import Busy, Limit
 
 FORMATS = ("f32", "s16")
 MAX_FRAME_SECONDS = 2.0
@@ -69,14 +72,28 @@ class Stopping(Protocol):
     async def wait(self) -> None: ...
 
 
+class Admission(Protocol):
+    """The inference slots, shared fairly among client addresses
+    (``escnet.serve.admission.FairAdmission``)."""
+
+    def slot(self, client: str) -> AbstractAsyncContextManager[None]: ...
+
+
 class Service(Protocol):
     """What a stream needs of the server (``escnet.serve.app.Service``)."""
 
     settings: Limits
     model: Model
     pool: Executor
+    admission: Admission
     streams: Limit
     stopping: Stopping
+
+
+PIECE_SECONDS = 0.25
+"""Seconds of a frame's audio scored in one turn on the inference threads."""
+RETRY_SECONDS = 0.05
+"""How long a stream waits to ask again for an inference slot the queue had no room for."""
 
 
 class Closed(Exception):
@@ -146,7 +163,7 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
                 "max_frame_bytes": int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes,
                 "stream_seconds": settings.stream_seconds, "idle_seconds": settings.idle_seconds,
                 "max_speed": MAX_SPEED}}))
-        await _follow(ws, service, live, pcm)
+        await _follow(ws, service, live, pcm, ws.client.host if ws.client else "")
     except Closed as closed:
         await _close(ws, closed.code, closed.reason)
     except WebSocketDisconnect:
@@ -156,9 +173,10 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
             service.streams.leave()
 
 
-async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat) -> None:
+async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat, client: str) -> None:
     settings = service.settings
     max_bytes = int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes
+    piece = round(PIECE_SECONDS * pcm.sample_rate)
     start, received, frames, idle, silent = time.monotonic(), 0, 0, 0.0, 0.0
     stopping = asyncio.ensure_future(service.stopping.wait())
     receive: asyncio.Future | None = None
@@ -181,7 +199,7 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
             if message.get("text") is not None:
                 if message["text"].strip() != "end":
                     raise Closed(1003, 'text frames: only "end" (audio goes in binary frames)')
-                await _send(ws, live, await _run(service, live.finish), settings.idle_seconds)
+                await _send(ws, live, await _run(service, client, live.finish), settings.idle_seconds)
                 await ws.send_text(json.dumps({"type": "end", "seconds": round(live.seconds, 3)}))
                 await ws.close(1000)
                 return
@@ -195,7 +213,11 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat)
             silent = silent + samples.shape[0] / pcm.sample_rate if not samples.any() else 0.0
             if silent >= settings.idle_seconds:
                 raise Closed(1008, f"no sound for {settings.idle_seconds:g} s (digital silence)")
-            await _send(ws, live, await _run(service, live.feed, samples), settings.idle_seconds)
+            # scored a piece at a time, each in its own turn for a thread: a request waiting
+            # behind a stream waits for one piece, not for a whole 2 s frame's windows
+            for k in range(0, len(samples), piece):
+                update = await _run(service, client, live.feed, samples[k:k + piece])
+                await _send(ws, live, update, settings.idle_seconds)
             frames += 1
             elapsed = time.monotonic() - start
             ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed
@@ -218,15 +240,21 @@ def _samples(data: bytes, pcm: PcmFormat, max_bytes: int) -> np.ndarray:
         raise Closed(1007 if isinstance(err, NonFiniteAudioError) else 1003, str(err)) from None
 
 
-async def _run(service: Service, work, *args) -> Update:
-    """``work(*args)`` on the inference pool; audio the model cannot score closes the stream
-    (1007), a model that fails on it too (1011)."""
-    try:
-        return await asyncio.get_running_loop().run_in_executor(service.pool, work, *args)
-    except AudioError as err:
-        raise Closed(1007, str(err)) from None
-    except EscnetError as err:
-        raise Closed(1011, str(err)) from None
+async def _run(service: Service, client: str, work, *args) -> Update:
+    """``work(*args)`` on the inference pool, in a slot of ``client``'s fair share (a stream
+    takes no more of the threads than a client of the HTTP API; with no room it waits, it is
+    never dropped); audio the model cannot score closes the stream (1007), a model that fails
+    on it too (1011)."""
+    while True:
+        try:
+            async with service.admission.slot(client):
+                return await asyncio.get_running_loop().run_in_executor(service.pool, work, *args)
+        except Busy:
+            await asyncio.sleep(RETRY_SECONDS)
+        except AudioError as err:
+            raise Closed(1007, str(err)) from None
+        except EscnetError as err:
+            raise Closed(1011, str(err)) from None
 
 
 def scores_message(score: HopScore, classes: list[str]) -> dict:
