@@ -8,8 +8,10 @@ file in the same folder, flushed and fsynced, then renamed over the target) or
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -101,6 +103,16 @@ def atomic_memmap(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -
         partial.unlink(missing_ok=True)
 
 
+def new_folder(path: str | Path, name: str) -> Path:
+    """``path`` made as a new output folder, or taken if it is an empty one (escnet never writes
+    among a user's files); ``name`` is the parameter errors name (``out``)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise EscnetError(f"{name}={path}: exists and is not empty; choose a new folder (escnet does "
+                          "not overwrite what is there)")
+    return make_output_dir(path)
+
+
 def make_output_dir(path: str | Path) -> Path:
     """Create the output folder ``path`` (and its parents), or raise :class:`EscnetError` saying
     why it cannot be: a file of that name, no permission, a full disk."""
@@ -112,3 +124,23 @@ def make_output_dir(path: str | Path) -> Path:
     except OSError as err:
         raise EscnetError(f"{path}: cannot create this output folder ({err.strerror})") from None
     return path
+
+
+def hold_lock(path: Path, doing: str) -> IO[str]:
+    """Take the lock file ``path`` (an advisory ``fcntl`` lock, released when the process ends
+    however it ends) and write in it who holds it; while another process holds it, refuse at
+    once, naming that process: ``{folder}: {doing} by {holder}``. Close the handle to release."""
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise EscnetError(f"{path.parent}: {doing} by {holder}; wait for it to end (or stop it), then "
+                          "run this again") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle

@@ -26,7 +26,6 @@ undoing marks it undone, with the time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
@@ -40,6 +39,7 @@ import numpy as np
 import escnet
 from escnet.data.annotations import KINDS
 from escnet.errors import EscnetError
+from escnet.files import hold_lock
 
 SCHEMA = 1
 """Version of the layout below; an archive of another version is refused, saying so."""
@@ -192,19 +192,7 @@ class Archive:
     def writing(self) -> Iterator[Archive]:
         """Hold the archive as its one writer (an advisory lock, released however the process
         ends); a second writer is refused at once, naming the first."""
-        handle = (self.path / self.LOCK).open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise EscnetError(f"{self.path}: being written by {holder}; wait for it to end, then "
-                              "run this again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
+        handle = hold_lock(self.path / self.LOCK, "being written")
         self._lock = handle
         try:
             self._drop_uncommitted()

@@ -16,7 +16,7 @@ from escnet.archive.learn import OTHER
 from escnet.data.annotations import read_annotations
 from escnet.data.audio import AudioFile
 from escnet.errors import EscnetError
-from escnet.files import atomic_write, atomic_write_text, make_output_dir, new_output
+from escnet.files import atomic_write, atomic_write_text, make_output_dir, new_folder, new_output
 
 
 def label_windows(archive: Archive, ids: list[int], label: str, kind: str = "positive",
@@ -77,9 +77,7 @@ def export_dataset(archive: Archive, out: str | Path) -> dict[str, int]:
     centred on it) in ``out/LABEL/`` for positives and ``out/other/`` for negatives that are no
     label's positive: a class-folder dataset ``escnet train`` takes as it is. A span labelled
     twice is one clip. ``out`` must be new or empty. Returns the clips written per class."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EscnetError(f"export={out}: exists and is not empty; choose a new folder")
+    out = new_folder(out, "export")
     root = Path(archive.meta["root"])
     window, rate = float(archive.meta["window"]), int(archive.meta["sample_rate"])
     labels = archive.labels()

@@ -15,21 +15,16 @@ from escnet.cli.common import (
     event_settings,
     text,
 )
-from escnet.errors import EscnetError
 
 
 def _out_folder(path: str) -> Path:
-    """``--out``, checked before the work: a new or empty folder (nothing of the user's is
-    replaced), and matplotlib there to draw in it."""
+    """``--out``, checked before the work: a new or empty folder, and matplotlib there to draw
+    in it."""
     from escnet.figures import pyplot
-    from escnet.files import make_output_dir
+    from escnet.files import new_folder
 
-    out = Path(path)
-    if out.is_dir() and any(out.iterdir()):
-        raise EscnetError(f"--out {out}: is not empty; choose a new folder (escnet does not overwrite "
-                          "what is there)")
     pyplot("--out (a plot per recording)")
-    return make_output_dir(out)
+    return new_folder(path, "out")
 
 
 def evaluate_events(args: argparse.Namespace) -> int:

@@ -41,14 +41,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import logging
 import os
 import pickle
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -60,7 +58,7 @@ import torch
 
 from escnet.config import RESULT_FREE, TaskConfig, from_dict, read_config_file
 from escnet.errors import CheckpointError, ConfigError, EscnetError
-from escnet.files import atomic_write, atomic_write_json, atomic_write_text, make_output_dir
+from escnet.files import atomic_write, atomic_write_json, atomic_write_text, hold_lock, make_output_dir
 from escnet.models.calibration import Calibration
 from escnet.runs.metrics import FoldScores, classification_metrics, held_out_figures, major_category
 
@@ -323,19 +321,7 @@ class RunDir:
         twice beside it. The folder is created; one left holding nothing else is removed."""
         make_output_dir(self.path)
         path = self.path / self.LOCK
-        handle = path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise EscnetError(f"{self.path}: in use by {holder}; wait for it to end (or stop it), "
-                              "then run this again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+        handle = hold_lock(path, "in use")
         try:
             self.recover(holder=True)
             yield
