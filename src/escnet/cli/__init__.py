@@ -58,22 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_flag_error(extras: list[str], has_set: bool) -> str:
-    """One line for flags argparse does not know, pointing to ``--set`` when one names a setting."""
+def _unknown_flag_error(extras: list[str], has_set: bool, command: str, known: list[str]) -> str:
+    """One line for flags argparse does not know: the setting a flag names (pointing to
+    ``--set``), else the ``command``'s option it probably meant (``known``)."""
     message = f"escnet: error: unrecognized arguments: {' '.join(extras)}"
     flag = next((x for x in extras if x.startswith("--")), None)
-    if not (has_set and flag):
+    if flag is None:
         return message
     key, _, value = flag[2:].partition("=")
-    following = extras[extras.index(flag) + 1:]
-    value = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
-    close = similar_settings(key.replace("-", "_"))
-    if not close:
-        return f"{message} (other settings go through --set SECTION.KEY=VALUE)"
-    hint = f"--set {close[0]}={value}"
-    if len(close) > 1:
-        hint += f"; similar: {', '.join(close[1:])}"
-    return f"{message} (settings without a flag go through --set: {hint})"
+    if has_set and (close := similar_settings(key.replace("-", "_"))):
+        following = extras[extras.index(flag) + 1:]
+        value = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
+        hint = f"--set {close[0]}={value}"
+        if len(close) > 1:
+            hint += f"; similar: {', '.join(close[1:])}"
+        return f"{message} (settings without a flag go through --set: {hint})"
+    hints = [f"did you mean {o}? escnet {command} --help lists the options"
+             for o in difflib.get_close_matches(f"--{key}", known, 1)]
+    hints += ["other settings go through --set SECTION.KEY=VALUE"] if has_set else []
+    return f"{message} ({'; '.join(hints)})" if hints else message
 
 
 def as_typed(message: str, command: argparse.ArgumentParser | None) -> str:
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     _Parser.typed = sys.argv[1:] if argv is None else argv
     args, extras = parser.parse_known_args(argv)
     if extras:
-        print(_unknown_flag_error(extras, hasattr(args, "set")), file=sys.stderr)
+        command = _subparser(parser, args.command)
+        known = [o for a in (command._actions if command else []) for o in a.option_strings]
+        print(_unknown_flag_error(extras, hasattr(args, "set"), args.command, known), file=sys.stderr)
         return 2
     # other libraries' warnings are said after the work, and not at all before a one-line error
     with warnings.catch_warnings(record=True) as caught:

@@ -31,11 +31,12 @@ def evaluate_events(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from escnet.data.annotations import read_annotations
-    from escnet.deploy.event_evaluation import evaluate_events, match_annotations, plot_file
+    from escnet.deploy.event_evaluation import check_scoring, evaluate_events, match_annotations, plot_file
     from escnet.deploy.predict import load_model_file
     from escnet.deploy.psds import SCENARIOS
     from escnet.files import atomic_write_json
 
+    check_scoring(args.collar, args.offset_share, args.segment)  # settings first, then files
     out = _out_folder(args.out) if args.out else None
     model = load_model_file(args.model, args.device, args.threads)
     settings = event_settings(args)

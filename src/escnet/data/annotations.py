@@ -56,6 +56,9 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     """Every annotation of a CSV, Raven selection table or Audacity label track (see the
     module's description). An empty file is refused."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give an annotation file (CSV, a Raven selection table "
+                        "or an Audacity label track)")
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
     try:

@@ -180,6 +180,15 @@ class EventEvaluation:
                 "psds": self.psds, "settings": self.settings}
 
 
+def check_scoring(collar: float, offset_share: float, segment: float) -> None:
+    """Raise :class:`DataError` naming the first scoring setting that makes no sense."""
+    for name, value in (("collar", collar), ("segment", segment)):
+        if not (np.isfinite(value) and value > 0):
+            raise DataError(f"{name}={value}: must be a positive number of seconds")
+    if not (np.isfinite(offset_share) and 0 <= offset_share <= 1):
+        raise DataError(f"offset_share={offset_share}: must be 0 to 1")
+
+
 def evaluate_events(model: Model, reference: Reference, settings: EventSettings = DEFAULTS,
                     silence_db: float = SILENCE_DB, collar: float = COLLAR,
                     offset_share: float = OFFSET_SHARE, segment: float = SEGMENT,
@@ -188,11 +197,7 @@ def evaluate_events(model: Model, reference: Reference, settings: EventSettings 
     """Score ``model``'s events on the ``reference`` recordings; ``each(name, seconds)`` is
     called after each recording. An unreadable recording is listed, not scored."""
     settings.check(model.info.clip_seconds)
-    for name, value in (("collar", collar), ("segment", segment)):
-        if not (np.isfinite(value) and value > 0):
-            raise DataError(f"{name}={value}: must be a positive number of seconds")
-    if not (np.isfinite(offset_share) and 0 <= offset_share <= 1):
-        raise DataError(f"offset_share={offset_share}: must be 0 to 1")
+    check_scoring(collar, offset_share, segment)
     results, unreadable = [], list(reference.unreadable.items())
     for name, path in reference.files.items():
         duration = reference.durations[name]
