@@ -8,9 +8,11 @@ cut to their active part, one after another with gaps, over pink noise) and, for
    collar max(0.5 s, 20 % of the event)) and segment-based F1 (1 s), micro-averaged
    (``escnet.deploy.event_metrics``); how often one true event was reported more than once
    ("repeats"); and the per-window accuracy inside the true events (the hops whose answer is
-   the event's class), beside the model's held-out clip accuracy; and the time from a true
-   onset to the audio position where its event start was decided (the latency before any
-   real-time or transport delay).
+   the event's class; for a frame model, the class its filtered frames rate highest), beside
+   the model's held-out clip accuracy; and the time from a true onset to the audio position
+   where its event start was decided (the latency before any real-time or transport delay).
+   The same on ``--overlap-scenes`` scenes of overlapping pairs (the second sound of a pair
+   starts 20–60 % into the first), with how many pairs had both sounds reported.
 2. **Latency.** ``escnet serve`` is started on the model; ``--concurrency`` clients stream the
    scenes over ``/v1/stream`` at real time in 0.1 s frames (as a microphone would). Latency is
    the time from the moment a true event's onset was sent to the arrival of its event-start
@@ -45,7 +47,7 @@ import soundfile as sf
 from escnet.data.soundscapes import SceneEvent, soundscape
 from escnet.data.tables import read_esc50
 from escnet.deploy.event_metrics import Tally, event_counts, segment_counts
-from escnet.deploy.events import DEFAULTS, Event, events_of, stream_file
+from escnet.deploy.events import CLIP_DEFAULTS, FRAME_DEFAULTS, Event, events_of, stream_file
 from escnet.deploy.predict import load_model_file
 
 RATE = 32_000
@@ -54,8 +56,8 @@ FRAME_SECONDS = 0.1
 BEHIND_SECONDS = 1.0
 
 
-def build_scenes(data: str, fold: int, count: int, seconds: float, seed: int, out: Path
-                 ) -> list[tuple[Path, list[SceneEvent]]]:
+def build_scenes(data: str, fold: int, count: int, seconds: float, seed: int, out: Path,
+                 overlap: bool = False) -> list[tuple[Path, list[SceneEvent]]]:
     table = read_esc50(Path(data))
     clips = [(str(p), table.classes[y])
              for p, y, f in zip(table.paths, table.labels, table.folds, strict=True) if int(f) == fold]
@@ -65,7 +67,7 @@ def build_scenes(data: str, fold: int, count: int, seconds: float, seed: int, ou
     out.mkdir(parents=True, exist_ok=True)
     for k in range(count):
         take = [clips[i] for i in order[used:used + 12]]
-        wav, events = soundscape(take, RATE, seconds, rng)
+        wav, events = soundscape(take, RATE, seconds, rng, overlap=overlap)
         used = (used + len(events)) % (len(clips) - 12)
         path = out / f"scene-{k:02d}.wav"
         sf.write(path, wav, RATE, subtype="PCM_16")
@@ -81,9 +83,19 @@ def repeats(truth: list[SceneEvent], found: list[Event]) -> int:
                for t in truth)
 
 
+def both_reported(truth: list[SceneEvent], found: list[Event]) -> tuple[int, int]:
+    """Of the pairs of overlapping true events, how many had both sounds reported (a found event
+    of each one's label overlapping it in time), and how many pairs there were."""
+    heard = [any(e.label == t.label and e.start < t.end and e.end > t.start for e in found) for t in truth]
+    pairs = [(i, j) for i in range(len(truth)) for j in range(i + 1, len(truth))
+             if truth[i].start < truth[j].end and truth[j].start < truth[i].end]
+    return sum(heard[i] and heard[j] for i, j in pairs), len(pairs)
+
+
 def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
     model = load_model_file(model_path, threads=2)
-    event, segment, rep, hops, right = Tally(), Tally(), 0, 0, 0
+    frames = model.info.frame_model
+    event, segment, rep, hops, right, both, pairs = Tally(), Tally(), 0, 0, 0, 0, 0
     found_by_scene = {}
     tick = time.perf_counter()
     decisions: list[float] = []
@@ -97,20 +109,24 @@ def file_mode(model_path: str, scenes) -> tuple[dict, dict]:
         event += event_counts(truth, found, collar=0.5, offset_share=0.2)[0]
         segment += segment_counts(truth, found, sf.info(path).duration)[0]
         rep += repeats(truth, found)
-        for u in updates:  # the answer of each hop whose window centre is inside a true event
-            for s in u.scores:
-                centre = s.end - DEFAULTS.window / 2
-                inside = [t for t in truth if t.start <= centre < t.end]
+        b, n = both_reported(truth, found)
+        both, pairs = both + b, pairs + n
+        for u in updates:  # the answer of each hop whose centre is inside a true event
+            for s in u.scores:  # (a frame model's: the class its filtered frames rate highest)
+                inside = [t for t in truth if t.start <= s.centre < t.end]
                 if inside:
                     hops += 1
-                    right += s.label == inside[0].label
+                    answer = model.info.classes[int(np.argmax(s.track))] if frames else s.label
+                    right += any(answer == t.label for t in inside)
     seconds = time.perf_counter() - tick
     return {"event": event.to_dict(), "segment": segment.to_dict(), "repeats": rep,
             "true_events": sum(len(t) for _, t in scenes),
+            "overlapping_pairs": pairs, "pairs_both_reported": both,
             "hop_accuracy_in_events": round(right / max(hops, 1), 4),
             "held_out_clip_accuracy": model.info.held_out_accuracy,
             "decision_latency_median_s": round(statistics.median(decisions), 3) if decisions else None,
             "unknown_threshold": model.info.unknown_threshold is not None,
+            "frame_model": frames,
             "seconds": round(seconds, 1)}, found_by_scene
 
 
@@ -226,6 +242,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4, help="latency: scenes streamed at once")
     p.add_argument("--streams", default="8,16,24,32", help="counts of concurrent streams to try")
     p.add_argument("--stream-seconds", type=float, default=20.0)
+    p.add_argument("--overlap-scenes", type=int, default=8,
+                   help="scenes of overlapping pairs (files only; 0: none)")
     p.add_argument("--skip-live", action="store_true", help="files only (no server)")
     p.add_argument("--out", required=True, help="folder for the scenes and the results")
     args = p.parse_args()
@@ -233,7 +251,12 @@ def main() -> None:
     scenes = build_scenes(args.data, args.fold, args.scenes, args.seconds, args.seed, out / "scenes")
     print(f"{len(scenes)} scenes of {args.seconds:g} s from fold {args.fold}: "
           f"{sum(len(e) for _, e in scenes)} events; machine: {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; event settings {DEFAULTS}")
+          f"{os.cpu_count()} cores; event settings: clip models {CLIP_DEFAULTS}, frame models "
+          f"{FRAME_DEFAULTS}")
+    overlapping = build_scenes(args.data, args.fold, args.overlap_scenes, args.seconds, args.seed + 1,
+                               out / "overlap-scenes", overlap=True) if args.overlap_scenes else []
+    if overlapping:
+        print(f"{len(overlapping)} scenes of overlapping pairs: {sum(len(e) for _, e in overlapping)} events")
     results = {}
     for model in args.model:
         files, found = file_mode(model, scenes)
@@ -244,6 +267,12 @@ def main() -> None:
               f"repeats {files['repeats']} of {files['true_events']}; hop accuracy in events "
               f"{files['hop_accuracy_in_events']:.3f} (held-out clips {files['held_out_clip_accuracy']}); "
               f"onset → start decided, median {files['decision_latency_median_s']} s; {files['seconds']} s")
+        if overlapping:
+            row["overlap"] = over = file_mode(model, overlapping)[0]
+            ev = over["event"]
+            print(f"  overlapping pairs: event F1 {ev['f1']:.3f} (P {ev['precision']:.3f}, "
+                  f"R {ev['recall']:.3f}), segment F1 {over['segment']['f1']:.3f}; both sounds "
+                  f"reported in {over['pairs_both_reported']} of {over['overlapping_pairs']} pairs")
         if not args.skip_live:
             port = free_port()
             server = start_server(model, port, out / f"serve-{Path(model).stem}.log")

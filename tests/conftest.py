@@ -215,15 +215,47 @@ class ToneModel:
         return None
 
 
+class FrameToneModel(ToneModel):
+    """:class:`ToneModel` with a frame head anyone can work out by hand: each of its window's
+    ``steps`` equal frames says "low" with probability 0.9 where that frame holds a 500 Hz tone,
+    "high" where it holds a 2000 Hz one (each on its own: both at once when both sound), else
+    0.05; the clip probabilities are :class:`ToneModel`'s."""
+
+    def __init__(self, rate: int = 8000, clip_seconds: float = 2.0, steps: int = 8) -> None:
+        from dataclasses import replace
+
+        super().__init__(rate, clip_seconds)
+        self.info, self.steps = replace(self.info, frame_model=True), steps
+
+    def score(self, windows: np.ndarray):
+        clip = super().score(windows)
+        rate, n = self.info.sample_rate, windows.shape[1] // self.steps
+        frames = windows[:, : n * self.steps].reshape(len(windows), self.steps, n)
+        spectrum = np.abs(np.fft.rfft(frames, axis=2))
+        freqs = np.fft.rfftfreq(n, 1 / rate)
+        power = [spectrum[..., np.abs(freqs - f) < 60].max(axis=2) for f in (500, 2000)]
+        heard = np.stack([p > 0.05 * n for p in power], axis=2)  # amplitude ≳ 0.1
+        return clip._replace(frames=np.where(heard, 0.9, 0.05).astype(np.float32))
+
+
+def tones(seconds: float, spans: list[tuple[float, float, float]], rate: int,
+          rng: np.random.Generator) -> np.ndarray:
+    """``seconds`` of quiet hiss (below the silence gate) with a sine of amplitude 0.3 added
+    for each ``(start, end, Hz)`` of ``spans``."""
+    t = np.arange(int(seconds * rate)) / rate
+    wav = rng.standard_normal(t.size).astype(np.float32) * 1e-4
+    for lo, hi, freq in spans:
+        part = (t >= lo) & (t < hi)
+        wav[part] += 0.3 * np.sin(2 * np.pi * freq * t[part])
+    return wav
+
+
 def tone_scene(rate: int = 8000) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """9 s: low tone 1.0–3.0 s, noise 4.5–5.5 s (unknown), high tone 6.5–7.5 s, quiet hiss
     elsewhere (below the silence gate)."""
     rng = np.random.default_rng(0)
-    t = np.arange(9 * rate) / rate
-    wav = rng.standard_normal(t.size).astype(np.float32) * 1e-4
-    for lo, hi, freq in ((1.0, 3.0, 500), (6.5, 7.5, 2000)):
-        part = (t >= lo) & (t < hi)
-        wav[part] += 0.3 * np.sin(2 * np.pi * freq * t[part])
+    wav = tones(9, [(1.0, 3.0, 500), (6.5, 7.5, 2000)], rate, rng)
+    t = np.arange(wav.size) / rate
     noisy = (t >= 4.5) & (t < 5.5)
     wav[noisy] += 0.1 * rng.standard_normal(noisy.sum())
     return wav, [("low", 1.0, 3.0), ("high", 6.5, 7.5)]

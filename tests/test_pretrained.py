@@ -244,6 +244,50 @@ def test_embed_gives_the_frozen_trunks_features_per_file_or_per_window(offline_w
     assert "not a run folder, a checkpoint or a pretrained name" in capsys.readouterr().err
 
 
+def test_the_events_preset_trains_frames_that_hear_overlapping_sounds_and_export(
+        offline_weights, five_classes, tmp_path):
+    from escnet.data.soundscapes import active_span, soundscape
+    from escnet.deploy.events import stream_file
+    from escnet.deploy.export import export
+    from escnet.deploy.torch_model import TorchModel
+    from escnet.engine.train import train
+
+    config = load_config(None, {"data.data_dir": str(five_classes), "data.folds": [1],
+                                "train.num_epochs": 2, "train.probe_epochs": 10},
+                         preset="pretrained-events")
+    summary = train(config, tmp_path / "events", progress=False)
+    assert summary["folds"]["1"] >= 0.85  # 40 held-out clips of 5 classes: the clip head still hears
+    model = TorchModel.from_path(tmp_path / "events")
+    assert model.info.frame_model
+    # held-out dog barks and church bells (the longest of each), the bells starting 20-60 % in
+    rows = [r for r in csv.DictReader(five_classes.open()) if r["fold"] == "1"]
+
+    def longest(label: str) -> str:
+        paths = [r["path"] for r in rows if r["label"] == label]
+        return max(paths, key=lambda p: np.subtract(*active_span(load_audio(p, 32000), 32000)[::-1]))
+
+    clips = [(longest(name), name) for name in ("dog", "church_bells")]
+    wav, truth = soundscape(clips, 32000, 12.0, np.random.default_rng(0), overlap=True)
+    assert len(truth) == 2 and truth[1].start < truth[0].end
+    sf.write(tmp_path / "two.wav", wav, 32000)
+    classes = model.info.classes
+    tracks = {name: ([], []) for name in ("dog", "church_bells")}
+    for update in stream_file(model, tmp_path / "two.wav"):
+        for hop in update.scores:
+            for e in truth:
+                inside = e.start + 0.3 <= hop.centre <= e.end
+                tracks[e.label][inside].append(hop.track[classes.index(e.label)])
+    for label, (outside, inside) in tracks.items():  # each class's frames rise where it sounds
+        assert np.mean(inside) > np.mean(outside) + 0.2, label
+    result = export(tmp_path / "events", tmp_path / "events.onnx", fold="1")
+    assert result.info.frame_model and result.max_difference < 1e-3
+    from escnet.deploy.onnx_model import OnnxModel
+
+    onnx = OnnxModel(tmp_path / "events.onnx")
+    window = wav[None, :160000]
+    np.testing.assert_allclose(onnx.score(window).frames, model.score(window).frames, atol=2e-3)
+
+
 def test_wise_ft_averages_the_trained_weights_with_the_probed_start_and_resumes_to_the_same(
         offline_weights, five_classes, tmp_path):
     """train.wise_ft=0.5: the final model is halfway between the trained weights (kept in the

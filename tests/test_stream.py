@@ -205,8 +205,11 @@ def test_listen_follows_a_url_and_a_file_at_real_time(five_class_exports, tmp_pa
         server.shutdown()
 
 
-def test_ctrl_c_ends_open_events_and_flushes_the_log(five_class_exports, esc50, tmp_path):
-    """SIGINT while a sound is still going: its end is printed and written, exit 0."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_a_service_stop_ends_open_events_and_flushes_the_log(stop, five_class_exports, esc50,
+                                                                     tmp_path):
+    """SIGINT (Ctrl-C) or SIGTERM (a service manager's stop) while a sound is still going: its
+    end is printed and written, exit 0."""
     import signal
 
     from escnet.data.audio import load_audio
@@ -228,7 +231,7 @@ def test_ctrl_c_ends_open_events_and_flushes_the_log(five_class_exports, esc50, 
     while time.monotonic() < deadline and not (out.exists() and '"start"' in out.read_text()):
         time.sleep(0.2)
     assert '"start"' in out.read_text(), "no event started in 25 s of rain"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, stop))
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "stopped; open events ended" in stderr and "Traceback" not in stderr

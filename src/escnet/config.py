@@ -263,6 +263,11 @@ class AugmentConfig(Section):
     """Train on a random window of this many seconds of each clip's log-mel (a fresh offset per
     example and epoch: a time-shift augmentation that also makes steps cheaper); 0 or at least
     ``clip_seconds``: the whole clip. Evaluation always sees whole clips."""
+    scenes: bool = _check(False, stage="batch")
+    """Train on soundscapes made from each batch's clips (noise beds, random places and levels,
+    up to two overlapping sounds; ``crop_seconds`` long, else a clip long) with frame-level
+    targets, as well as their clip targets: for a model with a frame head
+    (``model.args.frame_head``; :mod:`escnet.transforms.scenes`). Replaces mixup and crops."""
 
     def waveform_settings(self) -> dict[str, Any]:
         """What augmented copies of a clip are made of: every setting but the number of copies
@@ -425,7 +430,8 @@ class TaskConfig:
     def waveform_augment(self) -> bool:
         """Whether training batches need waveforms changed each epoch (so no feature cache)."""
         a = self.augment
-        return (bool(a.waveform) and a.copies == 0) or (a.mixup_alpha > 0 and a.mixup_mode == "waveform")
+        return ((bool(a.waveform) and a.copies == 0) or (a.mixup_alpha > 0 and a.mixup_mode == "waveform")
+                or a.scenes)
 
     def resolved_device(self) -> str:
         """``train.device`` with ``auto`` decided (:func:`escnet.machine.resolve_device`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from escnet.cli.common import (
@@ -31,8 +32,8 @@ def _check_predict_flags(args: argparse.Namespace) -> None:
     if args.plot and not args.timeline:
         raise EscnetError("--plot draws a timeline: add --timeline")
     if not args.events and event_flags_given(args):
-        raise EscnetError("--window, --on, --off, --smooth, --min-duration and --max-gap shape events: "
-                          "add --events")
+        raise EscnetError("--window, --on, --off, --smooth, --min-duration, --max-gap and --lookahead "
+                          "shape events: add --events")
     if args.plot and len(args.files) > 1:
         raise EscnetError(f"--plot draws one recording; {len(args.files)} files were given")
 
@@ -82,7 +83,7 @@ def _predict_events(predictor, args: argparse.Namespace) -> int:
     from escnet.deploy.events import detect_events, events_csv, write_events
 
     settings = event_settings(args)
-    settings.check(predictor.info.clip_seconds)  # a bad setting is said once, before any file
+    settings.for_model(predictor.info)  # a bad setting is said once, before any file
     results, unreadable = each_readable(args.files, lambda path: (
         path, detect_events(predictor.model, path, settings, args.silence_db)))
     if args.out:
@@ -138,13 +139,21 @@ def listen(args: argparse.Namespace) -> int:
                           args.threads)
     source = listening.source
     print(f"escnet: listening to {source.name} ({source.sample_rate} Hz); events as they start and "
-          "end; Ctrl-C stops", file=sys.stderr, flush=True)
+          "end; Ctrl-C (or SIGTERM) stops", file=sys.stderr, flush=True)
 
     def emit(message, wall: str) -> None:
         print(f"{wall}  {message.decided:9.2f} s  {message.state:5s}  {text(message.label):<22s} "
               f"at {message.time:8.2f} s  confidence {message.confidence:.2f}", flush=True)
 
-    if listening.run(emit):
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt  # a service manager's stop ends the open events, as Ctrl-C does
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        stopped = listening.run(emit)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped:
         log = listening.log
         print("escnet: stopped; open events ended" + (f", {log.path} written" if log else ""),
               file=sys.stderr)

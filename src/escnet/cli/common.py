@@ -126,26 +126,35 @@ def settings_of(args: argparse.Namespace, settings: type[T], **given: Any) -> T:
     return settings(**values, **given)
 
 
-EVENT_FLAGS = ("window", "smooth", "on", "off", "min_duration", "max_gap")
+EVENT_FLAGS = ("window", "smooth", "on", "off", "min_duration", "max_gap", "lookahead")
 
 
 def add_event_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """The flags of :class:`~escnet.deploy.events.EventSettings` (but ``hop``, which commands
-    describe their own way), defaults from its ``DEFAULTS``."""
-    from escnet.deploy.events import DEFAULTS as d
+    describe their own way), with the defaults of clip models and of frame models."""
+    from escnet.deploy.events import CLIP_DEFAULTS as c
+    from escnet.deploy.events import FRAME_DEFAULTS as f
+
+    def default(name: str) -> str:
+        clip, frame = getattr(c, name), getattr(f, name)
+        frame = "its clip length" if frame is None else f"{frame:g}"
+        return f"default {clip:g}" + (f"; a frame model's {frame}" if frame != f"{clip:g}" else "")
 
     p.add_argument("--window", type=float, metavar="SECONDS",
-                   help=f"{prefix}seconds of audio per scored window (default {d.window:g})")
-    p.add_argument("--on", type=float, metavar="P", help=f"{prefix}an event starts when its smoothed "
-                   f"probability reaches this (default {d.on:g})")
+                   help=f"{prefix}seconds of audio per scored window ({default('window')})")
+    p.add_argument("--on", type=float, metavar="P", help=f"{prefix}an event starts when its filtered "
+                   f"probability reaches this ({default('on')})")
     p.add_argument("--off", type=float, metavar="P", help=f"{prefix}...and ends below this "
-                   f"(default {d.off:g})")
-    p.add_argument("--smooth", type=int, metavar="HOPS", help=f"{prefix}hops averaged before the "
-                   f"thresholds (default {d.smooth})")
+                   f"({default('off')})")
+    p.add_argument("--smooth", type=int, metavar="HOPS", help=f"{prefix}hops filtered before the "
+                   f"thresholds: their mean, a frame model's median ({default('smooth')})")
     p.add_argument("--min-duration", type=float, metavar="SECONDS", help=f"{prefix}shorter events "
-                   f"are dropped (default {d.min_duration:g})")
+                   f"are dropped ({default('min_duration')})")
     p.add_argument("--max-gap", type=float, metavar="SECONDS", help=f"{prefix}a dip this short "
-                   f"continues an event (default {d.max_gap:g})")
+                   f"continues an event ({default('max_gap')})")
+    p.add_argument("--lookahead", type=int, metavar="FRAMES", help=f"{prefix}a frame model: frames "
+                   f"heard after the one read each hop, more context and that much later "
+                   f"({default('lookahead')})")
 
 
 def event_flags_given(args: argparse.Namespace) -> bool:

@@ -40,7 +40,7 @@ def evaluate_events(args: argparse.Namespace) -> int:
     out = _out_folder(args.out) if args.out else None
     model = load_model_file(args.model, args.device, args.threads)
     settings = event_settings(args)
-    settings.check(model.info.clip_seconds)
+    settings.for_model(model.info)
     rows = [a for path in args.annotations for a in read_annotations(path)]
     reference = match_annotations(rows, args.audio, model.info.classes)
     bar = tqdm(total=sum(reference.durations.values()), unit="s", desc="scoring", disable=not bars(args),

@@ -59,25 +59,38 @@ def _rms_db(wav: np.ndarray) -> float:
 
 def soundscape(clips: Sequence[tuple[str | Path, str]], rate: int, seconds: float,
                rng: np.random.Generator, background_db: float = -50.0,
-               event_db: tuple[float, float] = (-30.0, -20.0), gap: tuple[float, float] = (1.0, 3.0)
-               ) -> tuple[np.ndarray, list[SceneEvent]]:
+               event_db: tuple[float, float] = (-30.0, -20.0), gap: tuple[float, float] = (1.0, 3.0),
+               overlap: bool = False) -> tuple[np.ndarray, list[SceneEvent]]:
     """A ``seconds``-long scene ``(samples,)`` at ``rate`` Hz and its reference events.
 
     Clips ``(path, label)`` are taken in order, cut to their active part, set to an RMS level
     drawn from ``event_db`` (dBFS) and placed one after another with gaps drawn from ``gap``
-    seconds, over pink noise at ``background_db`` dBFS, until the next would not fit."""
+    seconds, over pink noise at ``background_db`` dBFS, until the next would not fit. With
+    ``overlap``, they come in pairs of two classes: the second of a pair starts 20–60 % into
+    the first (two sounds at once), and the next pair after a gap from the later end."""
     total = int(seconds * rate)
     scene = pink_noise(total, rng) * 10 ** (background_db / 20)
-    events, t = [], rng.uniform(*gap)
+    placed: list[tuple[SceneEvent, np.ndarray]] = []
+    t = rng.uniform(*gap)
     for path, label in clips:
         wav = load_audio(path, rate)
         lo, hi = active_span(wav, rate)
         part = wav[lo:hi]
+        first = placed[-1][0] if overlap and len(placed) % 2 else None
+        if first is not None and first.label == label:
+            continue  # a pair is two classes
+        if first is not None:
+            t = first.start + rng.uniform(0.2, 0.6) * (first.end - first.start)
         start = int(t * rate)
         if start + part.shape[0] > total - int(0.5 * rate):
+            if first is not None:  # no half pairs
+                placed.pop()
             break
         part = part * 10 ** ((rng.uniform(*event_db) - _rms_db(part)) / 20)
+        placed.append((SceneEvent(label, start / rate, (start + part.shape[0]) / rate, str(path)), part))
+        t = max(e.end for e, _ in placed) + rng.uniform(*gap)
+    for event, part in placed:
+        start = round(event.start * rate)
         scene[start : start + part.shape[0]] += part
-        events.append(SceneEvent(label, start / rate, (start + part.shape[0]) / rate, str(path)))
-        t = (start + part.shape[0]) / rate + rng.uniform(*gap)
+    events = [e for e, _ in placed]
     return np.clip(scene, -1, 1).astype(np.float32), events

@@ -15,13 +15,13 @@ annotation names is an error naming the row.
 
 Each recording goes through the same :class:`~escnet.deploy.events.Stream` as ``predict
 --events``, ``listen`` and ``/v1/stream``: its events are scored by F-score, and its window
-scores (the tracker's smoothed probabilities, silence and "unknown" as zero, each held from
-half a hop before its window's centre to half a hop before the next) by PSDS.
+scores (what the tracker thresholded: its filtered probabilities, silence and a clip model's
+"unknown" as zero, each held from half a hop before its window's centre to half a hop before
+the next) by PSDS.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +33,7 @@ from escnet.data.audio import AudioFile, audio_files
 from escnet.data.tables import label_key
 from escnet.deploy.event_metrics import COLLAR, OFFSET_SHARE, SEGMENT, Scores, event_counts, segment_counts
 from escnet.deploy.events import DEFAULTS, Event, EventSettings, events_of, stream_file
-from escnet.deploy.predict import UNKNOWN, Model
+from escnet.deploy.predict import Model
 from escnet.deploy.psds import SCENARIOS, PsdsSettings, ScoreTrack, psds
 from escnet.deploy.windows import SILENCE_DB
 from escnet.errors import AudioError, DataError
@@ -144,17 +144,14 @@ def score_recording(model: Model, path: Path, duration: float, settings: EventSe
                     silence_db: float = SILENCE_DB) -> tuple[list[Event], ScoreTrack]:
     """A recording's events and its score track (see the module's description)."""
     messages, centres, scores = [], [], []
-    recent: deque[np.ndarray] = deque(maxlen=settings.smooth)
     n = len(model.info.classes)
     for update in stream_file(model, path, settings, silence_db):
         messages.extend(update.events)
         for hop in update.scores:
-            p = hop.probabilities
-            recent.append(np.zeros(n) if p is None or hop.label == UNKNOWN else p.astype(np.float64))
             centres.append(hop.centre)
-            scores.append(np.mean(recent, axis=0))
+            scores.append(hop.track)
     order = np.argsort(centres, kind="stable")
-    starts = np.clip(np.asarray(centres)[order] - settings.hop / 2, 0.0, duration)
+    starts = np.clip(np.asarray(centres)[order] - settings.hop / 2, 0.0, duration)  # hop: never None
     edges = np.r_[0.0, starts, duration] if len(starts) else np.array([0.0, duration])
     values = np.vstack([np.zeros((1, n)), np.asarray(scores).reshape(-1, n)[order]])
     return events_of(messages), ScoreTrack(edges, values)
@@ -196,7 +193,7 @@ def evaluate_events(model: Model, reference: Reference, settings: EventSettings 
                     each: Callable[[str, float], None] | None = None) -> EventEvaluation:
     """Score ``model``'s events on the ``reference`` recordings; ``each(name, seconds)`` is
     called after each recording. An unreadable recording is listed, not scored."""
-    settings.check(model.info.clip_seconds)
+    settings = settings.for_model(model.info)
     check_scoring(collar, offset_share, segment)
     results, unreadable = [], list(reference.unreadable.items())
     for name, path in reference.files.items():

@@ -47,7 +47,8 @@ class WaveformClassifier(nn.Module):
     """The exported graph: ``waveform (batch, samples)`` → ``probabilities, logits``
     ``(batch, classes)``, the ``logmel`` the model sees ``(batch, n_mels, frames)`` (for
     display; computing it is part of the graph anyway), the unknown score ``known (batch,)``
-    and, for models with an AudioSet head, its ``tags (batch, 527)``.
+    and, for models with an AudioSet head, its ``tags (batch, 527)``, and for models with a frame
+    head, its ``frames (batch, steps, classes)``.
 
     The models and their calibration are :class:`~escnet.deploy.torch_model.Calibrated`, as
     PyTorch prediction runs them.
@@ -59,15 +60,17 @@ class WaveformClassifier(nn.Module):
         # NCHW weights: the exporter and ONNX Runtime pick their own layouts
         self.calibrated = reference.calibrated.to(memory_format=torch.contiguous_format).cpu()
         self.tagging = bool(reference.info.tag_names)
+        self.framing = reference.info.frame_model
 
     @property
     def outputs(self) -> list[str]:
-        return list(OUTPUTS if self.tagging else OUTPUTS[:4])
+        return list(OUTPUTS[:4]) + [OUTPUTS[4]] * self.tagging + [OUTPUTS[5]] * self.framing
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.logmel(waveform)
-        probs, logits, known, tags = self.calibrated(x)
-        return (probs, logits, x, known) + ((tags,) if self.tagging else ())
+        probs, logits, known, tags, frames = self.calibrated(x)
+        return (probs, logits, x, known) + ((tags,) if self.tagging else ()) + \
+            ((frames,) if self.framing else ())
 
 
 @dataclass
@@ -278,11 +281,14 @@ def export(source: str | Path, out: str | Path, fold: str | None = None, ensembl
         if diff > PARITY:
             raise ExportError(f"{out}: ONNX Runtime's probabilities differ from PyTorch's by {diff:.2g} "
                               f"(more than {PARITY:g}); the export is not used")
-        ours, theirs = onnx_model.score(check[:16]).known, reference.score(check[:16]).known
-        if ours is not None and theirs is not None and \
-                np.any(np.abs(ours - theirs) > KNOWN_PARITY + 1e-3 * np.abs(theirs)):
+        ours, theirs = onnx_model.score(check[:16]), reference.score(check[:16])
+        if ours.known is not None and theirs.known is not None and \
+                np.any(np.abs(ours.known - theirs.known) > KNOWN_PARITY + 1e-3 * np.abs(theirs.known)):
             raise ExportError(f"{out}: ONNX Runtime's unknown scores differ from PyTorch's; the "
                               "export is not used")
+        if ours.frames is not None and float(np.abs(ours.frames - theirs.frames).max()) > PARITY:
+            raise ExportError(f"{out}: ONNX Runtime's frame probabilities differ from PyTorch's by "
+                              f"more than {PARITY:g}; the export is not used")
         result = ExportResult(out, info, diff, notes=result_notes)
         if quantize:
             result.int8_path = int8_path

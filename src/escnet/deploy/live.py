@@ -274,7 +274,7 @@ class Listening:
                  out: str | Path | None = None, realtime: bool = False, device: str = "cpu",
                  threads: int | None = None) -> None:
         loaded = load_model_file(model, device, threads)
-        settings.check(loaded.info.clip_seconds)
+        settings.for_model(loaded.info)
         if out is not None:
             new_output(out, "out", LOG_SUFFIXES)
         source = open_input(input_spec, raw)

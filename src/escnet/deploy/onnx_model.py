@@ -22,10 +22,11 @@ FORMAT = "2"
 """Version of the metadata layout below (2: the calibration as one JSON object; 1: its parts as
 ``escnet.calibrated``, ``escnet.unknown_score`` and ``escnet.unknown_threshold``, still read);
 a runtime refuses files of a newer one."""
-INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel", "known", "tags")
+INPUT, OUTPUTS = "waveform", ("probabilities", "logits", "logmel", "known", "tags", "frames")
 """``logmel`` (the model's input features, for display) is optional: files exported by escnet
 0.3.0 lack it; so are ``known`` (the unknown score, :class:`Scores`) and ``tags`` (an AudioSet
-head's), which files of escnet before 0.4 lack."""
+head's), which files of escnet before 0.4 lack, and ``frames`` (a frame head's per-frame
+probabilities), which only frame models have."""
 
 
 class Row(NamedTuple):
@@ -35,6 +36,8 @@ class Row(NamedTuple):
     """``(classes,)``."""
     known: float | None
     tags: np.ndarray | None
+    frames: np.ndarray | None = None
+    """``(steps, classes)``: a frame model's per-frame probabilities over the window."""
 
 
 class Scores(NamedTuple):
@@ -47,11 +50,16 @@ class Scores(NamedTuple):
     ``ModelInfo.unknown_score``; higher: more known), or ``None`` when the model has none."""
     tags: np.ndarray | None
     """``(n, len(ModelInfo.tag_names))``: the AudioSet head's tag probabilities, or ``None``."""
+    frames: np.ndarray | None = None
+    """``(n, steps, classes)``: for a frame model (:attr:`ModelInfo.frame_model`), each class's
+    probability (its own yes/no, so several may be high at once) in each of ``steps`` equal
+    frames of the window; else ``None``."""
 
     def rows(self) -> list[Row]:
         """One :class:`Row` per window."""
         return [Row(p, None if self.known is None else float(self.known[i]),
-                    None if self.tags is None else self.tags[i])
+                    None if self.tags is None else self.tags[i],
+                    None if self.frames is None else self.frames[i])
                 for i, p in enumerate(self.probabilities)]
 
 
@@ -78,6 +86,9 @@ class ModelInfo:
     threshold is answered "unknown"."""
     tag_names: list[str] = field(default_factory=list)
     """Names of the AudioSet head's outputs (empty: no such head)."""
+    frame_model: bool = False
+    """Whether the model has a frame head (:attr:`Scores.frames`): events are then read off
+    its frames (:mod:`escnet.deploy.events`)."""
 
     @property
     def clip_seconds(self) -> float:
@@ -113,7 +124,8 @@ class ModelInfo:
                 "escnet.clip_seconds": f"{self.clip_seconds:g}", "escnet.precision": self.precision,
                 "escnet.held_out_accuracy": acc, "escnet.folds": json.dumps(self.folds),
                 "escnet.calibration": json.dumps(self.calibration.to_dict(), allow_nan=False),
-                "escnet.tag_names": json.dumps(self.tag_names), **(extra or {})}
+                "escnet.tag_names": json.dumps(self.tag_names),
+                "escnet.frame_model": json.dumps(self.frame_model), **(extra or {})}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
@@ -133,7 +145,8 @@ class ModelInfo:
                        folds=[str(f) for f in json.loads(meta.get("escnet.folds", "[]"))],
                        escnet_version=meta.get("escnet.version", "?"),
                        calibration=_calibration(meta),
-                       tag_names=[str(t) for t in json.loads(meta.get("escnet.tag_names", "[]"))])
+                       tag_names=[str(t) for t in json.loads(meta.get("escnet.tag_names", "[]"))],
+                       frame_model=json.loads(meta.get("escnet.frame_model", "false")) is True)
         except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path}: damaged escnet metadata ({type(err).__name__}: {err})") from None
         if not all(np.isfinite(v) for v in info.calibration.thresholds.values()) or \
@@ -212,9 +225,11 @@ class OnnxModel:
         # its graph gives is refused now, not at its first window
         self.wanted = [OUTPUTS[0]] + [o for o in OUTPUTS[3:] if o in self.outputs]
         if (self.info.unknown_threshold is not None and OUTPUTS[3] not in self.outputs) or \
-                (self.info.tag_names and OUTPUTS[4] not in self.outputs):
-            raise CheckpointError(f"{self.path}: its metadata names an unknown threshold or tags, but "
-                                  f"its graph has no {OUTPUTS[3]!r} or {OUTPUTS[4]!r} output")
+                (self.info.tag_names and OUTPUTS[4] not in self.outputs) or \
+                (self.info.frame_model and OUTPUTS[5] not in self.outputs):
+            raise CheckpointError(f"{self.path}: its metadata names an unknown threshold, tags or "
+                                  f"frames, but its graph has no {OUTPUTS[3]!r}, {OUTPUTS[4]!r} or "
+                                  f"{OUTPUTS[5]!r} output")
         self._check_graph()
 
     def _check_graph(self) -> None:
@@ -228,7 +243,9 @@ class OnnxModel:
                                   f"window as its metadata says ({reason[:160]})") from None
         shapes = [(got.probabilities, len(self.info.classes)), (got.tags, len(self.info.tag_names))]
         if any(a is not None and a.shape != (1, n) for a, n in shapes) or \
-                (got.known is not None and got.known.shape != (1,)):
+                (got.known is not None and got.known.shape != (1,)) or \
+                (got.frames is not None and (got.frames.ndim != 3
+                                             or got.frames.shape[2] != len(self.info.classes))):
             raise CheckpointError(f"{self.path}: its graph's outputs do not match its metadata "
                                   f"({len(self.info.classes)} classes); re-export the model")
 
@@ -252,7 +269,7 @@ class OnnxModel:
             runs = list(self.pool.map(self.run, np.split(windows, len(windows))))
             parts = [np.concatenate(p) for p in zip(*runs, strict=True)]
         got = dict(zip(self.wanted, parts, strict=True))
-        return Scores(got[OUTPUTS[0]], got.get(OUTPUTS[3]), got.get(OUTPUTS[4]))
+        return Scores(got[OUTPUTS[0]], got.get(OUTPUTS[3]), got.get(OUTPUTS[4]), got.get(OUTPUTS[5]))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """``(n, samples)`` → probabilities ``(n, classes)``."""

@@ -31,13 +31,15 @@ class Calibrated(nn.Module):
     log-mels ``(batch, n_mels, frames)`` → probabilities ``(batch, classes)`` (each model's
     calibrated by its temperature, then averaged), logits (one model's own; several: the log of
     the mean, whose softmax gives the mean back), the unknown score ``score`` averaged over the
-    models ``(batch,)`` and, when every model has an AudioSet head, the mean of its tags
-    ``(batch, 527)`` (else ``None``)."""
+    models ``(batch,)``, when every model has an AudioSet head, the mean of its tags
+    ``(batch, 527)``, and when every model has a frame head, the mean of its frame
+    probabilities ``(batch, steps, classes)`` (else ``None``)."""
 
     def __init__(self, backbones: list[nn.Module], scorers: list[UnknownScorer], score: str) -> None:
         super().__init__()
         self.backbones, self.scorers, self.score = nn.ModuleList(backbones), nn.ModuleList(scorers), score
         self.tagging = all(getattr(b, "audioset", None) is not None for b in backbones)
+        self.framing = all(getattr(b, "frame_head", None) is not None for b in backbones)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = [outputs_of(b, x) for b in self.backbones]
@@ -45,10 +47,11 @@ class Calibrated(nn.Module):
         known = torch.stack([s(o.logits, o.embedding)[self.score]
                              for o, s in zip(outs, self.scorers, strict=True)]).mean(0)
         tags = torch.stack([o.tags for o in outs]).mean(0) if self.tagging else None
+        frames = torch.stack([o.frames for o in outs]).mean(0) if self.framing else None
         if len(outs) == 1:
-            return probs[0], outs[0].logits, known, tags
+            return probs[0], outs[0].logits, known, tags, frames
         mean = torch.stack(probs).mean(0)
-        return mean, mean.clamp_min(1e-30).log(), known, tags
+        return mean, mean.clamp_min(1e-30).log(), known, tags, frames
 
 
 def calibration_of(paths: list[Path], checkpoints: list[dict]) -> tuple[list[UnknownScorer], Calibration]:
@@ -111,7 +114,8 @@ class TorchModel:
             held_out_accuracy=float(first["test_accuracy"]) if single else None,
             folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
             escnet_version=escnet.__version__, calibration=calibration,
-            tag_names=list(self.models[0].tag_names) if tagging else [])
+            tag_names=list(self.models[0].tag_names) if tagging else [],
+            frame_model=self.calibrated.framing)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchModel:
@@ -128,9 +132,10 @@ class TorchModel:
     def score(self, windows: np.ndarray) -> Scores:
         """Calibrated probabilities, unknown scores and AudioSet tags of ``windows`` ``(n, samples)``."""
         batch = torch.from_numpy(np.ascontiguousarray(windows, np.float32)).to(self.device)
-        probs, _, known, tags = self.calibrated(self.models[0].features(batch)[0])
+        probs, _, known, tags, frames = self.calibrated(self.models[0].features(batch)[0])
         return Scores(probs.cpu().numpy(), known.cpu().numpy() if self.info.calibrated else None,
-                      tags.cpu().numpy() if tags is not None and self.info.tag_names else None)
+                      tags.cpu().numpy() if tags is not None and self.info.tag_names else None,
+                      frames.cpu().numpy() if frames is not None else None)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         """``(n, samples)`` → calibrated probabilities ``(n, classes)``."""

@@ -32,6 +32,7 @@ from escnet.errors import ConfigError, EscnetError
 from escnet.models import SoundClassifier, count_parameters
 from escnet.runs import RunDir
 from escnet.transforms.batch import BatchAugment
+from escnet.transforms.scenes import make_scenes
 
 EpochCallback = Callable[[dict], None]
 
@@ -40,10 +41,21 @@ class DivergedError(EscnetError):
     """Training produced a non-finite loss; nothing of that epoch was saved."""
 
 
+FRAME_HEAD_RATE = 10.0
+"""A frame head (``model.args.frame_head``) learns at this multiple of ``train.learning_rate``:
+it starts as a copy of the clip head, which never had to say where a sound is or that none is."""
+
+
 def make_optimizer(model: torch.nn.Module, config: TaskConfig) -> torch.optim.Optimizer:
     t = config.train
     kind = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    frame_head = getattr(getattr(model, "backbone", model), "frame_head", None)
+    if frame_head is None:
+        return kind(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    own = {id(p) for p in frame_head.parameters()}
+    return kind([{"params": [p for p in model.parameters() if id(p) not in own]},
+                 {"params": list(frame_head.parameters()), "lr": t.learning_rate * FRAME_HEAD_RATE}],
+                lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TaskConfig, steps: int):
@@ -118,18 +130,9 @@ def train_one_epoch(model: SoundClassifier, loader, steps: Steps, config: TaskCo
     for batch in batches:
         data_wait += time.perf_counter() - tick
         label = batch["label"].to(device)
-        targets = F.one_hot(label, config.model.num_classes).float()
-        if "features" in batch:
-            feats, frames = batch["features"].to(device), None
-        else:
-            wav, targets = augment.waveforms(batch["wav"].to(device), targets)
-            feats, frames = model.features(wav, batch["length"].to(device))
-        feats, targets = augment.features(feats, targets)
-        if frames is not None:  # a random crop leaves at most its own length valid
-            frames = frames.clamp(max=feats.shape[-1])
         with autocast:
-            logits = backbone(feats, frames)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.train.label_smoothing)
+            logits, loss = (scene_loss if config.augment.scenes else clip_loss)(
+                model, backbone, batch, config, device, augment)
         steps.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         steps.optimizer.step()
@@ -144,6 +147,47 @@ def train_one_epoch(model: SoundClassifier, loader, steps: Steps, config: TaskCo
         tick = time.perf_counter()
     total_loss, correct, seen = ranks.total(total_loss, correct, seen)
     return {"train_loss": total_loss / seen, "train_accuracy": correct / seen, "data_seconds": data_wait}
+
+
+def clip_loss(model: SoundClassifier, backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
+              config: TaskConfig, device: torch.device, augment: BatchAugment
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the cross-entropy of a batch of clips (waveforms, or log-mels computed once),
+    after the batch transforms (mixing, crops, band limits, SpecAugment: elementwise, so
+    autocast leaves them in float32, as it does the features)."""
+    targets = F.one_hot(batch["label"].to(device), config.model.num_classes).float()
+    if "features" in batch:
+        feats, frames = batch["features"].to(device), None
+    else:
+        wav, targets = augment.waveforms(batch["wav"].to(device), targets)
+        feats, frames = model.features(wav, batch["length"].to(device))
+    feats, targets = augment.features(feats, targets)
+    if frames is not None:  # a random crop leaves at most its own length valid
+        frames = frames.clamp(max=feats.shape[-1])
+    logits = backbone(feats, frames)
+    return logits, F.cross_entropy(logits.float(), targets, label_smoothing=config.train.label_smoothing)
+
+
+def scene_loss(model: SoundClassifier, backbone: torch.nn.Module, batch: dict[str, torch.Tensor],
+               config: TaskConfig, device: torch.device, augment: BatchAugment
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip logits and the loss of a batch turned into soundscapes (``augment.scenes``,
+    :func:`~escnet.transforms.scenes.make_scenes`, ``crop_seconds`` long or a clip long): the
+    clip head's cross-entropy against each scene's share of its sounds (scenes with a sound),
+    plus the frame head's binary cross-entropy against the share of each frame a class sounds,
+    summed over classes (as a cross-entropy is) and averaged over frames."""
+    seconds = config.augment.crop_seconds or config.data.clip_seconds
+    scenes = make_scenes(batch["wav"].to(device), batch["length"].to(device), batch["label"].to(device),
+                         config.model.num_classes, config.data.sample_rate,
+                         min(seconds, config.data.clip_seconds))
+    feats, _ = model.features(scenes.wav)
+    feats, _ = augment.features(feats, scenes.clip_targets)  # band limits; no crop, no mixup
+    logits, frame_logits = backbone(feats, None, with_frames=True)
+    sounding = scenes.clip_targets.sum(1) > 0
+    clip = -(scenes.clip_targets[sounding] * F.log_softmax(logits.float()[sounding], 1)).sum(1).mean()
+    frames = F.binary_cross_entropy_with_logits(
+        frame_logits.float(), scenes.frame_targets(frame_logits.shape[1]), reduction="none")
+    return logits, clip + frames.sum(-1).mean()
 
 
 def probe_head(model: SoundClassifier, data: TrainData, table: ClipTable, train_idx: np.ndarray,
@@ -180,6 +224,8 @@ def probe_head(model: SoundClassifier, data: TrainData, table: ClipTable, train_
             loss.backward()
             optimizer.step()
             schedule.step()
+    if hasattr(backbone, "start_frame_head"):  # frame training starts from the probed head
+        backbone.start_frame_head()
 
 
 def fold_result(history: list[dict], parameters: int) -> dict:

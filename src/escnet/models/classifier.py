@@ -54,6 +54,15 @@ class SoundClassifier(nn.Module):
                 raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
                                   f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
                                   f"{str(err).splitlines()[0]}") from None
+        frame_head = bool(getattr(backbone, "frame_head", None) is not None)
+        if config.augment.scenes != frame_head:
+            raise ConfigError("setting augment.scenes=true: trains a frame head, but the model has "
+                              "none (model.args.frame_head=true, an mn model)" if config.augment.scenes
+                              else "setting model.args.frame_head=true: its frame head learns from "
+                              "soundscapes; set augment.scenes=true (or use --preset pretrained-events)")
+        if config.augment.scenes and config.augment.mixup_alpha > 0:
+            raise ConfigError(f"setting augment.mixup_alpha={config.augment.mixup_alpha}: soundscapes "
+                              "(augment.scenes) already mix sounds; set it to 0")
         resolve_score(config.train.unknown_score, hasattr(backbone, "embed"), m.name, config.train.refit)
         params = count_parameters(backbone)
         # weights, gradients and two Adam moments: 16 bytes a parameter
@@ -163,6 +172,9 @@ class Outputs(NamedTuple):
     """``(batch, dim)``: the pooled embedding the head reads, for backbones with ``embed``."""
     tags: torch.Tensor | None
     """``(batch, 527)``: the frozen AudioSet head's tag probabilities, for backbones with one."""
+    frames: torch.Tensor | None = None
+    """``(batch, steps, classes)``: each class's probability (sigmoid) in each of ``steps``
+    equal frames of the input, for backbones with a frame head (``model.args.frame_head``)."""
 
 
 def outputs_of(backbone: nn.Module, x: torch.Tensor) -> Outputs:
@@ -170,7 +182,10 @@ def outputs_of(backbone: nn.Module, x: torch.Tensor) -> Outputs:
     backbone with ``embed``, embeddings ``(batch, dim)`` computed before)."""
     if not hasattr(backbone, "embed"):
         return Outputs(backbone(x, None), None, None)
-    embedding = x if x.dim() == 2 else backbone.embed(x)
+    trunk = None if x.dim() == 2 else backbone.trunk(x)
+    embedding = x if trunk is None else trunk.mean(dim=(2, 3))
     audioset = getattr(backbone, "audioset", None)
+    frames = (backbone.frame_logits(trunk).sigmoid()
+              if trunk is not None and getattr(backbone, "frame_head", None) is not None else None)
     return Outputs(backbone.head(embedding), embedding,
-                   audioset(embedding).sigmoid() if audioset is not None else None)
+                   audioset(embedding).sigmoid() if audioset is not None else None, frames)

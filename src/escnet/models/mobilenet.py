@@ -11,6 +11,8 @@ model's multiplier (``mn04``: 0.4), squeeze-and-excitation over channels, and an
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -121,14 +123,22 @@ class MobileNet(nn.Module):
     the new one (``audioset``: embedding → 527 logits): what AudioSet hears in a sound none of the new classes
     fits. It needs AudioSet weights (``model.pretrained``); ``tag_names`` are then its outputs'
     names.
+    ``frame_head=True`` adds a frame-wise head (``frame_head``, the clip head's layers applied to
+    each time step of the trunk, averaged over frequency only, as PANNs' decision-level models
+    do): :meth:`frame_logits` gives per-frame class logits ``(batch, steps, num_classes)``, one step
+    per 32 input frames (0.32 s at EfficientAT's 10 ms hop), for sound event detection; each
+    class is its own yes/no (sigmoid), so sounds can overlap. It is trained on soundscapes with
+    frame targets (``augment.scenes``, :mod:`escnet.transforms.scenes`).
     """
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: float = 0.4,
                  head: str = "mlp", dropout: float = 0.2, freeze: bool = False,
-                 frozen_norm: bool = False, audioset_head: bool = False) -> None:
+                 frozen_norm: bool = False, audioset_head: bool = False,
+                 frame_head: bool = False) -> None:
         super().__init__()
         check_args("mn", head=(head, head in ("mlp", "linear"), "must be mlp or linear"),
-                   dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"))
+                   dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"),
+                   frame_head=(frame_head, not frame_head or head == "mlp", "needs head=mlp"))
         self.width, self.head_kind, self.freeze, self.frozen_norm = width, head, freeze, frozen_norm
         first = scaled(BLOCKS[0][0], width)
         layers: list[nn.Module] = [conv_bn(1, first, 3, 2, activation=nn.Hardswish)]
@@ -152,6 +162,7 @@ class MobileNet(nn.Module):
                                        nn.Hardswish(), nn.Linear(scaled(HEAD_WIDTH, width),
                                                                  AUDIOSET_CLASSES))
                          if audioset_head else None)
+        self.frame_head = copy.deepcopy(self.head) if frame_head else None
         self.tag_names: list[str] | None = None
         self._init_weights()
         if freeze:
@@ -192,34 +203,58 @@ class MobileNet(nn.Module):
                                   f"{AUDIOSET_CLASSES}-class AudioSet head to keep")
             state = {**state, **{f"audioset.{new}.{p}": state[f"classifier.{old}.{p}"]
                                  for new, old in ((0, 2), (2, 5)) for p in ("weight", "bias")}}
-        load_strict(self, state, skip=skip, source=source)
+        load_strict(self, state, skip=(*skip, "frame_head."), source=source)
+        self.start_frame_head()
 
     def tag_file(self) -> WeightsFile | None:
         """Where the names of the AudioSet head's outputs come from, with that head."""
         return AUDIOSET_LABELS if self.audioset is not None else None
+
+    def start_frame_head(self) -> None:
+        """Copy the clip head's weights into the frame head (after the clip head was probed, so
+        that frame training starts from a head that already tells the classes apart)."""
+        if self.frame_head is not None:
+            self.frame_head.load_state_dict(self.head.state_dict())
 
     @property
     def head(self) -> nn.Sequential:
         """The layers after the pooling: embedding ``(batch, embed_dim)`` → logits."""
         return self.classifier[2:]
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel ``(batch, n_mels, frames)`` → the trunk's output ``(batch, embed_dim, bands,
+        steps)`` (``steps = ceil(frames / 32)``)."""
+        return self.features(x.unsqueeze(1))
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Log-mel ``(batch, n_mels, frames)`` → the trunk's pooled embedding ``(batch, embed_dim)``."""
-        return self.features(x.unsqueeze(1)).mean(dim=(2, 3))
+        return self.trunk(x).mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def frame_logits(self, trunk: torch.Tensor) -> torch.Tensor:
+        """The trunk's output (:meth:`trunk`) → frame logits ``(batch, steps, num_classes)``:
+        the frame head on each step, averaged over frequency only. Needs ``frame_head``."""
+        if self.frame_head is None:
+            raise ValueError("this model has no frame head (model.args.frame_head)")
+        return self.frame_head(trunk.mean(dim=2).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                with_frames: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``x``: log-mel ``(batch, n_mels, frames)``, or embeddings ``(batch, embed_dim)`` from
-        :meth:`embed` (a frozen trunk's, computed once) → logits ``(batch, num_classes)``."""
+        :meth:`embed` (a frozen trunk's, computed once) → logits ``(batch, num_classes)``;
+        ``with_frames``: and the frame logits (:meth:`frame_logits`) from the same pass."""
         if x.dim() == 2:
             return self.head(x)
-        return self.classifier(self.features(x.unsqueeze(1)))
+        trunk = self.trunk(x)
+        logits = self.classifier(trunk)
+        return (logits, self.frame_logits(trunk)) if with_frames else logits
 
 
 def _register(name: str, width: float) -> None:
     def build(n_mels: int, frames: int, num_classes: int, head: str = "mlp", dropout: float = 0.2,
-              freeze: bool = False, frozen_norm: bool = False, audioset_head: bool = False) -> MobileNet:
+              freeze: bool = False, frozen_norm: bool = False, audioset_head: bool = False,
+              frame_head: bool = False) -> MobileNet:
         return MobileNet(n_mels, frames, num_classes, width, head, dropout, freeze, frozen_norm,
-                         audioset_head)
+                         audioset_head, frame_head)
 
     build.__doc__ = f"EfficientAT {name}: :class:`MobileNet` at width {width}."
     register_model(name)(build)

@@ -2,7 +2,7 @@
 
 Protocol. The client opens ``/v1/stream?sample_rate=SR&format=f32|s16`` (optional event
 settings as further parameters: ``hop``, ``window``, ``on``, ``off``, ``smooth``,
-``min_duration``, ``max_gap``) and sends binary frames of little-endian mono PCM at that rate.
+``min_duration``, ``max_gap``, ``lookahead``) and sends binary frames of little-endian mono PCM at that rate.
 The server sends text frames of JSON, each with a ``type``:
 
 - ``"ready"``: once, first: the model's classes, the event settings in force and the limits;
@@ -56,6 +56,7 @@ frame costs a call whatever it holds, so a million one-sample frames must not co
 MIN_HOP = 0.1
 """Seconds: with ``MAX_SPEED``, at most 40 windows a second for one stream."""
 FLOAT_SETTINGS = ("hop", "window", "on", "off", "min_duration", "max_gap")
+INT_SETTINGS = ("smooth", "lookahead")
 
 
 class Limits(Protocol):
@@ -106,7 +107,7 @@ class Closed(Exception):
 
 def stream_request(params: dict[str, str]) -> tuple[PcmFormat, EventSettings]:
     """The PCM format and event settings a client asked for (:class:`Closed` 1008 if bad)."""
-    known = {"sample_rate", "format", "smooth", *FLOAT_SETTINGS}
+    known = {"sample_rate", "format", *INT_SETTINGS, *FLOAT_SETTINGS}
     if extra := sorted(set(params) - known):
         raise Closed(1008, f"unknown parameter {extra[0]!r}; known: {', '.join(sorted(known))}")
     try:
@@ -121,10 +122,10 @@ def stream_request(params: dict[str, str]) -> tuple[PcmFormat, EventSettings]:
     if not 8000 <= rate <= 192000:
         raise Closed(1008, f"sample_rate={rate}: must be 8000 to 192000 Hz")
     changes: dict[str, float | int] = {}
-    for name in (*FLOAT_SETTINGS, "smooth"):
+    for name in (*FLOAT_SETTINGS, *INT_SETTINGS):
         if name in params:
             try:
-                changes[name] = int(params[name]) if name == "smooth" else float(params[name])
+                changes[name] = int(params[name]) if name in INT_SETTINGS else float(params[name])
             except ValueError:
                 raise Closed(1008, f"{name}={params[name][:20]!r}: not a number") from None
     if changes.get("hop", DEFAULTS.hop) < MIN_HOP:  # windows a second are what a stream costs
@@ -159,7 +160,7 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
         info = service.model.info
         await ws.send_text(json.dumps({
             "type": "ready", "classes": info.classes, "model_rate": info.sample_rate,
-            "settings": asdict(events), "limits": {
+            "settings": asdict(live.settings), "limits": {
                 "max_frame_bytes": int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes,
                 "stream_seconds": settings.stream_seconds, "idle_seconds": settings.idle_seconds,
                 "max_speed": MAX_SPEED}}))

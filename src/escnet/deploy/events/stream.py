@@ -12,6 +12,13 @@ below ``off`` (hysteresis) for longer than ``max_gap`` (a shorter dip continues 
 answered "unknown" (its unknown score below the model's threshold) and a silent window count as
 zero for every class, so neither is ever an event.
 
+A frame model (``ModelInfo.frame_model``) is read differently: each hop's window holds the last
+``window`` seconds (default its clip length), placed at the end of the model's input, and its
+newest frame's per-class probabilities (each class its own yes/no, so two sounds at once are
+two events) go to the tracker, filtered by their median over ``smooth`` hops; no window is cut
+to a new sound, and no class is held back by the clip's "unknown" answer (the frames say which
+classes sound, and that none does).
+
 Times are seconds of audio from the stream's start. A window's score is placed at its centre,
 so an event spans ``[first centre - hop/2, last centre + hop/2]`` of the windows above its
 thresholds (or, with the level envelope, where the sound rose and fell); a start message is
@@ -51,7 +58,10 @@ class HopScore:
     """The answer: a class, :data:`~escnet.deploy.predict.UNKNOWN`, or ``None`` (silent)."""
     centre: float
     """Seconds of stream at the middle of the audio the window held (where the tracker places
-    its score)."""
+    its score; for a frame model, the middle of the newest hop)."""
+    track: np.ndarray
+    """``(classes,)``: the filtered probabilities the tracker thresholded after this window
+    (zero for silence and for an "unknown" window of a clip model)."""
 
     def top(self, classes: list[str], k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` most probable classes and their probabilities (none for a silent window)."""
@@ -73,7 +83,12 @@ class Update:
 
 
 ONSET_HOPS = 4
-"""Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._windows`)."""
+"""Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._windows`;
+clip models)."""
+FRAME_REACH = 2.0
+"""How far back a frame model's event start is looked for: its frames are followed back while
+they stay at or above ``off``, at most this many seconds (a faint lead-in and the filter put a
+sound's start up to about this much before the frame that started its event)."""
 
 
 class Stream:
@@ -94,8 +109,8 @@ class Stream:
                  input_rate: int | None = None, name: str = "the stream") -> None:
         self.name = name
         info = model.info
-        settings.check(info.clip_seconds)
-        self.model, self.settings = model, settings
+        self.settings = settings = settings.for_model(info)
+        self.model, self.frames = model, info.frame_model
         self.scorer = scorer(model, batch_size, silence_db)
         self.rate = info.sample_rate
         self.resampler = (soxr.ResampleStream(input_rate, self.rate, 1, dtype="float32", quality="HQ")
@@ -103,7 +118,8 @@ class Stream:
         self.hop = max(1, round(settings.hop * self.rate))
         self.window = min(info.clip_samples, round(settings.window * self.rate))
         self.envelope = Envelope(self.rate)
-        self.tracker = EventTracker(info.classes, settings, self.envelope)
+        self.tracker = EventTracker(info.classes, settings, self.envelope, median=self.frames,
+                                    reach=FRAME_REACH if self.frames else None)
         self.received = 0
         """Samples received so far."""
         self.next_end = self.hop
@@ -163,7 +179,7 @@ class Stream:
             began = self._sound_start(end)
             grid.append((end, began))
             self.next_end += self.hop
-            if began is not None and round(began * self.rate) > self.last_began:
+            if began is not None and round(began * self.rate) > self.last_began and not self.frames:
                 self.last_began = round(began * self.rate)
                 due += [e for e in self.onset_ends if e < end]  # the last sound's, already due
                 self.onset_ends = [e for e in (self.last_began + k * self.hop
@@ -187,17 +203,22 @@ class Stream:
 
     def _window(self, end: int, began: float | None) -> tuple[np.ndarray, np.ndarray, bool]:
         """The audio of the window ending at sample ``end``: its last ``window`` samples, or
-        fewer when a sound began in it after background (at ``began`` seconds), so the model
-        hears the new sound alone, as soon as it starts; that audio as a clip-length model
-        input (zero-padded after, as ESC-50 pads its short clips); and whether it was cut so."""
+        fewer when a sound began in it after background (at ``began`` seconds; clip models), so
+        the model hears the new sound alone, as soon as it starts; that audio as a clip-length
+        model input (zero-padded after, as ESC-50 pads its short clips; for a frame model,
+        before, so its newest frame is the input's last); and whether it was cut so."""
         base = self.received - self.buffer.shape[0]
         lo = max(end - self.window, 0)
-        if began is not None:
+        cut = began is not None and not self.frames
+        if cut:
             lo = max(lo, int(began * self.rate))
         audio = self.buffer[lo - base : end - base]
         clip = np.zeros(self.model.info.clip_samples, np.float32)
-        clip[: audio.shape[0]] = audio
-        return clip, audio, began is not None
+        if self.frames:
+            clip[clip.shape[0] - audio.shape[0]:] = audio
+        else:
+            clip[: audio.shape[0]] = audio
+        return clip, audio, cut
 
     def _score(self, windows: list[tuple[int, float | None]]) -> Update:
         """Score ``windows`` (:meth:`_windows`) and track their events."""
@@ -209,10 +230,19 @@ class Stream:
         for (end, _), (_, audio, alone), (window, row) in zip(windows, cut, scored, strict=True):
             probabilities = None if row is None else row.probabilities
             label = None if row is None else answer(self.model.info, row.probabilities, row.known)
-            seconds, centre = end / self.rate, max(0.0, (end - audio.shape[0] / 2) / self.rate)
-            update.scores.append(HopScore(seconds, window.level_db, probabilities, label, centre))
-            update.events.extend(self.tracker.push(
-                seconds, None if label in (None, UNKNOWN) else probabilities, centre, alone))
+            seconds = end / self.rate
+            if self.frames:  # the frame ``lookahead`` before the newest, for the hop it covers
+                back = self.settings.lookahead
+                heard = None if row is None or row.frames is None else row.frames[-1 - back]
+                step = 0.0 if row is None or row.frames is None else \
+                    self.model.info.clip_seconds / row.frames.shape[0]
+                centre = max(0.0, seconds - self.settings.hop / 2 - back * step)
+            else:
+                heard = None if label in (None, UNKNOWN) else probabilities
+                centre = max(0.0, (end - audio.shape[0] / 2) / self.rate)
+            update.events.extend(self.tracker.push(seconds, heard, centre, alone))
+            update.scores.append(HopScore(seconds, window.level_db, probabilities, label, centre,
+                                          self.tracker.filtered.copy()))
         return update
 
 

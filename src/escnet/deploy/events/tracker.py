@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ class Event:
                 "confidence": round(self.confidence, 4)}
 
 
+QUIET_BEFORE = 1.0
+"""Seconds before a frame model's event (where its frames rose) that a sound beginning after
+quiet is taken as its start."""
+SAME_ONSET = 0.25
+"""Seconds within which two classes' events begin as one sound (:meth:`EventTracker._likeliest`)."""
+
+
 @dataclass
 class _Open:
     start: float
@@ -61,18 +69,34 @@ class _Open:
 
 
 class EventTracker:
-    """Per-class hysteresis over smoothed probabilities (see the module's description).
+    """Per-class hysteresis over filtered probabilities (see the module's description).
 
     Args:
         classes: the model's class names, in the order of its probabilities.
-        settings: thresholds and durations.
+        settings: thresholds and durations (those left ``None`` at the defaults of the kind
+            ``median`` says: :meth:`EventSettings.resolved`).
+        envelope: the stream's level, where starts and ends are placed.
+        median: filter by the median of the last ``smooth`` hops (a frame model's frames:
+            one stray frame neither starts nor ends an event), else by their mean.
+        reach: seconds before a window's end where its event's start is looked for in the
+            envelope (default the window: a frame model's newest frame says where, so less).
     """
 
     def __init__(self, classes: list[str], settings: EventSettings,
-                 envelope: Envelope | None = None) -> None:
+                 envelope: Envelope | None = None, median: bool = False,
+                 reach: float | None = None) -> None:
+        settings = settings.resolved(frame_model=median)
         self.classes, self.settings, self.envelope = classes, settings, envelope
         self.recent: deque[np.ndarray] = deque(maxlen=settings.smooth)
         self.open: dict[int, _Open] = {}
+        self.median = median
+        self.filter = np.median if median else np.mean
+        self.reach = settings.window if reach is None else reach
+        self.history: deque[tuple[float, np.ndarray]] = deque(
+            maxlen=max(settings.smooth, math.ceil(self.reach / settings.hop)))
+        """``(centre, probabilities)`` of the last hops (a frame model's start looks back)."""
+        self.filtered = np.zeros(len(classes))
+        """The filtered probabilities the last :meth:`push` thresholded ``(classes,)``."""
 
     def push(self, end: float, probabilities: np.ndarray | None, centre: float | None = None,
              alone: bool = False) -> list[EventMessage]:
@@ -81,21 +105,20 @@ class EventTracker:
         ``end - window / 2``); ``alone``: it held only a sound that began after quiet, so its
         own probability may start an event. Returns the messages this decides."""
         s = self.settings
+        centre = max(0.0, end - s.window / 2) if centre is None else centre
         self.recent.append(np.zeros(len(self.classes)) if probabilities is None
                            else probabilities.astype(np.float64))
-        smoothed = np.mean(self.recent, axis=0)
-        centre = max(0.0, end - s.window / 2) if centre is None else centre
+        self.history.append((centre, self.recent[-1]))
+        smoothed = self.filtered = self.filter(self.recent, axis=0)
         out = []
         # a window that heard a new sound alone starts its event on its own: averaging it with
         # the background before would only make the start late
         for k in np.flatnonzero((self.recent[-1] if alone else smoothed) >= s.on):
             if k not in self.open:
-                onset = None
-                if self.envelope is not None:  # the sound that began after quiet, else the first loud frame
-                    onset = self.envelope.sound_start(end - s.window, end)
-                    onset = self.envelope.onset(end - s.window, end) if onset is None else onset
-                start = max(0.0, centre - s.hop / 2) if onset is None else onset
-                self.open[k] = _Open(min(start, centre), centre, end, 0.0)
+                start = min(self._start(k, end, centre), centre)
+                if self.median and not self._likeliest(k, start, smoothed):
+                    continue
+                self.open[k] = _Open(start, centre, end, 0.0)
         for k, event in sorted(self.open.items()):
             p = float(smoothed[k])
             if p >= s.off:
@@ -108,6 +131,40 @@ class EventTracker:
                 out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
                                         event.start, end))
         return out
+
+    def _likeliest(self, k: int, start: float, probabilities: np.ndarray) -> bool:
+        """Whether class ``k``'s event beginning at ``start`` may open beside those open (a
+        frame model's classes are each their own yes/no): two classes whose events begin within
+        :data:`SAME_ONSET` of each other are one sound heard as two (a snore and breathing), and
+        only the likelier stays, unless the other was already announced. Sounds that overlap
+        begin apart."""
+        for j, other in list(self.open.items()):
+            if abs(other.start - start) <= SAME_ONSET:
+                if other.announced or probabilities[j] >= probabilities[k]:
+                    return False
+                del self.open[j]  # never said: dropped silently
+        return True
+
+    def _start(self, k: int, end: float, centre: float) -> float:
+        """Where class ``k``'s event that the window ending at ``end`` started began. A clip
+        model: where the last sound that began after quiet within ``reach`` began, else the
+        first loud frame there, else half a hop before the window's centre. A frame model: back
+        through its frames while they stay at or above ``off`` (hysteresis, backwards), then
+        the sound that began after quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that
+        begins while another sounds has no quiet before it: its frames say where)."""
+        s, envelope = self.settings, self.envelope
+        if self.median:
+            first = len(self.history) - 1
+            while first > 0 and self.history[first - 1][1][k] >= s.off:
+                first -= 1
+            heard = self.history[first][0] - s.hop / 2
+            onset = envelope.sound_start(heard - QUIET_BEFORE, end) if envelope is not None else None
+            return max(0.0, min(heard if onset is None else onset, centre))
+        onset = None
+        if envelope is not None:
+            onset = envelope.sound_start(end - self.reach, end)
+            onset = envelope.onset(end - self.reach, end) if onset is None else onset
+        return max(0.0, centre - s.hop / 2) if onset is None else onset
 
     def _heard_until(self, event: _Open) -> float | None:
         """End of the last loud frame of the event's sound in its last window at or above

@@ -1,0 +1,150 @@
+"""Frame-level events: soundscapes with frame targets, the frame head, its settings, and
+events read off frames (several classes at once, files and streams alike)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FrameToneModel, tiny_config, tones
+
+from escnet.deploy.events import EventSettings, Stream, detect_events, events_of
+from escnet.errors import ConfigError
+from escnet.models import SoundClassifier
+from escnet.transforms.scenes import EMPTY, GRID_SECONDS, make_scenes
+
+RATE = 8000
+
+
+def _burst_clips() -> tuple[torch.Tensor, torch.Tensor]:
+    """8 clips of 2 s: silence, a 1 s tone (its own frequency) from 0.5 s, silence."""
+    t = torch.arange(2 * RATE) / RATE
+    on = ((t >= 0.5) & (t < 1.5)).float()
+    clips = torch.stack([0.5 * torch.sin(2 * torch.pi * (300 + 200 * k) * t) * on for k in range(8)])
+    return clips, torch.arange(8)
+
+
+def _tone_stands_out(audio: torch.Tensor, freq: float) -> bool:
+    """Whether the power near ``freq`` is 100 times the median just above it (coloured noise
+    falls by at most a few times over that span)."""
+    power = torch.fft.rfft(audio).abs().square()
+    freqs = torch.fft.rfftfreq(len(audio), 1 / RATE)
+    above = power[(freqs > freq + 100) & (freqs < freq + 300)].median()
+    return bool(power[(freqs - freq).abs() < 20].max() > 100 * above)
+
+
+def test_scenes_label_each_sound_where_it_is_and_nowhere_else():
+    clips, labels = _burst_clips()
+    torch.manual_seed(0)
+    rows, sounds, empty = 0, [], 0
+    for _ in range(25):
+        scenes = make_scenes(clips, torch.full((8,), 2 * RATE), labels, 8, RATE, 3.0)
+        assert scenes.wav.shape == (8, 3 * RATE) and scenes.activity.shape == (8, 8, 300)
+        for i in range(8):
+            rows += 1
+            active = scenes.activity[i].sum(1)
+            heard = torch.nonzero(active).flatten()
+            sounds.append(len(heard))
+            weights = scenes.clip_targets[i]
+            if not len(heard):
+                empty += 1
+                assert weights.sum() == 0
+                continue
+            assert len(heard) <= 2 and heard.tolist() == torch.nonzero(weights).flatten().tolist()
+            assert weights.sum().item() == pytest.approx(1.0)
+            # a sound's frames: its 1 s tone, less what fell past either end of the scene
+            assert all(0.1 - GRID_SECONDS <= active[c] * GRID_SECONDS <= 1.0 + 2 * GRID_SECONDS
+                       for c in heard)
+            # a lone sound's tone is in its labelled cells, and not in the others
+            if len(heard) == 1:
+                c = int(heard[0])
+                cells = scenes.wav[i].reshape(300, -1)
+                inside = scenes.activity[i, c] > 0
+                assert _tone_stands_out(cells[inside].flatten(), 300 + 200 * c)
+                if (~inside).sum() > 20:
+                    assert not _tone_stands_out(cells[~inside].flatten(), 300 + 200 * c)
+        targets = scenes.frame_targets(10)
+        assert targets.shape == (8, 10, 8) and targets.min() >= 0 and targets.max() <= 1
+        torch.testing.assert_close(targets.mean(1), scenes.activity.mean(2), atol=1e-6, rtol=0)
+    assert abs(empty / rows - EMPTY) < 0.08 and 2 in sounds and 1 in sounds
+
+
+def test_a_frame_head_and_soundscapes_go_together():
+    base = {"model.name": "mn04", "data.sample_rate": 32000, "features.frontend": "efficientat",
+            "features.n_fft": 1024, "features.win_length": 800, "features.hop_length": 320,
+            "features.n_mels": 128, "data.clip_seconds": 2.0}
+    good = tiny_config(**base, **{"model.args.frame_head": True, "augment.scenes": True})
+    SoundClassifier.check(good)
+    with pytest.raises(ConfigError, match=r"augment\.scenes=true"):
+        SoundClassifier.check(tiny_config(**base, **{"model.args.frame_head": True}))
+    with pytest.raises(ConfigError, match="model has none"):
+        SoundClassifier.check(tiny_config(**base, **{"augment.scenes": True}))
+    with pytest.raises(ConfigError, match="mixup_alpha"):
+        SoundClassifier.check(good.replace({"augment.mixup_alpha": 0.3}))
+    with pytest.raises(ConfigError, match=r"frame_head.*head=mlp"):
+        SoundClassifier.check(good.replace({"model.args.head": "linear"}))
+    # one pass of the trunk gives the clip logits and a frame per 32 log-mel frames
+    model = SoundClassifier.from_config(good).eval()
+    with torch.no_grad():
+        logits, frames = model.backbone(model.features(torch.zeros(2, 64000))[0], None, with_frames=True)
+    assert logits.shape == (2, good.model.num_classes)
+    assert frames.shape == (2, 7, good.model.num_classes)  # 201 log-mel frames → 7
+
+
+def _overlapping_tones() -> np.ndarray:
+    """10 s: a 500 Hz tone 1–6 s and a 2000 Hz one 3–5 s (both at once for 2 s), quiet hiss."""
+    return tones(10, [(1.0, 6.0, 500), (3.0, 5.0, 2000)], RATE, np.random.default_rng(1))
+
+
+def test_a_frame_model_reports_two_sounds_at_once_the_same_in_any_chunking(tmp_path):
+    import soundfile as sf
+
+    wav = _overlapping_tones()
+    path = tmp_path / "two.wav"
+    sf.write(path, wav, RATE, subtype="FLOAT")
+    settings = EventSettings(min_duration=0.25)
+    events = detect_events(FrameToneModel(), path, settings)
+    assert [e.label for e in events] == ["low", "high"]
+    for e, (start, end) in zip(events, ((1.0, 6.0), (3.0, 5.0)), strict=True):
+        assert abs(e.start - start) <= 0.3 and abs(e.end - end) <= 0.6
+    # the defaults a frame model gets: its clip length as the window, the median of 3 hops
+    stream = Stream(FrameToneModel(), settings)
+    assert stream.settings.window == 2.0 and stream.settings.smooth == 3 and stream.settings.on == 0.5
+    messages = []
+    for k in range(0, wav.size, 1234):  # odd chunks
+        messages += stream.feed(wav[k:k + 1234]).events
+    messages += stream.finish().events
+    assert [e.to_dict() for e in events_of(messages)] == [e.to_dict() for e in events]
+    # both are open at once: the high tone starts before the low one ends
+    starts = [m for m in messages if m.state == "start"]
+    low_end = next(m for m in messages if m.state == "end" and m.label == "low")
+    assert [m.label for m in starts] == ["low", "high"] and starts[1].decided < low_end.decided
+
+
+def test_a_frame_models_settings_are_its_own_unless_given():
+    from escnet.deploy.events import CLIP_DEFAULTS
+
+    assert EventSettings().resolved(False) == CLIP_DEFAULTS
+    framed = EventSettings(on=0.6).for_model(FrameToneModel().info)
+    assert framed.on == 0.6 and framed.window == 2.0 and framed.smooth == 3
+    with pytest.raises(Exception, match="event setting window=3"):
+        EventSettings(window=3.0).for_model(FrameToneModel().info)
+
+
+def test_lookahead_reads_an_older_frame_deciding_later_at_the_same_place(tmp_path):
+    from conftest import ToneModel
+
+    wav = _overlapping_tones()
+    runs = {}
+    for lookahead in (0, 2):
+        stream = Stream(FrameToneModel(), EventSettings(min_duration=0.25, lookahead=lookahead))
+        messages = stream.feed(wav).events + stream.finish().events
+        runs[lookahead] = [m for m in messages if m.state == "start"]
+    assert [m.label for m in runs[0]] == [m.label for m in runs[2]] == ["low", "high"]
+    for now, later in zip(runs[0], runs[2], strict=True):
+        assert abs(later.time - now.time) <= 0.3  # placed where the sound is, either way
+        assert later.decided - now.decided == pytest.approx(0.5, abs=0.26)  # two 0.25 s frames later
+    with pytest.raises(Exception, match="lookahead=1: reads a frame model's frames"):
+        EventSettings(lookahead=1).for_model(ToneModel().info)
+    with pytest.raises(Exception, match="lookahead=9: must be 0 to 4"):
+        EventSettings(lookahead=9).for_model(FrameToneModel().info)
