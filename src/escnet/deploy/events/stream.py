@@ -13,11 +13,12 @@ answered "unknown" (its unknown score below the model's threshold) and a silent 
 zero for every class, so neither is ever an event.
 
 A frame model (``ModelInfo.frame_model``) is read differently: each hop's window holds the last
-``window`` seconds (default its clip length), placed at the end of the model's input, and its
-newest frame's per-class probabilities (each class its own yes/no, so two sounds at once are
-two events) go to the tracker, filtered by their median over ``smooth`` hops; no window is cut
-to a new sound, and no class is held back by the clip's "unknown" answer (the frames say which
-classes sound, and that none does).
+``window`` seconds (default its clip length), placed at the end of the model's input, and the
+per-class probabilities of the frame ``lookahead`` before its newest (each class its own
+yes/no, so two sounds at once are two events) go to the tracker, filtered by their median over
+``smooth`` hops (two classes beginning together are taken for one sound: the likelier is
+kept); no window is cut to a new sound, and no class is held back by the clip's "unknown"
+answer (the frames say which classes sound, and that none does).
 
 Times are seconds of audio from the stream's start. A window's score is placed at its centre,
 so an event spans ``[first centre - hop/2, last centre + hop/2]`` of the windows above its
@@ -58,7 +59,7 @@ class HopScore:
     """The answer: a class, :data:`~escnet.deploy.predict.UNKNOWN`, or ``None`` (silent)."""
     centre: float
     """Seconds of stream at the middle of the audio the window held (where the tracker places
-    its score; for a frame model, the middle of the newest hop)."""
+    its score; for a frame model, the middle of the hop its frame covers)."""
     track: np.ndarray
     """``(classes,)``: the filtered probabilities the tracker thresholded after this window
     (zero for silence and for an "unknown" window of a clip model)."""
