@@ -16,8 +16,7 @@ A frame model (``ModelInfo.frame_model``) is read differently: each hop's window
 ``window`` seconds (default its clip length), placed at the end of the model's input, and the
 per-class probabilities of the frame ``lookahead`` before its newest (each class its own
 yes/no, so two sounds at once are two events) go to the tracker, filtered by their median over
-``smooth`` hops (two classes beginning together are taken for one sound: the likelier is
-kept); no window is cut to a new sound, and no class is held back by the clip's "unknown"
+``smooth`` hops; no window is cut to a new sound, and no class is held back by the clip's "unknown"
 answer (the frames say which classes sound, and that none does).
 
 Times are seconds of audio from the stream's start. A window's score is placed at its centre,

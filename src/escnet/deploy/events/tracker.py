@@ -53,8 +53,6 @@ class Event:
 QUIET_BEFORE = 1.0
 """Seconds before a frame model's event (where its frames rose) that a sound beginning after
 quiet is taken as its start."""
-SAME_ONSET = 0.25
-"""Seconds within which two classes' events begin as one sound (:meth:`EventTracker._likeliest`)."""
 
 
 @dataclass
@@ -115,10 +113,7 @@ class EventTracker:
         # the background before would only make the start late
         for k in np.flatnonzero((self.recent[-1] if alone else smoothed) >= s.on):
             if k not in self.open:
-                start = min(self._start(k, end, centre), centre)
-                if self.median and not self._likeliest(k, start, smoothed):
-                    continue
-                self.open[k] = _Open(start, centre, end, 0.0)
+                self.open[k] = _Open(min(self._start(k, end, centre), centre), centre, end, 0.0)
         for k, event in sorted(self.open.items()):
             p = float(smoothed[k])
             if p >= s.off:
@@ -131,19 +126,6 @@ class EventTracker:
                 out.append(EventMessage(self.classes[k], "start", event.start, event.peak,
                                         event.start, end))
         return out
-
-    def _likeliest(self, k: int, start: float, probabilities: np.ndarray) -> bool:
-        """Whether class ``k``'s event beginning at ``start`` may open beside those open (a
-        frame model's classes are each their own yes/no): two classes whose events begin within
-        :data:`SAME_ONSET` of each other are one sound heard as two (a snore and breathing), and
-        only the likelier stays, unless the other was already announced. Sounds that overlap
-        begin apart."""
-        for j, other in list(self.open.items()):
-            if abs(other.start - start) <= SAME_ONSET:
-                if other.announced or probabilities[j] >= probabilities[k]:
-                    return False
-                del self.open[j]  # never said: dropped silently
-        return True
 
     def _start(self, k: int, end: float, centre: float) -> float:
         """Where class ``k``'s event that the window ending at ``end`` started began. A clip
