@@ -33,7 +33,12 @@ class SceneEvent:
                 "source": self.source}
 
 
-def active_span(wav: np.ndarray, rate: int, top_db: float = 30.0, frame_seconds: float = 0.02
+TOP_DB, FRAME_SECONDS = 30.0, 0.02
+"""A clip's active part: its ``FRAME_SECONDS`` frames within ``TOP_DB`` of its loudest (here
+and in the training scenes, :mod:`escnet.transforms.scenes`)."""
+
+
+def active_span(wav: np.ndarray, rate: int, top_db: float = TOP_DB, frame_seconds: float = FRAME_SECONDS
                 ) -> tuple[int, int]:
     """First and one-past-last sample of the frames of ``wav`` ``(samples,)`` whose RMS is
     within ``top_db`` dB of the loudest frame's."""

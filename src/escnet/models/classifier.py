@@ -54,7 +54,7 @@ class SoundClassifier(nn.Module):
                 raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
                                   f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
                                   f"{str(err).splitlines()[0]}") from None
-        frame_head = bool(getattr(backbone, "frame_head", None) is not None)
+        frame_head = getattr(backbone, "frame_head", None) is not None
         if config.augment.scenes != frame_head:
             raise ConfigError("setting augment.scenes=true: trains a frame head, but the model has "
                               "none (model.args.frame_head=true, an mn model)" if config.augment.scenes

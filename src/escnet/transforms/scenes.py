@@ -22,6 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from escnet.data.soundscapes import FRAME_SECONDS, TOP_DB
+
 EVENT_DB = (-40.0, -12.0)
 """RMS of a sound's active part, dBFS."""
 BED_DB = (-75.0, -40.0)
@@ -32,8 +34,6 @@ BEGINS_DURING = 0.5
 """Share of two-sound scenes whose second sound begins while the first sounds."""
 EMPTY = 0.1
 """Share of scenes with no sound, only the bed (every frame a negative)."""
-TOP_DB = 30.0
-"""A clip's active part: its 20 ms frames within this many dB of its loudest."""
 GRID_SECONDS = 0.01
 """Resolution of the frame targets before they are averaged to the model's frames."""
 
@@ -59,7 +59,7 @@ def active_spans(wav: torch.Tensor, lengths: torch.Tensor, rate: int) -> tuple[t
     """First and one-past-last sample ``(batch,)`` of each clip's active part: its 20 ms frames
     whose RMS is within :data:`TOP_DB` of its loudest (``wav`` ``(batch, samples)``, ``lengths``
     valid samples)."""
-    frame = max(1, round(0.02 * rate))
+    frame = max(1, int(FRAME_SECONDS * rate))  # as active_span, batched on the device
     n = wav.shape[1] // frame
     power = wav[:, : n * frame].reshape(len(wav), n, frame).square().mean(-1)
     power = power.masked_fill(torch.arange(n, device=wav.device) * frame >= lengths[:, None], 0)

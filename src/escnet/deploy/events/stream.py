@@ -85,10 +85,6 @@ class Update:
 ONSET_HOPS = 4
 """Windows scored after a sound begins, a hop apart from its start (:meth:`Stream._windows`;
 clip models)."""
-FRAME_REACH = 2.0
-"""How far back a frame model's event start is looked for: its frames are followed back while
-they stay at or above ``off``, at most this many seconds (a faint lead-in and the filter put a
-sound's start up to about this much before the frame that started its event)."""
 
 
 class Stream:
@@ -118,8 +114,7 @@ class Stream:
         self.hop = max(1, round(settings.hop * self.rate))
         self.window = min(info.clip_samples, round(settings.window * self.rate))
         self.envelope = Envelope(self.rate)
-        self.tracker = EventTracker(info.classes, settings, self.envelope, median=self.frames,
-                                    reach=FRAME_REACH if self.frames else None)
+        self.tracker = EventTracker(info.classes, settings, self.envelope, median=self.frames)
         self.received = 0
         """Samples received so far."""
         self.next_end = self.hop

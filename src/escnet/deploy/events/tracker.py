@@ -53,6 +53,10 @@ class Event:
 QUIET_BEFORE = 1.0
 """Seconds before a frame model's event (where its frames rose) that a sound beginning after
 quiet is taken as its start."""
+LOOK_BACK = 2.0
+"""How far back a frame model's event start is followed through its frames (while they stay at
+or above ``off``): a faint lead-in and the filter put a sound's start up to about this much
+before the frame that started its event."""
 
 
 @dataclass
@@ -74,24 +78,21 @@ class EventTracker:
         settings: thresholds and durations (those left ``None`` at the defaults of the kind
             ``median`` says: :meth:`EventSettings.resolved`).
         envelope: the stream's level, where starts and ends are placed.
-        median: filter by the median of the last ``smooth`` hops (a frame model's frames:
-            one stray frame neither starts nor ends an event), else by their mean.
-        reach: seconds before a window's end where its event's start is looked for in the
-            envelope (default the window: a frame model's newest frame says where, so less).
+        median: a frame model's frames: filtered by the median of the last ``smooth`` hops
+            (one stray frame neither starts nor ends an event), else by their mean; an
+            event's start followed back through them (:meth:`_start`).
     """
 
     def __init__(self, classes: list[str], settings: EventSettings,
-                 envelope: Envelope | None = None, median: bool = False,
-                 reach: float | None = None) -> None:
+                 envelope: Envelope | None = None, median: bool = False) -> None:
         settings = settings.resolved(frame_model=median)
         self.classes, self.settings, self.envelope = classes, settings, envelope
         self.recent: deque[np.ndarray] = deque(maxlen=settings.smooth)
         self.open: dict[int, _Open] = {}
         self.median = median
         self.filter = np.median if median else np.mean
-        self.reach = settings.window if reach is None else reach
         self.history: deque[tuple[float, np.ndarray]] = deque(
-            maxlen=max(settings.smooth, math.ceil(self.reach / settings.hop)))
+            maxlen=math.ceil(LOOK_BACK / settings.hop) if median else 1)
         """``(centre, probabilities)`` of the last hops (a frame model's start looks back)."""
         self.filtered = np.zeros(len(classes))
         """The filtered probabilities the last :meth:`push` thresholded ``(classes,)``."""
@@ -129,11 +130,12 @@ class EventTracker:
 
     def _start(self, k: int, end: float, centre: float) -> float:
         """Where class ``k``'s event that the window ending at ``end`` started began. A clip
-        model: where the last sound that began after quiet within ``reach`` began, else the
+        model: where the last sound that began after quiet within its window began, else the
         first loud frame there, else half a hop before the window's centre. A frame model: back
-        through its frames while they stay at or above ``off`` (hysteresis, backwards), then
-        the sound that began after quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that
-        begins while another sounds has no quiet before it: its frames say where)."""
+        through its frames while they stay at or above ``off`` (hysteresis, backwards; at most
+        :data:`LOOK_BACK`), then the sound that began after quiet up to :data:`QUIET_BEFORE`
+        before that, if one did (a sound that begins while another sounds has no quiet before
+        it: its frames say where)."""
         s, envelope = self.settings, self.envelope
         if self.median:
             first = len(self.history) - 1
@@ -144,8 +146,8 @@ class EventTracker:
             return max(0.0, min(heard if onset is None else onset, centre))
         onset = None
         if envelope is not None:
-            onset = envelope.sound_start(end - self.reach, end)
-            onset = envelope.onset(end - self.reach, end) if onset is None else onset
+            onset = envelope.sound_start(end - s.window, end)
+            onset = envelope.onset(end - s.window, end) if onset is None else onset
         return max(0.0, centre - s.hop / 2) if onset is None else onset
 
     def _heard_until(self, event: _Open) -> float | None:
