@@ -244,7 +244,14 @@ def main() -> None:
                         "0: none)")
     parser.add_argument("--pause", type=float, default=0.2,
                         help="seconds between the well-behaved client's requests (default 0.2)")
+    parser.add_argument("--phases", default=",".join([*KINDS, "all"]),
+                        help="the hostile phases to run, comma-separated, of: "
+                        f"{', '.join(KINDS)}, all (default: every one, then all at once)")
     args = parser.parse_args()
+    phase_kinds = {**{k: [k] for k in KINDS}, "all": list(KINDS)}
+    chosen = [p.strip() for p in args.phases.split(",")]
+    if unknown := [p for p in chosen if p not in phase_kinds]:
+        parser.error(f"--phases: unknown phase {unknown[0]!r}; known: {', '.join(phase_kinds)}")
 
     clips = _clips(args.data)
     proc, port = _start(args.model, "--threads", "2", "--queue", "8", "--body-seconds", "5",
@@ -253,7 +260,7 @@ def main() -> None:
     attacked: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     try:
         phases.append(("alone", *_well_behaved(port, clips, args.requests, args.pause)))
-        for kinds in ([[k] for k in KINDS] + [list(KINDS)]):
+        for kinds in (phase_kinds[p] for p in chosen):
             latencies, statuses, got = _under_attack(port, clips, kinds, args.requests, args.pause,
                                                   args.one_address)
             phases.append((" + ".join(kinds) if len(kinds) == 1 else "all at once", latencies, statuses))
