@@ -11,7 +11,7 @@ from conftest import FrameToneModel, tiny_config, tones
 from escnet.deploy.events import EventSettings, Stream, detect_events, events_of
 from escnet.errors import ConfigError
 from escnet.models import SoundClassifier
-from escnet.transforms.scenes import EMPTY, GRID_SECONDS, make_scenes
+from escnet.transforms.scenes import EMPTY, GRID_SECONDS, SECOND_DB, make_scenes
 
 RATE = 8000
 
@@ -36,7 +36,7 @@ def _tone_stands_out(audio: torch.Tensor, freq: float) -> bool:
 def test_scenes_label_each_sound_where_it_is_and_nowhere_else():
     clips, labels = _burst_clips()
     torch.manual_seed(0)
-    rows, sounds, empty = 0, [], 0
+    rows, sounds, empty, levels = 0, [], 0, []
     for _ in range(25):
         scenes = make_scenes(clips, torch.full((8,), 2 * RATE), labels, 8, RATE, 3.0)
         assert scenes.wav.shape == (8, 3 * RATE) and scenes.activity.shape == (8, 8, 300)
@@ -55,6 +55,12 @@ def test_scenes_label_each_sound_where_it_is_and_nowhere_else():
             # a sound's frames: its 1 s tone, less what fell past either end of the scene
             assert all(0.1 - GRID_SECONDS <= active[c] * GRID_SECONDS <= 1.0 + 2 * GRID_SECONDS
                        for c in heard)
+            # two whole sounds: the second within SECOND_DB of the first (tones of equal
+            # amplitude: their spectral peaks' ratio is their gains')
+            if len(heard) == 2 and all(active[c] * GRID_SECONDS > 1.0 - 2 * GRID_SECONDS for c in heard):
+                spectrum, freqs = torch.fft.rfft(scenes.wav[i]).abs(), torch.fft.rfftfreq(3 * RATE, 1 / RATE)
+                peaks = [spectrum[(freqs - (300 + 200 * int(c))).abs() < 2].max() for c in heard]
+                levels.append(abs(20 * torch.log10(peaks[0] / peaks[1])).item())
             # a lone sound's tone is in its labelled cells, and not in the others
             if len(heard) == 1:
                 c = int(heard[0])
@@ -63,10 +69,15 @@ def test_scenes_label_each_sound_where_it_is_and_nowhere_else():
                 assert _tone_stands_out(cells[inside].flatten(), 300 + 200 * c)
                 if (~inside).sum() > 20:
                     assert not _tone_stands_out(cells[~inside].flatten(), 300 + 200 * c)
-        targets = scenes.frame_targets(10)
+        targets = scenes.frame_targets(10, 0.3)  # frames that tile the scene
         assert targets.shape == (8, 10, 8) and targets.min() >= 0 and targets.max() <= 1
         torch.testing.assert_close(targets.mean(1), scenes.activity.mean(2), atol=1e-6, rtol=0)
+        # the model's 0.32 s frames: each its own 32 cells, the last only its 12 inside the scene
+        targets = scenes.frame_targets(10, 0.32)
+        torch.testing.assert_close(targets[:, 3], scenes.activity[..., 96:128].mean(-1))
+        torch.testing.assert_close(targets[:, 9], scenes.activity[..., 288:].mean(-1))
     assert abs(empty / rows - EMPTY) < 0.08 and 2 in sounds and 1 in sounds
+    assert len(levels) > 5 and max(levels) < SECOND_DB + 0.5 and max(levels) > SECOND_DB / 2
 
 
 def test_a_frame_head_and_soundscapes_go_together():

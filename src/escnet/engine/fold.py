@@ -30,6 +30,7 @@ from escnet.engine.distributed import ALONE, Ranks
 from escnet.engine.evaluate import predict_loader, score
 from escnet.errors import ConfigError, EscnetError
 from escnet.models import SoundClassifier, count_parameters
+from escnet.models.mobilenet import TIME_STRIDE
 from escnet.runs import RunDir
 from escnet.transforms.batch import BatchAugment
 from escnet.transforms.scenes import make_scenes
@@ -185,8 +186,10 @@ def scene_loss(model: SoundClassifier, backbone: torch.nn.Module, batch: dict[st
     logits, frame_logits = backbone(feats, None, with_frames=True)
     sounding = scenes.clip_targets.sum(1) > 0
     clip = -(scenes.clip_targets[sounding] * F.log_softmax(logits.float()[sounding], 1)).sum(1).mean()
+    step_seconds = TIME_STRIDE * config.features.hop_length / config.data.sample_rate
     frames = F.binary_cross_entropy_with_logits(
-        frame_logits.float(), scenes.frame_targets(frame_logits.shape[1]), reduction="none")
+        frame_logits.float(), scenes.frame_targets(frame_logits.shape[1], step_seconds),
+        reduction="none")
     return logits, clip + frames.sum(-1).mean()
 
 

@@ -37,6 +37,9 @@ BLOCKS = [(16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2),
           (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1),
           (160, 5, 960, 160, True, True, 1)]
 HEAD_WIDTH = 1280
+TIME_STRIDE = 32
+"""Input frames per step of the trunk's output (the product of its strides: the first
+convolution's and four blocks' 2): a frame head's step is this many log-mel hops long."""
 
 
 def scaled(channels: float, width: float) -> int:
@@ -126,7 +129,7 @@ class MobileNet(nn.Module):
     ``frame_head=True`` adds a frame-wise head (``frame_head``, the clip head's layers applied to
     each time step of the trunk, averaged over frequency only, as PANNs' decision-level models
     do): :meth:`frame_logits` gives per-frame class logits ``(batch, steps, num_classes)``, one step
-    per 32 input frames (0.32 s at EfficientAT's 10 ms hop), for sound event detection; each
+    per :data:`TIME_STRIDE` input frames (0.32 s at EfficientAT's 10 ms hop), for sound event detection; each
     class is its own yes/no (sigmoid), so sounds can overlap. It is trained on soundscapes with
     frame targets (``augment.scenes``, :mod:`escnet.transforms.scenes`).
     """
@@ -223,7 +226,7 @@ class MobileNet(nn.Module):
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Log-mel ``(batch, n_mels, frames)`` → the trunk's output ``(batch, embed_dim, bands,
-        steps)`` (``steps = ceil(frames / 32)``)."""
+        steps)`` (``steps = ceil(frames / TIME_STRIDE)``)."""
         return self.features(x.unsqueeze(1))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,11 @@ Each scene is ``seconds`` long: a bed of coloured noise (white, pink or brown, a
 from :data:`BED_DB`), the batch's own clip cut to its active part (where its 20 ms level is
 within 30 dB of its loudest, as the reference events of ``escnet.data.soundscapes`` are) at a
 random place and level (:data:`EVENT_DB`), possibly running past either end of the scene; in a
-share :data:`SECOND` of scenes a second clip of the batch at its own level, beginning while
-the first sounds (in a share :data:`BEGINS_DURING` of them: one sound starting over another, as
-in a street) or anywhere (so at most two sounds at once); in a share :data:`EMPTY` only the bed.
-A sound's frames are labelled where its active part is in the scene.
+share :data:`SECOND` of scenes a second clip of the batch at a level within :data:`SECOND_DB` of
+the first's, beginning while the first sounds (in a share :data:`BEGINS_DURING` of them: one
+sound starting over another, as in a street) or anywhere (so at most two sounds at once); in a
+share :data:`EMPTY` only the bed. A sound's frames are labelled where its active part is in
+the scene.
 
 Plain torch on the training device, drawing from torch's global generator (seeded per epoch
 by training, as the other batch transforms).
@@ -17,6 +18,7 @@ by training, as the other batch transforms).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -30,10 +32,16 @@ BED_DB = (-75.0, -40.0)
 """RMS of the noise bed, dBFS."""
 SECOND = 0.5
 """Share of scenes with a second sound."""
-BEGINS_DURING = 0.5
+SECOND_DB = 10.0
+"""A second sound's level is the first's ± up to this many dB (within :data:`EVENT_DB`): one
+far under the other would be inaudible, and labelling it would teach the frames to ignore what
+they hear."""
+BEGINS_DURING = 0.75
 """Share of two-sound scenes whose second sound begins while the first sounds."""
 EMPTY = 0.1
 """Share of scenes with no sound, only the bed (every frame a negative)."""
+BANK_LENGTH = 10
+"""The noise bed is cut from a bank this many scenes long."""
 GRID_SECONDS = 0.01
 """Resolution of the frame targets before they are averaged to the model's frames."""
 
@@ -49,10 +57,16 @@ class Scenes(NamedTuple):
     activity: torch.Tensor
     """``(batch, classes, cells)``: 1 where a class sounds, on a :data:`GRID_SECONDS` grid."""
 
-    def frame_targets(self, steps: int) -> torch.Tensor:
-        """``(batch, steps, classes)``: the share of each of ``steps`` equal frames of the scene
-        during which each class sounds (the model's frames: :meth:`MobileNet.frames`)."""
-        return F.adaptive_avg_pool1d(self.activity, steps).transpose(1, 2)
+    def frame_targets(self, steps: int, step_seconds: float) -> torch.Tensor:
+        """``(batch, steps, classes)``: the share of each of the model's ``steps`` frames during
+        which each class sounds, frame ``k`` covering ``[k, k + 1) · step_seconds`` of the scene
+        (:data:`~escnet.models.mobilenet.TIME_STRIDE` log-mel hops; the last frames run past
+        the scene's end, and only their part inside it counts)."""
+        per = round(step_seconds / GRID_SECONDS)
+        cells = self.activity.shape[-1]
+        grid = F.pad(self.activity, (0, steps * per - cells))  # cuts when the frames end sooner
+        inside = (cells - per * torch.arange(steps, device=grid.device)).clamp(1, per)
+        return (grid.reshape(*grid.shape[:2], steps, per).sum(-1) / inside).transpose(1, 2)
 
 
 def active_spans(wav: torch.Tensor, lengths: torch.Tensor, rate: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,20 +84,31 @@ def active_spans(wav: torch.Tensor, lengths: torch.Tensor, rate: int) -> tuple[t
     return first * frame, torch.minimum((last + 1) * frame, lengths)
 
 
+@functools.cache
+def _noise_bank(samples: int, device: torch.device) -> torch.Tensor:
+    """``(3, samples)``: white, pink and brown noise (power ∝ 1/f^k, k = 0, 1, 2) of unit RMS,
+    the same every time (a fixed seed): drawn once, not every step."""
+    generator = torch.Generator().manual_seed(0)
+    spectrum = torch.fft.rfft(torch.randn(3, samples, generator=generator))
+    f = torch.arange(spectrum.shape[1]).clamp(min=1).float()
+    noise = torch.fft.irfft(spectrum * f[None] ** (-torch.arange(3.0)[:, None] / 2), samples)
+    return noise.to(device)
+
+
 def coloured_noise(batch: int, samples: int, device: torch.device) -> torch.Tensor:
-    """``(batch, samples)`` noise of unit RMS, each row white, pink or brown (power ∝ 1/f^k,
-    k = 0, 1 or 2, drawn per row)."""
-    spectrum = torch.fft.rfft(torch.randn(batch, samples, device=device))
-    k = torch.randint(0, 3, (batch, 1), device=device).float()
-    f = torch.arange(spectrum.shape[1], device=device).clamp(min=1).float()
-    noise = torch.fft.irfft(spectrum * f[None] ** (-k / 2), samples)
+    """``(batch, samples)`` noise of unit RMS, each row white, pink or brown (drawn per row):
+    a random stretch of a bank :data:`BANK_LENGTH` times as long, with a random sign."""
+    bank = _noise_bank(BANK_LENGTH * samples, device)
+    colours = torch.randint(0, 3, (batch,)).tolist()
+    starts = torch.randint(0, (BANK_LENGTH - 1) * samples + 1, (batch,)).tolist()
+    noise = torch.stack([bank[c, s : s + samples] for c, s in zip(colours, starts, strict=True)])
+    noise *= torch.randint(0, 2, (batch, 1), device=device) * 2 - 1
     return noise / noise.square().mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
 
 
-def _db_gain(part: torch.Tensor, levels: tuple[float, float]) -> torch.Tensor:
-    target = torch.empty((), device=part.device).uniform_(*levels)
-    rms = part.square().mean().clamp(min=1e-20).sqrt()
-    return 10 ** (target / 20) / rms
+def _gain(part: torch.Tensor, level_db: float) -> torch.Tensor:
+    """The factor that brings ``part``'s RMS to ``level_db`` dBFS."""
+    return 10 ** (level_db / 20) / part.square().mean().clamp(min=1e-20).sqrt()
 
 
 def make_scenes(wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -106,6 +131,7 @@ def make_scenes(wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, 
     for i in range(batch):
         sounds = [] if draws[i, 0] < EMPTY else [i] + ([int(partners[i])] if draws[i, 1] < SECOND else [])
         first: tuple[int, int] | None = None
+        level = 0.0  # dBFS of the first sound
         for k in sounds:
             part = wav[k, int(lo[k]) : int(hi[k])]
             if part.numel() == 0:
@@ -119,8 +145,11 @@ def make_scenes(wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, 
                 low, high = during if during[0] <= during[1] else (low, high)
             start = int(torch.randint(low, high + 1, ()))
             a, b = max(start, 0), min(start + part.shape[0], total)
+            level = float(torch.empty(()).uniform_(*EVENT_DB)) if first is None else min(
+                max(level + float(torch.empty(()).uniform_(-SECOND_DB, SECOND_DB)), EVENT_DB[0]),
+                EVENT_DB[1])
             first = (start, start + part.shape[0]) if first is None else first
-            scenes[i, a:b] += part[a - start : b - start] * _db_gain(part, EVENT_DB)
+            scenes[i, a:b] += part[a - start : b - start] * _gain(part, level)
             label = int(labels[k])
             activity[i, label, a // step : -(-b // step)] = 1.0
             weights[i, label] += (b - a) / rate
