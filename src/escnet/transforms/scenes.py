@@ -86,8 +86,9 @@ def active_spans(wav: torch.Tensor, lengths: torch.Tensor, rate: int) -> tuple[t
 
 @functools.cache
 def _noise_bank(samples: int, device: torch.device) -> torch.Tensor:
-    """``(3, samples)``: white, pink and brown noise (power ∝ 1/f^k, k = 0, 1, 2) of unit RMS,
-    the same every time (a fixed seed): drawn once, not every step."""
+    """``(3, samples)``: white, pink and brown noise (power ∝ 1/f^k, k = 0, 1, 2), the same
+    every time (a fixed seed): drawn once, not every step (:func:`coloured_noise` scales each
+    stretch it cuts to unit RMS)."""
     generator = torch.Generator().manual_seed(0)
     spectrum = torch.fft.rfft(torch.randn(3, samples, generator=generator))
     f = torch.arange(spectrum.shape[1]).clamp(min=1).float()
@@ -145,9 +146,9 @@ def make_scenes(wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, 
                 low, high = during if during[0] <= during[1] else (low, high)
             start = int(torch.randint(low, high + 1, ()))
             a, b = max(start, 0), min(start + part.shape[0], total)
-            level = float(torch.empty(()).uniform_(*EVENT_DB)) if first is None else min(
-                max(level + float(torch.empty(()).uniform_(-SECOND_DB, SECOND_DB)), EVENT_DB[0]),
-                EVENT_DB[1])
+            drawn = (torch.empty(()).uniform_(*EVENT_DB) if first is None else
+                     level + torch.empty(()).uniform_(-SECOND_DB, SECOND_DB))
+            level = min(max(float(drawn), EVENT_DB[0]), EVENT_DB[1])
             first = (start, start + part.shape[0]) if first is None else first
             scenes[i, a:b] += part[a - start : b - start] * _gain(part, level)
             label = int(labels[k])
