@@ -172,6 +172,10 @@ def test_live_mode_follows_a_soundscape_played_as_the_microphone(tmp_path, frame
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60)
         wait.until(ec.text_to_be_present_in_element((By.ID, "model-info"), "Model tones"))
+        driver.execute_script(  # every "now" line the page shows, kept for the checks below
+            "window.seen = []; new MutationObserver(() => window.seen.push("
+            "document.getElementById('live-now').textContent)).observe("
+            "document.getElementById('live-now'), {childList: true, characterData: true, subtree: true});")
         driver.find_element(By.ID, "live").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Live: listening"))
         ended = "#events-table tbody tr[data-state='end']"
@@ -182,12 +186,16 @@ def test_live_mode_follows_a_soundscape_played_as_the_microphone(tmp_path, frame
             (_, _, low_end, _), (_, high_start, _, _) = [
                 [td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[:2]]
             assert float(high_start) < float(low_end)
+            # while both sound the page says so: both classes on one line, as the strip draws them
+            assert any("low 0.9" in t and "high 0.9" in t for t in driver.execute_script("return window.seen"))
+            assert "each class the frames hear" in driver.find_element(By.ID, "live-caption").text
         assert "s:" in driver.find_element(By.ID, "live-now").text
         shot = tmp_path / "serve-live.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
-        if os.environ.get("ESCNET_SCREENSHOT_LIVE") and not frames:
-            shutil.copy(shot, os.environ["ESCNET_SCREENSHOT_LIVE"])
+        keep = os.environ.get("ESCNET_SCREENSHOT_LIVE_FRAMES" if frames else "ESCNET_SCREENSHOT_LIVE")
+        if keep:
+            shutil.copy(shot, keep)
         driver.find_element(By.ID, "live").click()  # stop: the stream ends cleanly
         wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "Live: follow"))
         assert _console_errors(driver) == []

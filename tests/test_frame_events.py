@@ -102,6 +102,29 @@ def test_a_frame_head_and_soundscapes_go_together():
     assert frames.shape == (2, 7, good.model.num_classes)  # 201 log-mel frames → 7
 
 
+def test_a_frames_context_starts_as_nothing_and_reaches_its_steps_each_side():
+    """model.args.frame_context=2: at the start the frames are the frame head's alone (the
+    context block is the identity, as the probed head expects); once it has learnt, a step's
+    frame reads the trunk's steps up to 2 away and none further."""
+    base = {"model.name": "mn04", "model.args.frame_head": True, "augment.scenes": True}
+    with pytest.raises(ConfigError, match=r"frame_context=9: must be 0 to 8"):
+        SoundClassifier.from_config(tiny_config(**base, **{"model.args.frame_context": 9}))
+    with pytest.raises(ConfigError, match=r"frame_context=2: .*needs frame_head=true"):
+        SoundClassifier.from_config(tiny_config(**{"model.name": "mn04", "model.args.frame_context": 2}))
+    backbone = SoundClassifier.from_config(tiny_config(**base, **{"model.args.frame_context": 2})).backbone.eval()
+    trunk = torch.randn(1, backbone.embed_dim, 3, 12)
+    with torch.no_grad():
+        plain = backbone.frame_head(trunk.mean(dim=2).transpose(1, 2))
+        torch.testing.assert_close(backbone.frame_logits(trunk), plain)
+        torch.nn.init.normal_(backbone.frame_context.layers[-1].weight)  # as if trained
+        changed = trunk.clone()
+        changed[..., 6] += 1.0
+        moved = (backbone.frame_logits(changed) - backbone.frame_logits(trunk)).abs().amax(-1)[0]
+    assert (moved[4:9] > 1e-4).all() and (moved[[*range(4), *range(9, 12)]] == 0).all()
+    # the new layers learn at the frame head's rate, not the trunk's
+    assert {id(p) for p in backbone.frame_context.parameters()} <= {id(p) for p in backbone.frame_parameters()}
+
+
 def _overlapping_tones() -> np.ndarray:
     """10 s: a 500 Hz tone 1–6 s and a 2000 Hz one 3–5 s (both at once for 2 s), quiet hiss."""
     return tones(10, [(1.0, 6.0, 500), (3.0, 5.0, 2000)], RATE, np.random.default_rng(1))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ToneModel, local_client, runtime_cli, tone_scene
+from conftest import FrameToneModel, ToneModel, local_client, runtime_cli, tone_scene, tones
 
 from escnet.deploy.events import EventSettings, detect_events
 
@@ -75,6 +75,33 @@ def test_a_stream_gets_scores_every_hop_and_each_event_once_like_the_file(client
         [(e.label, round(e.start, 3), round(e.end, 3)) for e in from_file]
     for m, (label, start, end) in zip(ended, truth, strict=True):
         assert m["label"] == label and abs(m["start"] - start) <= 0.5 and abs(m["time"] - end) <= 0.5
+
+
+def test_a_frame_models_stream_says_both_classes_it_hears_at_once_and_a_clip_models_one():
+    """``ready`` says which kind of model it is; each ``scores`` message's ``heard`` lists the
+    classes the tracker read: both tones where they overlap (a frame model: FrameToneModel's
+    frames, 0.9 where a tone sounds), the clip model's averaged best class otherwise."""
+    wav = tones(8, [(1.0, 5.0, 500), (3.0, 6.0, 2000)], 8000, np.random.default_rng(0))
+    for model in (FrameToneModel(), ToneModel()):
+        app = create_app(ServeSettings("tones", threads=1), model=model)
+        with local_client(app) as client, client.websocket_connect(
+                "/v1/stream?sample_rate=8000&format=f32&smooth=1") as ws:
+            ready = json.loads(ws.receive_text())
+            for k in range(0, wav.size, 800):  # 0.1 s frames
+                ws.send_bytes(wav[k:k + 800].astype("<f4").tobytes())
+            ws.send_text("end")
+            messages = _drain(ws)
+        assert messages[-1]["type"] == "end"
+        scores = [m for m in messages if m["type"] == "scores"]
+        assert ready["frame_model"] is model.info.frame_model
+        heard = {m["time"]: {h["label"]: h["probability"] for h in m["heard"]} for m in scores}
+        both = [t for t, h in heard.items() if h.get("low", 0) >= 0.5 and h.get("high", 0) >= 0.5]
+        assert all(len(h) <= 3 and min(h.values(), default=1) >= 0.1 for h in heard.values())
+        if model.info.frame_model:  # both while both sound (the frame before the newest: 0.25 s late)
+            assert both and min(both) >= 3.3 and max(both) <= 5.6
+            assert all(list(h) == ["low"] for t, h in heard.items() if 1.6 <= t <= 2.8)
+        else:
+            assert not both
 
 
 @pytest.mark.parametrize("query, frames, code, words", [

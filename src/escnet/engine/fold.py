@@ -43,19 +43,21 @@ class DivergedError(EscnetError):
 
 
 FRAME_HEAD_RATE = 10.0
-"""A frame head (``model.args.frame_head``) learns at this multiple of ``train.learning_rate``:
-it starts as a copy of the clip head, which never had to say where a sound is or that none is."""
+"""A frame head (``model.args.frame_head``) and its context learn at this multiple of
+``train.learning_rate``: the head starts as a copy of the clip head, which never had to say
+where a sound is or that none is, and the context starts as the identity."""
 
 
 def make_optimizer(model: torch.nn.Module, config: TaskConfig) -> torch.optim.Optimizer:
     t = config.train
     kind = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    frame_head = getattr(getattr(model, "backbone", model), "frame_head", None)
-    if frame_head is None:
+    backbone = getattr(model, "backbone", model)
+    frames = backbone.frame_parameters() if hasattr(backbone, "frame_parameters") else []
+    if not frames:
         return kind(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    own = {id(p) for p in frame_head.parameters()}
+    own = {id(p) for p in frames}
     return kind([{"params": [p for p in model.parameters() if id(p) not in own]},
-                 {"params": list(frame_head.parameters()), "lr": t.learning_rate * FRAME_HEAD_RATE}],
+                 {"params": frames, "lr": t.learning_rate * FRAME_HEAD_RATE}],
                 lr=t.learning_rate, weight_decay=t.weight_decay)
 
 

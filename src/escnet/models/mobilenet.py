@@ -86,6 +86,24 @@ class ChannelSE(nn.Module):
         return self.conc_se_layers[0](x)
 
 
+class TemporalContext(nn.Module):
+    """What a frame hears of the frames around it: ``(batch, channels, steps)`` → the same
+    shape, ``x + pointwise(hardswish(pointwise(depthwise(x))))`` with a depthwise convolution
+    over ``2 × reach + 1`` steps (zero-padded at both ends, as the trunk pads its input). The
+    last layer starts at zero, so the block starts as the identity."""
+
+    def __init__(self, channels: int, reach: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv1d(channels, channels, 2 * reach + 1, padding=reach, groups=channels, bias=False),
+            nn.Conv1d(channels, channels, 1), nn.Hardswish(), nn.Conv1d(channels, channels, 1))
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
 class InvertedResidual(nn.Module):
     """Expand (1×1), depthwise (k×k, stride), squeeze-excitation, project (1×1); a residual
     connection when the shape is kept."""
@@ -131,17 +149,22 @@ class MobileNet(nn.Module):
     do): :meth:`frame_logits` gives per-frame class logits ``(batch, steps, num_classes)``, one step
     per :data:`TIME_STRIDE` input frames (0.32 s at EfficientAT's 10 ms hop), for sound event detection; each
     class is its own yes/no (sigmoid), so sounds can overlap. It is trained on soundscapes with
-    frame targets (``augment.scenes``, :mod:`escnet.transforms.scenes`).
+    frame targets (``augment.scenes``, :mod:`escnet.transforms.scenes`). ``frame_context``: the
+    steps on each side each frame also reads (:class:`TemporalContext`, before the frame head):
+    a sound that pauses, or takes turns with another, can be heard through its pauses.
     """
 
     def __init__(self, n_mels: int, frames: int, num_classes: int, width: float = 0.4,
                  head: str = "mlp", dropout: float = 0.2, freeze: bool = False,
                  frozen_norm: bool = False, audioset_head: bool = False,
-                 frame_head: bool = False) -> None:
+                 frame_head: bool = False, frame_context: int = 0) -> None:
         super().__init__()
         check_args("mn", head=(head, head in ("mlp", "linear"), "must be mlp or linear"),
                    dropout=(dropout, 0 <= dropout < 1, "must be in [0, 1)"),
-                   frame_head=(frame_head, not frame_head or head == "mlp", "needs head=mlp"))
+                   frame_head=(frame_head, not frame_head or head == "mlp", "needs head=mlp"),
+                   frame_context=(frame_context, 0 <= frame_context <= 8
+                                  and (frame_head or not frame_context),
+                                  "must be 0 to 8 steps, and needs frame_head=true"))
         self.width, self.head_kind, self.freeze, self.frozen_norm = width, head, freeze, frozen_norm
         first = scaled(BLOCKS[0][0], width)
         layers: list[nn.Module] = [conv_bn(1, first, 3, 2, activation=nn.Hardswish)]
@@ -168,6 +191,7 @@ class MobileNet(nn.Module):
         self.frame_head = copy.deepcopy(self.head) if frame_head else None
         self.tag_names: list[str] | None = None
         self._init_weights()
+        self.frame_context = TemporalContext(self.embed_dim, frame_context) if frame_context else None
         if freeze:
             self.features.requires_grad_(False)
         if self.audioset is not None:
@@ -206,7 +230,7 @@ class MobileNet(nn.Module):
                                   f"{AUDIOSET_CLASSES}-class AudioSet head to keep")
             state = {**state, **{f"audioset.{new}.{p}": state[f"classifier.{old}.{p}"]
                                  for new, old in ((0, 2), (2, 5)) for p in ("weight", "bias")}}
-        load_strict(self, state, skip=(*skip, "frame_head."), source=source)
+        load_strict(self, state, skip=(*skip, "frame_head.", "frame_context."), source=source)
         self.start_frame_head()
 
     def tag_file(self) -> WeightsFile | None:
@@ -218,6 +242,11 @@ class MobileNet(nn.Module):
         that frame training starts from a head that already tells the classes apart)."""
         if self.frame_head is not None:
             self.frame_head.load_state_dict(self.head.state_dict())
+
+    def frame_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the frames use (the frame head and its context): new layers,
+        which the training loop lets learn faster than the pretrained trunk."""
+        return [p for m in (self.frame_context, self.frame_head) if m is not None for p in m.parameters()]
 
     @property
     def head(self) -> nn.Sequential:
@@ -238,7 +267,10 @@ class MobileNet(nn.Module):
         the frame head on each step, averaged over frequency only. Needs ``frame_head``."""
         if self.frame_head is None:
             raise ValueError("this model has no frame head (model.args.frame_head)")
-        return self.frame_head(trunk.mean(dim=2).transpose(1, 2))
+        steps = trunk.mean(dim=2)
+        if self.frame_context is not None:
+            steps = self.frame_context(steps)
+        return self.frame_head(steps.transpose(1, 2))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
                 with_frames: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -255,9 +287,9 @@ class MobileNet(nn.Module):
 def _register(name: str, width: float) -> None:
     def build(n_mels: int, frames: int, num_classes: int, head: str = "mlp", dropout: float = 0.2,
               freeze: bool = False, frozen_norm: bool = False, audioset_head: bool = False,
-              frame_head: bool = False) -> MobileNet:
+              frame_head: bool = False, frame_context: int = 0) -> MobileNet:
         return MobileNet(n_mels, frames, num_classes, width, head, dropout, freeze, frozen_norm,
-                         audioset_head, frame_head)
+                         audioset_head, frame_head, frame_context)
 
     build.__doc__ = f"EfficientAT {name}: :class:`MobileNet` at width {width}."
     register_model(name)(build)

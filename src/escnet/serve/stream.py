@@ -5,10 +5,14 @@ settings as further parameters: ``hop``, ``window``, ``on``, ``off``, ``smooth``
 ``min_duration``, ``max_gap``, ``lookahead``) and sends binary frames of little-endian mono PCM at that rate.
 The server sends text frames of JSON, each with a ``type``:
 
-- ``"ready"``: once, first: the model's classes, the event settings in force and the limits;
+- ``"ready"``: once, first: the model's classes, whether it is a frame model (its events come
+  from its frames), the event settings in force and the limits;
 - ``"scores"``: per scored window (every hop, and a few more right after a sound begins):
   ``time`` (seconds of stream at the window's end), ``label`` (a class, ``"unknown"``, or null
-  for silence), ``top`` (the best classes and their probabilities);
+  for silence), ``top`` (the best classes and their probabilities, the clip head's), ``heard``
+  (what the event tracker read after this window, best first, at most 3 classes, none under
+  0.1: a frame model's filtered frames, two sounds at once as two classes; a clip model's
+  averaged windows);
 - ``"event"``: ``label``, ``state`` (``"start"`` or ``"end"``), ``time`` (seconds of stream:
   the event's start or end), ``start``, ``confidence``, ``decided`` (seconds of stream received
   when it was decided);
@@ -160,6 +164,7 @@ async def run_stream(ws: WebSocket, service: Service) -> None:
         info = service.model.info
         await ws.send_text(json.dumps({
             "type": "ready", "classes": info.classes, "model_rate": info.sample_rate,
+            "frame_model": info.frame_model,
             "settings": asdict(live.settings), "limits": {
                 "max_frame_bytes": int(MAX_FRAME_SECONDS * pcm.sample_rate) * pcm.frame_bytes,
                 "stream_seconds": settings.stream_seconds, "idle_seconds": settings.idle_seconds,
@@ -259,10 +264,14 @@ async def _run(service: Service, client: str, work, *args) -> Update:
 
 
 def scores_message(score: HopScore, classes: list[str]) -> dict:
-    """A ``"scores"`` message: a scored window's end, level, answer and best classes."""
+    """A ``"scores"`` message: a scored window's end, level, answer, best classes and what the
+    event tracker read."""
+    def listed(pairs: list[tuple[str, float]]) -> list[dict]:
+        return [{"label": c, "probability": round(p, 4)} for c, p in pairs]
+
     return {"type": "scores", "time": round(score.end, 3), "level_db": score.level_db,
-            "label": score.label, "top": [{"label": c, "probability": round(p, 4)}
-                                          for c, p in score.top(classes)]}
+            "label": score.label, "top": listed(score.top(classes)),
+            "heard": listed(score.heard(classes))}
 
 
 def event_message(event: EventMessage) -> dict:

@@ -44,6 +44,9 @@ from escnet.deploy.predict import UNKNOWN, Model, Source, answer, opened, scorer
 from escnet.deploy.windows import SILENCE_DB, Window
 from escnet.errors import EscnetError
 
+HEARD_FLOOR = 0.1
+"""Filtered probabilities under this are not listed as heard (:meth:`HopScore.heard`)."""
+
 
 @dataclass(frozen=True)
 class HopScore:
@@ -68,6 +71,13 @@ class HopScore:
         if self.probabilities is None:
             return []
         return [(classes[i], float(self.probabilities[i])) for i in np.argsort(-self.probabilities)[:k]]
+
+    def heard(self, classes: list[str], k: int = 3, floor: float = HEARD_FLOOR) -> list[tuple[str, float]]:
+        """What the tracker read after this window, best first: the ``k`` classes with the
+        highest filtered probabilities (``track``: a frame model's frames, several classes at
+        once; a clip model's averaged windows), none under ``floor``."""
+        best = np.argsort(-self.track, kind="stable")[:k]
+        return [(classes[i], float(self.track[i])) for i in best if self.track[i] >= floor]
 
 
 @dataclass

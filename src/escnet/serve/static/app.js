@@ -155,7 +155,7 @@ function drawTimeline(rows, duration) {
 
 // Live mode: the microphone through an AudioWorklet to ws /v1/stream (float32 PCM at the
 // AudioContext's rate); per-hop scores scroll in a strip, events are listed as they start and end.
-const live = { socket: null, context: null, stream: null, scores: [], rows: new Map() };
+const live = { socket: null, context: null, stream: null, scores: [], rows: new Map(), frames: false, rate: 0 };
 const STRIP_SECONDS = 20;
 const COLORS = ["#2f6fdf", "#d9822b", "#2a8a3e", "#b03a8a", "#7a5cc7", "#c23b22", "#1a8a8a"];
 
@@ -172,11 +172,16 @@ function drawStrip() {
   const last = live.scores.length ? live.scores[live.scores.length - 1].time : 0;
   const x = (t) => canvas.width * (1 - (last - t) / STRIP_SECONDS);
   const top = canvas.height - 14;
-  for (const s of live.scores) {  // one bar per hop: the best class's probability
-    if (!s.top.length) continue;
-    const p = s.top[0].probability;
-    g.fillStyle = s.label === "unknown" ? "#bbb" : colorOf(s.top[0].label);
-    g.fillRect(x(s.time) - 3, top - p * (top - 4), 3, p * (top - 4));
+  const bar = (time, offset, p, color) => {
+    g.fillStyle = color;
+    g.fillRect(x(time) - 3 + offset, top - p * (top - 4), 3, p * (top - 4));
+  };
+  for (const s of live.scores) {
+    if (live.frames) {  // a frame model: a bar for each class its frames hear, side by side
+      s.heard.forEach((h, k) => bar(s.time, 3 * k, h.probability, colorOf(h.label)));
+    } else if (s.top.length) {  // a clip model: the best class's probability
+      bar(s.time, 0, s.top[0].probability, s.label === "unknown" ? "#bbb" : colorOf(s.top[0].label));
+    }
   }
   g.fillStyle = "#666";
   g.font = "11px system-ui";
@@ -186,11 +191,17 @@ function drawStrip() {
 }
 
 function onLiveMessage(message) {
-  if (message.type === "scores") {
+  if (message.type === "ready") {
+    live.frames = message.frame_model;
+    $("live-caption").textContent = `(microphone at ${live.rate} Hz; bars: ${live.frames ?
+      "each class the frames hear, per hop" : "best class per hop, grey: unknown"})`;
+  } else if (message.type === "scores") {
     live.scores.push(message);
     while (live.scores.length && live.scores[0].time < message.time - STRIP_SECONDS) live.scores.shift();
-    const now = message.label === null ? "silence" : message.label === "unknown" ?
-      `unknown (best guess ${message.top[0].label})` : `${message.label} ${message.top[0].probability.toFixed(2)}`;
+    const heard = message.heard.map((h) => `${h.label} ${h.probability.toFixed(2)}`).join(" + ");
+    const now = live.frames ? heard || "nothing" : message.label === null ? "silence" :
+      message.label === "unknown" ? `unknown (best guess ${message.top[0].label})` :
+      `${message.label} ${message.top[0].probability.toFixed(2)}`;
     $("live-now").textContent = `${message.time.toFixed(2)} s: ${now}`;
     drawStrip();
   } else if (message.type === "event") {
@@ -237,7 +248,7 @@ async function startLive() {
   }
   live.context = new AudioContext();
   await live.context.audioWorklet.addModule("/static/live-worklet.js");
-  const rate = live.context.sampleRate;
+  const rate = live.rate = live.context.sampleRate;
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/v1/stream?sample_rate=${rate}&format=f32`);
   socket.binaryType = "arraybuffer";
@@ -251,7 +262,6 @@ async function startLive() {
   live.rows.clear();
   $("events-table").tBodies[0].replaceChildren();
   $("live-section").hidden = false;
-  $("live-caption").textContent = `(microphone at ${rate} Hz; bars: best class per hop, grey: unknown)`;
   const node = new AudioWorkletNode(live.context, "escnet-capture");
   node.port.onmessage = (event) => {
     if (socket.readyState === WebSocket.OPEN) socket.send(event.data.buffer);

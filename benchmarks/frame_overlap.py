@@ -1,0 +1,125 @@
+"""Do a frame model's frames hear two sounds at once? On soundscapes made exactly as training
+makes them (``escnet.transforms.scenes.make_scenes``: 3 s, noise beds, a second sound within
+10 dB of the first), from clips of the folds given, so that the model's own training clips and
+clips it never heard can be compared: where the scenes hold two sounds in a frame, how often
+each frame says both (above 0.5), one, or neither, and how loud the weaker of the two is; where
+they hold one, how often its class is above 0.5; and the clip head's probability for the lesser
+of two sounds that overlap for at least a second (its training target is that sound's share of
+the scene, about a third to a half), and on two whole clips of different classes mixed at equal
+RMS.
+
+    python benchmarks/frame_overlap.py --model runs/events-fold2 --data ../shared/data/esc50 \\
+        --folds 3,4,5 --folds 2        # the model's training folds, then its held-out fold
+
+A model that hears only the louder sound on its own training scenes is not held back by the
+decoding (thresholds, smoothing) nor by unseen clips: docs/RESULTS.md, "Frame-level events".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from escnet.data.audio import load_audio
+from escnet.data.tables import read_esc50
+from escnet.deploy.predict import load_model_file
+from escnet.models.mobilenet import TIME_STRIDE
+from escnet.transforms.scenes import GRID_SECONDS, make_scenes
+
+SOUNDS = 0.99
+"""A frame holds a sound when that sound covers at least this share of it."""
+OVERLAP_SECONDS = 1.0
+"""Scenes whose two sounds overlap at least this long count for the clip head's row."""
+
+
+def measure(model, paths: list[str], labels: list[int], seconds: float, batch: int,
+            hop_seconds: float) -> dict[str, float]:
+    info = model.info
+    rate, samples = info.sample_rate, info.clip_samples
+    single, pairs, weaker = [], [], []
+    for i in range(0, len(paths), batch):
+        clips = [load_audio(p, rate)[:samples] for p in paths[i:i + batch]]
+        wav = torch.stack([torch.from_numpy(np.pad(c, (0, samples - len(c)))) for c in clips])
+        lengths = torch.tensor([len(c) for c in clips])
+        scenes = make_scenes(wav, lengths, torch.tensor(labels[i:i + batch]), len(info.classes),
+                             rate, seconds)
+        scores = model.score(scenes.wav.numpy())
+        frames = scores.frames  # (batch, steps, classes)
+        targets = scenes.frame_targets(frames.shape[1], TIME_STRIDE * hop_seconds).numpy()
+        sounding = targets >= SOUNDS
+        for b, k in zip(*np.nonzero(sounding.sum(-1) == 1), strict=True):
+            single.append(frames[b, k, np.flatnonzero(sounding[b, k])[0]] > 0.5)
+        for b, k in zip(*np.nonzero(sounding.sum(-1) == 2), strict=True):
+            pairs.append(np.sort(frames[b, k, np.flatnonzero(sounding[b, k])]))
+        activity = scenes.activity.numpy()
+        for b in range(len(clips)):
+            both = np.flatnonzero(activity[b].any(-1))
+            if len(both) == 2 and activity[b, both].min(0).sum() * GRID_SECONDS >= OVERLAP_SECONDS:
+                weaker.append(np.sort(scores.probabilities[b, both])[0])
+    mixed = equal_mixes(model, paths, labels, batch)
+    pairs_ = np.array(pairs).reshape(-1, 2)
+    above = (pairs_ > 0.5).sum(1)
+    return {"one-sound frames": len(single), "its class > 0.5": float(np.mean(single)),
+            "two-sound frames": len(pairs_), "both > 0.5": float(np.mean(above == 2)),
+            "one > 0.5": float(np.mean(above == 1)), "neither": float(np.mean(above == 0)),
+            "weaker's frame, median": float(np.median(pairs_[:, 0])),
+            "overlapping scenes": len(weaker), "clip head: lesser sound, median": float(np.median(weaker)),
+            "clip head: lesser sound >= 0.2": float(np.mean(np.array(weaker) >= 0.2)),
+            "equal-RMS mixes": len(mixed), "clip head: lesser clip, median": float(np.median(mixed))}
+
+
+def equal_mixes(model, paths: list[str], labels: list[int], batch: int) -> np.ndarray:
+    """The clip head's probability for the lesser of two clips (consecutive in ``paths``, of
+    different classes) mixed at equal RMS, each at -26 dBFS, one per pair."""
+    rate, samples = model.info.sample_rate, model.info.clip_samples
+
+    def clip(path: str) -> np.ndarray:
+        audio = load_audio(path, rate)[:samples]
+        audio = np.pad(audio, (0, samples - len(audio)))
+        return audio / max(float(np.sqrt(np.mean(audio ** 2))), 1e-9)
+
+    pairs = [(k, k + 1) for k in range(0, len(paths) - 1, 2) if labels[k] != labels[k + 1]]
+    lesser = []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i:i + batch]
+        wav = np.stack([0.05 * (clip(paths[a]) + clip(paths[b])) for a, b in chunk]).astype(np.float32)
+        probabilities = model.score(wav).probabilities
+        lesser += [min(probabilities[j, labels[a]], probabilities[j, labels[b]])
+                   for j, (a, b) in enumerate(chunk)]
+    return np.array(lesser)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a frame model: a run folder or an .onnx export")
+    p.add_argument("--data", required=True, help="the ESC-50 folder")
+    p.add_argument("--folds", action="append", required=True,
+                   help="folds whose clips make the scenes, comma-separated; repeat for another row")
+    p.add_argument("--clips", type=int, default=256, help="clips drawn from each group of folds")
+    p.add_argument("--seconds", type=float, default=3.0, help="scene length (the preset's crop)")
+    p.add_argument("--hop", type=float, default=0.01, help="the model's log-mel hop, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    model = load_model_file(args.model, threads=2)
+    if not model.info.frame_model:
+        raise SystemExit(f"{args.model}: not a frame model (train one with --preset pretrained-events)")
+    table = read_esc50(Path(args.data))
+    index = {name: k for k, name in enumerate(model.info.classes)}
+    print(f"{args.model}: scenes of {args.seconds:g} s as training makes them, {args.clips} clips a row")
+    for group in args.folds:
+        folds = {int(f) for f in group.split(",")}
+        rows = [(str(path), index[table.classes[y]])
+                for path, y, f in zip(table.paths, table.labels, table.folds, strict=True) if int(f) in folds]
+        order = np.random.default_rng(args.seed).permutation(len(rows))[:args.clips]
+        torch.manual_seed(args.seed)
+        result = measure(model, [rows[i][0] for i in order], [rows[i][1] for i in order],
+                         args.seconds, 32, args.hop)
+        print(f"folds {group}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
