@@ -59,7 +59,7 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             both = np.flatnonzero(activity[b].any(-1))
             if len(both) == 2 and activity[b, both].min(0).sum() * GRID_SECONDS >= OVERLAP_SECONDS:
                 weaker.append(np.sort(scores.probabilities[b, both])[0])
-    mixed = equal_mixes(model, paths, labels, batch)
+    mixed, mixed_frames = equal_mixes(model, paths, labels, batch)
     pairs_ = np.array(pairs).reshape(-1, 2)
     above = (pairs_ > 0.5).sum(1)
     return {"one-sound frames": len(single), "its class > 0.5": float(np.mean(single)),
@@ -68,12 +68,14 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             "weaker's frame, median": float(np.median(pairs_[:, 0])),
             "overlapping scenes": len(weaker), "clip head: lesser sound, median": float(np.median(weaker)),
             "clip head: lesser sound >= 0.2": float(np.mean(np.array(weaker) >= 0.2)),
-            "equal-RMS mixes": len(mixed), "clip head: lesser clip, median": float(np.median(mixed))}
+            "equal-RMS mixes": len(mixed), "clip head: lesser clip, median": float(np.median(mixed)),
+            "frames: lesser clip's mean, median": float(np.median(mixed_frames))}
 
 
-def equal_mixes(model, paths: list[str], labels: list[int], batch: int) -> np.ndarray:
-    """The clip head's probability for the lesser of two clips (consecutive in ``paths``, of
-    different classes) mixed at equal RMS, each at -26 dBFS, one per pair."""
+def equal_mixes(model, paths: list[str], labels: list[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """For two clips (consecutive in ``paths``, of different classes) mixed at equal RMS, each
+    at -26 dBFS: the clip head's probability for the lesser of the two, and the lesser of their
+    frames' mean probabilities, one of each per pair."""
     rate, samples = model.info.sample_rate, model.info.clip_samples
 
     def clip(path: str) -> np.ndarray:
@@ -82,14 +84,16 @@ def equal_mixes(model, paths: list[str], labels: list[int], batch: int) -> np.nd
         return audio / max(float(np.sqrt(np.mean(audio ** 2))), 1e-9)
 
     pairs = [(k, k + 1) for k in range(0, len(paths) - 1, 2) if labels[k] != labels[k + 1]]
-    lesser = []
+    lesser, framed = [], []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i:i + batch]
         wav = np.stack([0.05 * (clip(paths[a]) + clip(paths[b])) for a, b in chunk]).astype(np.float32)
-        probabilities = model.score(wav).probabilities
-        lesser += [min(probabilities[j, labels[a]], probabilities[j, labels[b]])
-                   for j, (a, b) in enumerate(chunk)]
-    return np.array(lesser)
+        scores = model.score(wav)
+        means = scores.frames.mean(axis=1)  # (pairs, classes)
+        for j, (a, b) in enumerate(chunk):
+            lesser.append(min(scores.probabilities[j, labels[a]], scores.probabilities[j, labels[b]]))
+            framed.append(min(means[j, labels[a]], means[j, labels[b]]))
+    return np.array(lesser), np.array(framed)
 
 
 def main() -> None:

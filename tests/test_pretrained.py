@@ -286,6 +286,19 @@ def test_the_events_preset_trains_frames_that_hear_overlapping_sounds_and_export
     onnx = OnnxModel(tmp_path / "events.onnx")
     window = wav[None, :160000]
     np.testing.assert_allclose(onnx.score(window).frames, model.score(window).frames, atol=2e-3)
+    # benchmarks/frame_overlap.py on its own training clips: what docs/RESULTS.md quotes
+    from conftest import benchmark
+
+    train_rows = [r for r in csv.DictReader(five_classes.open()) if r["fold"] != "1"]
+    train_rows = [train_rows[i] for i in np.random.default_rng(0).permutation(len(train_rows))[:24]]
+    torch.manual_seed(0)
+    heard = benchmark("frame_overlap").measure(
+        model, [r["path"] for r in train_rows], [classes.index(r["label"]) for r in train_rows],
+        3.0, 8, 0.01)
+    assert heard["one-sound frames"] > 50 and heard["its class > 0.5"] > 0.5
+    assert heard["both > 0.5"] + heard["one > 0.5"] + heard["neither"] == pytest.approx(1)
+    pairs = zip(train_rows[::2], train_rows[1::2], strict=True)
+    assert heard["equal-RMS mixes"] == sum(a["label"] != b["label"] for a, b in pairs)
 
 
 def test_wise_ft_averages_the_trained_weights_with_the_probed_start_and_resumes_to_the_same(
