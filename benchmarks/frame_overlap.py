@@ -35,17 +35,23 @@ OVERLAP_SECONDS = 1.0
 """Scenes whose two sounds overlap at least this long count for the clip head's row."""
 
 
+def load_clips(paths: list[str], rate: int, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, samples)`` float32: each clip decoded once at ``rate`` Hz, cut or zero-padded to
+    ``samples``, and ``(n,)`` its valid samples."""
+    clips = [load_audio(p, rate)[:samples] for p in paths]
+    return (np.stack([np.pad(c, (0, samples - len(c))) for c in clips]).astype(np.float32),
+            np.array([len(c) for c in clips]))
+
+
 def measure(model, paths: list[str], labels: list[int], seconds: float, batch: int,
             hop_seconds: float) -> dict[str, float]:
     info = model.info
-    rate, samples = info.sample_rate, info.clip_samples
+    wav, lengths = load_clips(paths, info.sample_rate, info.clip_samples)
     single, pairs, weaker = [], [], []
     for i in range(0, len(paths), batch):
-        clips = [load_audio(p, rate)[:samples] for p in paths[i:i + batch]]
-        wav = torch.stack([torch.from_numpy(np.pad(c, (0, samples - len(c)))) for c in clips])
-        lengths = torch.tensor([len(c) for c in clips])
-        scenes = make_scenes(wav, lengths, torch.tensor(labels[i:i + batch]), len(info.classes),
-                             rate, seconds)
+        scenes = make_scenes(torch.from_numpy(wav[i:i + batch]), torch.from_numpy(lengths[i:i + batch]),
+                             torch.tensor(labels[i:i + batch]), len(info.classes), info.sample_rate,
+                             seconds)
         scores = model.score(scenes.wav.numpy())
         frames = scores.frames  # (batch, steps, classes)
         targets = scenes.frame_targets(frames.shape[1], TIME_STRIDE * hop_seconds).numpy()
@@ -55,11 +61,11 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
         for b, k in zip(*np.nonzero(sounding.sum(-1) == 2), strict=True):
             pairs.append(np.sort(frames[b, k, np.flatnonzero(sounding[b, k])]))
         activity = scenes.activity.numpy()
-        for b in range(len(clips)):
+        for b in range(len(activity)):
             both = np.flatnonzero(activity[b].any(-1))
             if len(both) == 2 and activity[b, both].min(0).sum() * GRID_SECONDS >= OVERLAP_SECONDS:
                 weaker.append(np.sort(scores.probabilities[b, both])[0])
-    mixed, mixed_frames = equal_mixes(model, paths, labels, batch)
+    mixed, mixed_frames = equal_mixes(model, wav, labels, batch)
     pairs_ = np.array(pairs).reshape(-1, 2)
     above = (pairs_ > 0.5).sum(1)
     return {"one-sound frames": len(single), "its class > 0.5": float(np.mean(single)),
@@ -72,23 +78,16 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             "frames: lesser clip's mean, median": float(np.median(mixed_frames))}
 
 
-def equal_mixes(model, paths: list[str], labels: list[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """For two clips (consecutive in ``paths``, of different classes) mixed at equal RMS, each
-    at -26 dBFS: the clip head's probability for the lesser of the two, and the lesser of their
-    frames' mean probabilities, one of each per pair."""
-    rate, samples = model.info.sample_rate, model.info.clip_samples
-
-    def clip(path: str) -> np.ndarray:
-        audio = load_audio(path, rate)[:samples]
-        audio = np.pad(audio, (0, samples - len(audio)))
-        return audio / max(float(np.sqrt(np.mean(audio ** 2))), 1e-9)
-
-    pairs = [(k, k + 1) for k in range(0, len(paths) - 1, 2) if labels[k] != labels[k + 1]]
+def equal_mixes(model, wav: np.ndarray, labels: list[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """For two clips of ``wav`` ``(n, samples)`` (consecutive, of different classes) mixed at
+    equal RMS, each at -26 dBFS: the clip head's probability for the lesser of the two, and the
+    lesser of their frames' mean probabilities, one of each per pair."""
+    unit = wav / np.maximum(np.sqrt(np.mean(wav ** 2, axis=1, keepdims=True)), 1e-9)
+    pairs = [(k, k + 1) for k in range(0, len(wav) - 1, 2) if labels[k] != labels[k + 1]]
     lesser, framed = [], []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i:i + batch]
-        wav = np.stack([0.05 * (clip(paths[a]) + clip(paths[b])) for a, b in chunk]).astype(np.float32)
-        scores = model.score(wav)
+        scores = model.score(np.stack([0.05 * (unit[a] + unit[b]) for a, b in chunk]).astype(np.float32))
         means = scores.frames.mean(axis=1)  # (pairs, classes)
         for j, (a, b) in enumerate(chunk):
             lesser.append(min(scores.probabilities[j, labels[a]], scores.probabilities[j, labels[b]]))
