@@ -217,20 +217,31 @@ class ToneModel:
 
 class FrameToneModel(ToneModel):
     """:class:`ToneModel` with a frame head anyone can work out by hand: each of its window's
-    ``steps`` equal frames says "low" with probability 0.9 where that frame holds a 500 Hz tone,
-    "high" where it holds a 2000 Hz one (each on its own: both at once when both sound), else
-    0.05; the clip probabilities are :class:`ToneModel`'s."""
+    ``steps`` equal frames (or, given ``frame_seconds``, frames that long from the window's
+    start, the last zero-padded past its end, as the mn models' are) says "low" with probability
+    0.9 where that frame holds a 500 Hz tone, "high" where it holds a 2000 Hz one (each on its
+    own: both at once when both sound), else 0.05; the clip probabilities are
+    :class:`ToneModel`'s. ``frame_window``: the seconds its events are read over."""
 
-    def __init__(self, rate: int = 8000, clip_seconds: float = 2.0, steps: int = 8) -> None:
+    def __init__(self, rate: int = 8000, clip_seconds: float = 2.0, steps: int = 8,
+                 frame_seconds: float | None = None, frame_window: float | None = None) -> None:
         from dataclasses import replace
 
         super().__init__(rate, clip_seconds)
-        self.info, self.steps = replace(self.info, frame_model=True), steps
+        self.info = replace(self.info, frame_model=True, frame_seconds=frame_seconds,
+                            frame_window=frame_window)
+        self.steps = steps
 
     def score(self, windows: np.ndarray):
         clip = super().score(windows)
-        rate, n = self.info.sample_rate, windows.shape[1] // self.steps
-        frames = windows[:, : n * self.steps].reshape(len(windows), self.steps, n)
+        rate = self.info.sample_rate
+        if self.info.frame_seconds is None:
+            steps, n = self.steps, windows.shape[1] // self.steps
+        else:
+            n = round(self.info.frame_seconds * rate)
+            steps = -(-windows.shape[1] // n)
+            windows = np.pad(windows, ((0, 0), (0, steps * n - windows.shape[1])))
+        frames = windows[:, : n * steps].reshape(len(windows), steps, n)
         spectrum = np.abs(np.fft.rfft(frames, axis=2))
         freqs = np.fft.rfftfreq(n, 1 / rate)
         power = [spectrum[..., np.abs(freqs - f) < 60].max(axis=2) for f in (500, 2000)]

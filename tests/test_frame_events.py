@@ -9,7 +9,7 @@ import torch
 from conftest import FrameToneModel, tiny_config, tones
 
 from escnet.deploy.events import EventSettings, Stream, detect_events, events_of
-from escnet.errors import ConfigError
+from escnet.errors import ConfigError, EscnetError
 from escnet.models import SoundClassifier
 from escnet.transforms.scenes import EMPTY, GRID_SECONDS, SECOND_DB, make_scenes
 
@@ -182,3 +182,63 @@ def test_lookahead_reads_an_older_frame_deciding_later_at_the_same_place(tmp_pat
         EventSettings(lookahead=1).for_model(ToneModel().info)
     with pytest.raises(Exception, match="lookahead=9: must be 0 to 4"):
         EventSettings(lookahead=9).for_model(FrameToneModel().info)
+
+
+def test_a_frame_model_is_read_over_its_training_scenes_unpadded_and_adding_audio_calls_no_model():
+    """A frame model that says how long its scenes were (``frame_window``) and its frame step is
+    read over windows that long, not its clip length; its frames, the last running past the
+    window's end, are placed where they are; a server adds each frame of audio at once and
+    calls the model only where :meth:`Stream.add` says a window is due."""
+    wav = _overlapping_tones()
+    model = FrameToneModel(frame_seconds=0.3, frame_window=1.0)  # 4 frames, the last 0.2 s past
+    shapes: list[tuple[int, int]] = []
+    score = model.score
+    model.score = lambda windows: shapes.append(windows.shape) or score(windows)
+    stream = Stream(model, EventSettings(min_duration=0.25))
+    assert stream.settings.window == 1.0
+    messages, due = [], 0
+    for k in range(0, wav.size, 800):  # 0.1 s frames, as a microphone sends them
+        before = len(shapes)
+        if stream.add(wav[k:k + 800]):
+            assert len(shapes) == before  # adding never calls the model
+            due += 1
+            messages += stream.score_due().events
+            assert len(shapes) - before <= 1  # one call for the window, none if it was silent
+    messages += stream.finish().events
+    assert due == 40 and 20 <= len(shapes) < 40  # a window every 0.25 s of 10 s; quiet ones not scored
+    assert {s[1] for s in shapes} == {RATE}  # 1 s windows, unpadded to the 2 s clip
+    events = events_of(messages)
+    assert [e.label for e in events] == ["low", "high"]
+    for e, (start, end) in zip(events, ((1.0, 6.0), (3.0, 5.0)), strict=True):
+        assert abs(e.start - start) <= 0.3 and abs(e.end - end) <= 0.6
+    # each hop's frame is placed at the middle of the part of the window it covers: the third of
+    # four 0.3 s frames ends 0.1 s before the window's end; the last covers its final 0.1 s
+    for lookahead, before_end in ((1, 0.25), (0, 0.05)):
+        hops = Stream(model, EventSettings(lookahead=lookahead)).feed(wav).scores
+        assert all(h.centre == pytest.approx(h.end - before_end) for h in hops if h.probabilities is not None)
+    # the same events from feed() in other chunks
+    again = Stream(model, EventSettings(min_duration=0.25))
+    other = [m for k in range(0, wav.size, 3001) for m in again.feed(wav[k:k + 3001]).events]
+    assert events_of(other + again.finish().events) == events
+    # more frames back than a window holds: the setting is named
+    with pytest.raises(EscnetError, match=r"lookahead=4: a window of 0\.5 s gives 2 frame"):
+        Stream(FrameToneModel(frame_seconds=0.3, frame_window=0.5), EventSettings(lookahead=4))
+    short = Stream(FrameToneModel(steps=3), EventSettings(lookahead=3))  # no step: its frames tell
+    with pytest.raises(EscnetError, match=r"lookahead=3: a window of 2 s gives 3 frame"):
+        short.feed(wav[: 2 * RATE])
+
+
+def test_a_frame_models_step_and_scenes_travel_in_its_metadata_and_bad_ones_are_refused(tmp_path):
+    from dataclasses import replace
+
+    from escnet.deploy.onnx_model import ModelInfo
+    from escnet.errors import CheckpointError
+
+    info = replace(FrameToneModel().info, frame_seconds=0.32, frame_window=3.0)
+    back = ModelInfo.from_metadata(info.metadata(), tmp_path / "m.onnx")
+    assert (back.frame_seconds, back.frame_window) == (0.32, 3.0)
+    old = {k: v for k, v in info.metadata().items() if k not in ("escnet.frame_seconds", "escnet.frame_window")}
+    assert ModelInfo.from_metadata(old, tmp_path / "m.onnx").frame_window is None  # escnet 0.8's files
+    for bad in ("-1", "0", "true", '"3"', "1e9", "NaN", "[3]"):
+        with pytest.raises(CheckpointError, match=r"m\.onnx: damaged escnet metadata"):
+            ModelInfo.from_metadata({**info.metadata(), "escnet.frame_window": bad}, tmp_path / "m.onnx")

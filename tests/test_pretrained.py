@@ -258,7 +258,8 @@ def test_the_events_preset_trains_frames_that_hear_overlapping_sounds_and_export
     summary = train(config, tmp_path / "events", progress=False)
     assert summary["folds"]["1"] >= 0.85  # 40 held-out clips of 5 classes: the clip head still hears
     model = TorchModel.from_path(tmp_path / "events")
-    assert model.info.frame_model
+    # its frames are 0.32 s apart and its events are read over 3 s windows, as it trained
+    assert model.info.frame_model and (model.info.frame_seconds, model.info.frame_window) == (0.32, 3.0)
     # held-out dog barks and church bells (the longest of each), the bells starting 20-60 % in
     rows = [r for r in csv.DictReader(five_classes.open()) if r["fold"] == "1"]
 
@@ -284,8 +285,9 @@ def test_the_events_preset_trains_frames_that_hear_overlapping_sounds_and_export
     from escnet.deploy.onnx_model import OnnxModel
 
     onnx = OnnxModel(tmp_path / "events.onnx")
-    window = wav[None, :160000]
-    np.testing.assert_allclose(onnx.score(window).frames, model.score(window).frames, atol=2e-3)
+    assert (onnx.info.frame_seconds, onnx.info.frame_window) == (0.32, 3.0)
+    for window in (wav[None, :160000], wav[None, 32000:128000]):  # a clip, and a 3 s window
+        np.testing.assert_allclose(onnx.score(window).frames, model.score(window).frames, atol=2e-3)
     # benchmarks/frame_overlap.py on its own training clips: what docs/RESULTS.md quotes
     from conftest import benchmark
 

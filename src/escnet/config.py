@@ -427,6 +427,12 @@ class TaskConfig:
                            self.features.hop_length, self.features.frontend)
 
     @property
+    def scene_seconds(self) -> float:
+        """Seconds of the soundscapes training makes (``augment.scenes``): ``crop_seconds``,
+        else a clip's length."""
+        return min(self.augment.crop_seconds or self.data.clip_seconds, self.data.clip_seconds)
+
+    @property
     def waveform_augment(self) -> bool:
         """Whether training batches need waveforms changed each epoch (so no feature cache)."""
         a = self.augment

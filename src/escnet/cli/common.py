@@ -137,7 +137,7 @@ def add_event_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
     def default(name: str) -> str:
         clip, frame = getattr(c, name), getattr(f, name)
-        frame = "its clip length" if frame is None else f"{frame:g}"
+        frame = "the length of the scenes it trained on" if frame is None else f"{frame:g}"
         return f"default {clip:g}" + (f"; a frame model's {frame}" if frame != f"{clip:g}" else "")
 
     p.add_argument("--window", type=float, metavar="SECONDS",

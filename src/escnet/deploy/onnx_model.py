@@ -89,6 +89,13 @@ class ModelInfo:
     frame_model: bool = False
     """Whether the model has a frame head (:attr:`Scores.frames`): events are then read off
     its frames (:mod:`escnet.deploy.events`)."""
+    frame_seconds: float | None = None
+    """A frame model: seconds from one frame to the next, frame ``k`` of a window covering
+    ``[k, k + 1) · frame_seconds`` from its start (the last may run past its end); ``None``
+    (a file from escnet 0.8): a window's frames divide it equally."""
+    frame_window: float | None = None
+    """A frame model: seconds of audio it learned to read at once (its training scenes); its
+    events are read off windows this long, unpadded. ``None``: its clip length."""
 
     @property
     def clip_seconds(self) -> float:
@@ -125,7 +132,9 @@ class ModelInfo:
                 "escnet.held_out_accuracy": acc, "escnet.folds": json.dumps(self.folds),
                 "escnet.calibration": json.dumps(self.calibration.to_dict(), allow_nan=False),
                 "escnet.tag_names": json.dumps(self.tag_names),
-                "escnet.frame_model": json.dumps(self.frame_model), **(extra or {})}
+                "escnet.frame_model": json.dumps(self.frame_model),
+                "escnet.frame_seconds": json.dumps(self.frame_seconds),
+                "escnet.frame_window": json.dumps(self.frame_window), **(extra or {})}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
@@ -146,7 +155,9 @@ class ModelInfo:
                        escnet_version=meta.get("escnet.version", "?"),
                        calibration=_calibration(meta),
                        tag_names=[str(t) for t in json.loads(meta.get("escnet.tag_names", "[]"))],
-                       frame_model=json.loads(meta.get("escnet.frame_model", "false")) is True)
+                       frame_model=json.loads(meta.get("escnet.frame_model", "false")) is True,
+                       frame_seconds=_seconds(meta, "escnet.frame_seconds"),
+                       frame_window=_seconds(meta, "escnet.frame_window"))
         except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path}: damaged escnet metadata ({type(err).__name__}: {err})") from None
         if not all(np.isfinite(v) for v in info.calibration.thresholds.values()) or \
@@ -157,6 +168,17 @@ class ModelInfo:
             raise CheckpointError(f"{path}: damaged escnet metadata (no classes, or a rate or clip "
                                   "length that is not positive)")
         return info
+
+
+def _seconds(meta: dict[str, str], key: str) -> float | None:
+    """An optional length in a file's metadata: a positive, finite number of seconds, or
+    ``None`` (absent or null)."""
+    value = json.loads(meta.get(key, "null"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e4:
+        raise ValueError(f"{key} is {value!r}, not a positive number of seconds")
+    return float(value)
 
 
 def _calibration(meta: dict[str, str]) -> Calibration:
@@ -230,6 +252,10 @@ class OnnxModel:
             raise CheckpointError(f"{self.path}: its metadata names an unknown threshold, tags or "
                                   f"frames, but its graph has no {OUTPUTS[3]!r}, {OUTPUTS[4]!r} or "
                                   f"{OUTPUTS[5]!r} output")
+        if self.info.frame_model and isinstance(self.session.get_inputs()[0].shape[-1], int):
+            raise CheckpointError(f"{self.path}: a frame model whose graph takes only "
+                                  f"{self.info.clip_seconds:g} s windows (its events are read off windows "
+                                  "of any length); re-export it")
         self._check_graph()
 
     def _check_graph(self) -> None:

@@ -15,6 +15,7 @@ from escnet.errors import CheckpointError
 from escnet.machine import resolve_device
 from escnet.models.calibration import Calibration
 from escnet.models.classifier import outputs_of
+from escnet.models.mobilenet import frame_seconds
 from escnet.models.unknown import UnknownScorer, scorer_of
 from escnet.runs import RunDir, load_model
 
@@ -115,7 +116,11 @@ class TorchModel:
             folds=[fold_of(p, c) for p, (_, c) in zip(checkpoints, loaded, strict=True)],
             escnet_version=escnet.__version__, calibration=calibration,
             tag_names=list(self.models[0].tag_names) if tagging else [],
-            frame_model=self.calibrated.framing)
+            frame_model=self.calibrated.framing,
+            frame_seconds=frame_seconds(featurizer.hop_length, featurizer.sample_rate)
+            if self.calibrated.framing else None,
+            frame_window=self.config.scene_seconds
+            if self.calibrated.framing and self.config.augment.scenes else None)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "cpu") -> TorchModel:

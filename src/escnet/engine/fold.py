@@ -30,7 +30,7 @@ from escnet.engine.distributed import ALONE, Ranks
 from escnet.engine.evaluate import predict_loader, score
 from escnet.errors import ConfigError, EscnetError
 from escnet.models import SoundClassifier, count_parameters
-from escnet.models.mobilenet import TIME_STRIDE
+from escnet.models.mobilenet import frame_seconds
 from escnet.runs import RunDir
 from escnet.transforms.batch import BatchAugment
 from escnet.transforms.scenes import make_scenes
@@ -179,18 +179,16 @@ def scene_loss(model: SoundClassifier, backbone: torch.nn.Module, batch: dict[st
     clip head's cross-entropy against each scene's share of its sounds (scenes with a sound),
     plus the frame head's binary cross-entropy against the share of each frame a class sounds,
     summed over classes (as a cross-entropy is) and averaged over frames."""
-    seconds = config.augment.crop_seconds or config.data.clip_seconds
     scenes = make_scenes(batch["wav"].to(device), batch["length"].to(device), batch["label"].to(device),
-                         config.model.num_classes, config.data.sample_rate,
-                         min(seconds, config.data.clip_seconds))
+                         config.model.num_classes, config.data.sample_rate, config.scene_seconds)
     feats, _ = model.features(scenes.wav)
     feats, _ = augment.features(feats, scenes.clip_targets)  # band limits; no crop, no mixup
     logits, frame_logits = backbone(feats, None, with_frames=True)
     sounding = scenes.clip_targets.sum(1) > 0
     clip = -(scenes.clip_targets[sounding] * F.log_softmax(logits.float()[sounding], 1)).sum(1).mean()
-    step_seconds = TIME_STRIDE * config.features.hop_length / config.data.sample_rate
+    step = frame_seconds(config.features.hop_length, config.data.sample_rate)
     frames = F.binary_cross_entropy_with_logits(
-        frame_logits.float(), scenes.frame_targets(frame_logits.shape[1], step_seconds),
+        frame_logits.float(), scenes.frame_targets(frame_logits.shape[1], step),
         reduction="none")
     return logits, clip + frames.sum(-1).mean()
 

@@ -42,6 +42,12 @@ TIME_STRIDE = 32
 convolution's and four blocks' 2): a frame head's step is this many log-mel hops long."""
 
 
+def frame_seconds(hop_length: int, sample_rate: int) -> float:
+    """Seconds of one step of a frame head (:data:`TIME_STRIDE` log-mel hops of ``hop_length``
+    samples at ``sample_rate`` Hz): step ``k`` covers ``[k, k + 1) · frame_seconds`` of its input."""
+    return TIME_STRIDE * hop_length / sample_rate
+
+
 def scaled(channels: float, width: float) -> int:
     """``channels × width`` rounded to a multiple of 8, never more than 10 % below it
     (MobileNet's ``make_divisible``)."""

@@ -25,9 +25,11 @@ a text frame other than ``"end"`` or a frame that is not whole samples (1003), N
 for ``--idle-seconds`` (1008), more than ``--max-streams`` open (1013), the server stopping
 (1001), a client that reads none of the server's messages for ``--idle-seconds`` (1008). A
 client sending faster than ``MAX_SPEED`` times real time or more than ``FRAME_RATE`` frames a
-second (after a ``BURST``) is slowed down, not refused. A stream's audio is scored
-``PIECE_SECONDS`` at a time, each piece taking its turn in its client address's fair share of the
-inference threads (as the HTTP API's requests do), so streams cannot starve requests.
+second (after a ``BURST``) is slowed down, not refused. A stream's audio is added on the event
+loop ``PIECE_SECONDS`` at a time (no model call: :meth:`~escnet.deploy.events.Stream.add`), and
+the windows a piece completes are scored in one turn in its client address's fair share of the
+inference threads (as the HTTP API's requests are), so streams cannot starve requests, and a
+piece that completes no window costs no thread a turn.
 """
 
 from __future__ import annotations
@@ -219,11 +221,11 @@ async def _follow(ws: WebSocket, service: Service, live: Stream, pcm: PcmFormat,
             silent = silent + samples.shape[0] / pcm.sample_rate if not samples.any() else 0.0
             if silent >= settings.idle_seconds:
                 raise Closed(1008, f"no sound for {settings.idle_seconds:g} s (digital silence)")
-            # scored a piece at a time, each in its own turn for a thread: a request waiting
-            # behind a stream waits for one piece, not for a whole 2 s frame's windows
+            # added a piece at a time, each piece's windows scored in their own turn for a thread:
+            # a request waiting behind a stream waits for one piece, not a whole 2 s frame's windows
             for k in range(0, len(samples), piece):
-                update = await _run(service, client, live.feed, samples[k:k + piece])
-                await _send(ws, live, update, settings.idle_seconds)
+                if live.add(samples[k:k + piece]):
+                    await _send(ws, live, await _run(service, client, live.score_due), settings.idle_seconds)
             frames += 1
             elapsed = time.monotonic() - start
             ahead = max((seconds - BURST) / MAX_SPEED, (frames - BURST * FRAME_RATE) / FRAME_RATE) - elapsed

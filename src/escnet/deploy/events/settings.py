@@ -14,6 +14,7 @@ from escnet.errors import EscnetError
 class _Info(Protocol):
     frame_model: bool
     clip_seconds: float
+    frame_window: float | None
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class EventSettings:
     """Seconds between scored windows: the time resolution, and a quarter of the latency."""
     window: float | None = None
     """Seconds of audio in each scored window (at most the model's clip length; a frame model
-    reads its newest frame, so more audio is only more context)."""
+    reads one of its newest frames, and its default is the length of the scenes it trained on:
+    with more audio than that, its frames were found to do worse)."""
     smooth: int | None = None
     """Hops filtered before the thresholds apply: averaged (clip models) or their median
     (frame models)."""
@@ -47,17 +49,19 @@ class EventSettings:
     read each hop: more context for each decision, and that much later (0: the newest frame).
     A clip model has none: 0."""
 
-    def resolved(self, frame_model: bool = False, clip_seconds: float = 5.0) -> EventSettings:
+    def resolved(self, frame_model: bool = False, frame_window: float = 5.0) -> EventSettings:
         """Every setting left ``None`` at the default of the model's kind (a frame model's window:
-        its clip length, ``clip_seconds``)."""
+        ``frame_window``)."""
         base = FRAME_DEFAULTS if frame_model else CLIP_DEFAULTS
         given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         out = replace(base, **given)
-        return out if out.window is not None else replace(out, window=clip_seconds)
+        return out if out.window is not None else replace(out, window=frame_window)
 
     def for_model(self, info: _Info) -> EventSettings:
-        """:meth:`resolved` for the model ``info`` describes, and checked (:meth:`check`)."""
-        out = self.resolved(info.frame_model, info.clip_seconds)
+        """:meth:`resolved` for the model ``info`` describes (a frame model's window: the scenes it
+        trained on, :attr:`~escnet.deploy.onnx_model.ModelInfo.frame_window`, else its clip
+        length), and checked (:meth:`check`)."""
+        out = self.resolved(info.frame_model, min(info.frame_window or info.clip_seconds, info.clip_seconds))
         out.check(info.clip_seconds)
         if out.lookahead and not info.frame_model:
             raise EscnetError(f"event setting lookahead={out.lookahead}: reads a frame model's "
@@ -91,7 +95,8 @@ CLIP_DEFAULTS = EventSettings(hop=0.25, window=2.0, smooth=2, on=0.7, off=0.3, m
 """A clip classifier slid over the audio: windows of 2 s, probabilities averaged over 2 hops."""
 FRAME_DEFAULTS = EventSettings(hop=0.25, window=None, smooth=3, on=0.5, off=0.1, min_duration=0.5,
                                max_gap=1.0, lookahead=1)
-"""A frame model: windows of its clip length, the median of 3 hops of the frame before its newest
+"""A frame model: windows as long as the scenes it trained on (:meth:`EventSettings.for_model`),
+the median of 3 hops of the frame before its newest
 (docs/RESULTS.md, "Frame-level events": what each choice cost and bought)."""
 DEFAULTS = EventSettings()
 """Every setting at its model's kind's default."""

@@ -13,7 +13,8 @@ answered "unknown" (its unknown score below the model's threshold) and a silent 
 zero for every class, so neither is ever an event.
 
 A frame model (``ModelInfo.frame_model``) is read differently: each hop's window holds the last
-``window`` seconds (default its clip length), placed at the end of the model's input, and the
+``window`` seconds (default the length of the scenes it trained on, ``ModelInfo.frame_window``),
+given to the model at that length (a stream's first windows zero-padded before), and the
 per-class probabilities of the frame ``lookahead`` before its newest (each class its own
 yes/no, so two sounds at once are two events) go to the tracker, filtered by their median over
 ``smooth`` hops; no window is cut to a new sound, and no class is held back by the clip's "unknown"
@@ -31,6 +32,7 @@ same events whether it arrives as a file or as a stream in chunks of any size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -40,6 +42,7 @@ import soxr
 from escnet.deploy.events.envelope import Envelope
 from escnet.deploy.events.settings import DEFAULTS, EventSettings
 from escnet.deploy.events.tracker import Event, EventMessage, EventTracker, events_of
+from escnet.deploy.onnx_model import Row
 from escnet.deploy.predict import UNKNOWN, Model, Source, answer, opened, scorer
 from escnet.deploy.windows import SILENCE_DB, Window
 from escnet.errors import EscnetError
@@ -61,7 +64,7 @@ class HopScore:
     """The answer: a class, :data:`~escnet.deploy.predict.UNKNOWN`, or ``None`` (silent)."""
     centre: float
     """Seconds of stream at the middle of the audio the window held (where the tracker places
-    its score; for a frame model, the middle of the hop its frame covers)."""
+    its score; for a frame model, the middle of the part of the window its frame covers)."""
     track: np.ndarray
     """``(classes,)``: the filtered probabilities the tracker thresholded after this window
     (zero for silence and for an "unknown" window of a clip model)."""
@@ -123,6 +126,8 @@ class Stream:
                           if input_rate not in (None, self.rate) else None)
         self.hop = max(1, round(settings.hop * self.rate))
         self.window = min(info.clip_samples, round(settings.window * self.rate))
+        if self.frames and info.frame_seconds:  # a bad setting said before any audio
+            self._check_lookahead(math.ceil(self.window / self.rate / info.frame_seconds - 1e-9))
         self.envelope = Envelope(self.rate)
         self.tracker = EventTracker(info.classes, settings, self.envelope, median=self.frames)
         self.received = 0
@@ -145,6 +150,14 @@ class Stream:
     def feed(self, samples: np.ndarray) -> Update:
         """Append ``(n,)`` samples (float, ±1 full scale, at the input rate) and score every
         window that is now complete."""
+        self.add(samples)
+        return self.score_due()
+
+    def add(self, samples: np.ndarray) -> bool:
+        """The first half of :meth:`feed`, with no model call: append ``(n,)`` samples and say
+        whether a window is now complete, to be scored by :meth:`score_due` before more are
+        added (a server adds each frame at once and sends only due windows to its inference
+        threads)."""
         if self.finished:
             raise EscnetError("this stream has ended")
         samples = np.asarray(samples, np.float32).reshape(-1)
@@ -152,17 +165,30 @@ class Stream:
             samples = self.resampler.resample_chunk(samples)
         return self._append(samples)
 
-    def _append(self, samples: np.ndarray) -> Update:
+    def score_due(self) -> Update:
+        """The second half of :meth:`feed`: score every window that is now complete."""
+        update = self._score(self._windows())
+        self._forget()
+        return update
+
+    def _append(self, samples: np.ndarray) -> bool:
+        """Append samples at the model's rate; whether a window is now due."""
         self.envelope.add(samples)
         self.buffer = np.concatenate([self.buffer, samples])
         self.received += samples.shape[0]
-        update = self._score(self._windows())
-        if self.buffer.shape[0] > self.window:  # the next window, or the last at finish()
+        due = self.next_end <= self.received or any(e <= self.received for e in self.onset_ends)
+        if not due:
+            self._forget()
+        return due
+
+    def _forget(self) -> None:
+        """Drop audio no window to come needs: the next window's (or the last, at
+        :meth:`finish`), and the level envelope an event's end looks back to (its last window,
+        up to ``max_gap`` and a hop before the next)."""
+        if self.buffer.shape[0] > self.window:
             self.buffer = self.buffer[-self.window:]
-        # an event's end looks back to its last window, up to max_gap and a hop before the next
         self.envelope.forget((self.next_end - self.window - 2 * self.hop) / self.rate
                              - self.settings.max_gap)
-        return update
 
     def _sound_start(self, end: int) -> float | None:
         """Where a sound began after quiet in the window ending at sample ``end``, seconds
@@ -199,7 +225,8 @@ class Stream:
         update = Update()
         if not self.finished:
             if self.resampler is not None:  # the resampler's last samples
-                update = self._append(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                self._append(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                update = self.score_due()
             if self.received > self.next_end - self.hop:
                 update.extend(self._score([(self.received, self._sound_start(self.received))]))
             update.events.extend(self.tracker.finish(self.seconds))
@@ -209,16 +236,17 @@ class Stream:
     def _window(self, end: int, began: float | None) -> tuple[np.ndarray, np.ndarray, bool]:
         """The audio of the window ending at sample ``end``: its last ``window`` samples, or
         fewer when a sound began in it after background (at ``began`` seconds; clip models), so
-        the model hears the new sound alone, as soon as it starts; that audio as a clip-length
-        model input (zero-padded after, as ESC-50 pads its short clips; for a frame model,
-        before, so its newest frame is the input's last); and whether it was cut so."""
+        the model hears the new sound alone, as soon as it starts; that audio as the model's
+        input (a clip model's: a clip long, zero-padded after, as ESC-50 pads its short clips; a
+        frame model's: a window long, zero-padded before, so its newest frame is the input's
+        last); and whether it was cut so."""
         base = self.received - self.buffer.shape[0]
         lo = max(end - self.window, 0)
         cut = began is not None and not self.frames
         if cut:
             lo = max(lo, int(began * self.rate))
         audio = self.buffer[lo - base : end - base]
-        clip = np.zeros(self.model.info.clip_samples, np.float32)
+        clip = np.zeros(self.window if self.frames else self.model.info.clip_samples, np.float32)
         if self.frames:
             clip[clip.shape[0] - audio.shape[0]:] = audio
         else:
@@ -236,12 +264,8 @@ class Stream:
             probabilities = None if row is None else row.probabilities
             label = None if row is None else answer(self.model.info, row.probabilities, row.known)
             seconds = end / self.rate
-            if self.frames:  # the frame ``lookahead`` before the newest, for the hop it covers
-                back = self.settings.lookahead
-                heard = None if row is None or row.frames is None else row.frames[-1 - back]
-                step = 0.0 if row is None or row.frames is None else \
-                    self.model.info.clip_seconds / row.frames.shape[0]
-                centre = max(0.0, seconds - self.settings.hop / 2 - back * step)
+            if self.frames:  # the frame ``lookahead`` before the newest, at the middle of its part
+                heard, centre = self._frame(row, seconds)
             else:
                 heard = None if label in (None, UNKNOWN) else probabilities
                 centre = max(0.0, (end - audio.shape[0] / 2) / self.rate)
@@ -249,6 +273,27 @@ class Stream:
             update.scores.append(HopScore(seconds, window.level_db, probabilities, label, centre,
                                           self.tracker.filtered.copy()))
         return update
+
+    def _check_lookahead(self, frames: int) -> None:
+        """Refuse a ``lookahead`` that reaches past the ``frames`` a window gives."""
+        if self.settings.lookahead >= frames:
+            raise EscnetError(f"event setting lookahead={self.settings.lookahead}: a window of "
+                              f"{self.window / self.rate:g} s gives {frames} frame(s); use a "
+                              f"lookahead under {frames} or a longer window")
+
+    def _frame(self, row: Row | None, end: float) -> tuple[np.ndarray | None, float]:
+        """A frame model's window ending at ``end`` seconds: the probabilities of its frame
+        ``lookahead`` before the newest (``None`` for a silent window), and the stream time at
+        the middle of the part of the window that frame covers."""
+        back, window = self.settings.lookahead, self.window / self.rate
+        if row is None or row.frames is None:
+            return None, max(0.0, end - self.settings.hop / 2)
+        count = row.frames.shape[0]
+        self._check_lookahead(count)
+        step = self.model.info.frame_seconds or window / count
+        k = count - 1 - back
+        middle = (k * step + min((k + 1) * step, window)) / 2  # the last frame may run past the end
+        return row.frames[k], max(0.0, end - window + middle)
 
 
 def stream_file(model: Model, source: Source, settings: EventSettings = DEFAULTS,
