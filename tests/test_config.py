@@ -218,3 +218,39 @@ def test_unknown_scores_are_checked_in_one_place_with_the_model():
         resolve_score("knn", False, "cnn10")
     assert resolve_score("auto", True, "mn04") == "energy+knn"
     assert resolve_score("auto", True, "mn04", refit=True) == "energy"
+
+
+def test_text_inputs_may_be_pipes_and_never_read_a_device_forever(tmp_path):
+    """Config files and annotation tables are read through one owner (``files.read_input``): a
+    named pipe or a shell's ``<(...)`` is read like a file; a device that never ends, a folder
+    and a missing file are each one line naming the input."""
+    import os
+    import threading
+
+    from escnet.data.annotations import read_annotations
+    from escnet.errors import DataError
+
+    def piped(name: str, text: str):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda: fifo.write_text(text))
+        writer.start()
+        return fifo, writer
+
+    fifo, writer = piped("c.yaml", "train:\n  num_epochs: 3\n")
+    assert load_config(fifo).train.num_epochs == 3
+    writer.join()
+    fifo, writer = piped("ann.csv", "file,onset,offset,label\na.wav,1,2,dog\n")
+    assert [(a.file, a.label) for a in read_annotations(fifo)] == [("a.wav", "dog")]
+    writer.join()
+    zero = tmp_path / "zero.yaml"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match=r"zero\.yaml: config file longer than 64 MB"):
+        load_config(zero)
+    with pytest.raises(DataError, match=r"zero\.yaml: annotation file longer than 64 MB"):
+        read_annotations(zero)
+    (tmp_path / "d.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"d\.yaml: config file is a folder"):
+        load_config(tmp_path / "d.yaml")
+    with pytest.raises(DataError, match=r"gone\.csv: annotation file not found"):
+        read_annotations(tmp_path / "gone.csv")

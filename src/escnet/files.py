@@ -103,6 +103,30 @@ def atomic_memmap(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -
         partial.unlink(missing_ok=True)
 
 
+INPUT_LIMIT = 64 << 20
+"""Bytes of a text input (a config, an annotation table) read at most: a device that never
+ends (``/dev/zero``) is refused, not read until memory runs out."""
+
+
+def read_input(path: Path, what: str, error: type[EscnetError] = EscnetError,
+               limit: int = INPUT_LIMIT) -> bytes:
+    """The bytes of the input file ``path``: a regular file or a pipe (a named one, or a shell's
+    ``<(...)``), refused with ``error`` in one line naming it as ``what`` ("config file") when
+    it is missing, a folder, unreadable or longer than ``limit`` bytes."""
+    if path.is_dir():
+        raise error(f"{path}: {what} is a folder")
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read this {what} ({err.strerror})") from None
+    if len(data) > limit:
+        raise error(f"{path}: {what} longer than {limit >> 20} MB (a device that never ends?)")
+    return data
+
+
 def new_folder(path: str | Path, name: str) -> Path:
     """``path`` made as a new output folder, or taken if it is an empty one (escnet never writes
     among a user's files); ``name`` is the parameter errors name (``out``)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from escnet.errors import DataError
+from escnet.files import read_input
 
 KINDS = ("positive", "negative", "uncertain")
 """What a label says of its span: the sound is there, is not there, or may be."""
@@ -59,10 +60,8 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     if path.is_dir():
         raise DataError(f"{path}: is a folder; give an annotation file (CSV, a Raven selection table "
                         "or an Audacity label track)")
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file not found")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_input(path, "annotation file", DataError).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text file (annotations are CSV, a Raven selection table or "
                         "an Audacity label track)") from None
