@@ -171,6 +171,9 @@ def test_cnn10_loads_panns_weights_downloaded_with_checksum(tmp_path):
         classifier(SMALL.replace({"model.pretrained": str(tmp_path / "Cnn10.pth")}), "cnn10", width=32)
     with pytest.raises(ConfigError, match="no such file"):
         classifier(SMALL.replace({"model.pretrained": str(tmp_path / "missing.pth")}), "cnn10")
+    for odd in (tmp_path / "cache", "/dev/zero"):  # read as weights, neither would end well
+        with pytest.raises(ConfigError, match="not a regular file"):
+            classifier(SMALL.replace({"model.pretrained": str(odd)}), "cnn10")
     with pytest.raises(ConfigError, match="cannot load pretrained weights"):
         classifier(SMALL.replace({"model.pretrained": str(tmp_path / "Cnn10.pth")}), "lstm")
 

@@ -63,6 +63,9 @@ def resolve_weights(spec: str, sha256: str, cache: Path, weights: WeightsFile | 
     weights = weights or WeightsFile(spec)
     if not weights.url.startswith(("http://", "https://")):
         path = Path(spec).expanduser()
+        if path.exists() and not path.is_file():  # a folder, a pipe, a device: not read as weights
+            raise ConfigError(f"setting model.pretrained={spec!r}: not a regular file (a folder, a "
+                              "pipe or a device); give the weights file itself")
         if not path.is_file():
             raise ConfigError(f"setting model.pretrained={spec!r}: no such file (give a path, a URL "
                               "or the name of a pretrained card: escnet.cards.CARDS)")
