@@ -184,6 +184,16 @@ def probe_open_run(esc50, tmp_path_factory):
     return out, data
 
 
+@pytest.fixture(scope="session")
+def probe_open_onnx(probe_open_run, tmp_path_factory) -> Path:
+    """:func:`probe_open_run`'s fold-1 model exported to ONNX (with ``escnet export``)."""
+    from escnet.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "probe.onnx"
+    assert main(["export", str(probe_open_run[0]), "--fold", "1", "--out", str(out)]) == 0
+    return out
+
+
 class ToneModel:
     """A model of two tones with a score anyone can work out by hand: a window whose spectrum
     peaks near 500 Hz is "low", near 2000 Hz "high" (probability 0.9), anything else (noise)

@@ -28,7 +28,7 @@ TINY_ARGS = {**SMALL_ARGS, **{m: {"kernel_size": (3, 3), "stride": (2, 2)} for m
 # (Adam steps, learning rate, arguments, n_mels) each model needs to memorise 8 clips. Plain
 # VGG19 from scratch needs far more than a few dozen steps (it is meant for fine-tuning ImageNet
 # weights), so its batch-norm variant stands in; 32 mels keep its 139M-parameter steps affordable.
-LEARN = {"vgg19": (12, 1e-4, {"batch_norm": True}, 32), "ast": (30, 1e-3, {}, 64),
+LEARN = {"vgg19": (7, 1e-4, {"batch_norm": True}, 32), "ast": (30, 1e-3, {}, 64),
          "crnn": (30, 3e-3, {}, 64)}
 
 

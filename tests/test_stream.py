@@ -319,13 +319,19 @@ def test_a_stalled_url_and_a_damaged_wav_header_are_one_line_each(five_class_exp
     threading.Thread(target=stall, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/live.wav"
-        run = subprocess.run(runtime_cli("listen", "--model", model, "--input", url), capture_output=True,
-                             timeout=60)
+        tick = time.monotonic()
+        run = subprocess.run(runtime_cli("listen", "--model", model, "--input", url, "--timeout", "1"),
+                             capture_output=True, timeout=60)
         err = run.stderr.decode()
         assert run.returncode == 2 and "reading the stream failed" in err and "Traceback" not in err
+        assert time.monotonic() - tick < 10  # given up after --timeout 1, not the default 10 s
     finally:
         stop.set()
         listener.close()
+    for bad in ("0", "nan", "1e9"):
+        run = subprocess.run(runtime_cli("listen", "--model", model, "--input", url, "--timeout", bad),
+                             capture_output=True, timeout=60)
+        assert run.returncode == 2 and f"--timeout {float(bad)}: must be above 0" in run.stderr.decode()
 
 
 def test_a_live_stream_cannot_ask_for_a_tiny_hop(client):

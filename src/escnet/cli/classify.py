@@ -136,7 +136,7 @@ def listen(args: argparse.Namespace) -> int:
 
     listening = Listening(args.model, args.input, raw_format(args.rate, args.format, args.channels),
                           event_settings(args), args.silence_db, args.out, args.realtime, args.device,
-                          args.threads)
+                          args.threads, args.timeout)
     source = listening.source
     print(f"escnet: listening to {source.name} ({source.sample_rate} Hz); events as they start and "
           "end; Ctrl-C (or SIGTERM) stops", file=sys.stderr, flush=True)
@@ -168,6 +168,8 @@ def add_listen(sub) -> None:
                    "http(s) URL of a WAV or raw PCM stream, or an audio file (default: the microphone)")
     p.add_argument("--realtime", action="store_true", help="a file or URL: play it at real time "
                    "(default: as fast as it decodes)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="a URL: give it "
+                   "up after this many seconds without data (default 10)")
     p.add_argument("--rate", type=int, metavar="HZ", help="raw PCM input: its sample rate")
     p.add_argument("--format", choices=["u8", "s16", "s24", "s32", "f32"], help="raw PCM input: "
                    "samples, integers or float, little-endian (default s16)")

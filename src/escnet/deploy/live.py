@@ -12,6 +12,7 @@ import csv
 import http.client
 import io
 import json
+import math
 import queue
 import sys
 import time
@@ -121,13 +122,24 @@ class _Sized:
         return data
 
 
-def url_input(url: str, raw: PcmFormat | None) -> LiveInput:
-    """A WAV or raw PCM stream over HTTP(S) (a compressed file: download it and give the path)."""
+URL_TIMEOUT = 10.0
+"""Seconds a URL may send nothing (to connect, or at any read) before it is given up."""
+
+
+def _check_timeout(timeout: float) -> None:
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise EscnetError(f"timeout={timeout}: must be above 0 and at most 3600 seconds")
+
+
+def url_input(url: str, raw: PcmFormat | None, timeout: float = URL_TIMEOUT) -> LiveInput:
+    """A WAV or raw PCM stream over HTTP(S) (a compressed file: download it and give the path),
+    given up after ``timeout`` seconds without data."""
     import urllib.error
     import urllib.request
 
+    _check_timeout(timeout)
     try:
-        response = urllib.request.urlopen(url, timeout=10)
+        response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise EscnetError(f"input={url}: cannot open it ({getattr(err, 'reason', err)})") from None
     return byte_stream(_Sized(response, url), url, raw)
@@ -159,8 +171,10 @@ def microphone() -> LiveInput:
     return LiveInput(f"microphone ({device['name']})", rate, chunks())
 
 
-def open_input(spec: str | None, raw: PcmFormat | None = None, stdin: BinaryIO | None = None) -> LiveInput:
-    """``None``: the microphone; ``-``: standard input; ``http(s)://...``: a URL; else a file."""
+def open_input(spec: str | None, raw: PcmFormat | None = None, stdin: BinaryIO | None = None,
+               timeout: float = URL_TIMEOUT) -> LiveInput:
+    """``None``: the microphone; ``-``: standard input; ``http(s)://...``: a URL (given up after
+    ``timeout`` seconds without data); else a file."""
     if spec is None:
         return microphone()
     if spec == "-":
@@ -170,7 +184,7 @@ def open_input(spec: str | None, raw: PcmFormat | None = None, stdin: BinaryIO |
             raise EscnetError(f"input=-: standard input is a terminal, not audio; {PIPE_HINT}")
         return byte_stream(stdin or sys.stdin.buffer, "standard input", raw)
     if spec.startswith(("http://", "https://")):
-        return url_input(spec, raw)
+        return url_input(spec, raw, timeout)
     path = Path(spec)
     if path.exists() and (path.is_fifo() or path.is_char_device()):  # a stream with a name
         return byte_stream(path.open("rb", buffering=0), spec, raw)
@@ -267,17 +281,19 @@ class Listening:
         out: also write each event start and end here (``.csv`` or ``.jsonl``) as it happens.
         realtime: deliver a file or URL no faster than it plays.
         device, threads: where the model runs.
+        timeout: a URL: seconds without data before it is given up.
     """
 
     def __init__(self, model: str | Path, input_spec: str | None = None, raw: PcmFormat | None = None,
                  settings: EventSettings = DEFAULTS, silence_db: float = SILENCE_DB,
                  out: str | Path | None = None, realtime: bool = False, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, timeout: float = URL_TIMEOUT) -> None:
+        _check_timeout(timeout)
         loaded = load_model_file(model, device, threads)
         settings.for_model(loaded.info)
         if out is not None:
             new_output(out, "out", LOG_SUFFIXES)
-        source = open_input(input_spec, raw)
+        source = open_input(input_spec, raw, timeout=timeout)
         self.stream = Stream(loaded, settings, silence_db, input_rate=source.sample_rate, name=source.name)
         self.log = EventLog(out) if out is not None else None  # made once all else is in order
         self.source = real_time(source) if realtime else source

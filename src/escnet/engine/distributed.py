@@ -71,6 +71,24 @@ class Ranks:
             dist.destroy_process_group()
 
 
+class _SummedOverRanks(torch.autograd.Function):
+    """A tensor summed over the ranks, differentiably: each rank's gradient of the sum is the
+    sum of every rank's gradient (what ``torch.distributed.nn.functional.all_reduce`` did
+    before PyTorch deprecated it, without the warning it now prints on every batch)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GroupBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the whole global batch on CPU, where PyTorch's ``SyncBatchNorm`` does not
     run: each process sums its share's per-channel ``x`` and ``x²`` (in float64), one
@@ -86,13 +104,11 @@ class GroupBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
         local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
                            torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)])
-        total = all_reduce(local)
+        total = _SummedOverRanks.apply(local)
         channels = x.shape[1]
         count = total[-1]
         mean = total[:channels] / count
