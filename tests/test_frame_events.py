@@ -143,7 +143,7 @@ def test_a_frame_model_reports_two_sounds_at_once_the_same_in_any_chunking(tmp_p
         assert abs(e.start - start) <= 0.3 and abs(e.end - end) <= 0.6
     # the defaults a frame model gets: its clip length as the window, the median of 3 hops
     stream = Stream(FrameToneModel(), settings)
-    assert stream.settings.window == 2.0 and stream.settings.smooth == 3 and stream.settings.on == 0.5
+    assert stream.settings.window == 2.0 and stream.settings.smooth == 3 and stream.settings.on == 0.7
     messages = []
     for k in range(0, wav.size, 1234):  # odd chunks
         messages += stream.feed(wav[k:k + 1234]).events
@@ -242,3 +242,26 @@ def test_a_frame_models_step_and_scenes_travel_in_its_metadata_and_bad_ones_are_
     for bad in ("-1", "0", "true", '"3"', "1e9", "NaN", "[3]"):
         with pytest.raises(CheckpointError, match=r"m\.onnx: damaged escnet metadata"):
             ModelInfo.from_metadata({**info.metadata(), "escnet.frame_window": bad}, tmp_path / "m.onnx")
+
+
+def test_a_frame_model_starts_at_a_new_sounds_first_frame_and_follows_it_through_a_pause():
+    """After quiet, the first frame that hears a sound starts its event (the median of 3 would
+    wait a hop for a second one), a blip too short to announce is still never an event, and a
+    sound that pauses and begins again while its class is still heard (a dog's next bark) is
+    one event that ends where the sound does."""
+    model = FrameToneModel(clip_seconds=3.0, frame_seconds=0.32, frame_window=3.0)
+    rng = np.random.default_rng(0)
+    # a 0.32 s frame hears the tone once it holds a third of it: in the frame read at the window
+    # ending at 1.25 s (0.44 to 0.12 s before the end); the median of 3 hears it at 1.5 s
+    stream = Stream(model, EventSettings(min_duration=0.2))
+    messages = stream.feed(tones(6, [(1.0, 3.0, 500)], RATE, rng)).events + stream.finish().events
+    start = next(m for m in messages if m.state == "start")
+    assert start.label == "low" and start.decided == pytest.approx(1.25) and start.time == pytest.approx(1.0)
+    stream = Stream(model, EventSettings(min_duration=0.2))
+    assert stream.feed(tones(6, [(1.0, 1.15, 500)], RATE, rng)).events + stream.finish().events == []
+    # 1.0-2.0 s, a 0.6 s pause, 2.6-4.0 s: one event, to 4.0 s (not to the first part's end, nor
+    # to where the frames' median last heard it)
+    stream = Stream(model)
+    wav = tones(9, [(1.0, 2.0, 500), (2.6, 4.0, 500)], RATE, rng)
+    events = events_of(stream.feed(wav).events + stream.finish().events)
+    assert [(e.label, round(e.start, 2), round(e.end, 2)) for e in events] == [("low", 1.0, 4.0)]

@@ -93,7 +93,7 @@ class EventSettings:
 CLIP_DEFAULTS = EventSettings(hop=0.25, window=2.0, smooth=2, on=0.7, off=0.3, min_duration=0.5,
                               max_gap=1.0, lookahead=0)
 """A clip classifier slid over the audio: windows of 2 s, probabilities averaged over 2 hops."""
-FRAME_DEFAULTS = EventSettings(hop=0.25, window=None, smooth=3, on=0.5, off=0.1, min_duration=0.5,
+FRAME_DEFAULTS = EventSettings(hop=0.25, window=None, smooth=3, on=0.7, off=0.1, min_duration=0.5,
                                max_gap=1.0, lookahead=1)
 """A frame model: windows as long as the scenes it trained on (:meth:`EventSettings.for_model`),
 the median of 3 hops of the frame before its newest

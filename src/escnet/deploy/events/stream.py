@@ -17,8 +17,9 @@ A frame model (``ModelInfo.frame_model``) is read differently: each hop's window
 given to the model at that length (a stream's first windows zero-padded before), and the
 per-class probabilities of the frame ``lookahead`` before its newest (each class its own
 yes/no, so two sounds at once are two events) go to the tracker, filtered by their median over
-``smooth`` hops; no window is cut to a new sound, and no class is held back by the clip's "unknown"
-answer (the frames say which classes sound, and that none does).
+``smooth`` hops (a frame that holds the start of a sound that began after quiet may also start
+its event on its own); no window is cut to a new sound, and no class is held back by the clip's
+"unknown" answer (the frames say which classes sound, and that none does).
 
 Times are seconds of audio from the stream's start. A window's score is placed at its centre,
 so an event spans ``[first centre - hop/2, last centre + hop/2]`` of the windows above its
@@ -260,12 +261,13 @@ class Stream:
         items = [(Window.of(end - audio.shape[0], audio), clip) for (end, _), (clip, audio, _) in
                  zip(windows, cut, strict=True)]
         scored = self.scorer.score(items, self.name)
-        for (end, _), (_, audio, alone), (window, row) in zip(windows, cut, scored, strict=True):
+        for (end, began), (_, audio, alone), (window, row) in zip(windows, cut, scored, strict=True):
             probabilities = None if row is None else row.probabilities
             label = None if row is None else answer(self.model.info, row.probabilities, row.known)
             seconds = end / self.rate
             if self.frames:  # the frame ``lookahead`` before the newest, at the middle of its part
                 heard, centre = self._frame(row, seconds)
+                alone = self._fresh(began, centre)
             else:
                 heard = None if label in (None, UNKNOWN) else probabilities
                 centre = max(0.0, (end - audio.shape[0] / 2) / self.rate)
@@ -273,6 +275,16 @@ class Stream:
             update.scores.append(HopScore(seconds, window.level_db, probabilities, label, centre,
                                           self.tracker.filtered.copy()))
         return update
+
+    def _fresh(self, began: float | None, centre: float) -> bool:
+        """A frame model: whether the frame read at ``centre`` holds the start of a sound that
+        began after quiet (at ``began``), and the filter still holds hops from before it: its
+        own probabilities may then start an event, as a clip model's window that heard a new
+        sound alone does (the median would wait for a second such hop)."""
+        if began is None:
+            return False
+        half = (self.model.info.frame_seconds or self.settings.hop) / 2
+        return centre - half - (self.settings.smooth - 1) * self.settings.hop <= began <= centre + half
 
     def _check_lookahead(self, frames: int) -> None:
         """Refuse a ``lookahead`` that reaches past the ``frames`` a window gives."""

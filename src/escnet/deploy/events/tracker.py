@@ -101,8 +101,9 @@ class EventTracker:
              alone: bool = False) -> list[EventMessage]:
         """The window ending at ``end`` seconds scored ``probabilities`` ``(classes,)``
         (``None``: silent or unknown); ``centre``: the middle of the audio it held (default
-        ``end - window / 2``); ``alone``: it held only a sound that began after quiet, so its
-        own probability may start an event. Returns the messages this decides."""
+        ``end - window / 2``); ``alone``: it held only a sound that began after quiet (a frame
+        model: its frame holds that sound's start), so its own probability may start an event.
+        Returns the messages this decides."""
         s = self.settings
         centre = max(0.0, end - s.window / 2) if centre is None else centre
         self.recent.append(np.zeros(len(self.classes)) if probabilities is None
@@ -112,9 +113,15 @@ class EventTracker:
         out = []
         # a window that heard a new sound alone starts its event on its own: averaging it with
         # the background before would only make the start late
-        for k in np.flatnonzero((self.recent[-1] if alone else smoothed) >= s.on):
+        if not alone:
+            starting = smoothed >= s.on
+        elif self.median:  # a frame, and the filter (which still holds frames from before)
+            starting = (self.recent[-1] >= s.on) | (smoothed >= s.on)
+        else:
+            starting = self.recent[-1] >= s.on
+        for k in np.flatnonzero(starting):
             if k not in self.open:
-                self.open[k] = _Open(min(self._start(k, end, centre), centre), centre, end, 0.0)
+                self.open[k] = _Open(self._start(k, end, centre), centre, end, 0.0)
         for k, event in sorted(self.open.items()):
             p = float(smoothed[k])
             if p >= s.off:
@@ -130,12 +137,14 @@ class EventTracker:
 
     def _start(self, k: int, end: float, centre: float) -> float:
         """Where class ``k``'s event that the window ending at ``end`` started began. A clip
-        model: where the last sound that began after quiet within its window began, else the
-        first loud frame there, else half a hop before the window's centre. A frame model: back
-        through its frames while they stay at or above ``off`` (hysteresis, backwards; at most
-        :data:`LOOK_BACK`), then the sound that began after quiet up to :data:`QUIET_BEFORE`
-        before that, if one did (a sound that begins while another sounds has no quiet before
-        it: its frames say where)."""
+        model, at most the window's ``centre``: where the last sound that began after quiet within its
+        window began, else the first loud frame there, else half a hop before the window's
+        centre. A frame model: back through its frames while they stay at or above ``off``
+        (hysteresis, backwards; at most :data:`LOOK_BACK`), then the sound that began after
+        quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that begins while
+        another sounds has no quiet before it: its frames say where), at most half a hop past
+        the frame's ``centre`` (the first frame that hears a sound may hold its start past its
+        middle)."""
         s, envelope = self.settings, self.envelope
         if self.median:
             first = len(self.history) - 1
@@ -143,20 +152,27 @@ class EventTracker:
                 first -= 1
             heard = self.history[first][0] - s.hop / 2
             onset = envelope.sound_start(heard - QUIET_BEFORE, end) if envelope is not None else None
-            return max(0.0, min(heard if onset is None else onset, centre))
+            return max(0.0, min(heard if onset is None else onset, centre + s.hop / 2))
         onset = None
         if envelope is not None:
             onset = envelope.sound_start(end - s.window, end)
             onset = envelope.onset(end - s.window, end) if onset is None else onset
-        return max(0.0, centre - s.hop / 2) if onset is None else onset
+        return max(0.0, centre - s.hop / 2) if onset is None else min(onset, centre)
 
     def _heard_until(self, event: _Open) -> float | None:
         """End of the last loud frame of the event's sound in its last window at or above
-        ``off`` (before any sound that began after it), if the envelope has one."""
+        ``off`` (before any sound that began after it), if the envelope has one. A frame
+        model's sound may pause and begin again (a dog's next bark): a sound that began after
+        quiet at least a hop before the last hop its class was heard in is the event's own, so
+        only a sound beginning after that one ends the search."""
         if self.envelope is None:
             return None
+        after = None
+        if self.median:
+            after = self.envelope.sound_start(event.start + 2 * Envelope.FRAME_SECONDS,
+                                              event.last - self.settings.hop)
         return self.envelope.offset(max(event.start, event.last_end - self.settings.window),
-                                    event.last_end, event.start)
+                                    event.last_end, event.start if after is None else after)
 
     def _lasted(self, event: _Open) -> float:
         """How long the event's sound has lasted: from its start to where it was last heard
