@@ -55,9 +55,10 @@ def train_folds_in_parallel(run: RunDir, folds: list[str], k: int,
     stderr: dict[str, list[str]] = {}
 
     def relay(fold: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            messages.put((fold, json.loads(line)))
-        stderr[fold] = proc.stderr.read().splitlines()
+        with proc.stdout, proc.stderr:  # closed once read: no pipe left to the garbage collector
+            for line in proc.stdout:
+                messages.put((fold, json.loads(line)))
+            stderr[fold] = proc.stderr.read().splitlines()
         messages.put((fold, None))
 
     def start(slot: int) -> None:
