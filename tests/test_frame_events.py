@@ -265,3 +265,26 @@ def test_a_frame_model_starts_at_a_new_sounds_first_frame_and_follows_it_through
     wav = tones(9, [(1.0, 2.0, 500), (2.6, 4.0, 500)], RATE, rng)
     events = events_of(stream.feed(wav).events + stream.finish().events)
     assert [(e.label, round(e.start, 2), round(e.end, 2)) for e in events] == [("low", 1.0, 4.0)]
+
+
+def test_a_sound_the_frames_know_late_starts_where_it_began_unless_another_event_is_open():
+    """A sound heard as its class only after a while (here: a tone too faint for its frames for
+    its first 1.5 s, loud enough for the level envelope) starts where it began after quiet, not
+    where its frames rose; with another sound's event open, the sound that began may be that
+    one's, and its frames say where."""
+    model = FrameToneModel(clip_seconds=3.0, frame_seconds=0.32, frame_window=3.0)
+    t = np.arange(9 * RATE) / RATE
+
+    def low(lo: float, hi: float, amplitude: float) -> np.ndarray:
+        return amplitude * np.sin(2 * np.pi * 500 * t) * ((t >= lo) & (t < hi))
+
+    faint_then_loud = low(1.0, 2.5, 0.03) + low(2.5, 4.5, 0.3)
+    alone = tones(9, [], RATE, np.random.default_rng(0)) + faint_then_loud.astype(np.float32)
+    stream = Stream(model)
+    events = events_of(stream.feed(alone).events + stream.finish().events)
+    assert [(e.label, round(e.start, 2)) for e in events] == [("low", 1.0)]
+    # the same with a high tone sounding from 0.5 s: its event is open when the low one's rises
+    both = tones(9, [(0.5, 3.5, 2000)], RATE, np.random.default_rng(0)) + faint_then_loud.astype(np.float32)
+    stream = Stream(model)
+    events = {e.label: e for e in events_of(stream.feed(both).events + stream.finish().events)}
+    assert events["high"].start == pytest.approx(0.5, abs=0.05) and 2.0 <= events["low"].start <= 2.5

@@ -53,6 +53,11 @@ class Event:
 QUIET_BEFORE = 1.0
 """Seconds before a frame model's event (where its frames rose) that a sound beginning after
 quiet is taken as its start."""
+SOUNDING_BEFORE = 5.0
+"""How far before a frame model's event (where its frames rose, with no sound beginning after
+quiet up to :data:`QUIET_BEFORE` before) the sound that was already sounding there may have
+begun, and be taken as its start, when no other event is open (the model may need a second or
+two of a sound to know it; with another event open, the sound that began may be that one's)."""
 LOOK_BACK = 2.0
 """How far back a frame model's event start is followed through its frames (while they stay at
 or above ``off``): a faint lead-in and the filter put a sound's start up to about this much
@@ -137,12 +142,14 @@ class EventTracker:
 
     def _start(self, k: int, end: float, centre: float) -> float:
         """Where class ``k``'s event that the window ending at ``end`` started began. A clip
-        model, at most the window's ``centre``: where the last sound that began after quiet within its
-        window began, else the first loud frame there, else half a hop before the window's
-        centre. A frame model: back through its frames while they stay at or above ``off``
-        (hysteresis, backwards; at most :data:`LOOK_BACK`), then the sound that began after
-        quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that begins while
-        another sounds has no quiet before it: its frames say where), at most half a hop past
+        model, at most the window's ``centre``: where the last sound that began after quiet
+        within its window began, else the first loud frame there, else half a hop before the
+        window's centre. A frame model: back through its frames while they stay at or above
+        ``off`` (hysteresis, backwards; at most :data:`LOOK_BACK`), then the sound that began
+        after quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that begins
+        while another sounds has no quiet before it: its frames say where), else, with no other
+        event open, where the sound already sounding there began after quiet, up to
+        :data:`SOUNDING_BEFORE` before; at most half a hop past
         the frame's ``centre`` (the first frame that hears a sound may hold its start past its
         middle)."""
         s, envelope = self.settings, self.envelope
@@ -151,7 +158,11 @@ class EventTracker:
             while first > 0 and self.history[first - 1][1][k] >= s.off:
                 first -= 1
             heard = self.history[first][0] - s.hop / 2
-            onset = envelope.sound_start(heard - QUIET_BEFORE, end) if envelope is not None else None
+            onset = None
+            if envelope is not None:
+                onset = envelope.sound_start(heard - QUIET_BEFORE, end)
+                if onset is None and not self.open:  # heard late, no other sound's event open
+                    onset = envelope.sound_start(heard - SOUNDING_BEFORE, heard)
             return max(0.0, min(heard if onset is None else onset, centre + s.hop / 2))
         onset = None
         if envelope is not None:
