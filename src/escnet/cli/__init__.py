@@ -130,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         known = [o for a in (command._actions if command else []) for o in a.option_strings]
         print(_unknown_flag_error(extras, hasattr(args, "set"), args.command, known), file=sys.stderr)
         return 2
-    # other libraries' warnings are said after the work, and not at all before a one-line error
+    # other libraries' warnings are said after the work, and not at all before a one-line error;
+    # deprecations are for those libraries' developers (Python hides them outside __main__)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
         try:
             code = args.func(args)
         except ModuleNotFoundError as err:

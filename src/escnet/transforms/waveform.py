@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Callable, Iterator
 
 import audiomentations as am
@@ -36,13 +37,27 @@ class _Clipped:
         return np.clip(self.transform(samples, sample_rate), -1.0, 1.0)
 
 
+class _Quietly:
+    """Run ``transform`` without the warning audiomentations gives each noise file it has to
+    resample ("had to be resampled ... This hurt execution time"): a file at another rate is
+    expected, and a long run would print one line per file."""
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*had to be resampled", category=UserWarning)
+            return self.transform(samples, sample_rate)
+
+
 def _noise(a: AugmentConfig) -> Transform:
     """A random excerpt (random offset) of a random file of ``noise_dir``, or a coloured noise
     from ``noise_colors``, at an SNR drawn from ``snr_db``."""
     lo, hi = a.snr_db
     if a.noise_dir:
         try:
-            return am.AddBackgroundNoise(a.noise_dir, lo, hi, p=1.0)
+            return _Quietly(am.AddBackgroundNoise(a.noise_dir, lo, hi, p=1.0))
         except AssertionError:
             raise ConfigError(f"setting augment.noise_dir={a.noise_dir!r}: no audio files in it") from None
     return am.OneOf([am.AddColorNoise(lo, hi, min_f_decay=NOISE_DECAY[c], max_f_decay=NOISE_DECAY[c],
