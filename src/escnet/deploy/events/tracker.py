@@ -149,9 +149,8 @@ class EventTracker:
         after quiet up to :data:`QUIET_BEFORE` before that, if one did (a sound that begins
         while another sounds has no quiet before it: its frames say where), else, with no other
         event open, where the sound already sounding there began after quiet, up to
-        :data:`SOUNDING_BEFORE` before; at most half a hop past
-        the frame's ``centre`` (the first frame that hears a sound may hold its start past its
-        middle)."""
+        :data:`SOUNDING_BEFORE` before; at most half a hop past the frame's ``centre`` (the
+        first frame that hears a sound may hold its start past its middle)."""
         s, envelope = self.settings, self.envelope
         if self.median:
             first = len(self.history) - 1
