@@ -269,10 +269,11 @@ def main() -> None:
 
         # SIGTERM during a long request (60 s, hop 0.1 s: 551 windows)
         answer: list = []
+        body = _wav(60)  # made first: made in the thread, it was not always sent before the signal
         running = threading.Thread(
-            target=lambda: answer.append(_post(port, _wav(60), "?timeline=true&hop=0.1")))
+            target=lambda: answer.append(_post(port, body, "?timeline=true&hop=0.1")))
         running.start()
-        time.sleep(0.3)
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         signalled = time.perf_counter()
         proc.wait(60)
