@@ -224,6 +224,12 @@ def test_audacity_tracks_match_their_recordings_and_unannotated_ones_hold_no_eve
         match_annotations(read_annotations(named), folder, ["low", "high"])
     assert [(a.file, a.label) for a in reference.events["scene.wav"]] == [("scene.wav", "low"),
                                                                          ("scene.wav", "high")]
+    # --audio given a recording instead of its folder, or a folder that is not there
+    rows = read_annotations(track)
+    with pytest.raises(DataError, match=r"scene.wav: not a folder; give the folder that holds"):
+        match_annotations(rows, folder / "scene.wav", ["low", "high"])
+    with pytest.raises(DataError, match=r"nowhere: no such folder of recordings"):
+        match_annotations(rows, folder / "nowhere", ["low", "high"])
     assert reference.events["day2/quiet.flac"] == []
 
 

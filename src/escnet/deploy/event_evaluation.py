@@ -60,6 +60,9 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
     """``annotations`` checked against the recordings under ``folder`` and the model's
     ``classes`` (see the module's description)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; give the folder that holds the annotated "
+                        "recordings (the annotations name files in it)")
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder of recordings")
     files = audio_files(folder)
