@@ -160,7 +160,7 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "c.toml").write_text("x = = 1")
     (tmp_path / "d.yaml").write_bytes(b"\xff\xfe\x00binary")
     for name, needle in [("a.json", "must end in"), ("b.yaml", "mapping"), ("c.toml", "not valid"),
-                         ("missing.yaml", "not found"), ("d.yaml", "not valid")]:
+                         ("missing.yaml", "not found"), ("d.yaml", "config file is not UTF-16 text")]:
         with pytest.raises(ConfigError, match=needle):
             load_config(tmp_path / name)
 

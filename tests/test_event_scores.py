@@ -211,6 +211,26 @@ def test_annotations_are_checked_row_by_row(tmp_path, row, says):
         match_annotations(rows, folder, ["low", "high"])
 
 
+def test_annotations_as_spreadsheets_and_raven_write_them(tmp_path):
+    rows = "file,onset,offset,label\nscene.wav,1.5,3,low\n"
+    (tmp_path / "u16.csv").write_text(rows, encoding="utf-16")  # a spreadsheet's "Unicode text"
+    (tmp_path / "semi.csv").write_text("file;onset;offset;label\nscene.wav;1,5;3;low\n")  # decimal comma
+    (tmp_path / "tabs.csv").write_text(rows.replace(",", "\t"))
+    for name in ("u16.csv", "semi.csv", "tabs.csv"):
+        assert [(a.file, a.start, a.end, a.label) for a in read_annotations(tmp_path / name)] == \
+            [("scene.wav", 1.5, 3.0, "low")], name
+    (tmp_path / "latin.csv").write_bytes(b"file,onset,offset,label\nscene.wav,1,2,Gr\xfcnspecht\n")
+    with pytest.raises(DataError, match=r"latin\.csv: line 2: annotation file is not UTF-8 text \(byte 0xfc\)"):
+        read_annotations(tmp_path / "latin.csv")
+    raven = "Selection\tView\tBegin Time (s)\t{}Begin Path\tAnnotation\n"
+    (tmp_path / "a.Table.1.selections.txt").write_text(raven.format("") + "1\tSpectrogram 1\t0.5\tx.wav\tdog\n")
+    with pytest.raises(DataError, match=r"a Raven selection table without the column\(s\) End Time \(s\)"):
+        read_annotations(tmp_path / "a.Table.1.selections.txt")
+    (tmp_path / "b.Table.1.selections.txt").write_text(raven.format("End Time (s)\t") + "1\tSpectrogram 1\t0.5\t1\n")
+    with pytest.raises(DataError, match=r"line 2: no label"):  # a row cut short
+        read_annotations(tmp_path / "b.Table.1.selections.txt")
+
+
 def test_audacity_tracks_match_their_recordings_and_unannotated_ones_hold_no_events(tmp_path):
     folder, _ = _recordings(tmp_path)
     track = tmp_path / "scene.txt"  # an Audacity label track, named after its recording

@@ -327,6 +327,14 @@ def test_labels_one_sound_named_twice_and_folders_escnet_cannot_read(tmp_path):
         _table(tmp_path / "one.csv")
     (tmp_path / "ok.csv").write_text("\ufeffpath,label\n0.wav,dog\n2.wav,cat\n", encoding="utf-8")
     assert _table(tmp_path / "ok.csv").classes == ["cat", "dog"]  # a byte-order mark is no column name
+    # as spreadsheets save it: "Unicode text" (UTF-16, tabs), semicolons; another encoding is named
+    (tmp_path / "u16.csv").write_text("path\tlabel\n0.wav\tdog\n2.wav\tcat\n", encoding="utf-16")
+    (tmp_path / "semi.csv").write_text("path;label\n0.wav;dog\n2.wav;cat\n")
+    for name in ("u16.csv", "semi.csv"):
+        assert _table(tmp_path / name).classes == ["cat", "dog"], name
+    (tmp_path / "latin.csv").write_bytes(b"path,label\n0.wav,dog\n2.wav,chat\xe9\n")
+    with pytest.raises(DataError, match=r"latin\.csv: line 3: dataset CSV is not UTF-8 text"):
+        _table(tmp_path / "latin.csv")
     tree = tmp_path / "tree"
     for name in ("bird", "car"):
         (tree / name).mkdir(parents=True)

@@ -174,6 +174,7 @@ def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys
         ([*sweep, "--space", str(tmp_path / "ok.yaml"), "--storage", "sqlite:////no/such/dir/x.db"],
          "--storage sqlite:////no/such/dir/x.db: cannot open it"),
         ([*sweep, "--space", str(tmp_path / "ok.yaml"), "--storage", "nosuchdb://x"], "cannot open it"),
+        ([*sweep, "--space", str(tmp_path), "--storage", "sqlite:///x.db"], "search space is a folder"),
     ]
     for args, words in cases:
         assert main(args) == 2, args

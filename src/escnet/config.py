@@ -27,7 +27,7 @@ import yaml
 
 from escnet.cards import family_of, find_card
 from escnet.errors import ConfigError
-from escnet.files import atomic_write_text, read_input
+from escnet.files import atomic_write_text, read_text
 from escnet.machine import resolve_device
 
 if sys.version_info >= (3, 11):
@@ -742,12 +742,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
     try:
-        text = read_input(path, "config file", ConfigError).decode()
+        text = read_text(path, "config file", ConfigError)
         values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.load(text, _StrictLoader) or {})
     except yaml.MarkedYAMLError as err:
         where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
         raise ConfigError(f"{path}: not valid YAML: {where}{err.problem}") from None
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {err}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of section: settings")

@@ -7,6 +7,7 @@ file in the same folder, flushed and fsynced, then renamed over the target) or
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fcntl
 import json
@@ -125,6 +126,29 @@ def read_input(path: Path, what: str, error: type[EscnetError] = EscnetError,
     if len(data) > limit:
         raise error(f"{path}: {what} longer than {limit >> 20} MB (a device that never ends?)")
     return data
+
+
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                    (codecs.BOM_UTF16_BE, "utf-16"))
+"""Encodings a text input may announce by its first bytes (UTF-32's before UTF-16's: its
+little-endian mark begins with UTF-16's)."""
+
+
+def read_text(path: Path, what: str, error: type[EscnetError] = EscnetError) -> str:
+    """The text of the input file ``path`` (:func:`read_input`): UTF-8, or UTF-8, UTF-16 or
+    UTF-32 with a byte-order mark (a spreadsheet's "Unicode text" is UTF-16). Another encoding
+    (Latin-1, Windows-1252) is refused naming the line, not guessed: a guess would turn labels
+    into other labels."""
+    data = read_input(path, what, error)
+    encoding = next((enc for bom, enc in BYTE_ORDER_MARKS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        where = f"line {line}: " if encoding.startswith("utf-8") else ""
+        raise error(f"{path}: {where}{what} is not {encoding.upper().removesuffix('-SIG')} text "
+                    f"(byte 0x{data[err.start]:02x}); save it as UTF-8") from None
 
 
 def new_folder(path: str | Path, name: str) -> Path:

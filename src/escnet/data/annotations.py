@@ -26,8 +26,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from escnet.data.tables import csv_rows
 from escnet.errors import DataError
-from escnet.files import read_input
+from escnet.files import read_text
 
 KINDS = ("positive", "negative", "uncertain")
 """What a label says of its span: the sound is there, is not there, or may be."""
@@ -60,11 +61,7 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     if path.is_dir():
         raise DataError(f"{path}: is a folder; give an annotation file (CSV, a Raven selection table "
                         "or an Audacity label track)")
-    try:
-        text = read_input(path, "annotation file", DataError).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text file (annotations are CSV, a Raven selection table or "
-                        "an Audacity label track)") from None
+    text = read_text(path, "annotation file", DataError)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise DataError(f"{path}: holds no annotations (empty)")
@@ -102,7 +99,7 @@ def _span(path: Path, line: int, file: str, start: str, end: str, label: str, ki
 
 
 def _csv(path: Path, text: str) -> list[Annotation]:
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv_rows(text)
     fields = {f.strip().lower(): f for f in reader.fieldnames or []}
     start = fields.get("start") or fields.get("onset")
     end = fields.get("end") or fields.get("offset")
@@ -113,7 +110,12 @@ def _csv(path: Path, text: str) -> list[Annotation]:
                         "file,start,end,label[,type] (or onset,offset), a Raven selection table "
                         "or an Audacity label track")
     kind = fields.get("type")
-    return [_span(path, n, r[fields["file"]] or "", r[start], r[end], r[fields["label"]],
+    comma = reader.reader.dialect.delimiter == ";"  # its spreadsheet may write times as 1,5
+
+    def time(value: str | None) -> str | None:
+        return value.replace(",", ".") if comma and value else value
+
+    return [_span(path, n, r[fields["file"]] or "", time(r[start]), time(r[end]), r[fields["label"]],
                   r[kind] if kind else "") for n, r in enumerate(reader, start=2)]
 
 
@@ -124,6 +126,9 @@ def _raven(path: Path, text: str) -> list[Annotation]:
     if label is None:
         raise DataError(f"{path}: a Raven selection table without a label column (one of "
                         f"{', '.join(RAVEN_LABELS)})")
+    times = [c for c in ("Begin Time (s)", "End Time (s)") if c not in fields]
+    if times:
+        raise DataError(f"{path}: a Raven selection table without the column(s) {', '.join(times)}")
     file = next((c for c in ("Begin File", "Begin Path") if c in fields), None)
     own = path.name.split(".Table")[0] if ".Table" in path.name else path.stem
     seen, out = set(), []
@@ -132,7 +137,8 @@ def _raven(path: Path, text: str) -> list[Annotation]:
         if r.get("Selection") and key in seen:  # the same selection in another view
             continue
         seen.add(key)
-        name = Path(r[file]).name if file == "Begin Path" else (r[file] if file else own)
+        given = (r[file] or "") if file else own  # a short row leaves its last columns None
+        name = Path(given).name if file == "Begin Path" else given
         out.append(_span(path, n, name or "", r["Begin Time (s)"], r["End Time (s)"], r[label], ""))
     return out
 

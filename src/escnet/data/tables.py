@@ -17,6 +17,7 @@ Tables without folds get stratified folds; :func:`make_splits` turns a table int
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ import numpy as np
 from escnet.config import TaskConfig
 from escnet.data.audio import AUDIO_EXTENSIONS
 from escnet.errors import ConfigError, DataError
+from escnet.files import read_text
 
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 _ESC50_NAME = re.compile(r"^(\d+)-([^-]+)-([^-]+)-(\d+)$")
@@ -112,13 +114,12 @@ def _audio_by_stem(folder: Path) -> dict[str, Path]:
 def read_esc50(root: Path, subset: str = "all", skip_missing: bool = False) -> ClipTable:
     """An ESC-50 folder (``meta/esc50.csv`` + ``audio/``); ``subset='esc10'`` keeps ESC-10."""
     meta = root / "meta" / "esc50.csv"
-    with meta.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ESC50_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; "
-                            f"expected {','.join(ESC50_COLUMNS)}")
-        rows = list(reader)
+    reader = csv_rows(read_text(meta, "ESC-50 metadata", DataError))
+    missing = [c for c in ESC50_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{meta}: missing column(s) {', '.join(missing)}; "
+                        f"expected {','.join(ESC50_COLUMNS)}")
+    rows = list(reader)
     if not rows:
         raise DataError(f"{meta}: has no rows")
     audio_dir = root / "audio"
@@ -260,15 +261,24 @@ def _refuse_lookalike_labels(source: Path, classes: list[str]) -> None:
                             "one spelling")
 
 
+def csv_rows(text: str) -> csv.DictReader:
+    """The rows of CSV ``text`` by its header's names, split at commas, or at semicolons or
+    tabs where the header has one of those and no comma (spreadsheets in locales that write a
+    decimal comma save CSV with semicolons; "text" exports use tabs)."""
+    header = text.partition("\n")[0]
+    delimiter = next((d for d in ",;\t" if d in header), ",")
+    return csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
 def read_csv_table(path: Path) -> ClipTable:
-    """A CSV with columns ``path,label`` and optionally ``fold`` (paths relative to the CSV).
-    A byte-order mark (as spreadsheet programs write) is ignored."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected path,label[,fold]")
-        rows = list(reader)
+    """A CSV with columns ``path,label`` and optionally ``fold`` (paths relative to the CSV),
+    read as :func:`~escnet.files.read_text` reads text (a spreadsheet's byte-order mark or
+    UTF-16 is fine) and split as :func:`csv_rows` splits it."""
+    reader = csv_rows(read_text(path, "dataset CSV", DataError))
+    missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected path,label[,fold]")
+    rows = list(reader)
     if not rows:
         raise DataError(f"{path}: has no rows")
     has_fold = "fold" in (reader.fieldnames or [])

@@ -31,7 +31,7 @@ import yaml
 from escnet.config import TaskConfig
 from escnet.errors import ConfigError, EscnetError
 from escnet.figures import pyplot
-from escnet.files import atomic_write_text, make_output_dir
+from escnet.files import atomic_write_text, make_output_dir, read_text
 from escnet.models.registry import resolve_args
 
 try:
@@ -77,10 +77,8 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
     included), every range non-empty, every value one the setting accepts."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"space={path}: file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raw = yaml.safe_load(read_text(path, "search space", ConfigError))
+    except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a search space is a mapping from settings to ranges or choices")
