@@ -357,8 +357,8 @@ def test_labels_undo_import_and_export(archive, recordings, tmp_path, capsys):
     assert cli(capsys, "label", str(archive), "--undo")[1].startswith("undid batch 2: 1 label(s)")
     assert Archive(archive).labelled_windows("beep") == dict.fromkeys(low[:2], "positive")
 
-    # the three annotation formats, files named by path or by name
-    (tmp_path / "ann.csv").write_text("file,start,end,label,type\nsite/b.wav,9.2,9.8,beep,positive\n"
+    # the three annotation formats, files named by path (here a Windows one) or by name
+    (tmp_path / "ann.csv").write_text("file,start,end,label,type\nD:\\rec\\site\\b.wav,9.2,9.8,beep,positive\n"
                                       "a,6.0,7.0,beep,negative\nnowhere.wav,0,1,beep,positive\n")
     (tmp_path / "c.Table.1.selections.txt").write_text(
         "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tAnnotation\n"

@@ -11,7 +11,7 @@ import soundfile as sf
 from conftest import ToneModel, tone_scene
 
 from escnet.cli import main
-from escnet.data.annotations import read_annotations
+from escnet.data.annotations import Annotation, Recordings, read_annotations
 from escnet.data.audio import load_audio
 from escnet.data.tables import read_esc50
 from escnet.deploy.event_evaluation import evaluate_events, match_annotations
@@ -229,6 +229,20 @@ def test_annotations_as_spreadsheets_and_raven_write_them(tmp_path):
     (tmp_path / "b.Table.1.selections.txt").write_text(raven.format("End Time (s)\t") + "1\tSpectrogram 1\t0.5\t1\n")
     with pytest.raises(DataError, match=r"line 2: no label"):  # a row cut short
         read_annotations(tmp_path / "b.Table.1.selections.txt")
+
+
+def test_an_annotation_names_its_recording_by_path_name_or_a_longer_path():
+    recordings = Recordings(["night/a.wav", "day/a.wav", "day/b.flac", "c.WAV"])
+
+    def find(file):
+        return recordings.find(Annotation(file, 0, 1, "x", where="t.csv: line 2"))
+
+    assert [find(f) for f in ("day/a.wav", "./day/b.flac", "b", "b.flac", "C:\\Users\\me\\rec\\day\\b.flac",
+                              "/home/me/rec/night/a.wav", "NIGHT/A.WAV", "c.wav", "c", "e.wav", "day/c.wav")] == \
+        ["day/a.wav", "day/b.flac", "day/b.flac", "day/b.flac", "day/b.flac", "night/a.wav",
+         "night/a.wav", "c.WAV", "c.WAV", None, "c.WAV"]
+    with pytest.raises(DataError, match=r"t\.csv: line 2: 'a\.wav' could be any of day/a\.wav, night/a\.wav"):
+        find("a.wav")
 
 
 def test_audacity_tracks_match_their_recordings_and_unannotated_ones_hold_no_events(tmp_path):

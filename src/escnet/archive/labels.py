@@ -13,7 +13,7 @@ import soundfile as sf
 
 from escnet.archive.db import Archive, Label
 from escnet.archive.learn import OTHER
-from escnet.data.annotations import read_annotations
+from escnet.data.annotations import Recordings, read_annotations
 from escnet.data.audio import AudioFile
 from escnet.errors import EscnetError
 from escnet.files import atomic_write, atomic_write_text, make_output_dir, new_folder, new_output
@@ -36,25 +36,15 @@ def label_windows(archive: Archive, ids: list[int], label: str, kind: str = "pos
 
 def import_labels(archive: Archive, path: str | Path) -> tuple[int, list[str]]:
     """Label what an annotation file (CSV, Raven selection table, Audacity label track) says,
-    one batch per label and kind; files are matched to the archive's by relative path, or by
-    name (``clip`` or ``clip.wav`` for ``site/clip.wav``) where that is unique. Returns the
+    one batch per label and kind; files are matched to the archive's as
+    :class:`~escnet.data.annotations.Recordings` matches them. Returns the
     labels made and the annotation files' recordings the archive does not hold (not labelled)."""
     annotations = read_annotations(path)
-    files = list(archive.files())
-    by_name: dict[str, list[str]] = {}
-    for f in files:
-        for key in (Path(f).name, Path(f).stem):
-            by_name.setdefault(key, []).append(f)
+    recordings = Recordings(archive.files())
     groups: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
     absent: set[str] = set()
     for a in annotations:
-        candidates = [a.file] if a.file in files else \
-            by_name.get(a.file) or by_name.get(Path(a.file).name) or []
-        if len(candidates) > 1:
-            raise EscnetError(f"{a.where}: {a.file!r} matches {len(candidates)} recordings of the "
-                              f"archive ({', '.join(candidates[:3])}); give its path relative to the "
-                              "archive's folder")
-        match = candidates[0] if candidates else None
+        match = recordings.find(a)
         if match is None:
             absent.add(a.file)
             continue

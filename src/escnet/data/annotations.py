@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,37 @@ class Annotation:
 
     def overlaps(self, other: Annotation) -> bool:
         return self.file == other.file and self.start < other.end and other.start < self.end
+
+
+class Recordings:
+    """What an annotation's ``file`` names, among recordings known by their paths under a
+    folder (``site/clip.wav``): the recording at that path, or at the longest end of it that is
+    one (an absolute path, a Windows path, a path from the folder's parent, as Raven's ``Begin
+    Path`` is), or whose name is that end with or without its extension; letter case counts
+    only where it tells recordings apart (a table written on a system that ignores it)."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.exact: dict[str, set[str]] = {}
+        self.folded: dict[str, set[str]] = {}
+        for rel in paths:
+            name = rel.rsplit("/", 1)[-1]
+            for alias in (rel, rel.rsplit(".", 1)[0] if "." in name else rel, name, Path(name).stem):
+                self.exact.setdefault(alias, set()).add(rel)
+                self.folded.setdefault(alias.casefold(), set()).add(rel)
+
+    def find(self, annotation: Annotation) -> str | None:
+        """The path of the recording ``annotation`` names, ``None`` for none; a
+        :class:`~escnet.errors.DataError` naming its row where it could be several."""
+        parts = [p for p in annotation.file.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+        for i in range(len(parts)):  # the longest end first
+            end = "/".join(parts[i:])
+            found = self.exact.get(end) or self.folded.get(end.casefold())
+            if found and len(found) > 1:
+                raise DataError(f"{annotation.where}: {annotation.file!r} could be any of "
+                                f"{', '.join(sorted(found)[:3])}: name it by its path under the folder")
+            if found:
+                return next(iter(found))
+        return None
 
 
 def read_annotations(path: str | Path) -> list[Annotation]:

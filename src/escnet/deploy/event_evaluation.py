@@ -3,9 +3,10 @@ segment-based F-score and error rate (:mod:`.event_metrics`, sed_eval's definiti
 (:mod:`.psds`), per class and overall, with a plot per recording.
 
 The recordings are every audio file under one folder; the annotations (CSV, Raven selection
-tables, Audacity label tracks: :func:`~escnet.data.annotations.read_annotations`) name them by
-their path under it, or by their name without the extension (an Audacity track is named after
-its recording). A recording no annotation names holds no events. Every row is checked before
+tables, Audacity label tracks: :func:`~escnet.data.annotations.read_annotations`) name them as
+:class:`~escnet.data.annotations.Recordings` finds them: by their path under it (or a longer
+path ending in it), or by their name with or without the extension (an Audacity track is named
+after its recording). A recording no annotation names holds no events. Every row is checked before
 any audio is scored: a recording that is not there, a label the model does not know (labels
 compare as class names do: :func:`~escnet.data.tables.label_key`), an event that starts after
 its recording ends, and an event overlapping another of its label in its recording (one sound
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from escnet.data.annotations import Annotation
+from escnet.data.annotations import Annotation, Recordings
 from escnet.data.audio import AudioFile, audio_files
 from escnet.data.tables import label_key
 from escnet.deploy.event_metrics import COLLAR, OFFSET_SHARE, SEGMENT, Scores, event_counts, segment_counts
@@ -68,11 +69,7 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
     files = audio_files(folder)
     if not files:
         raise DataError(f"{folder}: holds no audio files")
-    aliases: dict[str, set[str]] = {}  # a file's name, and either without its extension
-    for rel in files:
-        name = rel.rsplit("/", 1)[-1]
-        for alias in (Path(rel).with_suffix("").as_posix(), name, Path(name).stem):
-            aliases.setdefault(alias, set()).add(rel)
+    recordings = Recordings(files)
     known = {label_key(c): c for c in classes}
     durations, unreadable = {}, {}
     for rel, path in files.items():
@@ -85,8 +82,9 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
         if a.kind != "positive":
             raise DataError(f"{a.where}: type {a.kind}: scoring events needs where sounds are; leave "
                             "out the negative and uncertain rows")
-        name = a.file.replace("\\", "/").removeprefix("./")
-        rel = name if name in files else _only(sorted(aliases.get(name, ())), a, folder)
+        rel = recordings.find(a)
+        if rel is None:
+            raise DataError(f"{a.where}: no recording {a.file!r} under {folder}")
         if rel in unreadable:
             raise DataError(f"{a.where}: {rel} cannot be read ({unreadable[rel]})")
         label = known.get(label_key(a.label))
@@ -101,15 +99,6 @@ def match_annotations(annotations: list[Annotation], folder: str | Path, classes
     for rows in events.values():
         _refuse_overlaps(rows)
     return Reference(folder, {rel: files[rel] for rel in durations}, durations, events, unreadable)
-
-
-def _only(candidates: list[str], a: Annotation, folder: Path) -> str:
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise DataError(f"{a.where}: no recording {a.file!r} under {folder}")
-    raise DataError(f"{a.where}: {a.file!r} could be any of {', '.join(candidates)}: name the file "
-                    "with its extension")
 
 
 def _duration(path: Path) -> float:
