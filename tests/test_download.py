@@ -130,3 +130,10 @@ def test_cli_download_errors_are_one_line(tmp_path, serve, capsys):
     code = main(["download", "esc50", "--root", str(tmp_path), "--url", "http://127.0.0.1:9/x.zip", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "run the same command again to resume" in err
+    # URLs nothing can be fetched from: refused before the root folder is made
+    for url, why in (("http://[::1", "Invalid IPv6 URL"), ("https://", "no host"),
+                     ("mirror.example/esc50.zip", "not http://, https:// or file://")):
+        code = main(["download", "esc50", "--root", str(tmp_path / "new"), "--url", url, "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{url}: not a URL escnet can fetch ({why})" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "new").exists()

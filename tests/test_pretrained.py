@@ -393,6 +393,9 @@ def test_a_weights_url_decides_no_path_and_is_written_only_into_the_cache(segmen
     finally:
         server.close()
     assert path.parent == cache / "weights" and path.read_bytes() == payload
+    for bad, why in (("http://[::1", "Invalid IPv6 URL"), ("https:///x.pt", "no host")):
+        with pytest.raises(ConfigError, match=rf"model\.pretrained='{re.escape(bad)}': not a URL escnet can fetch \({why}\)"):
+            resolve_weights(bad, "f" * 64, cache)
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", path.name) and len(path.name) <= 128
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert written == [path]

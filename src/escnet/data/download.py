@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
@@ -35,15 +36,33 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def url_problem(url: str) -> str | None:
+    """Why escnet cannot fetch ``url`` (``None``: it can): an ``http://`` or ``https://`` URL
+    with a host, or a ``file://`` one (a local mirror)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as err:  # a bracket left open: "Invalid IPv6 URL"
+        return str(err)
+    if parts.scheme in ("http", "https"):
+        return None if host else "no host"
+    if parts.scheme == "file":
+        return None if parts.path else "no path"
+    return "not http://, https:// or file://"
+
+
 def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.part`` if an earlier attempt left one.
 
     ``sha256`` is the expected digest, or a prefix of it (torchvision names its files with one).
 
     Raises:
-        EscnetError: the server cannot be reached, the transfer ended early (the partial file is
-            kept for the next attempt), or the checksum does not match (the file is deleted).
+        EscnetError: ``url`` is none escnet can fetch (:func:`url_problem`), the server cannot
+            be reached, the transfer ended early (the partial file is kept for the next
+            attempt), or the checksum does not match (the file is deleted).
     """
+    if (why := url_problem(url)) is not None:
+        raise EscnetError(f"{url}: not a URL escnet can fetch ({why})")
     if dest.exists() and (sha256 is None or sha256_of(dest).startswith(sha256.lower())):
         return dest
     make_output_dir(dest.parent)
@@ -120,10 +139,11 @@ def download_esc50(root: str | Path, url: str = ESC50_URL, sha256: str | None = 
                    expected_clips: int = ESC50_CLIPS, progress: bool = True) -> Path:
     """Download, verify and extract ESC-50 into ``root/esc50``; return that folder.
 
-    A complete earlier download is reused; an interrupted one resumes.
+    A complete earlier download is reused; an interrupted one resumes. A URL escnet cannot
+    fetch (:func:`url_problem`) is refused before ``root`` is made.
     """
-
-
+    if (why := url_problem(url)) is not None:
+        raise EscnetError(f"{url}: not a URL escnet can fetch ({why})")
     root = Path(root)
     make_output_dir(root)
     target = root / "esc50"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from escnet.cards import PretrainedCard, WeightsFile
-from escnet.data.download import download, sha256_of
+from escnet.data.download import download, sha256_of, url_problem
 from escnet.errors import ConfigError, EscnetError
 
 
@@ -72,6 +72,8 @@ def resolve_weights(spec: str, sha256: str, cache: Path, weights: WeightsFile | 
         if sha256:
             _verify(path, sha256, spec)
         return path
+    if (why := url_problem(weights.url)) is not None:
+        raise ConfigError(f"setting model.pretrained={spec!r}: not a URL escnet can fetch ({why})")
     pinned = weights.sha256.lower()
     if pinned and sha256 and not (pinned.startswith(sha256.lower()) or sha256.lower().startswith(pinned)):
         raise ConfigError(f"setting model.pretrained_sha256={sha256}: escnet pins {pinned[:16]}… for "
