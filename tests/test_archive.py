@@ -309,6 +309,8 @@ def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windo
     (["search", "{db}"], "give one of --query"),
     (["search", "{rec}"], "no escnet archive here"),
     (["label", "{db}", "1", "99999", "--label", "beep"], "window 99999: not in"),
+    (["label", "{db}", str(10**21), "--label", "beep"], f"window {10**21}: not in"),  # past SQLite's ints
+    (["search", "{db}", "--like", str(-10**21)], f"window {-10**21}: not in"),
     (["label", "{db}", "1"], "--label NAME"),
     (["label", "{db}", "--undo"], "no label to undo"),
     (["learn", "{db}"], "no labels yet"),
@@ -535,6 +537,7 @@ def test_the_page_api_searches_plays_labels_learns_and_undoes(archive, recording
         assert undone["summary"]["labels"]["beep"] == {"positive": 2, "negative": 0, "uncertain": 0}
 
         for url, status, said in ((f"/v1/archive/windows/{10**6}/audio", 404, "window 1000000: not in"),
+                                  (f"/v1/archive/windows/{10**21}/audio", 404, f"window {10**21}: not in"),
                                   ("/v1/archive/search?like=1&top=0", 422, "top")):
             r = c.get(url)
             assert r.status_code == status and said in json.dumps(r.json())

@@ -292,8 +292,8 @@ class Archive:
 
     def windows(self, ids: Iterable[int]) -> dict[int, Window]:
         """The windows of ``ids`` that exist (a window of a file since changed or removed does
-        not), by id."""
-        ids = [int(i) for i in ids]
+        not, nor an id past SQLite's 64-bit integers), by id."""
+        ids = [i for i in map(int, ids) if -(1 << 63) <= i < 1 << 63]
         out: dict[int, Window] = {}
         for chunk in range(0, len(ids), 900):  # SQLite's limit on bound parameters
             part = ids[chunk : chunk + 900]
