@@ -152,11 +152,15 @@ def test_every_bad_input_is_one_line_and_exit_2_with_nothing_changed(corpus, cap
     clip = str(next((data / "audio").iterdir()))
     train = ["train", "--data", str(data), *SMALL, "--epochs", "1", "--out"]
     cases = [
-        ([*train, str(root / "n1"), "--config", str(root / "bad.yaml")], "bad.yaml: not valid YAML"),
-        ([*train, str(root / "n2"), "--config", str(root / "binary.toml")], "binary.toml: not valid TOML"),
+        ([*train, str(root / "n1"), "--config", str(root / "bad.yaml")], "bad.yaml: config file is not UTF-16 text"),
+        ([*train, str(root / "n2"), "--config", str(root / "binary.toml")],
+         "binary.toml: line 2: config file is not UTF-8 text (byte 0x80)"),
         ([*train, str(root / "n3"), "--config", str(root / "absurd.yaml")], "train.batch_size=99999999999"),
         ([*train, str(root / "n4"), "--device", "cuda:3"], "train.device=cuda:3: this machine has"),
         ([*train, str(root / "n5"), "--set", "model.args.width=1000000"], "training needs about"),
+        ([*train, str(root / "n8"), "--set", "model.args.width=1e30"], "model.args: model cnn10 cannot be built"),
+        ([*train, str(root / "n9"), "--set", "augment.crop_seconds=0.05"],
+         "frames (augment.crop_seconds): "),  # a crop too short for the model's pooling
         ([*train, str(root / "n6"), "--set", "features.hop_length=256", "--set", "data.clip_seconds=0.1"],
          "cannot take log-mels"),
         ([*train, str(root / "n7"), "--lr", "inf"], "train.learning_rate"),

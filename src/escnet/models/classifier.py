@@ -45,15 +45,22 @@ class SoundClassifier(nn.Module):
         if config.train.wise_ft < 1 and not m.pretrained:
             raise ConfigError(f"setting train.wise_ft={config.train.wise_ft}: averages the trained "
                               "weights with pretrained ones, but model.pretrained names none")
+        # what it is given: whole clips (scored), and training's crops where they are shorter
+        given = [(frames, "features.n_mels, features.hop_length, data.clip_seconds")] + \
+            [(config.crop_frames, "augment.crop_seconds")] * bool(config.crop_frames)
         with torch.device("meta"):
-            backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
-                                    **m.args)
             try:
-                backbone.eval()(torch.zeros(2, mels, frames), None)  # shapes only: no statistics
-            except (RuntimeError, ValueError) as err:
-                raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {frames} "
-                                  f"frames (features.n_mels, features.hop_length, data.clip_seconds): "
-                                  f"{str(err).splitlines()[0]}") from None
+                backbone = create_model(m.name, n_mels=mels, frames=frames, num_classes=m.num_classes,
+                                        **m.args)
+            except (RuntimeError, ValueError, TypeError, OverflowError) as err:  # sizes past int64
+                raise ConfigError(f"setting model.args: model {m.name} cannot be built with them "
+                                  f"({str(err).splitlines()[0][:200]})") from None
+            for length, settings in given:
+                try:
+                    backbone.eval()(torch.zeros(2, mels, length), None)  # shapes only: no statistics
+                except (RuntimeError, ValueError) as err:
+                    raise ConfigError(f"model {m.name} cannot take log-mels of {mels} mels × {length} "
+                                      f"frames ({settings}): {str(err).splitlines()[0]}") from None
         frame_head = getattr(backbone, "frame_head", None) is not None
         if config.augment.scenes != frame_head:
             raise ConfigError("setting augment.scenes=true: trains a frame head, but the model has "
