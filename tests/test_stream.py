@@ -230,6 +230,7 @@ def test_listen_follows_a_url_and_a_file_at_real_time(five_class_exports, tmp_pa
         assert missing.returncode == 2 and "cannot open it" in missing.stderr.decode()
     finally:
         server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])

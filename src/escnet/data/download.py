@@ -83,6 +83,7 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
                     out.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as err:
+        err.close()  # it holds the answer's connection
         if err.code != 416:  # 416: nothing left to send, the partial file is complete
             raise EscnetError(f"{url}: server answered {err.code} {err.reason}") from None
         total = have

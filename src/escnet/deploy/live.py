@@ -141,8 +141,14 @@ def url_input(url: str, raw: PcmFormat | None, timeout: float = URL_TIMEOUT) -> 
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, OSError, ValueError) as err:
+        if isinstance(err, urllib.error.HTTPError):
+            err.close()  # it holds the answer's connection
         raise EscnetError(f"input={url}: cannot open it ({getattr(err, 'reason', err)})") from None
-    return byte_stream(_Sized(response, url), url, raw)
+    try:
+        return byte_stream(_Sized(response, url), url, raw)
+    except BaseException:  # not audio escnet can stream: the connection is not kept open
+        response.close()
+        raise
 
 
 def microphone() -> LiveInput:
