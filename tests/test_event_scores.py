@@ -324,3 +324,7 @@ def test_evaluate_events_command_on_real_clips_and_bad_input(five_class_exports,
     assert main(["evaluate-events", model, "--audio", str(tmp_path / "rec"), "--annotations",
                  str(annotations), "--out", str(tmp_path / "eval")]) == 2
     assert "is not empty" in capsys.readouterr().err
+    assert main(["evaluate-events", model, "--audio", str(tmp_path / "rec"), "--annotations",
+                 str(annotations), "--out", str(annotations)]) == 2  # a file where a folder goes
+    assert "exists and is a file, not a folder; choose a new folder" in capsys.readouterr().err
+    assert annotations.read_text().startswith("file,")  # untouched

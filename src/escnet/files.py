@@ -156,8 +156,9 @@ def new_folder(path: str | Path, name: str) -> Path:
     among a user's files); ``name`` is the parameter errors name (``out``)."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise EscnetError(f"{name}={path}: exists and is not empty; choose a new folder (escnet does "
-                          "not overwrite what is there)")
+        what = "is not empty" if path.is_dir() else "is a file, not a folder"
+        raise EscnetError(f"{name}={path}: exists and {what}; choose a new folder (escnet does not "
+                          "overwrite what is there)")
     return make_output_dir(path)
 
 
