@@ -25,7 +25,7 @@ import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from escnet.data.tables import csv_rows
 from escnet.errors import DataError
@@ -66,8 +66,8 @@ class Recordings:
         self.exact: dict[str, set[str]] = {}
         self.folded: dict[str, set[str]] = {}
         for rel in paths:
-            name = rel.rsplit("/", 1)[-1]
-            for alias in (rel, rel.rsplit(".", 1)[0] if "." in name else rel, name, Path(name).stem):
+            path = PurePosixPath(rel)
+            for alias in (rel, path.with_suffix("").as_posix(), path.name, path.stem):
                 self.exact.setdefault(alias, set()).add(rel)
                 self.folded.setdefault(alias.casefold(), set()).add(rel)
 
