@@ -29,7 +29,7 @@ from escnet.deploy.onnx_model import Scores
 from escnet.deploy.predict import Model, load_model_file
 
 GRID = {"on": float, "off": float, "smooth": int, "min_duration": float, "max_gap": float,
-        "lookahead": int, "window": float}
+        "lookahead": int, "window": float, "hop": float}
 
 
 class Remembered:
