@@ -277,7 +277,7 @@ def test_two_workers_index_shards_that_one_archive_merges(recordings, tone_model
 
 
 def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windows(archive, recordings,
-                                                                                  capsys):
+                                                                                  capsys, tmp_path):
     code, out, err = cli(capsys, "search", str(archive), "--query", f"{recordings / 'a.wav'}@2-3",
                          "--top", "3", "--json")
     assert code == 0, err
@@ -297,12 +297,23 @@ def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windo
             assert h["file"] != g["file"] or h["start"] > g["end"] or g["start"] > h["end"]
     code, out, _ = cli(capsys, "search", str(archive), "--query", str(recordings / "site" / "b.wav"))
     assert code == 0 and out.splitlines()[0].split() == ["id", "score", "start", "end", "file"]
+    # a recording whose own name holds "@" is that recording, not a span of another
+    named, plain = tmp_path / "a@2-3.wav", tmp_path / "a.wav"
+    shutil.copy(recordings / "a.wav", named)
+    shutil.copy(recordings / "a.wav", plain)
+    whole = cli(capsys, "search", str(archive), "--query", str(plain), "--json")[1]
+    code, out, err = cli(capsys, "search", str(archive), "--query", str(named), "--json")
+    assert code == 0, err
+    assert [h["id"] for h in json.loads(out)] == [h["id"] for h in json.loads(whole)]
 
 
 @pytest.mark.parametrize("args, needle", [
     (["search", "{db}", "--query", "{rec}/a.wav@10-20"], "a.wav@10-20: the span ends at 20 s, but the "
                                                           "recording is 12.00 s long"),
     (["search", "{db}", "--query", "{rec}/a.wav@3-2"], "a span is START-END seconds with END after START"),
+    (["search", "{db}", "--query", "{rec}/a.wav@1.2.3-4"], "a.wav@1.2.3-4: a span is START-END seconds"),
+    (["search", "{db}", "--query", "{rec}/a.wav@nan-inf"], "a span is START-END seconds"),
+    (["search", "{db}", "--query", "{rec}/a.wav@.-."], "a span is START-END seconds"),
     (["search", "{db}", "--query", "{rec}/broken.wav"], "broken.wav"),
     (["search", "{db}", "--like", "99999"], "window 99999: not in"),
     (["search", "{db}", "--like", "1", "--top", "0"], "--top 0: 1 to 10000"),

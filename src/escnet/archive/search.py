@@ -10,7 +10,6 @@ adjacent or overlapping windows of a file) only the most similar is kept.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +21,6 @@ from escnet.archive.vectors import Graph, unit
 from escnet.cards import CARDS
 from escnet.data.audio import AudioFile
 from escnet.errors import EscnetError
-
-_SPAN = re.compile(r"^(?P<file>.+?)@(?P<start>[0-9.]+)-(?P<end>[0-9.]+)$")
 
 
 @dataclass(frozen=True)
@@ -62,14 +59,19 @@ def embedder_of(model: str, window: float):
 
 
 def parse_query(text: str) -> tuple[Path, float | None, float | None]:
-    """``FILE`` or ``FILE@START-END`` (seconds) → the file and the span (``None``: all of it)."""
-    m = _SPAN.match(text)
-    if m is None:
+    """``FILE`` or ``FILE@START-END`` (seconds) → the file and the span (``None``: all of it).
+    A file whose own name holds ``@`` is that file when it exists."""
+    if "@" not in text or Path(text).exists():
         return Path(text), None, None
-    start, end = float(m["start"]), float(m["end"])
+    file, span = text.rsplit("@", 1)
+    try:
+        start, end = map(float, span.split("-"))
+    except ValueError:  # not two numbers
+        start = end = math.nan
     if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-        raise EscnetError(f"query={text}: a span is START-END seconds with END after START")
-    return Path(m["file"]), start, end
+        raise EscnetError(f"query={text}: a span is START-END seconds with END after START "
+                          "(e.g. rec.wav@12.5-15)")
+    return Path(file), start, end
 
 
 def embed_query(archive: Archive, query: str | Path | AudioFile) -> Query:
