@@ -403,6 +403,30 @@ def test_labels_undo_import_and_export(archive, recordings, tmp_path, capsys):
     assert table.classes == ["beep", "other"] and len(table.paths) == 4
 
 
+def test_labels_that_look_the_same_or_run_long_are_refused_and_export_keeps_classes_apart(archive, tmp_path,
+                                                                                          capsys):
+    ids = sorted(Archive(archive).alive())[:3]
+    assert cli(capsys, "label", str(archive), str(ids[0]), "--label", "dog?")[0] == 0
+    code, _, err = cli(capsys, "label", str(archive), str(ids[1]), "--label", "DOG?  ")
+    assert code == 2 and "label 'DOG?': looks the same as the label 'dog?'" in err
+    code, _, err = cli(capsys, "label", str(archive), str(ids[1]), "--label", "x" * 10_000)
+    assert code == 2 and "10000 characters; a label is a name of at most 100" in err and len(err) < 200
+    # an import that names one sound twice labels nothing, and says where
+    (tmp_path / "ann.csv").write_text("file,start,end,label\na.wav,0,1,bird\na.wav,1,2,Bird\n")
+    code, _, err = cli(capsys, "label", str(archive), "--import", str(tmp_path / "ann.csv"))
+    assert code == 2 and "ann.csv: line 3: label 'Bird': looks the same as the label 'bird'" in err
+    assert Archive(archive).label_names() == ["dog?"]
+    # labels one folder name would merge ("dog?" and "dog!" are both "dog_"), and a label too long
+    # for a file name in bytes, are folders of their own
+    assert cli(capsys, "label", str(archive), str(ids[1]), "--label", "dog!")[0] == 0
+    assert cli(capsys, "label", str(archive), str(ids[2]), "--label", "é" * 100)[0] == 0
+    code, _, err = cli(capsys, "label", str(archive), "--export", str(tmp_path / "dataset"))
+    assert code == 0, err
+    folders = list((tmp_path / "dataset").iterdir())
+    assert len(folders) == 3 and all(len(f.name.encode()) <= 120 for f in folders)
+    assert [len(list(f.glob("*.wav"))) for f in folders] == [1, 1, 1]
+
+
 def test_learn_rank_and_scan(archive, recordings, tmp_path, capsys):
     a = Archive(archive)
     low = sorted(w.id for w in a.windows(a.alive()).values() if (w.file, w.start) in LOW)

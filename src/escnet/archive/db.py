@@ -38,12 +38,15 @@ import numpy as np
 
 import escnet
 from escnet.data.annotations import KINDS
+from escnet.data.tables import label_key
 from escnet.errors import EscnetError
 from escnet.files import hold_lock
 
 SCHEMA = 1
 """Version of the layout below; an archive of another version is refused, saying so."""
 SOURCES = ("search", "rank", "import", "page", "command")
+MAX_LABEL = 100
+"""Characters in a label at most: a label is a class's name, and a folder's on export."""
 """How a label was made: from a search result, an active-learning batch, an imported
 annotation file, the page, or the command line."""
 
@@ -348,9 +351,7 @@ class Archive:
             raise EscnetError(f"kind={kind}: one of {', '.join(KINDS)}")
         if source not in SOURCES:
             raise EscnetError(f"source={source}: one of {', '.join(SOURCES)}")
-        label = label.strip()
-        if not label or any(not c.isprintable() for c in label):
-            raise EscnetError(f"label={label!r}: a label is a name of printable characters")
+        label = self.check_label(label)
         spans = list(spans)
         with self.transaction():
             batch = (self.db.execute("SELECT COALESCE(MAX(batch), 0) FROM labels").fetchone()[0]) + 1
@@ -359,6 +360,27 @@ class Archive:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 ((batch, f, float(a), float(b), label, kind, source, now()) for f, a, b in spans))
         return batch
+
+    def check_label(self, label: str, others: Iterable[str] = ()) -> str:
+        """``label`` without the spaces around it, when it is a name this archive can take: of
+        printable characters, at most :data:`MAX_LABEL` of them, and not looking the same as
+        one of the archive's labels or of ``others`` without being it (differing only in case,
+        spaces or Unicode form, :func:`~escnet.data.tables.label_key`: one sound named twice
+        would become two classes); else :class:`EscnetError`."""
+        label = label.strip()
+        shown = repr(label if len(label) <= 40 else label[:40] + "...")
+        if not label or any(not c.isprintable() for c in label):
+            raise EscnetError(f"label {shown}: a label is a name of printable characters")
+        if len(label) > MAX_LABEL:
+            raise EscnetError(f"label {shown}: {len(label)} characters; a label is a name of at "
+                              f"most {MAX_LABEL}")
+        key = label_key(label)
+        for other in (*self.label_names(), *others):
+            if other != label and label_key(other) == key:
+                raise EscnetError(f"label {shown}: looks the same as the label {other!r} (they "
+                                  "differ only in case, spaces or Unicode form); give one sound "
+                                  "one spelling")
+        return label
 
     def undo(self) -> list[Label]:
         """Undo the last batch of labels not undone yet (marked, never deleted); returns it."""

@@ -4,6 +4,7 @@ as a dataset ``escnet train`` takes or as a CSV (``escnet label``)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from escnet.archive.db import Archive, Label
 from escnet.archive.learn import OTHER
 from escnet.data.annotations import Recordings, read_annotations
 from escnet.data.audio import AudioFile
+from escnet.data.tables import label_key
 from escnet.errors import EscnetError
 from escnet.files import atomic_write, atomic_write_text, make_output_dir, new_folder, new_output
 
@@ -49,6 +51,12 @@ def import_labels(archive: Archive, path: str | Path) -> tuple[int, list[str]]:
             absent.add(a.file)
             continue
         groups.setdefault((a.label, a.kind), []).append((match, a.start, a.end))
+    first = {a.label: a for a in reversed(annotations)}  # the row where each label appears first
+    for label, a in first.items():  # every label checked before any is made: a refusal labels nothing
+        try:
+            archive.check_label(label, first)
+        except EscnetError as err:
+            raise EscnetError(f"{a.where}: {err}") from None
     made = 0
     for (label, kind), spans in groups.items():
         archive.add_labels(spans, label, kind, "import")
@@ -56,10 +64,36 @@ def import_labels(archive: Archive, path: str | Path) -> tuple[int, list[str]]:
     return made, sorted(absent)
 
 
+NAME_BYTES = 120
+"""UTF-8 bytes at most in a name export writes (file systems allow 255 for a name; a clip's
+name adds its times to its recording's)."""
+
+
 def _safe(name: str) -> str:
-    """A label as a folder name: no separators, nothing hidden."""
+    """A label or a recording's path as one file name: no separators, nothing hidden, at most
+    :data:`NAME_BYTES` bytes (a longer one is cut and ends in a digest of the whole, so that two
+    names cut alike stay apart)."""
     cleaned = re.sub(r"[^\w .+=-]", "_", name).strip(" .") or "label"
-    return cleaned
+    if len(cleaned.encode()) <= NAME_BYTES:
+        return cleaned
+    cut = cleaned.encode()[: NAME_BYTES - 9].decode(errors="ignore")
+    return f"{cut}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _folders(labels: set[str]) -> dict[str, str]:
+    """Each label's folder (:func:`_safe`), with a digest of the label added where two labels
+    would share one, or would be taken for one by a file system that ignores case or by
+    ``escnet train`` (:func:`~escnet.data.tables.label_key`): ``dog?`` and ``dog!`` are two
+    classes, not one folder ``dog_``."""
+    folders: dict[str, str] = {}
+    taken: set[str] = set()
+    for label in sorted(labels):
+        folder = _safe(label)
+        if label_key(folder) in taken:
+            folder = f"{folder}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+        taken.add(label_key(folder))
+        folders[label] = folder
+    return folders
 
 
 def export_dataset(archive: Archive, out: str | Path) -> dict[str, int]:
@@ -87,6 +121,7 @@ def export_dataset(archive: Archive, out: str | Path) -> dict[str, int]:
             clips[span] = lab.label
         elif lab.kind == "negative" and span not in positive and others:
             clips.setdefault(span, OTHER)
+    folders = _folders(set(clips.values()))
     counts: dict[str, int] = {}
     for (file, begin, end), name in clips.items():
         source = root / file
@@ -94,7 +129,7 @@ def export_dataset(archive: Archive, out: str | Path) -> dict[str, int]:
             continue  # its recording is gone: the label stays in the archive, unused
         with AudioFile(source) as recording:
             audio = recording.excerpt(rate, begin, end - begin)
-        folder = make_output_dir(out / _safe(name))
+        folder = make_output_dir(out / folders[name])
         stem = _safe(Path(file).with_suffix("").as_posix().replace("/", "_"))
         clip = folder / f"{stem}-{begin:.2f}-{end:.2f}.wav"
         atomic_write(clip, lambda f, a=audio: sf.write(f, a, rate, format="WAV", subtype="PCM_16"))
