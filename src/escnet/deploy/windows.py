@@ -28,6 +28,9 @@ is louder than -57 dBFS; digital silence and a quiet room's hiss are below it.""
 MAX_WINDOWS = 100_000
 """The most windows one recording may cost by default (a day of audio at a 1 s hop): a hop of
 1e-9 s would otherwise ask for a window per sample."""
+MAX_HOP = 86_400.0
+"""Seconds between windows at most: a day (a longer hop scores a recording's first window
+alone, as a day does; 1e308 s would be no number of samples)."""
 
 
 class Stopped(EscnetError):
@@ -113,8 +116,9 @@ class WindowScorer(Generic[R]):
         """Samples between window starts: ``hop_seconds`` (default half a window)."""
         if hop_seconds is None:
             return max(1, self.clip_samples // 2)
-        if not (math.isfinite(hop_seconds) and hop_seconds > 0):
-            raise EscnetError(f"hop {hop_seconds}: must be a positive, finite number of seconds")
+        if not (math.isfinite(hop_seconds) and 0 < hop_seconds <= MAX_HOP):
+            raise EscnetError(f"hop {hop_seconds:g}: must be a positive number of seconds, at most "
+                              f"{MAX_HOP:g} (a day)")
         return max(1, round(hop_seconds * self.rate))
 
     def check_cost(self, audio: AudioFile, hop: int) -> None:
