@@ -354,6 +354,8 @@ def test_serve_refuses_a_bad_model_or_setting_in_one_line(tmp_path):
                         ([str(tmp_path / "bad.onnx"), "--max-upload-mb", "1e308"], "at most 4096 MB"),
                         ([str(tmp_path / "bad.onnx"), "--max-windows", "1"], "--max-windows 1"),
                         ([str(tmp_path / "bad.onnx"), "--rate-limit", "-1"], "--rate-limit -1"),
+                        ([str(tmp_path / "bad.onnx"), "--workers", "1000"], "must be 1 to 64"),
+                        ([str(tmp_path / "bad.onnx"), "--threads", "100000"], "--threads 100000"),
                         ([str(tmp_path / "bad.onnx"), "--allow-origin", "https://a.org/page"], "not a web origin")):
         done = subprocess.run(runtime_cli("serve", *args), capture_output=True, text=True, timeout=60,
                               cwd=tmp_path)

@@ -31,9 +31,10 @@ class ServeSettings:
     host: str = _setting("127.0.0.1", "address to listen on: 127.0.0.1 is this machine only")
     port: int = _setting(8000, "port", (lambda v: 0 <= v <= 65535, "a port is 0 to 65535"))
     workers: int = _setting(1, "server processes, each with the model",
-                            (lambda v: v >= 1, "must be 1 or more"))
+                            (lambda v: 1 <= v <= 64, "must be 1 to 64 (each process holds "
+                                                         "the model in memory)"))
     threads: int = _setting(0, "inference threads per process (0: one per core)",
-                            (lambda v: v >= 0, "must be 0 (one per core) or more"))
+                            (lambda v: 0 <= v <= 1024, "must be 0 (one per core) to 1024"))
     queue: int = _setting(64, "requests that may wait for a thread; more are answered 503 with "
                           "Retry-After, to the client holding the most",
                           (lambda v: v >= 0, "must be 0 or more"), "N")
