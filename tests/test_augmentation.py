@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from escnet.config import WAVEFORM_TRANSFORMS, AugmentConfig, TaskConfig
 from escnet.data.audio import load_audio
-from escnet.errors import ConfigError
+from escnet.errors import ConfigError, EscnetError
 from escnet.reports.preview import preview
 from escnet.transforms.batch import between_class_mix, mixup, random_crop, spec_augment
 from escnet.transforms.waveform import BUILDERS, WaveformAugment
@@ -233,6 +233,12 @@ def test_preview_writes_audio_and_a_picture_per_transform(tmp_path):
         assert p.stat().st_size > 0
     audio, rate = sf.read(next(p for p in written if p.name.endswith("-gain.wav")))
     assert rate == SR and len(audio) == SR
+    assert sorted(preview(tmp_path / "dog.wav", tmp_path / "out", config)) == sorted(written)  # again
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "00-original.wav").write_bytes(b"a user's own file")
+    with pytest.raises(EscnetError, match="holds files escnet augment-preview did not write"):
+        preview(tmp_path / "dog.wav", tmp_path / "mine", config)
+    assert (tmp_path / "mine" / "00-original.wav").read_bytes() == b"a user's own file"
 
 
 def test_random_crop_takes_a_window_per_example_at_random_offsets():

@@ -189,6 +189,21 @@ def test_cli_report_and_compare_errors_are_one_line(tmp_path, capsys):
         assert err.startswith("escnet: error:") and err.count("\n") == 1 and needle in err
 
 
+def test_compare_writes_its_own_folder_again_and_never_among_a_users_files(tmp_path, capsys):
+    a, b = make_run(tmp_path, "a", "crnn", [0.5, 0.7]), make_run(tmp_path, "b", "lstm", [0.6, 0.8])
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    assert main(["compare", str(a), "--out", str(out)]) == 0  # a comparison's folder is written again
+    assert "b" not in [r["run"] for r in csv.DictReader((out / "compare.csv").open())]
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "compare.md").write_text("my own notes")
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--out", str(mine)]) == 2
+    assert "holds files escnet compare did not write" in capsys.readouterr().err
+    assert (mine / "compare.md").read_text() == "my own notes" and len(list(mine.iterdir())) == 1
+
+
 def test_benchmark_trains_each_model_then_compares_and_resumes(tmp_path, capsys):
     from conftest import write_esc50_like
 

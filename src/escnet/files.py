@@ -162,6 +162,24 @@ def new_folder(path: str | Path, name: str) -> Path:
     return make_output_dir(path)
 
 
+def command_folder(path: str | Path, name: str, command: str) -> Path:
+    """``path`` as the output folder of a ``command`` that writes the same file names on every
+    call (``compare``, ``augment-preview``): made new, or taken when it is empty or was made by
+    that command (its marker file ``.escnet-COMMAND``), so that a second call replaces the first
+    one's files and never a user's; ``name`` is the parameter errors name (``out``)."""
+    path = Path(path)
+    marker = path / f".escnet-{command}"
+    if path.is_dir() and not marker.exists() and any(path.iterdir()):
+        raise EscnetError(f"{name}={path}: holds files escnet {command} did not write; choose a new "
+                          "or empty folder (escnet does not overwrite what is there)")
+    out = make_output_dir(path)
+    try:
+        marker.touch()
+    except OSError as err:
+        raise EscnetError(f"{path}: cannot write in this output folder ({err.strerror})") from None
+    return out
+
+
 def make_output_dir(path: str | Path) -> Path:
     """Create the output folder ``path`` (and its parents), or raise :class:`EscnetError` saying
     why it cannot be: a file of that name, no permission, a full disk."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from escnet.config import TaskConfig
 from escnet.engine.train import train
 from escnet.errors import ConfigError
+from escnet.files import command_folder
 from escnet.models import list_models
 from escnet.reports.compare import compare
 from escnet.runs import RunDir
@@ -16,9 +17,10 @@ from escnet.runs import RunDir
 def benchmark(models: list[str], base: TaskConfig, out_dir: str | Path, progress: bool = True,
               on_summary: Callable[[dict], None] | None = None) -> list[dict]:
     """Train each of ``models`` with the settings of ``base`` into ``out_dir/MODEL``, then
-    :func:`~escnet.reports.compare.compare` them into ``out_dir``. A run already there is
-    resumed (a finished one only re-reads its data), so an interrupted benchmark continues where
-    it stopped. ``on_summary`` gets each model's summary as it finishes."""
+    :func:`~escnet.reports.compare.compare` them into ``out_dir`` (new, empty, or a benchmark's
+    before: :func:`~escnet.files.command_folder`). A run already there is resumed (a finished
+    one only re-reads its data), so an interrupted benchmark continues where it stopped.
+    ``on_summary`` gets each model's summary as it finishes."""
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         raise ConfigError(f"models: unknown model {', '.join(unknown)}; choose from "
@@ -26,7 +28,7 @@ def benchmark(models: list[str], base: TaskConfig, out_dir: str | Path, progress
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
         raise ConfigError(f"models: {', '.join(twice)} named twice; name each model once")
-    out = Path(out_dir)
+    out = command_folder(out_dir, "out", "benchmark")  # before any training: never a user's folder
     dirs = []
     for name in models:
         config = base.replace({"model.name": name})
@@ -35,4 +37,4 @@ def benchmark(models: list[str], base: TaskConfig, out_dir: str | Path, progress
         if on_summary is not None:
             on_summary(summary)
         dirs.append(run_dir)
-    return compare(dirs, out)
+    return compare(dirs, out, "benchmark")

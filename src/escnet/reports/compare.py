@@ -11,7 +11,7 @@ import numpy as np
 
 from escnet.config import RESULT_FREE
 from escnet.errors import DataError, EscnetError
-from escnet.files import atomic_write_text, make_output_dir
+from escnet.files import atomic_write_text, command_folder
 from escnet.models import SoundClassifier, count_macs, count_parameters
 from escnet.reports.html import held_out_predictions, img, page, pct, table
 from escnet.reports.plots import save_comparison
@@ -113,13 +113,13 @@ def _robustness(parts: list[RunDir]) -> float | None:
     return sum(r["mean_corrupted"] * r["clips"] for r in results) / sum(r["clips"] for r in results)
 
 
-def compare(run_dirs: list[str | Path], out_dir: str | Path) -> list[dict]:
+def compare(run_dirs: list[str | Path], out_dir: str | Path, command: str = "compare") -> list[dict]:
     """Compare runs: ``compare.md``, ``compare.csv``, ``compare.png`` and ``compare.html`` in
     ``out_dir``, sorted by mean accuracy. Runs that are one experiment split over folds
     (:func:`split_run_groups`) make one row, named by :func:`joined_name`. Returns the rows
-    (fractions, not %)."""
+    (fractions, not %). ``command``: whose folder ``out_dir`` is (:func:`write_comparison`)."""
     rows = compare_rows(run_dirs)
-    write_comparison(rows, out_dir)
+    write_comparison(rows, out_dir, command)
     return rows
 
 
@@ -148,9 +148,11 @@ def _fold_names(rows: list[dict]) -> list[str]:
     return sorted({f for r in rows for f in r["folds"]}, key=lambda f: (len(f), f))
 
 
-def write_comparison(rows: list[dict], out_dir: str | Path) -> None:
-    """The rows of :func:`compare_rows` as ``compare.md``, ``.csv``, ``.png`` and ``.html``."""
-    out = make_output_dir(out_dir)
+def write_comparison(rows: list[dict], out_dir: str | Path, command: str = "compare") -> None:
+    """The rows of :func:`compare_rows` as ``compare.md``, ``.csv``, ``.png`` and ``.html`` in
+    ``out_dir``: new, empty, or one ``command`` wrote to before (``compare``, or ``benchmark``
+    beside its runs: :func:`~escnet.files.command_folder`)."""
+    out = command_folder(out_dir, "out", command)
     header, cells = _table_cells(rows)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in cells]

@@ -10,7 +10,7 @@ import torch
 
 from escnet.config import WAVEFORM_TRANSFORMS, TaskConfig
 from escnet.data.audio import load_audio
-from escnet.files import make_output_dir
+from escnet.files import command_folder
 from escnet.reports.plots import save_logmel
 from escnet.transforms.batch import spec_augment
 from escnet.transforms.features import Featurizer
@@ -20,10 +20,11 @@ from escnet.transforms.waveform import WaveformAugment
 def preview(path: str | Path, out_dir: str | Path, config: TaskConfig) -> list[Path]:
     """Write ``NN-NAME.wav`` and ``NN-NAME.png`` (log-mel) to ``out_dir`` for the clip at
     ``path`` unchanged, under every waveform transform (settings from ``config``) and under
-    SpecAugment, so a user can hear and see what training sees. Returns the files written."""
+    SpecAugment, so a user can hear and see what training sees (``out_dir``: new, empty or a
+    preview's before, :func:`~escnet.files.command_folder`). Returns the files written."""
     rate, hop, a = config.data.sample_rate, config.features.hop_length, config.augment
     wav = load_audio(path, rate, config.length_wav)
-    out_dir = make_output_dir(out_dir)
+    out_dir = command_folder(out_dir, "out", "augment-preview")
     featurizer = Featurizer.from_config(config)
 
     def logmel(samples: np.ndarray) -> torch.Tensor:  # (n_mels, frames)
