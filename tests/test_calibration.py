@@ -194,6 +194,22 @@ def test_calibrate_again_with_another_keep(tone_run, capsys):
     assert again["known_kept"] == before["known_kept"] and again["auroc"] == pytest.approx(before["auroc"])
 
 
+def test_a_run_whose_dataset_moved_says_to_give_its_new_place(tone_run, capsys):
+    out, root = tone_run
+    moved = root.with_name(root.name + "-moved")
+    root.rename(moved)
+    try:
+        for command in (["calibrate", str(out), "--quiet"], ["evaluate", str(out)]):
+            capsys.readouterr()
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert f"its dataset {root} (data.data_dir, as given at training) is not there" in err
+            assert err.rstrip().endswith("give --data DIR") and err.count("\n") == 1
+        assert main(["evaluate", str(out), "--data", str(moved)]) == 0
+    finally:
+        moved.rename(root)
+
+
 def test_prediction_answers_unknown_below_the_threshold(tone_run, capsys):
     out, root = tone_run
     predictor = Predictor.from_path(out)

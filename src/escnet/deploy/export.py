@@ -29,6 +29,7 @@ from escnet.deploy.torch_model import TorchModel
 from escnet.errors import EscnetError
 from escnet.files import atomic_write, new_output
 from escnet.runs import RunData, RunDir
+from escnet.runs.data import with_data
 from escnet.transforms.features import MatmulLogMel
 
 OPSET = 18
@@ -177,9 +178,7 @@ def _held_out(config: TaskConfig, info: ModelInfo, data_dir: str | None
     (for calibration), opened as the run opened them (:class:`RunData`) and checked to be the
     model's classes: ``(test, test_labels, train, train_labels)``. An ensemble has no held-out
     clips: its test set is empty."""
-    if data_dir:
-        config = config.replace({"data.data_dir": data_dir})
-    data = RunData.open(config)
+    data = RunData.open(with_data(config, data_dir, f"model {info.model}"))
     data.check_classes(info.classes, f"model {info.model}")
     folds = info.folds
     if len(folds) == 1 and folds[0] in data.splits:

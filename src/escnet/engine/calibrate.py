@@ -32,6 +32,7 @@ from escnet.models import SoundClassifier
 from escnet.models.calibration import Calibration, fit_temperature, softmax, unknown_threshold
 from escnet.models.unknown import NEEDS_EMBEDDING, SCORES, UnknownScorer, resolve_score
 from escnet.runs import Predictions, RunData, RunDir
+from escnet.runs.data import with_data
 from escnet.runs.metrics import expected_calibration_error, negative_log_likelihood
 
 log = logging.getLogger("escnet")
@@ -162,8 +163,9 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, keep: float 
     if config.train.refit and not run.holdout_run.exists:
         raise EscnetError(f"{run.holdout_run.path}: missing; this run was trained with train.refit and "
                           "calibrates through its holdout models: resuming the run trains them again")
+    opened = with_data(new, data_dir, run.path)
     with run.lock(), run.staged() as staged:
-        data = RunData.open(new.replace({"data.data_dir": data_dir}) if data_dir else new, progress)
+        data = RunData.open(opened, progress)
         data.check(run, folds)
         runs = [staged.holdout_run, staged] if config.train.refit else [staged]
         for each in runs:  # the holdout models first: their calibration is what carries over

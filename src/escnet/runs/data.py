@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,18 @@ from escnet.errors import DataError
 from escnet.runs.rundir import RunDir
 
 log = logging.getLogger("escnet")
+
+
+def with_data(config: TaskConfig, data_dir: str | None, source: str | Path) -> TaskConfig:
+    """``config`` (a run's or a model's, from ``source``) with its dataset at ``data_dir`` when
+    given (it moved); without, its own dataset must still be there (a relative path is taken
+    from the current folder), else :class:`DataError` says to give ``--data``."""
+    if data_dir:
+        return config.replace({"data.data_dir": data_dir})
+    if not Path(config.data.data_dir).exists():
+        raise DataError(f"{source}: its dataset {config.data.data_dir} (data.data_dir, as given at "
+                        f"training) is not there from {Path.cwd()}; give --data DIR")
+    return config
 
 
 @dataclass
@@ -50,10 +63,7 @@ class RunData:
                folds: list[str] | None = None) -> RunData:
         """The data ``run`` was trained on (at ``data_dir`` if it moved), refused unless its
         classes and the folds asked for (default: the run's) are the run's."""
-        config = run.read_config()
-        if data_dir:
-            config = config.replace({"data.data_dir": data_dir})
-        data = cls.open(config, progress)
+        data = cls.open(with_data(run.read_config(), data_dir, run.path), progress)
         data.check(run, run.fold_names() if folds is None else folds)
         return data
 
