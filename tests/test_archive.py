@@ -122,6 +122,27 @@ def test_index_records_every_window_and_lists_what_it_cannot_read(recordings, to
     assert archive.meta["model"] == str(tone_model.resolve()) and len(archive.meta["sha256"]) == 64
 
 
+def test_names_that_are_not_utf8_or_hold_a_newline_are_listed_on_one_line_each(recordings, tone_model,
+                                                                              tmp_path, capsys):
+    latin1 = recordings / os.fsdecode(b"caf\xe9.wav")  # a name a Latin-1 system wrote
+    try:
+        shutil.copy(recordings / "a.wav", latin1)
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    (recordings / "new\nline.wav").write_bytes(b"not audio")
+    code, out, err = cli(capsys, "index", str(recordings), "--db", str(tmp_path / "db"), "--model",
+                         str(tone_model), "--quiet")
+    assert code == 0 and "indexed 3 file(s)" in out and "3 unreadable" in out, err
+    lines = err.splitlines()
+    assert "escnet: unreadable, left out: caf\\xe9.wav: its name is not UTF-8 text" in lines[0], lines
+    assert any(ln.startswith("escnet: unreadable, left out: new\\nline.wav: ") for ln in lines), lines
+    assert len(lines) == 3  # broken.wav, and one line each
+    # outside an archive such a recording is read like any other, and a bad one is named on one line
+    code, out, err = cli(capsys, "predict", "--model", str(tone_model), str(latin1), str(recordings / "new\nline.wav"))
+    assert code == 2 and out.count("caf") >= 1
+    assert err.splitlines()[0].endswith("new\\nline.wav: not a readable audio file (Format not recognised.)")
+
+
 def test_two_workers_index_what_one_does(recordings, tone_model, tmp_path):
     one = index_folder(recordings, tmp_path / "one", str(tone_model), workers=1)
     two = index_folder(recordings, tmp_path / "two", str(tone_model), workers=2)

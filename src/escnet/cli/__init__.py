@@ -18,7 +18,7 @@ import warnings
 from typing import ClassVar, NoReturn
 
 from escnet.cli import archive, classify, data, events, serving, training
-from escnet.cli.common import setting_flags
+from escnet.cli.common import setting_flags, text
 from escnet.config import similar_settings
 from escnet.errors import EscnetError
 
@@ -102,9 +102,9 @@ class _Lines(logging.Handler):
         try:
             from tqdm.auto import tqdm
         except ImportError:  # the runtime-only install has no progress bars to keep clear of
-            print(f"escnet: {record.getMessage()}", file=sys.stderr)
+            print(f"escnet: {text(record.getMessage())}", file=sys.stderr)
         else:
-            tqdm.write(f"escnet: {record.getMessage()}", file=sys.stderr)
+            tqdm.write(f"escnet: {text(record.getMessage())}", file=sys.stderr)
 
 
 def _talk() -> None:
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"pip install 'escnet[{extra}]'{why}", file=sys.stderr)
             return 2
         except EscnetError as err:
-            print(f"escnet: error: {as_typed(str(err), _subparser(parser, args.command))}",
+            # one line, whatever names it holds (a file name with a newline in it)
+            print(f"escnet: error: {text(as_typed(str(err), _subparser(parser, args.command)))}",
                   file=sys.stderr)
             return 2
         except (MemoryError, RuntimeError) as err:  # torch's out-of-memory errors are RuntimeErrors

@@ -36,7 +36,7 @@ def index(args: argparse.Namespace) -> int:
                           [Path(p) for p in args.merge])
     bar.close()
     for path, error in report.unreadable:
-        print(f"escnet: unreadable, left out: {text(path)}: {error}", file=sys.stderr)
+        print(f"escnet: unreadable, left out: {text(path)}: {text(error)}", file=sys.stderr)
     merged = f"{report.merged} merged from shards, " if args.merge else ""
     print(f"{args.db}: indexed {report.indexed} file(s), {report.hours:.2f} h of audio in "
           f"{report.seconds:.1f} s ({report.realtime:.0f}× real time); {merged}{report.unchanged} unchanged, "

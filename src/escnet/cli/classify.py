@@ -271,7 +271,7 @@ def export(args: argparse.Namespace) -> int:
           f"classes, {info.sample_rate} Hz, {info.clip_seconds:g} s clips{acc}; ONNX Runtime "
           f"matches PyTorch within {result.max_difference:.1g}")
     for note in result.notes:
-        print(f"escnet: {note}", file=sys.stderr)
+        print(f"escnet: {text(note)}", file=sys.stderr)
     if result.int8_path:
         scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f} %" for k, v in result.accuracy.items())
         print(f"wrote {result.int8_path}: int8 ({scores} on the held-out clips)")

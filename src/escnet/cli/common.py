@@ -202,7 +202,7 @@ def each_readable(files: Iterable[str], work: Callable[[str], T]) -> tuple[list[
         try:
             results.append(work(path))
         except AudioError as err:
-            print(f"escnet: error: {err}", file=sys.stderr)
+            print(f"escnet: error: {text(str(err))}", file=sys.stderr)
             unreadable += 1
     return results, unreadable
 

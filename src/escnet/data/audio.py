@@ -6,6 +6,7 @@ All waveforms are ``float32`` NumPy arrays of shape ``(samples,)`` with values i
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class AudioFile:
         if isinstance(source, bytes):
             if not source:
                 raise AudioError(f"{self.name}: empty file (0 bytes)")
-            opened: str | io.BytesIO = io.BytesIO(source)
+            opened: bytes | io.BytesIO = io.BytesIO(source)
         else:
             path = Path(source)
             if path.is_dir():
@@ -66,8 +67,8 @@ class AudioFile:
                 raise AudioError(f"{path}: file not found")
             if path.stat().st_size == 0:
                 raise AudioError(f"{path}: empty file (0 bytes)")
-            opened = str(path)
-        try:
+            opened = os.fsencode(path)  # bytes: soundfile would encode a name as UTF-8, and fail
+        try:                            # on one that is not (a Latin-1 disk's)
             self.handle = sf.SoundFile(opened)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
             # libsndfile's own words, without "Error opening <_io.BytesIO object at 0x...>"

@@ -35,9 +35,9 @@ def cache_key(table: ClipTable, sample_rate: int, num_samples: int) -> str:
     for p in table.paths:
         try:
             st = p.stat()
-            h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}\n"))
         except OSError:
-            h.update(f"{p}:missing\n".encode())
+            h.update(os.fsencode(f"{p}:missing\n"))
     return h.hexdigest()[:20]
 
 
