@@ -348,6 +348,7 @@ def test_search_finds_the_tone_leaves_out_the_query_and_collapses_touching_windo
     (["learn", "{db}"], "no labels yet"),
     (["learn", "{db}", "--label", "beep"], "--label beep: no positive window"),
     (["rank", "{db}", "--label", "beep"], "--label beep: no positive window"),
+    (["learn", "{db}", "--seed", "-5"], "--seed -5: must be 0 to 4294967295"),
     (["index", "{rec}/site", "--db", "{db}", "--model", "{model}"], "indexed with root"),
     (["index", "{empty}", "--db", "{tmp}/new", "--model", "{model}"], "no audio files in it"),
     (["index", "{rec}", "--db", "{tmp}/new", "--model", "{model}", "--hop", "0"], "--hop 0.0: seconds"),

@@ -150,11 +150,13 @@ def _cross_validated(x: np.ndarray, y: np.ndarray, weights: np.ndarray, groups: 
 def learn(archive: Archive, labels: list[str] | None = None, weak: int = 500, seed: int = 0) -> Learned:
     """A calibrated classifier of ``labels`` (default: every label of the archive) and
     ``other``, from the archive's labels (see the module's description)."""
+    if weak < 0:
+        raise EscnetError(f"weak={weak}: a number of windows, 0 or more")
+    if not 0 <= seed <= 2**32 - 1:  # what numpy and scikit-learn take, as train.seed
+        raise EscnetError(f"seed={seed}: must be 0 to {2**32 - 1}")
     labels = labels or archive.label_names()
     if not labels:
         raise EscnetError(f"{archive.path}: no labels yet (escnet search, then escnet label)")
-    if weak < 0:
-        raise EscnetError(f"weak={weak}: a number of windows, 0 or more")
     ids, y, weights, classes = _training_set(archive, labels, weak, seed)
     vectors = archive.vectors()
     order = np.argsort(ids)  # memory-mapped rows read in order
