@@ -449,6 +449,20 @@ def test_labels_that_look_the_same_or_run_long_are_refused_and_export_keeps_clas
     assert [len(list(f.glob("*.wav"))) for f in folders] == [1, 1, 1]
 
 
+def test_an_export_stopped_halfway_leaves_no_partial_dataset(archive, recordings, tmp_path, capsys):
+    a = Archive(archive)
+    ids = [w.id for w in a.windows(a.alive()).values() if (w.file, w.start) in LOW]
+    assert cli(capsys, "label", str(archive), *map(str, ids), "--label", "beep")[0] == 0
+    (recordings / "c.flac").write_bytes(b"no longer audio")  # one of the labelled recordings
+    out = tmp_path / "dataset"
+    code, _, err = cli(capsys, "label", str(archive), "--export", str(out))
+    assert code == 2 and "c.flac: not a readable audio file" in err
+    assert list(out.iterdir()) == [] and not [p for p in tmp_path.iterdir() if p.name.startswith(".dataset")]
+    (recordings / "c.flac").unlink()  # gone: its label is left out, the rest exported into the same folder
+    assert cli(capsys, "label", str(archive), "--export", str(out))[0] == 0
+    assert len(list((out / "beep").glob("*.wav"))) == 3
+
+
 def test_learn_rank_and_scan(archive, recordings, tmp_path, capsys):
     a = Archive(archive)
     low = sorted(w.id for w in a.windows(a.alive()).values() if (w.file, w.start) in LOW)

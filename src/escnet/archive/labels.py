@@ -7,6 +7,8 @@ import csv
 import hashlib
 import io
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -123,19 +125,27 @@ def export_dataset(archive: Archive, out: str | Path) -> dict[str, int]:
             clips.setdefault(span, OTHER)
     folders = _folders(set(clips.values()))
     counts: dict[str, int] = {}
-    for (file, begin, end), name in clips.items():
-        source = root / file
-        if not source.is_file():
-            continue  # its recording is gone: the label stays in the archive, unused
-        with AudioFile(source) as recording:
-            audio = recording.excerpt(rate, begin, end - begin)
-        folder = make_output_dir(out / folders[name])
-        stem = _safe(Path(file).with_suffix("").as_posix().replace("/", "_"))
-        clip = folder / f"{stem}-{begin:.2f}-{end:.2f}.wav"
-        atomic_write(clip, lambda f, a=audio: sf.write(f, a, rate, format="WAV", subtype="PCM_16"))
-        counts[name] = counts.get(name, 0) + 1
-    if not set(counts) - {OTHER}:
-        raise EscnetError(f"{archive.path}: no positive label whose recording is still at {root}")
+    # written beside ``out`` and moved in whole: a stop or an unreadable recording halfway leaves
+    # ``out`` as it was (empty), never a dataset missing some of its clips
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for (file, begin, end), name in clips.items():
+            source = root / file
+            if not source.is_file():
+                continue  # its recording is gone: the label stays in the archive, unused
+            with AudioFile(source) as recording:
+                audio = recording.excerpt(rate, begin, end - begin)
+            folder = make_output_dir(staging / folders[name])
+            stem = _safe(Path(file).with_suffix("").as_posix().replace("/", "_"))
+            clip = folder / f"{stem}-{begin:.2f}-{end:.2f}.wav"
+            atomic_write(clip, lambda f, a=audio: sf.write(f, a, rate, format="WAV", subtype="PCM_16"))
+            counts[name] = counts.get(name, 0) + 1
+        if not set(counts) - {OTHER}:
+            raise EscnetError(f"{archive.path}: no positive label whose recording is still at {root}")
+        out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return counts
 
 
