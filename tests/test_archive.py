@@ -428,9 +428,12 @@ def test_labels_undo_import_and_export(archive, recordings, tmp_path, capsys):
 def test_labels_that_look_the_same_or_run_long_are_refused_and_export_keeps_classes_apart(archive, tmp_path,
                                                                                           capsys):
     ids = sorted(Archive(archive).alive())[:3]
-    assert cli(capsys, "label", str(archive), str(ids[0]), "--label", "dog?")[0] == 0
+    code, out, _ = cli(capsys, "label", str(archive), str(ids[0]), str(ids[0]), "--label", "dog?")
+    assert code == 0 and "labelled 1 window(s)" in out  # a window named twice is labelled once
     code, _, err = cli(capsys, "label", str(archive), str(ids[1]), "--label", "DOG?  ")
     assert code == 2 and "label 'DOG?': looks the same as the label 'dog?'" in err
+    code, _, err = cli(capsys, "learn", str(archive), "--label", "Dog?")
+    assert code == 2 and "no positive window" in err and "its label is spelt 'dog?'" in err
     code, _, err = cli(capsys, "label", str(archive), str(ids[1]), "--label", "x" * 10_000)
     assert code == 2 and "10000 characters; a label is a name of at most 100" in err and len(err) < 200
     # an import that names one sound twice labels nothing, and says where

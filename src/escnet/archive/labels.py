@@ -28,6 +28,7 @@ def label_windows(archive: Archive, ids: list[int], label: str, kind: str = "pos
     """Label the windows ``ids`` (every one must exist) as one batch; returns the labels made."""
     if not ids:
         raise EscnetError("give the ids of the windows to label (escnet search shows them)")
+    ids = list(dict.fromkeys(ids))  # a window named twice is labelled once
     found = archive.windows(ids)
     if missing := [i for i in ids if i not in found]:
         raise EscnetError(f"window {missing[0]}: not in {archive.path} (its file was changed or "

@@ -29,6 +29,7 @@ import numpy as np
 from escnet.archive.db import Archive, Window
 from escnet.archive.vectors import chunks
 from escnet.cards import CARDS
+from escnet.data.tables import label_key
 from escnet.errors import EscnetError
 from escnet.files import atomic_write_text, new_output
 from escnet.models.calibration import Calibration, fit_temperature, softmax
@@ -94,8 +95,10 @@ def _training_set(archive: Archive, labels: list[str], weak: int, seed: int
         negatives |= {w for w, kind in archive.labelled_windows(label).items() if kind == "positive"}
     missing = [lab for k, lab in enumerate(labels) if k not in chosen.values()]
     if missing:
-        raise EscnetError(f"label={missing[0]}: no positive window in {archive.path} (label some: "
-                          "escnet search, then escnet label)")
+        spelt = [n for n in archive.label_names() if label_key(n) == label_key(missing[0])]
+        hint = f"its label is spelt {spelt[0]!r}" if spelt and spelt[0] != missing[0] else \
+            "label some: escnet search, then escnet label"
+        raise EscnetError(f"label={missing[0][:40]}: no positive window in {archive.path} ({hint})")
     other = len(labels)
     for wid in negatives - set(chosen):
         chosen[wid] = other
