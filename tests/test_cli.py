@@ -134,6 +134,15 @@ def test_console_script_has_no_traceback(tmp_path):
     assert proc.returncode == 2 and "invalid int value: 'x'" in proc.stderr
 
 
+def test_output_piped_to_a_reader_that_stops_ends_quietly():
+    """``escnet models | head -1``: the reader closes the pipe; escnet stops as Unix tools do."""
+    proc = subprocess.Popen([sys.executable, "-m", "escnet.cli", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == "", err
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["train", "--ema", "0.99"], "--set train.ema_decay=0.99"),
     (["train", "--label-smoothing=0.1"], "--set train.label_smoothing=0.1"),

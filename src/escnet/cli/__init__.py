@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import re
+import select
 import sys
 import warnings
 from typing import ClassVar, NoReturn
@@ -120,6 +122,17 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
     return choices.get(command)
 
 
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe nobody reads any more (the poll of its write end says
+    so with ``POLLERR``)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no real file
+        return False
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     _talk()
     parser = build_parser()
@@ -162,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"escnet: error: out of memory: lower train.batch_size, the model's size or the "
                   f"features (n_mels, clip_seconds){resume}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            if not _reader_gone():
+                raise  # another pipe than the output's: not the user's doing
+            # the reader of the output went away (| head): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+            return 141  # 128 + SIGPIPE, what a shell reports for such a tool
         except KeyboardInterrupt:
             hint = " (continue with --resume RUNDIR)" if args.command == "train" else ""
             print(f"\nescnet: interrupted{hint}", file=sys.stderr)
