@@ -76,6 +76,17 @@ def test_missing_column_and_missing_data(tiny, tmp_path, capsys):
     assert code == 2 and "no dataset given" in err and "(flag --data)" in err
 
 
+def test_a_cache_folder_that_cannot_be_made_says_where_its_name_came_from(tiny, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ESCNET_CACHE", str(blocker))
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert code == 2 and f"the cache folder {blocker} ($ESCNET_CACHE, else ~/.cache/escnet; or --cache-dir)" in err
+    code, err = run_cli(["train", "--data", str(tiny), "--out", str(tmp_path / "r"), *FAST, "--cache-dir",
+                         str(blocker)], capsys)
+    assert code == 2 and f"setting data.cache_dir='{blocker}': cannot create it" in err
+
+
 def test_preset_trains_with_its_recipe_under_the_command_line(tiny, tmp_path, capsys):
     out = tmp_path / "r"
     code, _ = run_cli(["train", "--preset", "fast", "--data", str(tiny), "--out", str(out), "--epochs", "1",

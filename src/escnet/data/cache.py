@@ -57,8 +57,9 @@ def build_waveform_cache(table: ClipTable, config: TaskConfig, progress: bool = 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"setting data.cache_dir={str(folder)!r}: cannot create it "
-                          f"({err.strerror})") from None
+        given = f"setting data.cache_dir={str(folder)!r}" if config.data.cache_dir else \
+            f"the cache folder {folder} ($ESCNET_CACHE, else ~/.cache/escnet; or --cache-dir)"
+        raise ConfigError(f"{given}: cannot create it ({err.strerror})") from None
     key = cache_key(table, config.data.sample_rate, config.length_wav)
     array_path, bad_path = folder / f"wav-{key}.npy", folder / f"wav-{key}.bad.json"
     if not array_path.exists():
