@@ -181,6 +181,8 @@ def test_every_bad_input_is_one_line_and_exit_2_with_nothing_changed(corpus, cap
         (["predict", "--model", str(root / "text.onnx"), clip], "text.onnx: not a readable ONNX model"),
         (["predict", "--model", str(root / "data"), clip], "no fold-*/last.pt checkpoints"),
         (["predict", "--model", str(root / "run"), "--device", "cuda", clip], "--device cuda: this machine has"),
+        (["predict", "--model", str(root / "run"), "--silence-db", "10", clip], "must be below 0 dBFS"),
+        (["predict", "--model", str(root / "run"), "--threads", "100000", clip], "--threads 100000: must be 1 to"),
         (["download", "esc50", "--root", str(root / "afile"), "--url", "http://127.0.0.1:9/x.zip"],
          "afile: exists and is not a folder"),
     ]

@@ -46,8 +46,8 @@ class Model(Protocol):
 def load_model_file(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
     """An ``.onnx`` export (ONNX Runtime, ``threads`` windows at once; default one per core), or a
     run directory or ``.pt`` checkpoint (PyTorch on ``device``)."""
-    if threads is not None and threads < 1:
-        raise EscnetError(f"threads={threads}: must be at least 1")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise EscnetError(f"threads={threads}: must be 1 to 1024")
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxModel(path, threads)

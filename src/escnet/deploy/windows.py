@@ -48,9 +48,13 @@ def level_db(samples: np.ndarray) -> float:
 
 
 def check_silence_db(silence_db: float | None) -> None:
-    """Refuse a silence gate that is not a level (NaN would gate everything, silently)."""
+    """Refuse a silence gate that is not a level (NaN would gate everything, silently), or at
+    or above full scale (every window would be silent)."""
     if silence_db is not None and not math.isfinite(silence_db):
         raise EscnetError(f"silence_db={silence_db}: must be a finite level in dBFS")
+    if silence_db is not None and silence_db >= 0:
+        raise EscnetError(f"silence_db={silence_db:g}: must be below 0 dBFS (full scale): every "
+                          "window would be silent")
 
 
 @dataclass(frozen=True)
