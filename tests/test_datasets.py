@@ -192,3 +192,27 @@ def test_few_clips_per_class_are_drawn_by_the_seed_and_leave_the_test_fold_whole
     table = load_table(config)
     (_, train, test, validation, _), _ = make_splits(table, config)
     assert len(train) == 4 and len(test) == 8 and not set(train) & set(validation)
+
+
+def test_a_dataset_with_a_file_name_that_is_not_utf8_trains_and_its_run_files_are_utf8(tmp_path, capsys):
+    import os
+
+    from conftest import tiny_flags
+
+    from escnet.cli import main
+
+    for label, freq in (("low", 400), ("high", 1600)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(5):
+            sf.write(tmp_path / "data" / label / f"{i}.wav", tone(freq * (1 + i / 20), 8000, 1.0), 8000)
+    odd = tmp_path / "data" / "low" / os.fsdecode(b"caf\xe9.wav")  # a name a Latin-1 system wrote
+    try:
+        sf.write(os.fsencode(odd), tone(420, 8000, 1.0), 8000)
+    except (OSError, sf.LibsndfileError):
+        pytest.skip("this file system takes only UTF-8 names")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "data"), "--model", "crnn", "--epochs", "1", "--out",
+                 str(out), "--quiet", *tiny_flags()])
+    assert code == 0, capsys.readouterr().err
+    written = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*.csv"))  # UTF-8, every one
+    assert "caf\\xe9.wav" in written

@@ -71,7 +71,12 @@ def new_output(path: str | Path, name: str, suffixes: tuple[str, ...]) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
+    """``text`` as UTF-8 (:func:`atomic_write`); a file name in it that is not UTF-8 (Python holds
+    its odd bytes as surrogates) is written with those bytes as ``\\xNN`` escapes, so that what
+    escnet writes is always UTF-8 text."""
+    data = text.encode(errors="surrogateescape")  # a name's own bytes back, then as escapes:
+    data = data.decode(errors="backslashreplace").encode()  # what escnet writes is UTF-8 text
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
