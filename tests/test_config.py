@@ -254,3 +254,15 @@ def test_text_inputs_may_be_pipes_and_never_read_a_device_forever(tmp_path):
         load_config(tmp_path / "d.yaml")
     with pytest.raises(DataError, match=r"gone\.csv: annotation file not found"):
         read_annotations(tmp_path / "gone.csv")
+
+
+def test_yaml_reads_1e_minus_4_as_the_number_every_user_means(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; escnet's config files and search spaces
+    read it as a number, as YAML 1.2 does."""
+    from escnet.config import read_config_file, read_yaml
+
+    (tmp_path / "c.yaml").write_text("train:\n  learning_rate: 1e-4\n  weight_decay: 5E-2\n")
+    assert read_config_file(tmp_path / "c.yaml") == {"train": {"learning_rate": 1e-4, "weight_decay": 0.05}}
+    (tmp_path / "s.yaml").write_text("train.learning_rate: {low: 1e-4, high: 1.5e-2, log: true}\nname: 1e\n")
+    assert read_yaml(tmp_path / "s.yaml", "search space") == {
+        "train.learning_rate": {"low": 1e-4, "high": 0.015, "log": True}, "name": "1e"}

@@ -163,6 +163,9 @@ def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys
     (tmp_path / "space.yaml").write_text("train.learning_rate: {low: 0.01, high: 0.001}\n")
     (tmp_path / "unknown.yaml").write_text("train.warp_speed: {low: 1, high: 9}\n")
     (tmp_path / "ok.yaml").write_text("train.learning_rate: {low: 0.001, high: 0.01}\n")
+    (tmp_path / "alias.yaml").write_text("a: &a {low: 1, high: 2}\ntrain.batch_size: *a\n")
+    (tmp_path / "twice.yaml").write_text("train.learning_rate: {low: 1e-3, high: 1e-2}\n"
+                                         "train.learning_rate: {low: 1e-4, high: 1e-3}\n")
     sweep = ["sweep", "--data", str(tones), *TONES, "--out", str(tmp_path / "sw"), "--trials", "1"]
     cases = [
         (["train", "--data", str(tones), *TONES, "--out", str(tmp_path / "r"), "--parallel-folds", "3"],
@@ -175,6 +178,10 @@ def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys
          "--storage sqlite:////no/such/dir/x.db: cannot open it"),
         ([*sweep, "--space", str(tmp_path / "ok.yaml"), "--storage", "nosuchdb://x"], "cannot open it"),
         ([*sweep, "--space", str(tmp_path), "--storage", "sqlite:///x.db"], "search space is a folder"),
+        ([*sweep, "--space", str(tmp_path / "alias.yaml"), "--storage", "sqlite:///x.db"],
+         "alias.yaml: not valid YAML: line 2: aliases (*name) are not allowed"),
+        ([*sweep, "--space", str(tmp_path / "twice.yaml"), "--storage", "sqlite:///x.db"],
+         "twice.yaml: not valid YAML: line 2: key 'train.learning_rate' given twice"),
     ]
     for args, words in cases:
         assert main(args) == 2, args

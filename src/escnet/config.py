@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -736,19 +737,35 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 (PyYAML) reads 1e-4 as a string, YAML 1.2 and every user as a number: read it as one
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML file a user gave (``what`` it is, for messages), read as :func:`read_text`
+    reads text and as :class:`_StrictLoader` parses it; a mistake names the file and line."""
+    try:
+        return yaml.load(read_text(path, what, ConfigError), _StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise ConfigError(f"{path}: not valid YAML: {where}{err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a mapping."""
     path = Path(path)
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
-    try:
-        text = read_text(path, "config file", ConfigError)
-        values = tomllib.loads(text) if path.suffix == ".toml" else (yaml.load(text, _StrictLoader) or {})
-    except yaml.MarkedYAMLError as err:
-        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
-        raise ConfigError(f"{path}: not valid YAML: {where}{err.problem}") from None
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {err}".splitlines()[0]) from None
+    if path.suffix != ".toml":
+        values = read_yaml(path, "config file") or {}
+    else:
+        try:
+            values = tomllib.loads(read_text(path, "config file", ConfigError))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of section: settings")
     return values

@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from escnet.config import TaskConfig
+from escnet.config import TaskConfig, read_yaml
 from escnet.errors import ConfigError, EscnetError
 from escnet.figures import pyplot
-from escnet.files import atomic_write_text, make_output_dir, read_text
+from escnet.files import atomic_write_text, make_output_dir
 from escnet.models.registry import resolve_args
 
 try:
@@ -76,10 +74,7 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
     """Read and check a search space: every key a setting of ``base`` (its model's arguments
     included), every range non-empty, every value one the setting accepts."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(read_text(path, "search space", ConfigError))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, "search space")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a search space is a mapping from settings to ranges or choices")
     space = []
