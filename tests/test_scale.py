@@ -164,6 +164,7 @@ def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys
     (tmp_path / "unknown.yaml").write_text("train.warp_speed: {low: 1, high: 9}\n")
     (tmp_path / "ok.yaml").write_text("train.learning_rate: {low: 0.001, high: 0.01}\n")
     (tmp_path / "alias.yaml").write_text("a: &a {low: 1, high: 2}\ntrain.batch_size: *a\n")
+    (tmp_path / "step.yaml").write_text("train.batch_size: {low: 1, high: 4, step: 0}\n")
     (tmp_path / "twice.yaml").write_text("train.learning_rate: {low: 1e-3, high: 1e-2}\n"
                                          "train.learning_rate: {low: 1e-4, high: 1e-3}\n")
     sweep = ["sweep", "--data", str(tones), *TONES, "--out", str(tmp_path / "sw"), "--trials", "1"]
@@ -182,6 +183,8 @@ def test_scale_bad_inputs_are_one_line_and_start_nothing(tones, tmp_path, capsys
          "alias.yaml: not valid YAML: line 2: aliases (*name) are not allowed"),
         ([*sweep, "--space", str(tmp_path / "twice.yaml"), "--storage", "sqlite:///x.db"],
          "twice.yaml: not valid YAML: line 2: key 'train.learning_rate' given twice"),
+        ([*sweep, "--space", str(tmp_path / "step.yaml"), "--storage", "sqlite:///x.db"],
+         "train.batch_size: step 0: must be a number above 0 and at most high - low (3)"),
     ]
     for args, words in cases:
         assert main(args) == 2, args

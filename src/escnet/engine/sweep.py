@@ -100,6 +100,13 @@ def load_space(path: str | Path, base: TaskConfig) -> list[Dimension]:
                 raise ConfigError(f"{where}: empty range (low {low} is not below high {high})")
             if spec.get("log") and low <= 0:
                 raise ConfigError(f"{where}: a log range needs low > 0")
+            step = spec.get("step")
+            if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                     or not math.isfinite(step) or not 0 < step <= high - low):
+                raise ConfigError(f"{where}: step {step!r}: must be a number above 0 and at most "
+                                  f"high - low ({high - low:g})")
+            if step is not None and spec.get("log"):
+                raise ConfigError(f"{where}: a log range takes no step (Optuna steps linear ranges only)")
             dim = Dimension(key, low, high, bool(spec.get("log", False)), spec.get("step"))
             values = [low, high]
         for value in values:  # each end, or each choice, must be a valid setting
