@@ -74,8 +74,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """``text`` as UTF-8 (:func:`atomic_write`); a file name in it that is not UTF-8 (Python holds
     its odd bytes as surrogates) is written with those bytes as ``\\xNN`` escapes, so that what
     escnet writes is always UTF-8 text."""
-    data = text.encode(errors="surrogateescape")  # a name's own bytes back, then as escapes:
-    data = data.decode(errors="backslashreplace").encode()  # what escnet writes is UTF-8 text
+    data = text.encode(errors="surrogateescape").decode(errors="backslashreplace").encode()
     return atomic_write(path, lambda f: f.write(data))
 
 
