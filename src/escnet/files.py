@@ -70,11 +70,17 @@ def new_output(path: str | Path, name: str, suffixes: tuple[str, ...]) -> Path:
     return path
 
 
+def utf8_text(text: str) -> str:
+    """``text`` with a file name in it that is not UTF-8 (Python holds its odd bytes as
+    surrogates) written with those bytes as ``\\xNN`` escapes: text that encodes as UTF-8.
+    Text without such a name is returned as it is."""
+    return text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """``text`` as UTF-8 (:func:`atomic_write`); a file name in it that is not UTF-8 (Python holds
-    its odd bytes as surrogates) is written with those bytes as ``\\xNN`` escapes, so that what
-    escnet writes is always UTF-8 text."""
-    data = text.encode(errors="surrogateescape").decode(errors="backslashreplace").encode()
+    """``text`` as UTF-8 (:func:`atomic_write`, :func:`utf8_text`): what escnet writes is always
+    UTF-8 text."""
+    data = utf8_text(text).encode()
     return atomic_write(path, lambda f: f.write(data))
 
 

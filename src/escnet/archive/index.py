@@ -29,6 +29,7 @@ from escnet.archive.vectors import Graph
 from escnet.cards import CARDS
 from escnet.data.audio import AUDIO_EXTENSIONS, AudioFile, audio_files
 from escnet.errors import AudioError, EscnetError
+from escnet.files import utf8_text
 from escnet.machine import PARENT_PID, available_cores, die_with_parent
 
 WINDOW = 5.0
@@ -203,15 +204,6 @@ def open_archive(db: str | Path, folder: Path, model: str, window: float | None,
     return archive
 
 
-def _text(name: str) -> bool:
-    """Whether a file name (as Python decodes it, undecodable bytes as surrogates) is UTF-8 text."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def index_folder(folder: str | Path, db: str | Path, model: str = "mn04_as", window: float | None = None,
                  hop: float | None = None, workers: int | None = None,
                  progress: Callable[[IndexReport, int, str], None] | None = None,
@@ -239,10 +231,10 @@ def index_folder(folder: str | Path, db: str | Path, model: str = "mn04_as", win
         raise EscnetError(f"workers={workers}: at least 1")
     archive = open_archive(db, folder, model, window, hop)
     report = IndexReport()
-    for rel in [rel for rel in found if not _text(rel)]:  # listed on every call, never stored
+    for rel in [rel for rel in found if utf8_text(rel) != rel]:  # listed on every call, never stored
         del found[rel]
-        report.unreadable.append((rel.encode(errors="surrogateescape").decode(errors="backslashreplace"),
-                                  "its name is not UTF-8 text, which an archive keeps names in: rename it"))
+        report.unreadable.append((utf8_text(rel), "its name is not UTF-8 text, which an archive keeps "
+                                  "names in: rename it"))
     part = f"{shard[0]}/{shard[1]}" if shard else ""
     if archive.meta.get("shard", part) != part:
         raise EscnetError(f"db={db}: holds shard {archive.meta['shard']} of the files, not "
