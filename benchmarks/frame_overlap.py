@@ -2,7 +2,8 @@
 makes them (``escnet.transforms.scenes.make_scenes``: 3 s, noise beds, a second sound within
 10 dB of the first), from clips of the folds given, so that the model's own training clips and
 clips it never heard can be compared: where the scenes hold two sounds in a frame, how often
-each frame says both (above 0.5), one, or neither, and how loud the weaker of the two is; where
+each frame says both (above 0.5), one, or neither, how loud the weaker of the two is and where
+it ranks among the frame's classes (second or higher: a threshold could find it); where
 they hold one, how often its class is above 0.5; and the clip head's probability for the lesser
 of two sounds that overlap for at least a second (its training target is that sound's share of
 the scene, about a third to a half), and on two whole clips of different classes mixed at equal
@@ -47,7 +48,7 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             hop_seconds: float) -> dict[str, float]:
     info = model.info
     wav, lengths = load_clips(paths, info.sample_rate, info.clip_samples)
-    single, pairs, weaker = [], [], []
+    single, pairs, weaker, ranks = [], [], [], []
     for i in range(0, len(paths), batch):
         scenes = make_scenes(torch.from_numpy(wav[i:i + batch]), torch.from_numpy(lengths[i:i + batch]),
                              torch.tensor(labels[i:i + batch]), len(info.classes), info.sample_rate,
@@ -60,6 +61,7 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             single.append(frames[b, k, np.flatnonzero(sounding[b, k])[0]] > 0.5)
         for b, k in zip(*np.nonzero(sounding.sum(-1) == 2), strict=True):
             pairs.append(np.sort(frames[b, k, np.flatnonzero(sounding[b, k])]))
+            ranks.append(int((frames[b, k] >= pairs[-1][0]).sum()))  # 1 = the frame's top class
         activity = scenes.activity.numpy()
         for b in range(len(activity)):
             both = np.flatnonzero(activity[b].any(-1))
@@ -72,6 +74,8 @@ def measure(model, paths: list[str], labels: list[int], seconds: float, batch: i
             "two-sound frames": len(pairs_), "both > 0.5": float(np.mean(above == 2)),
             "one > 0.5": float(np.mean(above == 1)), "neither": float(np.mean(above == 0)),
             "weaker's frame, median": float(np.median(pairs_[:, 0])),
+            "weaker's rank, median": float(np.median(ranks)),
+            "weaker ranked 2nd or higher": float(np.mean(np.array(ranks) <= 2)),
             "overlapping scenes": len(weaker), "clip head: lesser sound, median": float(np.median(weaker)),
             "clip head: lesser sound >= 0.2": float(np.mean(np.array(weaker) >= 0.2)),
             "equal-RMS mixes": len(mixed), "clip head: lesser clip, median": float(np.median(mixed)),

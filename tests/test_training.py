@@ -213,6 +213,28 @@ def test_augmented_copies_are_made_once_and_shared(small_config, tmp_path):
     assert summary["feature_seconds"] == 0.0  # waveform mixing: features per batch
 
 
+def test_a_run_with_nothing_to_calibrate_on_says_so_at_its_end(tmp_path, capsys):
+    from conftest import write_esc50_like
+
+    data = write_esc50_like(tmp_path / "d", [(f"{f}-{i}-A-{t}.wav", f, t, ".wav")
+                                             for f in (1, 2) for t in (0, 1) for i in range(3)])
+    assert main(["train", "--data", str(data), "--model", "crnn", "--folds", "1", "--epochs", "1",
+                 "--quiet", "--out", str(tmp_path / "r"), "--set", "data.sample_rate=8000",
+                 "--set", "features.n_fft=256", "--set", "features.win_length=256",
+                 "--set", "features.hop_length=64"]) == 0
+    out = capsys.readouterr().out
+    # 3 clips a class: no validation clip, so the end must not claim a calibration
+    assert "not calibrated: no fold had validation clips" in out
+    assert "calibrated on models" not in out and "ECE" not in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["calibration"]["validation_clips"] == 0
+    assert main(["calibrate", str(tmp_path / "r"), "--quiet"]) == 0  # nor may calibrate or the report
+    assert "not calibrated: no fold had validation clips" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Not calibrated: no fold had validation clips" in page and "→" not in page.split("Calibration</h2>")[1][:400]
+
+
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_epoch(tmp_path, capsys):
     from conftest import write_esc50_like
 

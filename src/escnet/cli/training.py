@@ -87,9 +87,13 @@ def add_evaluate(sub) -> None:
 
 def calibrate(args: argparse.Namespace) -> int:
     from escnet.engine.calibrate import calibrate_run
+    from escnet.runs.metrics import UNCALIBRATED, calibrated
 
     pooled = calibrate_run(args.run, args.data, args.keep, args.score, bars(args), args.confidence)
     cal = pooled.get("calibration", {})
+    if not calibrated(cal):
+        print(f"{args.run}: {UNCALIBRATED}")
+        return 0
     print(f"{args.run}: held-out ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f}, NLL "
           f"{cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
     if o := pooled.get("open_set"):

@@ -29,6 +29,7 @@ from escnet.errors import ConfigError, EscnetError
 from escnet.machine import keep_freed_memory, machine_description
 from escnet.models import SoundClassifier, list_models, resolve_args
 from escnet.runs import RunData, RunDir, mean_std
+from escnet.runs.metrics import UNCALIBRATED, calibrated
 
 log = logging.getLogger("escnet")
 
@@ -260,11 +261,15 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  fold {name}: {100 * acc:.1f} %")
     lines.append(f"  mean: {100 * summary['accuracy_mean']:.1f} % "
                  f"± {100 * summary['accuracy_std']:.1f} (std over folds)")
+    cal = summary.get("calibration")
+    if cal and not calibrated(cal):
+        lines.append(f"  {UNCALIBRATED}")
+        return "\n".join(lines)
     if held := summary.get("holdout"):
         lines.append(f"  (calibrated on models trained without their validation clips, which made "
                      f"{100 * held['accuracy_mean']:.1f} % ± {100 * held['accuracy_std']:.1f}: "
                      "holdout/)")
-    if cal := summary.get("calibration"):
+    if cal:
         lines.append(f"  calibration (held-out, pooled): ECE {cal['ece_before']:.3f} → "
                      f"{cal['ece_after']:.3f}, NLL {cal['nll_before']:.3f} → {cal['nll_after']:.3f}")
     if (o := summary.get("open_set")) and "false_acceptance" in o:

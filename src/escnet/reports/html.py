@@ -21,7 +21,14 @@ from escnet.reports.plots import (
     save_score_histograms,
 )
 from escnet.runs import Predictions, RunDir
-from escnet.runs.metrics import classification_metrics, confused_pairs, held_out_figures, major_category
+from escnet.runs.metrics import (
+    UNCALIBRATED,
+    calibrated,
+    classification_metrics,
+    confused_pairs,
+    held_out_figures,
+    major_category,
+)
 
 log = logging.getLogger("escnet")
 
@@ -137,8 +144,8 @@ def _calibration_section(run: RunDir, figures: Path) -> str:
     cal = result["calibration"]
     known = [f.labels >= 0 for f in folds]
     curves = {}
-    for name, calibrated in (("before", False), ("after", True)):
-        probs = [f.calibration.probabilities(f.logits[k]) if calibrated else softmax(f.logits[k])
+    for name, scaled in (("before", False), ("after", True)):
+        probs = [f.calibration.probabilities(f.logits[k]) if scaled else softmax(f.logits[k])
                  for f, k in zip(folds, known, strict=True)]
         labels = np.concatenate([f.labels[k] for f, k in zip(folds, known, strict=True)])
         conf = np.concatenate([p.max(1) for p in probs])
@@ -152,12 +159,13 @@ def _calibration_section(run: RunDir, figures: Path) -> str:
               "Each fold model was trained on every training clip and carries the temperature "
               f"its holdout model (trained without its validation clips, in {RunDir.HOLDOUT}/; "
               f"{100 * run.holdout_run.mean_std()[0]:.1f} % accuracy) fitted on them ({share})")
-    out = ("<h2>Calibration</h2>"
-           f"<p>{fitted}: {', '.join(f'{t:.2f}' for t in temps)}. Held-out expected calibration "
-           "error (15 bins) "
-           f"{cal['ece_before']:.3f} → {cal['ece_after']:.3f}, negative log-likelihood "
-           f"{cal['nll_before']:.3f} → {cal['nll_after']:.3f}.</p>"
-           + img(figures / "reliability.png", "reliability diagram"))
+    said = (f"{fitted}: {', '.join(f'{t:.2f}' for t in temps)}. Held-out expected calibration "
+            f"error (15 bins) {cal['ece_before']:.3f} → {cal['ece_after']:.3f}, negative "
+            f"log-likelihood {cal['nll_before']:.3f} → {cal['nll_after']:.3f}." if calibrated(cal) else
+            f"{UNCALIBRATED[0].upper()}{UNCALIBRATED[1:]}. Held-out expected calibration "
+            f"error (15 bins) {cal['ece_before']:.3f}, negative log-likelihood {cal['nll_before']:.3f}.")
+    out = f"<h2>Calibration</h2><p>{html.escape(said)}</p>" + img(figures / "reliability.png",
+                                                                 "reliability diagram")
     o = result.get("open_set")
     if o is None:
         return out

@@ -125,11 +125,26 @@ class FoldScores:
     calibration: Calibration
 
 
+UNCALIBRATED = ("not calibrated: no fold had validation clips to fit on (too few clips per class "
+                "for train.validation_share); probabilities are the model's own and it never "
+                "answers \"unknown\"")
+"""What a run's end, ``calibrate`` and its report say when ``held_out_figures``' calibration
+has ``validation_clips`` 0 (its ECE before and after are then the same figure)."""
+
+
+def calibrated(figures: dict) -> bool:
+    """Whether ``held_out_figures``' ``calibration`` was fit on any validation clip (figures
+    written before they counted them are taken as calibrated)."""
+    return figures.get("validation_clips", 1) > 0
+
+
 def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> dict:
     """Calibration and open-set figures of held-out clips, pooled over ``folds`` (each clip
     scored by its own fold's model, temperature and threshold).
 
-    Returns ``{"calibration": {ece_before, ece_after, nll_before, nll_after, temperature}}``
+    Returns ``{"calibration": {ece_before, ece_after, nll_before, nll_after, temperature, fit,
+    clips, validation_clips}}`` (``validation_clips``: what the temperatures were fit on, 0 when
+    no fold had any)
     and, when some clips are of unknown classes, ``"open_set"``: the AUROC of telling known from
     unknown clips, and at each model's threshold: the share of known clips kept, the false
     acceptance rate of unknown clips, the known clips' accuracy counting a rejection as an error
@@ -151,7 +166,8 @@ def held_out_figures(folds: list[FoldScores], operating: str | None = None) -> d
         "temperature": ([f.calibration.temperature for f in folds] if len(folds) > 1
                         else folds[0].calibration.temperature),
         "fit": [f.calibration.fit for f in folds] if len(folds) > 1 else folds[0].calibration.fit,
-        "clips": len(labels)}}
+        "clips": len(labels),
+        "validation_clips": sum(f.calibration.validation_clips for f in folds)}}
     if all(k.all() for k in known):
         return result
     is_known = np.concatenate(known)
