@@ -66,6 +66,40 @@ def test_a_flooding_client_fills_its_own_share_not_another_clients():
     asyncio.run(scenario())
 
 
+def test_among_clients_with_nothing_running_the_one_that_used_the_threads_least_goes_first():
+    now = [0.0]
+
+    async def scenario() -> None:
+        admission = FairAdmission(slots=1, queue=4, clock=lambda: now[0])
+        r = Requests(admission)
+        tasks = [r.send("flood0"), r.send("flood1")]  # flood0 runs, flood1 waits
+        await settle()
+        now[0] = 0.5
+        await r.finish("flood0")  # flood held the slot 0.5 s; flood1 runs
+        tasks += [r.send("flood2"), r.send("good0")]  # flood2 has waited longer than good0
+        await settle()
+        now[0] = 1.0
+        await r.finish("flood1")  # both have nothing running: good0 has used nothing
+        assert r.started[-1] == "good0"
+        assert admission.recent_use("flood", 1.0) == pytest.approx(0.5 * 0.5 ** 0.5 + 0.5)
+        now[0] = 1.02
+        await r.finish("good0")  # good used 0.02 s, flood about 0.85 s: flood2's turn now
+        assert r.started[-1] == "flood2"
+        tasks += [r.send("flood3"), r.send("good1")]
+        await settle()
+        now[0] = 11.0  # ten seconds later flood's use has faded to under good's 0.02 s...
+        await r.finish("flood2")
+        assert r.started[-1] == "good1"  # ...but flood2 has just held the slot 10 s
+        now[0] = 41.0
+        await r.finish("good1")  # good held it 30 s, by when flood's 10 s have faded: flood3
+        assert r.started[-1] == "flood3"
+        await r.finish("flood3")
+        await asyncio.gather(*tasks)
+        assert admission.busy == 0 and admission.queued == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_client_that_holds_as_much_as_the_heaviest_is_refused_and_cancellation_frees_its_place():
     async def scenario() -> None:
         admission = FairAdmission(slots=1, queue=2)

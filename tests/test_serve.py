@@ -340,6 +340,8 @@ def test_a_client_flooding_the_queue_gives_way_to_another_client(model_path, hel
         proc.terminate()
         proc.wait(30)
     assert answers["flood running"][0] == 200 and answers["another client"][0] == 200
+    _, body, seconds = answers["another client"]  # it waited for the flood's running request
+    assert 100 < body["waited_ms"] < 1e3 * seconds - body["elapsed_ms"] and body["elapsed_ms"] > 0, body
     status, body, _ = answers["flood queued"]
     assert status == 503 and "gave way" in body["error"], body
     status, body, seconds = answers["flood again"]  # refused with work in progress: not at once

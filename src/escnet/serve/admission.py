@@ -2,9 +2,10 @@
 turned away.
 
 :class:`FairAdmission` shares the inference threads among clients (by address): a free thread
-goes to the waiting client that has the fewest requests running, and when the queue is full a
-newcomer displaces the last-queued request of the client holding the most, so a client that
-floods the server with valid work fills its own share, never a well-behaved client's.
+goes to the waiting client that has the fewest requests running and, among those, has used the
+threads least of late, and when the queue is full a newcomer displaces the last-queued request
+of the client holding the most, so a client that floods the server with valid work fills its
+own share, never a well-behaved client's.
 :class:`RateLimit` spaces out the requests of one address (``--rate-limit``), before anything
 of them is parsed beyond their headers. :class:`Limit` caps things held open, such as live
 streams.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 REFUSAL_DELAY = 1
@@ -88,17 +90,33 @@ class FairAdmission:
     """``slots`` requests run at once (one per inference thread) and at most ``queue`` wait,
     shared fairly among clients. Used from the event loop only (no locks).
 
-    - A freed slot goes to the waiting client with the fewest requests running (the longest
-      waiting among equals), and to that client's oldest request.
+    - A freed slot goes to the waiting client with the fewest requests running; among equals,
+      to the one that has used the threads least of late (seconds it held slots, each halved
+      every :attr:`HALF_LIFE` seconds since), the longest waiting among those; and to that
+      client's oldest request. A flood from one address is then never served before a client
+      that asks now and then, although the flood's next request has waited longer.
     - With the queue full, a newcomer whose client holds fewer requests (running and waiting)
       than the heaviest waiting client, counting the newcomer, takes the place of that client's
       newest waiting request, which is answered :class:`Busy`; otherwise the newcomer is.
+
+    ``clock``: seconds, monotonic (tests pass their own).
     """
 
-    def __init__(self, slots: int, queue: int) -> None:
-        self.slots, self.queue = slots, queue
+    HALF_LIFE = 1.0
+    """Seconds over which a client's use of the threads counts half: long enough to tell a
+    flood from a client asking a few times a second, short enough that a client that stopped
+    flooding is soon served like any other."""
+    FORGET_AFTER = 10_000
+    """Clients whose use is remembered before those whose use has faded are forgotten (as in
+    :class:`RateLimit`)."""
+
+    def __init__(self, slots: int, queue: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.slots, self.queue, self.clock = slots, queue, clock
         self.running: Counter[str] = Counter()
         self.waiting: dict[str, deque[asyncio.Future]] = {}  # in order of first waiting
+        self.used: dict[str, tuple[float, float]] = {}
+        """Per client, seconds it held slots (faded) and when that was last brought up to date."""
+        self.forget_at = self.FORGET_AFTER
 
     @property
     def busy(self) -> int:
@@ -116,10 +134,24 @@ class FairAdmission:
         """Hold one inference slot for ``client`` (an address) while the block runs; raises
         :class:`Busy` when there is no room for it, now or later while it waits."""
         await self._enter(client)
+        start = self.clock()
         try:
             yield
         finally:
-            self._leave(client)
+            self._leave(client, self.clock() - start)
+
+    def recent_use(self, client: str, now: float) -> float:
+        """Seconds ``client`` held slots, each faded by half every :attr:`HALF_LIFE` seconds
+        until ``now``."""
+        seconds, then = self.used.get(client, (0.0, now))
+        return seconds * 0.5 ** ((now - then) / self.HALF_LIFE)
+
+    def _record(self, client: str, seconds: float) -> None:
+        now = self.clock()
+        self.used[client] = (self.recent_use(client, now) + seconds, now)
+        if len(self.used) > self.forget_at:  # not at every request while many clients are active
+            self.used = {c: (u, t) for c, (u, t) in self.used.items() if self.recent_use(c, now) > 1e-6}
+            self.forget_at = max(self.FORGET_AFTER, 2 * len(self.used))
 
     async def _enter(self, client: str) -> None:
         if self.busy < self.slots and not self.waiting:
@@ -133,7 +165,7 @@ class FairAdmission:
             await future  # set when a slot is handed over (then counted as running)
         except BaseException:
             if future.done() and not future.cancelled() and future.exception() is None:
-                self._leave(client)  # handed a slot just as the request went away
+                self._leave(client, 0.0)  # handed a slot just as the request went away
             else:
                 self._forget(client, future)
             raise
@@ -156,12 +188,15 @@ class FairAdmission:
             if not queue:
                 del self.waiting[client]
 
-    def _leave(self, client: str) -> None:
+    def _leave(self, client: str, held: float) -> None:
+        """``client`` gives back a slot it held ``held`` seconds, which goes to the next."""
         self.running[client] -= 1
         if not self.running[client]:
             del self.running[client]
-        while self.waiting:
-            chosen = min(self.waiting, key=lambda c: self.running[c])  # the first among equals
+        self._record(client, held)
+        now = self.clock()
+        while self.waiting:  # min: the first among equals, the longest waiting
+            chosen = min(self.waiting, key=lambda c: (self.running[c], self.recent_use(c, now)))
             queue = self.waiting.pop(chosen)
             future = queue.popleft()
             if queue:  # the client goes to the back of the line of equals

@@ -112,8 +112,10 @@ class Service:
         self.streams = Limit(settings.max_streams)
 
     def classify(self, data: bytes, top_k: int, timeline: bool, hop: float | None,
-                 logmel: bool) -> dict:
-        """Runs on a pool thread: decode, score, and say what came out."""
+                 logmel: bool, received: float) -> dict:
+        """Runs on a pool thread: decode, score, and say what came out, with how long that took
+        (``elapsed_ms``) and how long the request waited for its thread since its body was in at
+        ``received`` (``time.perf_counter()``; ``waited_ms``: its share of a busy server)."""
         tick = time.perf_counter()
         with AudioFile(data, UPLOAD_NAME, self.settings.max_seconds) as audio:
             prediction = self.predictor.predict_file(audio, top_k, hop_seconds=hop,
@@ -131,6 +133,7 @@ class Service:
                 first = next(stream_windows(blocks, info.clip_samples))[1]
             out["logmel"] = _logmel_image(self.model, first)
         out["elapsed_ms"] = round(1e3 * (time.perf_counter() - tick), 2)
+        out["waited_ms"] = round(1e3 * (tick - received), 2)
         return out
 
 
@@ -296,11 +299,12 @@ def create_app(settings: ServeSettings, model: Model | None = None) -> FastAPI:
                                           settings.body_seconds)
         except TimeoutError:
             raise RequestError(408, f"upload not received within {settings.body_seconds:g} s") from None
+        received = time.perf_counter()
         try:  # an inference slot, shared fairly among client addresses
             async with s.admission.slot(request.client.host if request.client else ""):
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(s.pool, s.classify, data, top_k, timeline, hop,
-                                                  logmel)
+                                                  logmel, received)
         except Busy as err:
             if err.pushy:  # it has work in progress: answered when it may retry, not at once,
                 del data   # so that a client retrying at once cannot make refusals a flood
