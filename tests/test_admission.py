@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from escnet.serve.admission import Busy, FairAdmission, RateLimit
+from escnet.serve.admission import FORGET_AFTER, Busy, FairAdmission, RateLimit
 
 
 class Requests:
@@ -164,3 +164,23 @@ def test_rate_limit_lets_a_burst_through_then_spaces_requests_and_refuses_beyond
     assert limit.wait("a", 0.2) is None and limit.wait("a", 0.6) == pytest.approx(0.9)  # nearer
     assert limit.wait("a", 10.0) == 0.0  # after a pause, a fresh burst
     assert limit.wait("a", 10.0) == 0.0 and limit.wait("a", 10.0) == 0.5
+
+
+def test_what_is_remembered_of_many_addresses_stays_bounded_and_forgets_only_the_done():
+    limit, now = RateLimit(rate=1), [0.0]
+    admission = FairAdmission(slots=1, queue=0, clock=lambda: now[0])
+
+    async def use(client: str) -> None:
+        async with admission.slot(client):
+            now[0] += 1.0  # held a second
+
+    async def scenario() -> None:
+        for i in range(3 * FORGET_AFTER):  # a new address each second
+            assert limit.wait(f"10.0.{i}", now[0]) == 0.0
+            await use(f"10.0.{i}")
+    asyncio.run(scenario())
+    assert len(limit.due) <= 2 * FORGET_AFTER and len(admission.used) <= 2 * FORGET_AFTER
+    last = f"10.0.{3 * FORGET_AFTER - 1}"  # the newest are still known: its turn, its use
+    assert limit.wait(last, now[0] - 0.5) is not None and limit.due[last] > now[0]
+    assert admission.recent_use(last, now[0]) == pytest.approx(1.0)
+    assert "10.0.0" not in limit.due and "10.0.0" not in admission.used  # long done: forgotten

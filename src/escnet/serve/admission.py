@@ -54,6 +54,19 @@ class Limit:
             self.inside -= 1
 
 
+FORGET_AFTER = 10_000
+"""Addresses a :class:`RateLimit` or :class:`FairAdmission` remembers before it forgets those
+whose record no longer matters (again each time it remembers twice as many as it kept)."""
+
+
+def _forgotten(records: dict[str, object], keep: Callable[[str], bool]) -> tuple[dict, int]:
+    """``records`` without the addresses ``keep`` says are done with, and how many may be
+    remembered before the next time: memory bounded by the addresses active at once, the
+    sweep not at every request."""
+    kept = {c: r for c, r in records.items() if keep(c)}
+    return kept, max(FORGET_AFTER, 2 * len(kept))
+
+
 class RateLimit:
     """At most ``rate`` requests a second from one client address, in bursts of up to ``rate``
     (one second's worth): the generic cell rate algorithm (GCRA, as in ATM networks and many
@@ -61,16 +74,12 @@ class RateLimit:
     ``REFUSAL_DELAY`` seconds; one that would wait longer is refused. Waiting costs the server nothing but an
     open connection, so a client that sends as fast as it is answered is slowed to ``rate``."""
 
-    FORGET_AFTER = 10_000
-    """Addresses remembered before those whose turn has passed are forgotten (again each time
-    as many are remembered as twice those left the last time)."""
-
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
         self.tolerance = max(rate - 1, 0) * self.interval  # a burst of ``rate`` goes at once
         self.due: dict[str, float] = {}
         """Per address, when its next request would be on time (monotonic seconds)."""
-        self.forget_at = self.FORGET_AFTER
+        self.forget_at = FORGET_AFTER
 
     def wait(self, client: str, now: float) -> float | None:
         """Seconds the request of ``client`` arriving at ``now`` waits (0: none), or ``None``:
@@ -81,8 +90,7 @@ class RateLimit:
             return None
         self.due[client] = due + self.interval
         if len(self.due) > self.forget_at:  # not every request while many addresses are active
-            self.due = {c: t for c, t in self.due.items() if t > now}
-            self.forget_at = max(self.FORGET_AFTER, 2 * len(self.due))
+            self.due, self.forget_at = _forgotten(self.due, lambda c: self.due[c] > now)
         return wait
 
 
@@ -106,9 +114,6 @@ class FairAdmission:
     """Seconds over which a client's use of the threads counts half: long enough to tell a
     flood from a client asking a few times a second, short enough that a client that stopped
     flooding is soon served like any other."""
-    FORGET_AFTER = 10_000
-    """Clients whose use is remembered before those whose use has faded are forgotten (as in
-    :class:`RateLimit`)."""
 
     def __init__(self, slots: int, queue: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.slots, self.queue, self.clock = slots, queue, clock
@@ -116,7 +121,7 @@ class FairAdmission:
         self.waiting: dict[str, deque[asyncio.Future]] = {}  # in order of first waiting
         self.used: dict[str, tuple[float, float]] = {}
         """Per client, seconds it held slots (faded) and when that was last brought up to date."""
-        self.forget_at = self.FORGET_AFTER
+        self.forget_at = FORGET_AFTER
 
     @property
     def busy(self) -> int:
@@ -146,12 +151,10 @@ class FairAdmission:
         seconds, then = self.used.get(client, (0.0, now))
         return seconds * 0.5 ** ((now - then) / self.HALF_LIFE)
 
-    def _record(self, client: str, seconds: float) -> None:
-        now = self.clock()
+    def _record(self, client: str, seconds: float, now: float) -> None:
         self.used[client] = (self.recent_use(client, now) + seconds, now)
         if len(self.used) > self.forget_at:  # not at every request while many clients are active
-            self.used = {c: (u, t) for c, (u, t) in self.used.items() if self.recent_use(c, now) > 1e-6}
-            self.forget_at = max(self.FORGET_AFTER, 2 * len(self.used))
+            self.used, self.forget_at = _forgotten(self.used, lambda c: self.recent_use(c, now) > 1e-6)
 
     async def _enter(self, client: str) -> None:
         if self.busy < self.slots and not self.waiting:
@@ -193,8 +196,8 @@ class FairAdmission:
         self.running[client] -= 1
         if not self.running[client]:
             del self.running[client]
-        self._record(client, held)
         now = self.clock()
+        self._record(client, held, now)
         while self.waiting:  # min: the first among equals, the longest waiting
             chosen = min(self.waiting, key=lambda c: (self.running[c], self.recent_use(c, now)))
             queue = self.waiting.pop(chosen)
